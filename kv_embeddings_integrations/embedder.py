@@ -1,0 +1,271 @@
+"""The core embedder every adapter delegates to."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+
+from . import rerouting
+from .batching import plan_batches
+from .bundled import BUNDLED_MODELS, bundled_model_dir
+from .config import EmbedderConfig
+from .layers import resolve_layers
+from .pooling import pool
+from .prompts import METHODS, PROMPT_TYPES, MethodSpec
+from .tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_MAX_LENGTH = 4096
+# A progress bar is shown (when not asked either way) for jobs of more batches than this.
+PROGRESS_BAR_MIN_BATCHES = 10
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None) -> torch.dtype | str:
+    if dtype is None:
+        # bf16 on GPUs that have it; float32 elsewhere (half precision is slow or unsupported on CPU).
+        if device is not None and device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"dtype must be a torch dtype, its name (e.g. 'bfloat16') or 'auto', got {dtype!r}")
+    return resolved
+
+
+def _check_texts(texts: Iterable[str]) -> list[str]:
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a string or an iterable of strings, got {type(texts).__name__}")
+    items = list(texts)
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(f"texts[{index}] is {type(item).__name__}, not str")
+    return items
+
+
+class KVEmbedder:
+    """Text embeddings from a frozen decoder-only LLM by KV re-routing (arXiv 2601.01046).
+
+    Wraps an already-loaded model; use :meth:`from_pretrained` to load one by name.
+
+    Args:
+        model: a transformers ``PreTrainedModel`` (a ``*ForCausalLM`` or its base ``*Model``).
+        tokenizer: its fast tokenizer.
+        config: an :class:`EmbedderConfig`; keyword ``options`` override its fields.
+        name: how to name the model in messages and caches (defaults to its ``name_or_path``).
+        **options: any :class:`EmbedderConfig` field: ``method``, ``layers``, ``bias``, ``pooling``,
+            ``mean_scope``, ``prompts``, ``max_length``, ``batch_size``, ``max_tokens_per_batch``.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        config: EmbedderConfig | None = None,
+        *,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        if not isinstance(model, PreTrainedModel):
+            raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}")
+        self.config = replace(config, **options) if config is not None else EmbedderConfig(**options)
+        self.model = model.eval()
+        get_decoder = getattr(model, "get_decoder", None)
+        self.decoder = (get_decoder() if get_decoder is not None else None) or model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model, "name_or_path", None) or type(model).__name__
+        text_config = model.config.get_text_config()
+        self.hidden_size: int = text_config.hidden_size
+        self.num_layers: int = text_config.num_hidden_layers
+        context = getattr(text_config, "max_position_embeddings", None)
+        if self.config.max_length is not None and context is not None and self.config.max_length > context:
+            raise ValueError(f"max_length={self.config.max_length} exceeds the model's context length of {context} tokens")
+        self.max_length = self.config.max_length or min(context or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
+        self._prompt_tokenizer = PromptTokenizer(tokenizer, self.max_length)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._pad_token_id = pad if pad is not None else 0
+        self.layers = resolve_layers(self.config.layers, self.num_layers) if self.spec.reroute else []
+        if self.layers:
+            rerouting.install(model)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        *,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        device_map: str | dict | None = None,
+        max_memory: dict | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        attn_implementation: str | None = None,
+        **kwargs: Any,
+    ) -> KVEmbedder:
+        """Load a model by hub id, local directory or bundled alias, and wrap it.
+
+        Args:
+            model: a model-hub id (``"Qwen/Qwen3-4B"``), a local directory, or a bundled alias
+                (``"smollm2-135m"``, converted once into the user cache).
+            dtype: weights' dtype (``torch.bfloat16``, ``"float32"``, ``"auto"``...). ``None``:
+                bfloat16 on a CUDA GPU that supports it, float32 otherwise.
+            device: where to put the whole model (``"cpu"``, ``"cuda:1"``...); ``None`` picks CUDA,
+                then MPS, then CPU. Ignored when ``device_map`` is given.
+            device_map: accelerate placement across devices (``"auto"``, ``"balanced"`` or a dict
+                of module name to device), for models larger than one GPU.
+            max_memory: per-device memory caps for ``device_map`` (implies ``device_map="auto"``).
+            trust_remote_code: allow the repository's own Python code to run. Off unless asked.
+            revision: the hub revision (branch, tag or commit) to load.
+            attn_implementation: ``"sdpa"`` or ``"eager"`` (re-routing runs through either);
+                ``None`` keeps transformers' choice for the model.
+            **kwargs: :class:`EmbedderConfig` options (``method``, ``layers``, ``bias``, ``pooling``,
+                ``max_length``, ...); anything else goes to ``AutoModel.from_pretrained``.
+        """
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in EmbedderConfig.option_names()}
+        config = EmbedderConfig(**options)  # fail on bad options before a long load
+        path = str(bundled_model_dir(model)) if model in BUNDLED_MODELS else model
+        if max_memory is not None and device_map is None:
+            device_map = "auto"
+        target = None if device_map is not None else _resolve_device(device)
+        load_kwargs: dict[str, Any] = dict(kwargs)
+        load_kwargs["dtype"] = _resolve_dtype(dtype, target)
+        if device_map is not None:
+            load_kwargs.update(device_map=device_map, max_memory=max_memory)
+        if attn_implementation is not None:
+            load_kwargs["attn_implementation"] = attn_implementation
+        common = {"trust_remote_code": trust_remote_code, "revision": revision}
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        hf_model = AutoModel.from_pretrained(path, **common, **load_kwargs)
+        if target is not None:
+            hf_model.to(target)
+        return cls(hf_model, tokenizer, config, name=model)
+
+    @property
+    def spec(self) -> MethodSpec:
+        return METHODS[self.config.method]
+
+    @property
+    def pooling(self) -> str:
+        return self.config.pooling or self.spec.pooling
+
+    @property
+    def mean_scope(self) -> str:
+        return self.config.mean_scope or self.spec.mean_scope
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the device of the input embeddings."""
+        return self.decoder.get_input_embeddings().weight.device
+
+    def template(self, prompt_type: str = "document") -> str:
+        """The prompt template used for ``prompt_type`` (the user's override, else the method's)."""
+        if prompt_type not in PROMPT_TYPES:
+            raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
+        return (self.config.prompts or {}).get(prompt_type) or self.spec.templates[prompt_type]
+
+    def __repr__(self) -> str:
+        return (
+            f"KVEmbedder(model={self.name!r}, method={self.config.method!r}, layers={self.layers}, "
+            f"bias={self.config.bias}, pooling={self.pooling!r})"
+        )
+
+    def encode(
+        self,
+        texts: str | Iterable[str],
+        *,
+        prompt_type: str = "document",
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        normalize: bool = True,
+    ) -> np.ndarray:
+        """Embed texts.
+
+        Args:
+            texts: one string, or an iterable of strings.
+            prompt_type: ``"document"`` (documents and symmetric tasks) or ``"query"`` (the query
+                side of asymmetric retrieval); picks the prompt template.
+            batch_size: overrides the config's ``batch_size`` for this call.
+            show_progress_bar: ``None`` shows one only for jobs of more than 10 batches.
+            normalize: L2-normalise each vector (cosine similarity becomes a dot product).
+
+        Returns:
+            float32 array of shape ``(len(texts), hidden_size)`` in input order; one string gives
+            one vector of shape ``(hidden_size,)``.
+        """
+        single = isinstance(texts, str)
+        items = [texts] if single else _check_texts(texts)
+        template = self.template(prompt_type)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        out = torch.empty((len(items), self.hidden_size), dtype=torch.float32)
+        if items:
+            encoded = self._prompt_tokenizer.encode(items, template)
+            cut = sum(e.truncated for e in encoded)
+            if cut:
+                warnings.warn(
+                    f"{cut} of {len(items)} texts were longer than max_length={self.max_length} tokens "
+                    "(prompt included) and were truncated",
+                    stacklevel=2,
+                )
+            size = batch_size or self.config.batch_size
+            if size is None and self.config.max_tokens_per_batch is None:
+                size = DEFAULT_BATCH_SIZE
+            batches = plan_batches([len(e) for e in encoded], size, self.config.max_tokens_per_batch)
+            show = len(batches) > PROGRESS_BAR_MIN_BATCHES if show_progress_bar is None else show_progress_bar
+            with tqdm(total=len(items), desc="Embedding", unit="text", disable=not show) as bar:
+                for indices in batches:
+                    out[indices] = self._embed_batch([encoded[i] for i in indices]).cpu()
+                    bar.update(len(indices))
+        if normalize:
+            out = torch.nn.functional.normalize(out, dim=-1)
+        array = out.numpy()
+        return array[0] if single else array
+
+    def _embed_batch(self, encoded: list[EncodedText]) -> torch.Tensor:
+        batch = collate(encoded, self._pad_token_id, self.device)
+        hidden = self._forward(batch).last_hidden_state
+        mean_mask = batch.attention_mask.bool()
+        if self.mean_scope == "text":
+            # An empty text has no text tokens; its mean falls back to the whole prompt.
+            has_text = batch.text_mask.any(dim=1, keepdim=True)
+            mean_mask = torch.where(has_text, batch.text_mask, mean_mask)
+        return pool(hidden, mean_mask.to(hidden.device), self.pooling)
+
+    def _forward(self, batch: TokenBatch, output_hidden_states: bool = False):
+        """One forward pass of the decoder, re-routing the selected layers (if any)."""
+        routing = rerouting.reroute(self.model, self.layers, self.config.bias) if self.layers else contextlib.nullcontext()
+        with torch.inference_mode(), routing:
+            return self.decoder(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+                output_hidden_states=output_hidden_states,
+            )
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine similarity matrix between two sets of vectors (any normalisation)."""
+        a = np.atleast_2d(a)
+        b = np.atleast_2d(b)
+        a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(min=1e-12)
+        return a @ b.T

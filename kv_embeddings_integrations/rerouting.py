@@ -1,0 +1,162 @@
+"""KV re-routing inside transformers' own attention interface.
+
+The model's ``config._attn_implementation`` is switched to ``kv_reroute_<base>`` (base: the
+``sdpa`` or ``eager`` implementation it had), registered in transformers' attention-function
+and attention-mask registries. With no re-routing plan active, the registered function calls
+the base implementation with unchanged arguments, so a plain forward is bit-for-bit the model's
+own. Inside :func:`reroute` (a context variable, so per thread and per asyncio task), each
+selected layer prepends its final token's post-rotary key and value to its keys and values, and
+adds ``bias`` to that prefix column of the attention logits; every query sees the prefix, and the
+mask among real tokens is the model's own.
+
+Inputs must be left padded, so the final real token of every row is at position -1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from transformers import PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+PREFIX = "kv_reroute_"
+SUPPORTED_BASES = ("sdpa", "eager")
+
+
+@dataclass
+class ReroutePlan:
+    """Which layers re-route, with what bias; ``hits`` records the layers that actually did."""
+
+    layers: frozenset[int]
+    bias: float
+    hits: set[int] = field(default_factory=set)
+
+
+_ACTIVE_PLAN: ContextVar[ReroutePlan | None] = ContextVar("kv_reroute_plan", default=None)
+
+
+class UnsupportedModelError(TypeError):
+    """The model cannot be re-routed through transformers' attention interface."""
+
+
+def _eager_function(module: torch.nn.Module) -> Callable:
+    # Each modeling file defines its own eager function (Gemma's adds soft-capping), not registered.
+    function = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if function is None:
+        raise UnsupportedModelError(
+            f"{type(module).__name__} has no eager_attention_forward in its modeling module; "
+            "KV re-routing cannot run it with eager attention. Load the model with attn_implementation='sdpa'."
+        )
+    return function
+
+
+def _base_function(base: str, module: torch.nn.Module) -> Callable:
+    return sdpa_attention_forward if base == "sdpa" else _eager_function(module)
+
+
+def prefixed_mask(
+    attention_mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int, bias: float, dtype: torch.dtype, device
+) -> torch.Tensor:
+    """Additive mask ``(batch|1, 1, q_len, 1 + kv_len)``: column 0 (the prefix) holds ``bias``
+    for every query; the rest is the model's own mask (causal when it passed none)."""
+    min_value = torch.finfo(dtype).min
+    if attention_mask is None:
+        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
+        body = torch.zeros((1, 1, q_len, kv_len), dtype=dtype, device=device).masked_fill(~allowed, min_value)
+    elif attention_mask.dtype == torch.bool:
+        mask = attention_mask[..., :kv_len]
+        body = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask.to(device), min_value)
+    else:
+        body = attention_mask[..., :kv_len].to(device=device, dtype=dtype)
+    prefix = torch.full((*body.shape[:-1], 1), bias, dtype=dtype, device=device)
+    return torch.cat([prefix, body], dim=-1)
+
+
+def kv_reroute_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    base: str,
+    **kwargs,
+):
+    """Attention function registered as ``kv_reroute_<base>``; see the module docstring."""
+    plan = _ACTIVE_PLAN.get()
+    layer = getattr(module, "layer_idx", None)
+    function = _base_function(base, module)
+    if plan is None or layer not in plan.layers:
+        return function(module, query, key, value, attention_mask, **kwargs)
+    plan.hits.add(layer)
+    # method.md step 2/4: the final token's key (with its own rotary rotation) and value, as a prefix.
+    key = torch.cat([key[:, :, -1:], key], dim=2)
+    value = torch.cat([value[:, :, -1:], value], dim=2)
+    mask = prefixed_mask(
+        attention_mask, query.shape[0], query.shape[2], key.shape[2] - 1, plan.bias, query.dtype, query.device
+    )
+    kwargs.pop("is_causal", None)
+    return function(module, query, key, value, mask, **kwargs)
+
+
+for _base, _mask in (("sdpa", sdpa_mask), ("eager", eager_mask)):
+    ALL_ATTENTION_FUNCTIONS.register(PREFIX + _base, partial(kv_reroute_attention, base=_base))
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PREFIX + _base, _mask)
+
+
+def _configs(model: PreTrainedModel):
+    seen = []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation") and all(config is not c for c in seen):
+            seen.append(config)
+    return seen
+
+
+def install(model: PreTrainedModel) -> str:
+    """Route ``model``'s attention through :func:`kv_reroute_attention`; returns the base used.
+
+    Idempotent; a plain forward afterwards is unchanged (no plan is active).
+    """
+    if not getattr(model, "_supports_attention_backend", False):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} does not use transformers' attention interface, so KV re-routing "
+            "cannot be hooked into it. Use method='prompt' (no re-routing) or a supported decoder "
+            "(Llama, Mistral, Qwen2/3, Gemma 2/3, ...)."
+        )
+    current = model.config._attn_implementation
+    base = current.removeprefix(PREFIX)
+    if base not in SUPPORTED_BASES:
+        raise UnsupportedModelError(
+            f"KV re-routing needs attn_implementation in {SUPPORTED_BASES}; {type(model).__name__} was loaded "
+            f"with {current!r}. Load it with attn_implementation='sdpa'."
+        )
+    for config in _configs(model):
+        config._attn_implementation = PREFIX + base
+    return base
+
+
+@contextlib.contextmanager
+def reroute(model: PreTrainedModel, layers: list[int], bias: float) -> Iterator[ReroutePlan]:
+    """Re-route ``layers`` for forwards run inside this block; checks that each selected layer did."""
+    plan = ReroutePlan(frozenset(layers), float(bias))
+    token = _ACTIVE_PLAN.set(plan)
+    try:
+        yield plan
+    finally:
+        _ACTIVE_PLAN.reset(token)
+    missed = sorted(plan.layers - plan.hits)
+    if missed:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: layers {missed} never called transformers' attention interface with a "
+            "layer_idx, so they could not be re-routed (the model's attention code does not use the standard "
+            "interface). Refusing to return embeddings from a plain forward."
+        )

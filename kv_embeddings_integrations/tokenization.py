@@ -1,0 +1,116 @@
+"""Turning texts into prompted token sequences, with truncation that cuts the text, not the prompt."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .prompts import render
+
+
+@dataclass
+class EncodedText:
+    """One prompted text as token ids, and which tokens belong to its (last) copy of the text."""
+
+    input_ids: list[int]
+    text_start: int
+    text_end: int
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class TokenBatch:
+    """Left-padded tensors for one forward pass: every row's final real token is at position -1."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    text_mask: torch.Tensor
+
+
+def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
+    """Token index span ``[first, last)`` of the tokens overlapping characters ``[start, end)``."""
+    inside = [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+    if not inside:
+        # An empty text: the span is empty, placed where the text would be.
+        after = [i for i, (s, e) in enumerate(offsets) if e > s and s >= start]
+        position = after[0] if after else len(offsets)
+        return position, position
+    return inside[0], inside[-1] + 1
+
+
+class PromptTokenizer:
+    """Renders templates and tokenizes them; cuts over-long texts so the prompt survives intact."""
+
+    def __init__(self, tokenizer, max_length: int) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise TypeError(
+                f"{type(tokenizer).__name__} is a slow tokenizer; a fast (Rust) tokenizer is needed for "
+                "character offsets. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+            )
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def _tokenize(self, strings: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        out = self.tokenizer(strings, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
+        return out["input_ids"], [[tuple(o) for o in row] for row in out["offset_mapping"]]
+
+    def encode(self, texts: list[str], template: str) -> list[EncodedText]:
+        rendered = [render(template, text) for text in texts]
+        ids, offsets = self._tokenize([r[0] for r in rendered])
+        encoded = []
+        for text, (_, spans), row_ids, row_offsets in zip(texts, rendered, ids, offsets):
+            if len(row_ids) > self.max_length:
+                encoded.append(self._truncate(text, template))
+            else:
+                encoded.append(EncodedText(row_ids, *_token_span(row_offsets, *spans[-1])))
+        return encoded
+
+    def _truncate(self, text: str, template: str) -> EncodedText:
+        # Each round drops about the excess from every copy of the text; the token count after
+        # re-tokenizing a cut string can differ by a token or two, hence the loop.
+        for _ in range(8):
+            rendered, spans = render(template, text)
+            (row_ids,), (row_offsets,) = self._tokenize([rendered])
+            excess = len(row_ids) - self.max_length
+            if excess <= 0:
+                return EncodedText(row_ids, *_token_span(row_offsets, *spans[-1]), truncated=True)
+            if not text:
+                break
+            first, last = _token_span(row_offsets, *spans[0])
+            keep = (last - first) - math.ceil(excess / len(spans))
+            if keep <= 0:
+                text = ""
+            else:
+                cut = row_offsets[first + keep][0] - spans[0][0]
+                # Guarantee progress even if the cut falls inside the first token.
+                text = text[: max(0, min(cut, len(text) - 1))]
+        raise ValueError(
+            f"max_length={self.max_length} is too small: the prompt template {template!r} alone takes "
+            f"{len(row_ids)} tokens. Raise max_length or shorten the template."
+        )
+
+
+def collate(encoded: list[EncodedText], pad_token_id: int, device: torch.device | str) -> TokenBatch:
+    """Left-pad a batch; real tokens get positions 0..n-1 whatever their padding."""
+    width = max(len(e) for e in encoded)
+    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    text_mask = torch.zeros((len(encoded), width), dtype=torch.bool)
+    for row, e in enumerate(encoded):
+        pad = width - len(e)
+        input_ids[row, pad:] = torch.tensor(e.input_ids, dtype=torch.long)
+        attention_mask[row, pad:] = 1
+        text_mask[row, pad + e.text_start : pad + e.text_end] = True
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    return TokenBatch(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=position_ids.to(device),
+        text_mask=text_mask.to(device),
+    )

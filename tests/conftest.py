@@ -1,0 +1,117 @@
+"""Offline fixtures: a small byte-level BPE tokenizer trained in-process and tiny random decoders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+VOCAB_SIZE = 320
+
+CORPUS = [
+    "A man is playing a guitar on the stage.",
+    "Someone plays the guitar while people listen.",
+    "The stock market fell sharply today after the announcement.",
+    "Compress the Context in one word: Query Context sentence means",
+    "Rewrite the sentence: rewritten sentence: This sentence means in one word",
+    "Proteins fold into shapes determined by their amino acid sequence.",
+    "How do I reset my card PIN at an ATM?",
+    "A cat sleeps on the warm windowsill in the afternoon sun.",
+]
+
+TEXTS = [
+    "A man is playing a guitar.",
+    "Someone plays the guitar while people listen to the music in the park.",
+    "Stocks fell.",
+    "Proteins fold into shapes determined by their amino acid sequence, which the cell reads.",
+    "a",
+]
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE - 2,
+        special_tokens=["<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>")
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return make_tokenizer()
+
+
+_COMMON = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+)
+
+
+def _gemma_common(**extra):
+    # Small windows so the sliding-window layers really cut context in tests.
+    return dict(_COMMON, head_dim=16, sliding_window=6, query_pre_attn_scalar=16, **extra)
+
+
+# family -> (config class, model class, config kwargs, attn implementation)
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, dict(_COMMON), "sdpa"),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(_COMMON), "sdpa"),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(_COMMON, head_dim=16), "sdpa"),
+    "mistral": (MistralConfig, MistralForCausalLM, dict(_COMMON, sliding_window=7), "sdpa"),
+    # Gemma 2: soft-capping, so transformers runs it eagerly; alternating sliding/full layers.
+    "gemma2": (Gemma2Config, Gemma2ForCausalLM, _gemma_common(attn_logit_softcapping=5.0), "eager"),
+    "gemma3": (
+        Gemma3TextConfig,
+        Gemma3ForCausalLM,
+        _gemma_common(layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"]),
+        "sdpa",
+    ),
+}
+
+
+def make_model(family: str, attn_implementation: str | None = None, seed: int = 0):
+    config_cls, model_cls, kwargs, default_attn = FAMILIES[family]
+    config = config_cls(**kwargs)
+    config._attn_implementation = attn_implementation or default_attn
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    # Random init is tiny; scale weights up so attention patterns (and the prefix) matter.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "embed" not in name:
+                param.mul_(8.0)
+    return model
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request) -> str:
+    return request.param

@@ -1,0 +1,129 @@
+"""KV re-routing against the explicit reference, for every covered family, with and without padding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import FAMILIES, TEXTS, make_model
+from reference import reference_hidden_states
+
+from kv_embeddings_integrations import KVEmbedder, UnsupportedModelError
+from kv_embeddings_integrations.tokenization import collate
+
+
+def _batch_hidden(embedder: KVEmbedder, texts: list[str], output_hidden_states: bool = False):
+    encoded = embedder._prompt_tokenizer.encode(texts, embedder.template("document"))
+    batch = collate(encoded, embedder._pad_token_id, embedder.device)
+    return encoded, batch, embedder._forward(batch, output_hidden_states=output_hidden_states)
+
+
+@pytest.mark.parametrize("layers,bias", [([1, 2], 1.0), ([3], 0.0), ([0, 1, 2, 3], 2.5)])
+def test_matches_reference_with_padding(family, tokenizer, layers, bias):
+    model = make_model(family)
+    embedder = KVEmbedder(model, tokenizer, layers=layers, bias=bias)
+    encoded, batch, out = _batch_hidden(embedder, TEXTS)
+    width = batch.input_ids.shape[1]
+    assert len({len(e) for e in encoded}) > 1, "the batch must actually be padded"
+    for row, e in enumerate(encoded):
+        expected = reference_hidden_states(model, e.input_ids, layers, bias)
+        got = out.last_hidden_state[row, width - len(e) :]
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_matches_reference_without_padding(family, tokenizer):
+    model = make_model(family)
+    embedder = KVEmbedder(model, tokenizer, layers=[1, 3], bias=1.0)
+    encoded, _, out = _batch_hidden(embedder, [TEXTS[1]])
+    expected = reference_hidden_states(model, encoded[0].input_ids, [1, 3], 1.0)
+    torch.testing.assert_close(out.last_hidden_state[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_eager_and_sdpa_agree(tokenizer):
+    # The same re-routing through either base implementation.
+    sdpa = KVEmbedder(make_model("llama", "sdpa"), tokenizer, layers=[1, 2])
+    eager = KVEmbedder(make_model("llama", "eager"), tokenizer, layers=[1, 2])
+    torch.testing.assert_close(
+        torch.from_numpy(sdpa.encode(TEXTS)), torch.from_numpy(eager.encode(TEXTS)), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_no_layers_is_bit_for_bit_plain(family, tokenizer):
+    model = make_model(family)
+    plain_model = copy.deepcopy(model)
+    # Install re-routing on the shared model first: with no plan active it must be invisible.
+    KVEmbedder(model, tokenizer, layers=[1])
+    embedder = KVEmbedder(model, tokenizer, layers=None)
+    _, batch, out = _batch_hidden(embedder, TEXTS, output_hidden_states=True)
+    with torch.no_grad():
+        plain = plain_model.get_decoder()(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            output_hidden_states=True,
+        )
+    assert torch.equal(out.last_hidden_state, plain.last_hidden_state)
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_only_selected_layer_and_later_change(family, tokenizer, layer):
+    model = make_model(family)
+    plain = KVEmbedder(copy.deepcopy(model), tokenizer, layers=None)
+    routed = KVEmbedder(model, tokenizer, layers=[layer])
+    _, batch, before = _batch_hidden(plain, TEXTS, output_hidden_states=True)
+    _, _, after = _batch_hidden(routed, TEXTS, output_hidden_states=True)
+    mask = batch.attention_mask.bool()
+    # hidden_states[i] is the input of layer i; the last entry is the normed final output.
+    for i in range(layer + 1):
+        assert torch.equal(before.hidden_states[i][mask], after.hidden_states[i][mask]), f"input of layer {i} changed"
+    for i in range(layer + 1, len(before.hidden_states)):
+        assert not torch.allclose(before.hidden_states[i][mask], after.hidden_states[i][mask]), f"layer {i} unchanged"
+
+
+def test_batch_composition_does_not_change_embeddings(family, tokenizer):
+    embedder = KVEmbedder(make_model(family), tokenizer, layers=[1, 2])
+    batched = embedder.encode(TEXTS, batch_size=len(TEXTS))
+    for i, text in enumerate(TEXTS):
+        alone = embedder.encode(text)
+        cosine = float(alone @ batched[i])
+        assert cosine >= 0.99999, (text, cosine)
+
+
+def test_unsupported_architecture_is_named(tokenizer):
+    from transformers import MambaConfig, MambaModel
+
+    model = MambaModel(MambaConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2, state_size=4))
+    with pytest.raises(UnsupportedModelError, match="MambaModel"):
+        KVEmbedder(model, tokenizer, layers=[0])
+
+
+def test_layer_bypassing_the_interface_is_an_error(tokenizer):
+    model = make_model("llama")
+    attention = model.model.layers[1].self_attn
+    original = attention.forward
+
+    def bypass(*args, **kwargs):
+        implementation = model.config._attn_implementation
+        model.config._attn_implementation = "sdpa"
+        try:
+            return original(*args, **kwargs)
+        finally:
+            model.config._attn_implementation = implementation
+
+    attention.forward = bypass
+    embedder = KVEmbedder(model, tokenizer, layers=[1, 2])
+    with pytest.raises(UnsupportedModelError, match=r"LlamaForCausalLM: layers \[1\]"):
+        embedder.encode("a text")
+
+
+def test_flash_base_is_refused_with_a_clear_error(tokenizer):
+    model = make_model("llama")
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(UnsupportedModelError, match="attn_implementation='sdpa'"):
+        KVEmbedder(model, tokenizer, layers=[1])
+
+
+def test_families_cover_the_required_set():
+    assert {"llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3"} <= set(FAMILIES)
