@@ -98,7 +98,9 @@ class KVEmbedder:
         self.num_layers: int = text_config.num_hidden_layers
         context = getattr(text_config, "max_position_embeddings", None)
         if self.config.max_length is not None and context is not None and self.config.max_length > context:
-            raise ValueError(f"max_length={self.config.max_length} exceeds the model's context length of {context} tokens")
+            raise ValueError(
+                f"max_length={self.config.max_length} exceeds the model's context length of {context} tokens"
+            )
         self.max_length = self.config.max_length or min(context or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
         self._prompt_tokenizer = PromptTokenizer(tokenizer, self.max_length)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -214,7 +216,9 @@ class KVEmbedder:
         single = isinstance(texts, str)
         items = [texts] if single else _check_texts(texts)
         template = self.template(prompt_type)
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         out = torch.empty((len(items), self.hidden_size), dtype=torch.float32)
         if items:
@@ -252,7 +256,9 @@ class KVEmbedder:
 
     def _forward(self, batch: TokenBatch, output_hidden_states: bool = False):
         """One forward pass of the decoder, re-routing the selected layers (if any)."""
-        routing = rerouting.reroute(self.model, self.layers, self.config.bias) if self.layers else contextlib.nullcontext()
+        routing = (
+            rerouting.reroute(self.model, self.layers, self.config.bias) if self.layers else contextlib.nullcontext()
+        )
         with torch.inference_mode(), routing:
             return self.decoder(
                 input_ids=batch.input_ids,

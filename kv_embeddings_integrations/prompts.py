@@ -36,7 +36,9 @@ METHODS: dict[str, MethodSpec] = {
     "kv": MethodSpec({"document": DOCUMENT_PROMPT, "query": QUERY_PROMPT}, reroute=True, pooling="mean_last"),
     "prompt": MethodSpec({"document": DOCUMENT_PROMPT, "query": QUERY_PROMPT}, reroute=False, pooling="mean_last"),
     "prompteol": MethodSpec({"document": PROMPTEOL_PROMPT, "query": PROMPTEOL_PROMPT}, reroute=False, pooling="last"),
-    "echo": MethodSpec({"document": ECHO_PROMPT, "query": ECHO_PROMPT}, reroute=False, pooling="mean", mean_scope="text"),
+    "echo": MethodSpec(
+        {"document": ECHO_PROMPT, "query": ECHO_PROMPT}, reroute=False, pooling="mean", mean_scope="text"
+    ),
     "mean": MethodSpec({"document": RAW, "query": RAW}, reroute=False, pooling="mean"),
     "last": MethodSpec({"document": RAW, "query": RAW}, reroute=False, pooling="last"),
 }

@@ -64,7 +64,7 @@ class PromptTokenizer:
         rendered = [render(template, text) for text in texts]
         ids, offsets = self._tokenize([r[0] for r in rendered])
         encoded = []
-        for text, (_, spans), row_ids, row_offsets in zip(texts, rendered, ids, offsets):
+        for text, (_, spans), row_ids, row_offsets in zip(texts, rendered, ids, offsets, strict=True):
             if len(row_ids) > self.max_length:
                 encoded.append(self._truncate(text, template))
             else:

@@ -64,9 +64,7 @@ def reference_hidden_states(model, input_ids: list[int], layers: list[int], bias
     with contextlib.ExitStack() as stack:
         for layer in layers:
             attention = decoder.layers[layer].self_attn
-            stack.enter_context(
-                _patched(attention, "forward", _reference_attention(attention, bias))
-            )
+            stack.enter_context(_patched(attention, "forward", _reference_attention(attention, bias)))
         with torch.no_grad():
             out = decoder(input_ids=torch.tensor([input_ids]), use_cache=False)
     return out.last_hidden_state[0]

@@ -1,0 +1,139 @@
+"""The ``kv-embed`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .bundled import DEFAULT_MODEL
+from .config import EmbedderConfig
+from .prompts import METHODS, POOLINGS, PROMPT_TYPES
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _layers(value: str):
+    if value in ("auto", "none"):
+        return None if value == "none" else "auto"
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or comma-separated ints, got {value!r}") from None
+
+
+def read_texts(path: Path, text_field: str) -> list[str]:
+    """Texts from a ``.txt`` file (one per line) or a ``.jsonl`` file (``text_field`` of each object)."""
+    if not path.is_file():
+        raise CLIError(f"input file not found: {path}")
+    if path.suffix == ".jsonl":
+        texts = []
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise CLIError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                    raise CLIError(f"{path}:{number}: no string field {text_field!r}")
+                texts.append(record[text_field])
+    elif path.suffix == ".txt":
+        texts = path.read_text(encoding="utf-8").splitlines()
+    else:
+        raise CLIError(f"input must be a .txt (one text a line) or .jsonl file, got {path.name}")
+    if not texts:
+        raise CLIError(f"input file has no texts: {path}")
+    return texts
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"hub id, local directory or bundled alias (default: {DEFAULT_MODEL})"
+    )
+    parser.add_argument("--method", default="kv", choices=sorted(METHODS), help="embedding method (default: kv)")
+    parser.add_argument(
+        "--layers", type=_layers, default="auto", help="'auto', 'none' or e.g. '10,11,12' (default: auto)"
+    )
+    parser.add_argument("--bias", type=float, default=1.0, help="attention bias on the re-routed prefix (default: 1.0)")
+    parser.add_argument("--pooling", choices=POOLINGS, default=None, help="pooling (default: the method's own)")
+    parser.add_argument("--max-length", type=int, default=None, help="truncate inputs to this many tokens")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: best available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, else float32)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kv-embed", description="Text embeddings from a frozen LLM by KV re-routing.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    embed = commands.add_parser("embed", help="embed a file of texts into a .npy array")
+    _add_model_options(embed)
+    embed.add_argument("--input", required=True, type=Path, help=".txt (one text a line) or .jsonl")
+    embed.add_argument("--output", required=True, type=Path, help="output .npy file (rows in input order)")
+    embed.add_argument("--text-field", default="text", help="field holding the text in .jsonl input (default: text)")
+    embed.add_argument("--prompt-type", choices=PROMPT_TYPES, default="document")
+    embed.add_argument("--batch-size", type=int, default=None)
+    embed.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
+
+    similarity = commands.add_parser("similarity", help="cosine similarity of two texts")
+    _add_model_options(similarity)
+    similarity.add_argument("text_a")
+    similarity.add_argument("text_b")
+    return parser
+
+
+def _embedder(args):
+    from .embedder import KVEmbedder
+
+    options = dict(
+        method=args.method, layers=args.layers, bias=args.bias, pooling=args.pooling, max_length=args.max_length
+    )
+    batch_size = getattr(args, "batch_size", None)
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    try:
+        EmbedderConfig(**options)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    try:
+        return KVEmbedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, **options)
+    except (OSError, ModuleNotFoundError, ValueError) as e:
+        # Missing bundled package, unknown model or directory, bad option: one clear line.
+        raise CLIError(f"cannot load model {args.model!r}: {e}") from None
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "embed":
+        if args.output.suffix != ".npy":
+            raise CLIError(f"--output must end in .npy, got {args.output}")
+        if not args.output.parent.is_dir():
+            raise CLIError(f"output directory does not exist: {args.output.parent}")
+        texts = read_texts(args.input, args.text_field)
+        embedder = _embedder(args)
+        vectors = embedder.encode(texts, prompt_type=args.prompt_type, normalize=not args.no_normalize)
+        np.save(args.output, vectors)
+        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 embeddings to {args.output}", file=sys.stderr)
+    elif args.command == "similarity":
+        embedder = _embedder(args)
+        a, b = embedder.encode([args.text_a, args.text_b])
+        print(f"{float(a @ b):.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except CLIError as e:
+        print(f"kv-embed: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

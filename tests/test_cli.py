@@ -1,0 +1,80 @@
+"""The kv-embed command line, on a tiny model saved to a directory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TEXTS, make_model
+
+from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_model("llama").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_embed_txt_and_jsonl(model_dir, tmp_path, capsys):
+    txt = tmp_path / "texts.txt"
+    txt.write_text("\n".join(TEXTS), encoding="utf-8")
+    out = tmp_path / "out.npy"
+    assert main(["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(txt), "--output", str(out)]) == 0
+    vectors = np.load(out)
+    assert vectors.shape == (len(TEXTS), 64) and vectors.dtype == np.float32
+    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode(TEXTS)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+    jsonl = tmp_path / "texts.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"id": i, "body": t}) for i, t in enumerate(TEXTS)), encoding="utf-8")
+    out_q = tmp_path / "q.npy"
+    args = ["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(jsonl), "--text-field", "body"]
+    assert main([*args, "--output", str(out_q), "--prompt-type", "query"]) == 0
+    queries = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode(TEXTS, prompt_type="query")
+    np.testing.assert_allclose(np.load(out_q), queries, atol=1e-5)
+
+
+def test_similarity(model_dir, capsys):
+    assert main(["similarity", "--model", str(model_dir), "--method", "mean", TEXTS[0], TEXTS[1]]) == 0
+    score = float(capsys.readouterr().out)
+    a, b = KVEmbedder.from_pretrained(str(model_dir), method="mean").encode(TEXTS[:2])
+    assert abs(score - float(a @ b)) < 1e-3
+
+
+@pytest.mark.parametrize(
+    "setup,args,message",
+    [
+        (None, ["--input", "{tmp}/missing.txt"], "input file not found"),
+        ("", ["--input", "{tmp}/in.txt"], "input file has no texts"),
+        ("a\nb", ["--input", "{tmp}/in.txt", "--output", "{tmp}/out.csv"], "must end in .npy"),
+        ("a\nb", ["--input", "{tmp}/in.txt", "--output", "{tmp}/nodir/out.npy"], "output directory does not exist"),
+        ("a\nb", ["--input", "{tmp}/in.txt", "--model", "{tmp}/no-such-model"], "cannot load model"),
+        ("a\nb", ["--input", "{tmp}/in.txt", "--layers", "99"], "out of range"),
+    ],
+)
+def test_clear_errors(model_dir, tmp_path, capsys, setup, args, message):
+    if setup is not None:
+        (tmp_path / "in.txt").write_text(setup, encoding="utf-8")
+    argv = ["embed", "--model", str(model_dir), "--output", str(tmp_path / "out.npy")]
+    argv += [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_jsonl_line(model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"title": "no text"}\n', encoding="utf-8")
+    assert main(["embed", "--model", str(model_dir), "--input", str(bad), "--output", str(tmp_path / "o.npy")]) == 2
+    assert "bad.jsonl:2: no string field 'text'" in capsys.readouterr().err
+
+
+def test_bad_option_is_rejected_by_argparse(model_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["embed", "--model", str(model_dir), "--method", "bogus", "--input", "x.txt", "--output", "o.npy"])
+    assert exit_info.value.code == 2

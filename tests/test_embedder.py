@@ -1,0 +1,136 @@
+"""The core's public contract: shapes, order, batching, truncation, options and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TEXTS, make_model
+
+from kv_embeddings_integrations import EmbedderConfig, KVEmbedder
+from kv_embeddings_integrations.batching import plan_batches
+from kv_embeddings_integrations.layers import provisional_auto_layers, resolve_layers
+
+
+@pytest.fixture(scope="module")
+def embedder(tokenizer):
+    return KVEmbedder(make_model("qwen3"), tokenizer, layers=[1, 2])
+
+
+def test_shapes_and_dtype(embedder):
+    many = embedder.encode(TEXTS)
+    assert many.shape == (len(TEXTS), embedder.hidden_size) and many.dtype == np.float32
+    one = embedder.encode(TEXTS[0])
+    assert one.shape == (embedder.hidden_size,)
+    np.testing.assert_allclose(one, many[0], atol=1e-6)
+    assert embedder.encode([]).shape == (0, embedder.hidden_size)
+    assert embedder.encode(iter(TEXTS[:2])).shape == (2, embedder.hidden_size)
+
+
+def test_input_order_is_kept_across_batches(embedder):
+    texts = TEXTS * 3
+    reference = embedder.encode(texts, batch_size=len(texts))
+    for batch_size in (1, 2, 4):
+        np.testing.assert_allclose(embedder.encode(texts, batch_size=batch_size), reference, atol=1e-5)
+    permutation = np.random.default_rng(0).permutation(len(texts))
+    shuffled = embedder.encode([texts[i] for i in permutation], batch_size=3)
+    np.testing.assert_allclose(shuffled, reference[permutation], atol=1e-5)
+
+
+def test_token_budget_batching(tokenizer):
+    model = make_model("llama")
+    budget = KVEmbedder(model, tokenizer, layers=[1], max_tokens_per_batch=40)
+    fixed = KVEmbedder(model, tokenizer, layers=[1], batch_size=2)
+    np.testing.assert_allclose(budget.encode(TEXTS * 2), fixed.encode(TEXTS * 2), atol=1e-5)
+
+
+def test_plan_batches():
+    lengths = [5, 30, 10, 10, 50, 2]
+    assert plan_batches(lengths, 2, None) == [[4, 1], [2, 3], [0, 5]]
+    batches = plan_batches(lengths, None, 60)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 60 or len(b) == 1
+    assert plan_batches([100, 3], None, 10) == [[0], [1]]
+    assert plan_batches(lengths, None, None) == [[4, 1, 2, 3, 0, 5]]
+
+
+def test_truncation_cuts_the_text_and_keeps_the_prompt(tokenizer):
+    embedder = KVEmbedder(make_model("llama"), tokenizer, layers=[1], max_length=24)
+    long_text = " ".join(TEXTS * 4)
+    with pytest.warns(UserWarning, match=r"1 of 2 texts were longer than max_length=24"):
+        vectors = embedder.encode([long_text, "short"])
+    assert np.isfinite(vectors).all()
+    (encoded,) = embedder._prompt_tokenizer.encode([long_text], embedder.template())
+    assert encoded.truncated and len(encoded) <= 24
+    decoded = tokenizer.decode(encoded.input_ids)
+    assert decoded.startswith('"Context: A man') and decoded.endswith('" Compress the Context in one word:')
+
+
+def test_truncation_of_echo_cuts_both_copies(tokenizer):
+    embedder = KVEmbedder(make_model("llama"), tokenizer, method="echo", max_length=40)
+    (encoded,) = embedder._prompt_tokenizer.encode([" ".join(TEXTS * 3)], embedder.template())
+    assert len(encoded) <= 40 and encoded.text_end - encoded.text_start > 0
+    assert "rewritten sentence:" in tokenizer.decode(encoded.input_ids)
+
+
+def test_max_length_errors(tokenizer):
+    model = make_model("llama")
+    with pytest.raises(ValueError, match="exceeds the model's context length of 256"):
+        KVEmbedder(model, tokenizer, max_length=1000)
+    tiny = KVEmbedder(model, tokenizer, layers=[1], max_length=3)
+    with pytest.raises(ValueError, match="max_length=3 is too small"):
+        tiny.encode("anything at all")
+
+
+def test_bad_inputs_are_named(embedder):
+    with pytest.raises(TypeError, match=r"texts\[1\] is NoneType"):
+        embedder.encode(["ok", None])
+    with pytest.raises(TypeError, match="iterable of strings"):
+        embedder.encode(b"bytes")
+    with pytest.raises(ValueError, match="prompt_type"):
+        embedder.encode("x", prompt_type="passage")
+    with pytest.raises(ValueError, match="batch_size"):
+        embedder.encode("x", batch_size=0)
+
+
+def test_layers_resolution():
+    assert provisional_auto_layers(30) == [10, 11, 12, 13]
+    assert provisional_auto_layers(36) == [12, 13, 14, 15]
+    assert provisional_auto_layers(4) == [1]
+    assert resolve_layers(None, 4) == []
+    with pytest.raises(ValueError, match=r"layers \[4\] out of range"):
+        resolve_layers([1, 4], 4)
+
+
+def test_config_round_trip_and_validation(tokenizer):
+    config = EmbedderConfig(method="kv", layers=[3, 1, 1], bias=2, pooling="last", prompts={"query": "Q: {text}"})
+    assert config.layers == [1, 3] and config.bias == 2.0
+    assert EmbedderConfig.from_dict(config.to_dict()) == config
+    embedder = KVEmbedder(make_model("llama"), tokenizer, config, bias=0.5)
+    assert embedder.config.bias == 0.5 and embedder.config.layers == [1, 3]
+    for bad in (
+        {"method": "bogus"},
+        {"layers": []},
+        {"layers": [-1]},
+        {"layers": "middle"},
+        {"pooling": "max"},
+        {"bias": "high"},
+        {"prompts": {"document": "no placeholder"}},
+        {"prompts": {"passage": "{text}"}},
+        {"max_length": 0},
+    ):
+        with pytest.raises(ValueError):
+            EmbedderConfig(**bad)
+    with pytest.raises(ValueError, match="unknown embedder option"):
+        EmbedderConfig.from_dict({"methd": "kv"})
+
+
+def test_progress_bar(embedder, capsys):
+    embedder.encode(TEXTS, batch_size=1, show_progress_bar=True)
+    assert "Embedding" in capsys.readouterr().err
+    embedder.encode(TEXTS, batch_size=1)
+    assert "Embedding" not in capsys.readouterr().err
+
+
+def test_repr_names_the_method_and_layers(embedder):
+    assert "method='kv'" in repr(embedder) and "layers=[1, 2]" in repr(embedder)
