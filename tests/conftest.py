@@ -115,3 +115,12 @@ def make_model(family: str, attn_implementation: str | None = None, seed: int = 
 @pytest.fixture(params=sorted(FAMILIES))
 def family(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tokenizer):
+    """A tiny Llama and its tokenizer saved as a local model directory."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_model("llama").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

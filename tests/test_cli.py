@@ -6,18 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TEXTS, make_model
+from conftest import TEXTS
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.cli import main
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    make_model("llama").save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_embed_txt_and_jsonl(model_dir, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import TEXTS, make_model
 
 from kv_embeddings_integrations import EmbedderConfig, KVEmbedder
@@ -134,3 +135,16 @@ def test_progress_bar(embedder, capsys):
 
 def test_repr_names_the_method_and_layers(embedder):
     assert "method='kv'" in repr(embedder) and "layers=[1, 2]" in repr(embedder)
+
+
+def test_from_pretrained_local_dir_and_accelerate_dispatch(model_dir):
+    plain = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], device="cpu")
+    dispatched = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], device_map="auto")
+    assert plain.name == str(model_dir) and plain.device.type == "cpu"
+    assert plain.model.dtype == torch.float32
+    np.testing.assert_allclose(dispatched.encode(TEXTS), plain.encode(TEXTS), atol=1e-5)
+    half = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], dtype="bfloat16")
+    assert half.model.dtype == torch.bfloat16
+    assert np.isfinite(half.encode(TEXTS)).all()
+    with pytest.raises(ValueError, match="dtype must be"):
+        KVEmbedder.from_pretrained(str(model_dir), dtype="float33")
