@@ -4,7 +4,7 @@ Reads the STS-B format (tab-separated: gold score in column 5, sentences in colu
 0-based 4-6; extra trailing columns ignored). Needs scipy (``pip install -e .[eval]``).
 
     python examples/evaluate_sts.py ../shared/evaldata/stsbenchmark/sts-dev.csv \
-        --model smollm2-135m --methods kv,prompt,prompteol,mean,last
+        --model smollm2-135m --methods kv,prompt,prompteol,mean,last --layer-sets "auto;10,11,12,13"
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ def main() -> None:
     parser.add_argument("path", type=Path)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--methods", default="kv,prompt,prompteol,echo,mean,last")
-    parser.add_argument("--layers", default=None, help="comma-separated layers for kv (default: auto)")
+    parser.add_argument(
+        "--layer-sets",
+        default="auto",
+        help="';'-separated layer sets for kv, each 'auto' or e.g. '10,11,12' (default: auto)",
+    )
     parser.add_argument("--bias", type=float, default=1.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -50,10 +54,11 @@ def main() -> None:
         f"{args.path}: {len(gold)} pairs; model {args.model}; {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    base = KVEmbedder.from_pretrained(args.model)
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else "auto"
+    base = KVEmbedder.from_pretrained(args.model, layers=None)
+    layer_sets = [s if s == "auto" else [int(x) for x in s.split(",")] for s in args.layer_sets.split(";")]
+    runs = [(m, layers) for m in args.methods.split(",") for layers in (layer_sets if m == "kv" else ["auto"])]
     results = []
-    for method in args.methods.split(","):
+    for method, layers in runs:
         # One model load, many methods: each embedder wraps the same model object.
         embedder = KVEmbedder(base.model, base.tokenizer, name=args.model, method=method, layers=layers, bias=args.bias)
         start = time.perf_counter()

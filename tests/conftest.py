@@ -124,3 +124,10 @@ def model_dir(tmp_path_factory, tokenizer):
     make_model("llama").save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(request, monkeypatch, tmp_path_factory):
+    """Tests never write the user's cache, except the slow ones that use the real bundled model."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("KV_EMBEDDINGS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

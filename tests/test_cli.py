@@ -70,3 +70,32 @@ def test_bad_option_is_rejected_by_argparse(model_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["embed", "--model", str(model_dir), "--method", "bogus", "--input", "x.txt", "--output", "o.npy"])
     assert exit_info.value.code == 2
+
+
+def test_select_layers_prints_curve_and_plots(model_dir, tmp_path, capsys):
+    from conftest import CORPUS
+
+    texts = tmp_path / "calibration.txt"
+    texts.write_text("\n".join(f"{a} {b}" for a in CORPUS for b in TEXTS), encoding="utf-8")
+    plot = tmp_path / "id.png"
+    argv = ["select-layers", "--model", str(model_dir), "--texts", str(texts), "--plot", str(plot)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "calibration: user (40 texts)" in out and "(computed)" in out
+    rows = [line.split() for line in out.splitlines() if line[:5].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3] and all(float(r[1]) > 0 for r in rows)
+    chosen = [int(r[0]) for r in rows if "re-routed" in " ".join(r)]
+    assert out.strip().splitlines()[-3] == f"chosen layers: {','.join(map(str, chosen))}"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The same selection now comes from the cache, and KVEmbedder(layers="auto") agrees.
+    assert main(argv[:-2]) == 0
+    assert "(cache)" in capsys.readouterr().out
+    lines = texts.read_text(encoding="utf-8").splitlines()
+    assert KVEmbedder.from_pretrained(str(model_dir), calibration_texts=lines).layers == chosen
+
+
+def test_select_layers_needs_enough_texts(model_dir, tmp_path, capsys):
+    texts = tmp_path / "few.txt"
+    texts.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    assert main(["select-layers", "--model", str(model_dir), "--texts", str(texts)]) == 2
+    assert "at least 20 distinct calibration texts, got 3" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from conftest import TEXTS, make_model
 
 from kv_embeddings_integrations import EmbedderConfig, KVEmbedder
 from kv_embeddings_integrations.batching import plan_batches
-from kv_embeddings_integrations.layers import provisional_auto_layers, resolve_layers
+from kv_embeddings_integrations.layers import resolve_layers
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +95,6 @@ def test_bad_inputs_are_named(embedder):
 
 
 def test_layers_resolution():
-    assert provisional_auto_layers(30) == [10, 11, 12, 13]
-    assert provisional_auto_layers(36) == [12, 13, 14, 15]
-    assert provisional_auto_layers(4) == [1]
     assert resolve_layers(None, 4) == []
     with pytest.raises(ValueError, match=r"layers \[4\] out of range"):
         resolve_layers([1, 4], 4)

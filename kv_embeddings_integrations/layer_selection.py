@@ -1,0 +1,273 @@
+"""Automatic choice of the re-routed layers by intrinsic dimensionality (method.md).
+
+The intrinsic dimension (ID) of the last-token representation of prompted texts is estimated at
+every layer with TwoNN (Facco et al. 2017, Sci. Rep. 7:12140); the re-routed window starts at
+the layer of minimum ID past the first 20% of the network and spans ``floor(L / 10)`` more layers.
+The choice is computed once per model and cached as JSON in the user cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .batching import plan_batches
+from .bundled import cache_dir
+from .tokenization import collate
+
+if TYPE_CHECKING:
+    from .embedder import KVEmbedder
+
+logger = logging.getLogger(__name__)
+
+MIN_POINTS = 20
+DEFAULT_SKIP_FRACTION = 0.2
+# Bump when the estimator or the points change, so old cache entries stop matching.
+ESTIMATOR_VERSION = 1
+CALIBRATION_FILES = ("image_captions.txt", "banking_queries.txt", "python_reference.txt")
+
+
+def builtin_calibration_texts() -> list[str]:
+    """The 1000 texts shipped with the package (see ``data/calibration/README.md`` for sources)."""
+    folder = resources.files("kv_embeddings_integrations") / "data" / "calibration"
+    texts: list[str] = []
+    for name in CALIBRATION_FILES:
+        texts += [line for line in (folder / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return texts
+
+
+def twonn_dimension(points, *, discard_fraction: float = 0.1) -> float:
+    """TwoNN intrinsic dimension of ``points`` (an ``(N, D)`` array or tensor).
+
+    For each point, ``mu = r2 / r1`` (distances to its second and first nearest neighbours);
+    the ID is the slope, through the origin, of ``-log(1 - F(mu))`` against ``log(mu)``, fitted
+    after discarding the largest ``discard_fraction`` of ``mu`` (Facco et al.'s recipe, robust to
+    noise). Duplicate points (zero distances) are merged first. Needs at least 20 distinct points.
+    """
+    x = torch.as_tensor(np.asarray(points) if not isinstance(points, torch.Tensor) else points)
+    if x.ndim != 2:
+        raise ValueError(f"points must be a 2-D (N, D) array, got shape {tuple(x.shape)}")
+    x = x.detach().to("cpu", torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError("points contain NaN or infinite values")
+    x = torch.unique(x, dim=0)
+    n = x.shape[0]
+    if n < MIN_POINTS:
+        raise ValueError(f"TwoNN needs at least {MIN_POINTS} distinct points, got {n}")
+    if not 0 <= discard_fraction < 1:
+        raise ValueError(f"discard_fraction must be in [0, 1), got {discard_fraction}")
+    nearest = torch.empty(n, 2, dtype=torch.float64)
+    for start in range(0, n, 1024):  # rows in chunks: memory O(1024 * N), not O(N^2)
+        block = torch.cdist(x[start : start + 1024], x)
+        block[torch.arange(block.shape[0]), torch.arange(start, start + block.shape[0])] = math.inf
+        nearest[start : start + 1024] = block.topk(2, dim=1, largest=False).values
+    mu = torch.sort(nearest[:, 1] / nearest[:, 0]).values
+    # F(mu_N) = 1 would give log(0): the largest mu never enters the fit.
+    keep = min(n - 1, max(2, int(math.floor(n * (1 - discard_fraction)))))
+    log_mu = torch.log(mu[:keep])
+    cdf = torch.arange(1, n + 1, dtype=torch.float64)[:keep] / n
+    y = -torch.log1p(-cdf)
+    return float((log_mu * y).sum() / (log_mu * log_mu).sum())
+
+
+def select_layers(
+    dimensions: Sequence[float],
+    num_layers: int | None = None,
+    *,
+    skip_fraction: float = DEFAULT_SKIP_FRACTION,
+    window: int | None = None,
+) -> list[int]:
+    """method.md's rule: skip the first ``skip_fraction`` of layers, take the layer of minimum ID
+    (the first, on ties), and re-route it and the ``window`` layers after it (default
+    ``floor(L / 10)``), clipped to the network.
+    """
+    num_layers = len(dimensions) if num_layers is None else num_layers
+    if len(dimensions) != num_layers or num_layers < 1:
+        raise ValueError(f"need one dimension per layer: got {len(dimensions)} for {num_layers} layers")
+    if not 0 <= skip_fraction < 1:
+        raise ValueError(f"skip_fraction must be in [0, 1), got {skip_fraction}")
+    window = num_layers // 10 if window is None else window
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    skip = min(int(math.floor(num_layers * skip_fraction)), num_layers - 1)
+    candidates = np.asarray(dimensions[skip:], dtype=float)
+    if not np.isfinite(candidates).all():
+        raise ValueError("dimensions contain NaN or infinite values")
+    start = skip + int(np.argmin(candidates))
+    return list(range(start, min(start + window, num_layers - 1) + 1))
+
+
+def last_token_states(embedder: KVEmbedder, texts: Sequence[str], *, show_progress_bar: bool | None = None):
+    """``(N, L, H)`` float32 last-token hidden states of every layer, for texts prompted as documents,
+    without re-routing; all layers come from one forward pass per batch."""
+    encoded = embedder._prompt_tokenizer.encode(list(texts), embedder.template("document"))
+    batches = plan_batches([len(e) for e in encoded], embedder.batch_size, embedder.config.max_tokens_per_batch)
+    states = torch.empty((len(texts), embedder.num_layers, embedder.hidden_size), dtype=torch.float32)
+    show = len(batches) > 10 if show_progress_bar is None else show_progress_bar
+    with tqdm(total=len(texts), desc="Layer IDs: hidden states", unit="text", disable=not show) as bar:
+        for indices in batches:
+            batch = collate([encoded[i] for i in indices], embedder._pad_token_id, embedder.device)
+            out = embedder._forward(batch, output_hidden_states=True, layers=[])
+            # hidden_states[0] is the embedding output; [l + 1] is layer l's output (the last one normed).
+            stacked = torch.stack([h[:, -1].float().cpu() for h in out.hidden_states[1:]], dim=1)
+            states[indices] = stacked
+            bar.update(len(indices))
+    return states
+
+
+def layerwise_dimensions(
+    embedder: KVEmbedder, texts: Sequence[str], *, show_progress_bar: bool | None = None
+) -> list[float]:
+    """TwoNN ID of the last-token hidden state at every layer (index l: output of layer l)."""
+    states = last_token_states(embedder, texts, show_progress_bar=show_progress_bar)
+    return [twonn_dimension(states[:, layer]) for layer in range(states.shape[1])]
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap hash of a model's weights: shape, dtype and up to 128 sampled values of each tensor.
+
+    Reading every weight of an 8B model would cost seconds; a sample tells checkpoints apart.
+    """
+    digest = hashlib.sha256()
+    for name, param in model.state_dict().items():
+        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        if param.device.type == "meta" or param.numel() == 0:
+            continue
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // 64)
+        sample = torch.cat([flat[:64], flat[::step][:64]]).to("cpu", torch.float64)
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class LayerSelection:
+    """The outcome of automatic selection, as stored in the cache."""
+
+    layers: list[int]
+    dimensions: list[float]
+    calibration: str
+    num_texts: int
+    seconds: float
+    from_cache: bool = False
+    key: dict[str, Any] = field(default_factory=dict)
+
+
+def selection_key(embedder: KVEmbedder, texts: Sequence[str], rule: dict[str, Any]) -> dict[str, Any]:
+    """Everything the selection depends on."""
+    model = embedder.model
+    return {
+        "estimator_version": ESTIMATOR_VERSION,
+        "model_class": type(model).__name__,
+        "name_or_path": str(getattr(model, "name_or_path", "")),
+        "revision": getattr(model.config, "_commit_hash", None),
+        "weights": model_fingerprint(model),
+        "dtype": str(next(model.parameters()).dtype),
+        "template": embedder.template("document"),
+        "max_length": embedder.max_length,
+        "num_texts": len(texts),
+        "texts_sha256": hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest(),
+        "rule": {"skip_fraction": rule.get("skip_fraction", DEFAULT_SKIP_FRACTION), "window": rule.get("window")},
+    }
+
+
+def _cache_path(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir() / "layer_selection" / f"{digest}.json"
+
+
+def _read_cache(path: Path, key: dict[str, Any], num_layers: int) -> LayerSelection | None:
+    """The cached selection if the file is intact and was made for exactly this key; else None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("key") != key:
+            raise ValueError("key mismatch")
+        dimensions = [float(d) for d in data["dimensions"]]
+        layers = [int(i) for i in data["layers"]]
+        # Never trust the stored choice blindly: it must follow from the stored curve.
+        if len(dimensions) != num_layers or layers != select_layers(dimensions, num_layers, **key["rule"]):
+            raise ValueError("inconsistent entry")
+        return LayerSelection(
+            layers, dimensions, str(data["calibration"]), int(data["num_texts"]), float(data["seconds"]), True, key
+        )
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        logger.warning("ignoring unusable layer-selection cache %s (%s); recomputing", path, e)
+        return None
+
+
+def _write_cache(path: Path, selection: LayerSelection) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "key": selection.key,
+        "layers": selection.layers,
+        "dimensions": selection.dimensions,
+        "calibration": selection.calibration,
+        "num_texts": selection.num_texts,
+        "seconds": selection.seconds,
+    }
+    # Temporary file then rename: a concurrent reader never sees a half-written file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def auto_select_layers(
+    embedder: KVEmbedder,
+    calibration_texts: Sequence[str] | None = None,
+    *,
+    recompute: bool = False,
+    show_progress_bar: bool | None = None,
+    **rule: Any,
+) -> LayerSelection:
+    """Pick the layers to re-route for ``embedder``'s model, from the cache when possible.
+
+    Args:
+        embedder: the embedder whose model, document template and ``max_length`` are used.
+        calibration_texts: at least 20 distinct texts; ``None``: the 1000 built-in texts.
+        recompute: ignore a cached entry (the new result still replaces it).
+        show_progress_bar: ``None`` shows one for more than 10 batches.
+        **rule: :func:`select_layers` options, ``skip_fraction`` and ``window``.
+    """
+    if calibration_texts is None:
+        texts, calibration = builtin_calibration_texts(), "built-in (1000 texts: captions, banking, Python docs)"
+    else:
+        texts, calibration = list(calibration_texts), f"user ({len(calibration_texts)} texts)"
+        if len(set(texts)) < MIN_POINTS:
+            raise ValueError(
+                f"layer selection needs at least {MIN_POINTS} distinct calibration texts, got {len(set(texts))}"
+            )
+    key = selection_key(embedder, texts, rule)
+    path = _cache_path(key)
+    if not recompute and (cached := _read_cache(path, key, embedder.num_layers)) is not None:
+        logger.info("layers %s for %s from cache %s", cached.layers, embedder.name, path)
+        return cached
+    start = time.perf_counter()
+    dimensions = layerwise_dimensions(embedder, texts, show_progress_bar=show_progress_bar)
+    layers = select_layers(dimensions, embedder.num_layers, **key["rule"])
+    selection = LayerSelection(layers, dimensions, calibration, len(texts), time.perf_counter() - start, False, key)
+    logger.info(
+        "selected layers %s for %s in %.1f s (calibration: %s)", layers, embedder.name, selection.seconds, calibration
+    )
+    _write_cache(path, selection)
+    return selection
