@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -247,20 +247,29 @@ class KVEmbedder:
                     "(prompt included) and were truncated",
                     stacklevel=2,
                 )
-            size = batch_size or self.batch_size
-            batches = plan_batches([len(e) for e in encoded], size, self.config.max_tokens_per_batch)
-            show = len(batches) > PROGRESS_BAR_MIN_BATCHES if show_progress_bar is None else show_progress_bar
-            with tqdm(total=len(items), desc="Embedding", unit="text", disable=not show) as bar:
-                for indices in batches:
-                    out[indices] = self._embed_batch([encoded[i] for i in indices]).cpu()
-                    bar.update(len(indices))
+            for indices, batch in self._batches(encoded, batch_size or self.batch_size, show_progress_bar):
+                out[indices] = self._embed_batch(batch).cpu()
         if normalize:
             out = torch.nn.functional.normalize(out, dim=-1)
         array = out.numpy()
         return array[0] if single else array
 
-    def _embed_batch(self, encoded: list[EncodedText]) -> torch.Tensor:
-        batch = collate(encoded, self._pad_token_id, self.device)
+    def _batches(
+        self,
+        encoded: list[EncodedText],
+        batch_size: int | None,
+        show_progress_bar: bool | None,
+        desc: str = "Embedding",
+    ) -> Iterator[tuple[list[int], TokenBatch]]:
+        """Length-sorted, padded batches with their indices into ``encoded``, under a progress bar."""
+        batches = plan_batches([len(e) for e in encoded], batch_size, self.config.max_tokens_per_batch)
+        show = len(batches) > PROGRESS_BAR_MIN_BATCHES if show_progress_bar is None else show_progress_bar
+        with tqdm(total=len(encoded), desc=desc, unit="text", disable=not show) as bar:
+            for indices in batches:
+                yield indices, collate([encoded[i] for i in indices], self._pad_token_id, self.device)
+                bar.update(len(indices))
+
+    def _embed_batch(self, batch: TokenBatch) -> torch.Tensor:
         hidden = self._forward(batch).last_hidden_state
         mean_mask = batch.attention_mask.bool()
         if self.mean_scope == "text":

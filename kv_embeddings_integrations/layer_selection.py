@@ -23,11 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .batching import plan_batches
 from .bundled import cache_dir
-from .tokenization import collate
 
 if TYPE_CHECKING:
     from .embedder import KVEmbedder
@@ -115,17 +112,11 @@ def last_token_states(embedder: KVEmbedder, texts: Sequence[str], *, show_progre
     """``(N, L, H)`` float32 last-token hidden states of every layer, for texts prompted as documents,
     without re-routing; all layers come from one forward pass per batch."""
     encoded = embedder._prompt_tokenizer.encode(list(texts), embedder.template("document"))
-    batches = plan_batches([len(e) for e in encoded], embedder.batch_size, embedder.config.max_tokens_per_batch)
     states = torch.empty((len(texts), embedder.num_layers, embedder.hidden_size), dtype=torch.float32)
-    show = len(batches) > 10 if show_progress_bar is None else show_progress_bar
-    with tqdm(total=len(texts), desc="Layer IDs: hidden states", unit="text", disable=not show) as bar:
-        for indices in batches:
-            batch = collate([encoded[i] for i in indices], embedder._pad_token_id, embedder.device)
-            out = embedder._forward(batch, output_hidden_states=True, layers=[])
-            # hidden_states[0] is the embedding output; [l + 1] is layer l's output (the last one normed).
-            stacked = torch.stack([h[:, -1].float().cpu() for h in out.hidden_states[1:]], dim=1)
-            states[indices] = stacked
-            bar.update(len(indices))
+    for indices, batch in embedder._batches(encoded, embedder.batch_size, show_progress_bar, "Layer IDs"):
+        out = embedder._forward(batch, output_hidden_states=True, layers=[])
+        # hidden_states[0] is the embedding output; [l + 1] is layer l's output (the last one normed).
+        states[indices] = torch.stack([h[:, -1].float().cpu() for h in out.hidden_states[1:]], dim=1)
     return states
 
 
