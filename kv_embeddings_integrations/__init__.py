@@ -1,9 +1,36 @@
 """Text embeddings from any frozen decoder-only LLM by KV re-routing (KV-Embedding, arXiv 2601.01046)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL
 from .config import EmbedderConfig
 from .embedder import KVEmbedder
 from .rerouting import UnsupportedModelError
 
-__all__ = ["BUNDLED_MODELS", "DEFAULT_MODEL", "EmbedderConfig", "KVEmbedder", "UnsupportedModelError"]
+if TYPE_CHECKING:
+    from .langchain import KVEmbeddings
+    from .llama_index import KVEmbedding
+
+__all__ = [
+    "BUNDLED_MODELS",
+    "DEFAULT_MODEL",
+    "EmbedderConfig",
+    "KVEmbedder",
+    "KVEmbedding",
+    "KVEmbeddings",
+    "UnsupportedModelError",
+]
 __version__ = "0.1.0"
+
+# The adapters import their frameworks (seconds of import time), so they load on first use.
+_ADAPTERS = {"KVEmbeddings": ".langchain", "KVEmbedding": ".llama_index"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ADAPTERS:
+        import importlib
+
+        return getattr(importlib.import_module(_ADAPTERS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

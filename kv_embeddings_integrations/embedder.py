@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -88,7 +87,7 @@ class KVEmbedder:
     ) -> None:
         if not isinstance(model, PreTrainedModel):
             raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}")
-        self.config = replace(config, **options) if config is not None else EmbedderConfig(**options)
+        self.config = config.with_options(**options) if config is not None else EmbedderConfig(**options)
         self.model = model.eval()
         get_decoder = getattr(model, "get_decoder", None)
         self.decoder = (get_decoder() if get_decoder is not None else None) or model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -55,9 +56,19 @@ class PromptTokenizer:
             )
         self.tokenizer = tokenizer
         self.max_length = max_length
+        # A fast tokenizer mutates its truncation/padding state inside calls: one caller at a time.
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _tokenize(self, strings: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
-        out = self.tokenizer(strings, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
+        with self._lock:
+            out = self.tokenizer(strings, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
         return out["input_ids"], [[tuple(o) for o in row] for row in out["offset_mapping"]]
 
     def encode(self, texts: list[str], template: str) -> list[EncodedText]:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -117,13 +123,19 @@ def family(request) -> str:
     return request.param
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory, tokenizer):
-    """A tiny Llama and its tokenizer saved as a local model directory."""
-    path = tmp_path_factory.mktemp("tiny-llama")
+@functools.cache
+def tiny_model_dir() -> str:
+    """A tiny Llama and its tokenizer saved as a local model directory (once per session)."""
+    path = tempfile.mkdtemp(prefix="tiny-llama-")
+    atexit.register(shutil.rmtree, path, True)
     make_model("llama").save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    return Path(tiny_model_dir())
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,130 @@
+"""LlamaIndex ``BaseEmbedding`` over the shared core."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from .bundled import DEFAULT_MODEL
+from .config import EmbedderConfig
+from .embedder import KVEmbedder
+from .shared import shared_embedder
+
+DEFAULT_EMBED_BATCH_SIZE = 32
+
+
+class KVEmbedding(EmbedderConfig, BaseEmbedding):
+    """KV-Embedding as a LlamaIndex embedding model.
+
+    Queries use the core's query prompt, texts (nodes) its document prompt. Every
+    :class:`~kv_embeddings_integrations.EmbedderConfig` option is a field. The model lives in a
+    private attribute; pickling keeps the fields (and an ``embedder`` passed in explicitly) and
+    the model is re-attached on unpickling (loaded again in another process, shared in this one),
+    so ``IngestionPipeline(num_workers=...)`` works.
+
+    Example:
+        .. code-block:: python
+
+            from llama_index.core import Settings
+            from kv_embeddings_integrations import KVEmbedding
+
+            Settings.embed_model = KVEmbedding(model="Qwen/Qwen3-4B")
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
+
+    model: str = Field(default=DEFAULT_MODEL, description="hub id, local directory or bundled alias")
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="loading arguments for KVEmbedder.from_pretrained: dtype, device, device_map, "
+        "max_memory, trust_remote_code, revision, attn_implementation, ...",
+    )
+    normalize: bool = Field(default=True, description="L2-normalise the vectors")
+    show_progress_bar: bool = Field(default=False, description="show the core's progress bar on long batches")
+    _embedder: KVEmbedder = PrivateAttr()
+    _given: KVEmbedder | None = PrivateAttr(default=None)
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        embedder: KVEmbedder | None = None,
+        embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
+        **kwargs: Any,
+    ) -> None:
+        """Args:
+        model: hub id, local directory or bundled alias (ignored when ``embedder`` is given).
+        embedder: an existing :class:`KVEmbedder` to use instead of loading ``model``.
+        embed_batch_size: texts per call into the core (which batches again by length).
+        **kwargs: :class:`EmbedderConfig` options, ``model_kwargs``, ``normalize``,
+            ``show_progress_bar`` and :class:`BaseEmbedding` fields (``callback_manager``, ...).
+        """
+        if embedder is not None:
+            # The fields describe the embedder actually used.
+            model, kwargs = embedder.name, {**embedder.config.to_dict(), **kwargs}
+        kwargs.setdefault("model_name", model)
+        super().__init__(model=model, embed_batch_size=embed_batch_size, **kwargs)
+        self._given = embedder
+        self._attach()
+
+    def _attach(self) -> None:
+        if self._given is not None:
+            self._embedder = self._given
+        else:
+            self._embedder = shared_embedder(self.model, EmbedderConfig(**self.to_dict()), self.model_kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "KVEmbedding"
+
+    @property
+    def client(self) -> KVEmbedder:
+        """The core embedder doing the work."""
+        return self._embedder
+
+    def __getstate__(self) -> dict[str, Any]:
+        private = self.__pydantic_private__
+        # The loaded model is re-attached on unpickling rather than copied (or test-pickled).
+        embedder = private.pop("_embedder", None)
+        try:
+            state = super().__getstate__()
+        finally:
+            if embedder is not None:
+                private["_embedder"] = embedder
+        state["__pydantic_private__"] = {
+            k: v for k, v in (state.get("__pydantic_private__") or {}).items() if k != "_embedder"
+        }
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Not BaseComponent's __setstate__, which re-runs __init__ and would lose `_given`.
+        BaseModel.__setstate__(self, state)
+        self._attach()
+
+    def _embed(self, texts: list[str], prompt_type: str) -> list[Embedding]:
+        vectors = self._embedder.encode(
+            texts, prompt_type=prompt_type, normalize=self.normalize, show_progress_bar=self.show_progress_bar or None
+        )
+        return vectors.tolist()
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._embed([query], "query")[0]
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._embed([text], "document")[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._embed(texts, "document")
+
+    # The forward pass runs in a worker thread, so the event loop is never blocked.
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
