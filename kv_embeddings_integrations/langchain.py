@@ -6,15 +6,13 @@ import asyncio
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
-from .bundled import DEFAULT_MODEL
-from .config import EmbedderConfig
 from .embedder import KVEmbedder
-from .shared import shared_embedder
+from .shared import AdapterConfig
 
 
-class KVEmbeddings(EmbedderConfig, Embeddings):
+class KVEmbeddings(AdapterConfig, Embeddings):
     """KV-Embedding as a LangChain embedding model.
 
     Documents are embedded with the document prompt, queries with the query prompt. Every
@@ -32,15 +30,6 @@ class KVEmbeddings(EmbedderConfig, Embeddings):
             query = embeddings.embed_query("capital of France")
     """
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
-
-    model: str = Field(default=DEFAULT_MODEL, description="hub id, local directory or bundled alias")
-    model_kwargs: dict[str, Any] = Field(
-        default_factory=dict,
-        description="loading arguments for KVEmbedder.from_pretrained: dtype, device, device_map, "
-        "max_memory, trust_remote_code, revision, attn_implementation, ...",
-    )
-    normalize: bool = Field(default=True, description="L2-normalise the vectors")
     show_progress: bool = Field(default=False, description="show a progress bar on long jobs")
     embedder: KVEmbedder | None = Field(
         default=None, exclude=True, description="an existing KVEmbedder to use instead of loading `model`"
@@ -61,7 +50,7 @@ class KVEmbeddings(EmbedderConfig, Embeddings):
         if self.embedder is not None:
             self._embedder = self.embedder
         else:
-            self._embedder = shared_embedder(self.model, EmbedderConfig(**self.to_dict()), self.model_kwargs)
+            self._embedder = self._shared_embedder()
         return self
 
     @property

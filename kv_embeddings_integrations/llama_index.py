@@ -6,17 +6,16 @@ import asyncio
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr
 
 from .bundled import DEFAULT_MODEL
-from .config import EmbedderConfig
 from .embedder import KVEmbedder
-from .shared import shared_embedder
+from .shared import AdapterConfig
 
 DEFAULT_EMBED_BATCH_SIZE = 32
 
 
-class KVEmbedding(EmbedderConfig, BaseEmbedding):
+class KVEmbedding(AdapterConfig, BaseEmbedding):
     """KV-Embedding as a LlamaIndex embedding model.
 
     Queries use the core's query prompt, texts (nodes) its document prompt. Every
@@ -34,15 +33,6 @@ class KVEmbedding(EmbedderConfig, BaseEmbedding):
             Settings.embed_model = KVEmbedding(model="Qwen/Qwen3-4B")
     """
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
-
-    model: str = Field(default=DEFAULT_MODEL, description="hub id, local directory or bundled alias")
-    model_kwargs: dict[str, Any] = Field(
-        default_factory=dict,
-        description="loading arguments for KVEmbedder.from_pretrained: dtype, device, device_map, "
-        "max_memory, trust_remote_code, revision, attn_implementation, ...",
-    )
-    normalize: bool = Field(default=True, description="L2-normalise the vectors")
     show_progress_bar: bool = Field(default=False, description="show the core's progress bar on long batches")
     _embedder: KVEmbedder = PrivateAttr()
     _given: KVEmbedder | None = PrivateAttr(default=None)
@@ -74,7 +64,7 @@ class KVEmbedding(EmbedderConfig, BaseEmbedding):
         if self._given is not None:
             self._embedder = self._given
         else:
-            self._embedder = shared_embedder(self.model, EmbedderConfig(**self.to_dict()), self.model_kwargs)
+            self._embedder = self._shared_embedder()
 
     @classmethod
     def class_name(cls) -> str:

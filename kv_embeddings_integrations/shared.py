@@ -12,6 +12,9 @@ import threading
 import weakref
 from typing import Any
 
+from pydantic import ConfigDict, Field
+
+from .bundled import DEFAULT_MODEL
 from .config import EmbedderConfig
 from .embedder import KVEmbedder
 
@@ -50,3 +53,20 @@ def shared_embedder(model: str, config: EmbedderConfig, load_kwargs: dict[str, A
             _tokenizers[embedder.model] = embedder.tokenizer
         _embedders[embedder_key] = embedder
         return embedder
+
+
+class AdapterConfig(EmbedderConfig):
+    """The fields both framework adapters add to :class:`EmbedderConfig`: which model, how to load it."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
+
+    model: str = Field(default=DEFAULT_MODEL, description="hub id, local directory or bundled alias")
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="loading arguments for KVEmbedder.from_pretrained: dtype, device, device_map, "
+        "max_memory, trust_remote_code, revision, attn_implementation, ...",
+    )
+    normalize: bool = Field(default=True, description="L2-normalise the vectors")
+
+    def _shared_embedder(self) -> KVEmbedder:
+        return shared_embedder(self.model, EmbedderConfig(**self.to_dict()), self.model_kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import shutil
@@ -143,3 +144,24 @@ def _isolated_cache(request, monkeypatch, tmp_path_factory):
     """Tests never write the user's cache, except the slow ones that use the real bundled model."""
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv("KV_EMBEDDINGS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+async def ticks_during(awaitable):
+    """Await ``awaitable`` while a 1 ms ticker runs on the same loop; return (result, ticks).
+
+    A call that blocked the event loop would let the ticker run once at most.
+    """
+    ticks, done = 0, False
+
+    async def ticker():
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    try:
+        return await awaitable, ticks
+    finally:
+        done = True
+        await task

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CORPUS, TEXTS, tiny_model_dir
+from conftest import CORPUS, TEXTS, ticks_during, tiny_model_dir
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.llms import MockLLM
@@ -56,26 +56,13 @@ def test_text_embeddings_are_batched(embed_model, monkeypatch):
 def test_async_does_not_block_the_event_loop(embed_model):
     texts = TEXTS * 40
 
-    async def main():
-        ticks, done = 0, False
+    async def both():
+        return await embed_model.aget_text_embedding_batch(texts), await embed_model.aget_query_embedding(TEXTS[0])
 
-        async def ticker():
-            nonlocal ticks
-            while not done:
-                ticks += 1
-                await asyncio.sleep(0.001)
-
-        task = asyncio.create_task(ticker())
-        vectors = await embed_model.aget_text_embedding_batch(texts)
-        query = await embed_model.aget_query_embedding(TEXTS[0])
-        done = True
-        await task
-        return vectors, query, ticks
-
-    vectors, query, ticks = asyncio.run(main())
+    (vectors, query), ticks = asyncio.run(ticks_during(both()))
     np.testing.assert_allclose(vectors, embed_model.get_text_embedding_batch(texts), atol=1e-5)
     np.testing.assert_allclose(query, embed_model.get_query_embedding(TEXTS[0]), atol=1e-5)
-    assert ticks >= 5
+    assert ticks >= 5, ticks
 
 
 def test_pickle_round_trip_reattaches_the_model(embed_model):
