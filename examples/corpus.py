@@ -6,7 +6,10 @@ License, so it can be used here offline.
 
 from __future__ import annotations
 
+import argparse
 from pydoc_data.topics import topics
+
+from kv_embeddings_integrations import DEFAULT_MODEL
 
 SECTIONS = ["if", "while", "for", "try", "with", "function", "class", "import", "lambda", "assert", "return", "global"]
 
@@ -22,3 +25,12 @@ QUERIES = [
 def load_sections() -> dict[str, str]:
     """Section name -> its text (a few hundred to a few thousand characters each)."""
     return {name: topics[name] for name in SECTIONS}
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """The RAG examples' shared options: ``--model``, ``--method``, ``--k``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--method", default="kv")
+    parser.add_argument("--k", type=int, default=2, help="hits per query")
+    return parser.parse_args()

