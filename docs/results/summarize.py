@@ -25,6 +25,8 @@ def table(model: str, suffixes: list[str], tasks: list[str]) -> None:
     for suffix in suffixes:
         rows.update(load(model + suffix))
     labels = list(dict.fromkeys(label for label, _ in rows))
+    if not labels:
+        return
     print(f"{MODELS[model]}:\n")
     print("| method | " + " | ".join(TASKS[t] for t in tasks) + " |")
     print("|---|" + "---:|" * len(tasks))
