@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from .bundled import DEFAULT_MODEL
 from .config import EmbedderConfig
+from .jsonl import iter_jsonl
 from .prompts import METHODS, POOLINGS, PROMPT_TYPES
 
 # Every method, for `kv-embed eval` by default.
@@ -36,17 +36,10 @@ def read_texts(path: Path, text_field: str) -> list[str]:
         raise CLIError(f"input file not found: {path}")
     if path.suffix == ".jsonl":
         texts = []
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CLIError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise CLIError(f"{path}:{number}: no string field {text_field!r}")
-                texts.append(record[text_field])
+        for number, record in iter_jsonl(path, CLIError):
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise CLIError(f"{path}:{number}: no string field {text_field!r}")
+            texts.append(record[text_field])
     elif path.suffix == ".txt":
         texts = path.read_text(encoding="utf-8").splitlines()
     else:

@@ -6,10 +6,11 @@ Every loader reads from a path the user gives and fails with a message naming th
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..jsonl import iter_jsonl
 
 # Sentences in STS files can be long and contain quotes; read fields verbatim.
 csv.field_size_limit(1 << 24)
@@ -121,12 +122,15 @@ def _read_semeval(input_path: Path) -> tuple[list[str], list[str], list[float]]:
     return first, second, gold
 
 
+def _first_line(path: Path) -> str:
+    with path.open(encoding="utf-8") as f:
+        return f.readline()
+
+
 def _sts_reader(path: Path):
     if path.name.startswith("STS.input."):
         return _read_semeval
-    with path.open(encoding="utf-8") as f:
-        header = f.readline()
-    return _read_sick if "sentence_A" in header else _read_stsb
+    return _read_sick if "sentence_A" in _first_line(path) else _read_stsb
 
 
 def load_sts(path: str | Path, name: str | None = None) -> STSTask:
@@ -145,7 +149,7 @@ def load_sts(path: str | Path, name: str | None = None) -> STSTask:
     path = _require(Path(path), "STS data")
     if path.is_dir():
         files = sorted(path.glob("STS.input.*.txt")) or sorted(
-            p for p in path.glob("*.txt") if p.open(encoding="utf-8").readline().startswith("pair_ID")
+            p for p in path.glob("*.txt") if _first_line(p).startswith("pair_ID")
         )
         if not files:
             raise DataFormatError(
@@ -166,17 +170,10 @@ def load_sts(path: str | Path, name: str | None = None) -> STSTask:
 
 def _read_jsonl(path: Path) -> list[dict]:
     records = []
-    with _require(path, "file").open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or "_id" not in record:
-                raise DataFormatError(f"{path}:{number}: expected an object with an '_id'")
-            records.append(record)
+    for number, record in iter_jsonl(_require(path, "file"), DataFormatError):
+        if not isinstance(record, dict) or "_id" not in record:
+            raise DataFormatError(f"{path}:{number}: expected an object with an '_id'")
+        records.append(record)
     return records
 
 
