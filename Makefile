@@ -28,8 +28,8 @@ compare: install
 	$(BIN)/python examples/quickstart.py
 
 lint: install
-	$(BIN)/ruff check kv_embeddings_integrations tests examples
-	$(BIN)/ruff format --check kv_embeddings_integrations tests examples
+	$(BIN)/ruff check kv_embeddings_integrations tests examples benchmarks
+	$(BIN)/ruff format --check kv_embeddings_integrations tests examples benchmarks
 
 test: lint
 	$(BIN)/python -m pytest -ra

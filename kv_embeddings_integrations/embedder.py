@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -15,6 +18,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from . import rerouting
 from .batching import plan_batches
 from .bundled import BUNDLED_MODELS, bundled_model_dir
+from .coalescing import RequestCoalescer
 from .config import EmbedderConfig
 from .layer_selection import LayerSelection, auto_select_layers
 from .layers import resolve_layers
@@ -26,6 +30,8 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 4096
 # A progress bar is shown (when not asked either way) for jobs of more batches than this.
 PROGRESS_BAR_MIN_BATCHES = 10
+# Most texts embedded in one coalesced call of concurrent requests (bounds one call's latency).
+COALESCE_MAX_TEXTS = 512
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -50,6 +56,20 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None)
     if not isinstance(resolved, torch.dtype):
         raise ValueError(f"dtype must be a torch dtype, its name (e.g. 'bfloat16') or 'auto', got {dtype!r}")
     return resolved
+
+
+def _release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _chain(source: Future, target: Future, transform) -> None:
+    """Complete ``target`` with ``transform`` of ``source``'s result, or its exception."""
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(transform(source.result()))
 
 
 def _check_texts(texts: Iterable[str]) -> list[str]:
@@ -117,6 +137,17 @@ class KVEmbedder:
             self.layers = resolve_layers(self.config.layers, self.num_layers)
         if self.layers:
             rerouting.install(model)
+        self._coalescer: RequestCoalescer | None = None
+        self._coalescer_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The request queue and its thread belong to this process.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_coalescer", "_coalescer_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._coalescer = None
+        self._coalescer_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -214,6 +245,7 @@ class KVEmbedder:
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         normalize: bool = True,
+        devices: Sequence[str | torch.device] | None = None,
     ) -> np.ndarray:
         """Embed texts.
 
@@ -224,11 +256,25 @@ class KVEmbedder:
             batch_size: overrides the config's ``batch_size`` for this call.
             show_progress_bar: ``None`` shows one only for jobs of more than 10 batches.
             normalize: L2-normalise each vector (cosine similarity becomes a dot product).
+            devices: data parallel: run one replica of the model per device (``["cuda:0",
+                "cuda:1"]``, or ``["cpu", "cpu"]`` for CPU worker processes) for this call, in
+                worker processes started and stopped around it. For repeated calls keep an
+                :class:`~kv_embeddings_integrations.pool.EmbeddingPool` open instead
+                (:meth:`start_pool`).
 
         Returns:
             float32 array of shape ``(len(texts), hidden_size)`` in input order; one string gives
             one vector of shape ``(hidden_size,)``.
         """
+        if devices is not None:
+            with self.start_pool(devices) as workers:
+                return workers.encode(
+                    texts,
+                    prompt_type=prompt_type,
+                    batch_size=batch_size,
+                    normalize=normalize,
+                    show_progress_bar=show_progress_bar,
+                )
         single = isinstance(texts, str)
         items = [texts] if single else _check_texts(texts)
         template = self.template(prompt_type)
@@ -247,11 +293,62 @@ class KVEmbedder:
                     stacklevel=2,
                 )
             for indices, batch in self._batches(encoded, batch_size or self.batch_size, show_progress_bar):
-                out[indices] = self._embed_batch(batch).cpu()
+                out[indices] = self._embed_splitting(batch).cpu()
         if normalize:
             out = torch.nn.functional.normalize(out, dim=-1)
         array = out.numpy()
         return array[0] if single else array
+
+    def start_pool(self, devices: Sequence[str | torch.device]):
+        """Start one worker process per device holding a replica of this embedder (data parallel).
+
+        Args:
+            devices: one entry per replica: ``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]``.
+
+        Returns:
+            an :class:`~kv_embeddings_integrations.pool.EmbeddingPool`; use it as a context manager
+            or call ``close()``. Its ``encode`` has this method's signature and splits the texts
+            across the replicas, keeping their order.
+        """
+        from .pool import EmbeddingPool
+
+        return EmbeddingPool(self, devices)
+
+    def submit(self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True) -> Future:
+        """Queue texts to be embedded together with other concurrent requests.
+
+        Requests submitted from many threads (or tasks) while a forward pass runs are coalesced
+        into the next one, instead of each running alone. Arguments as in :meth:`encode`.
+
+        Returns:
+            a ``concurrent.futures.Future`` of what :meth:`encode` would return.
+        """
+        single = isinstance(texts, str)
+        items = [texts] if single else _check_texts(texts)
+        self.template(prompt_type)  # bad prompt types fail here, not in the worker
+        if not items:
+            done: Future = Future()
+            done.set_result(np.empty((0, self.hidden_size), dtype=np.float32))
+            return done
+        with self._coalescer_lock:
+            if self._coalescer is None:
+                self._coalescer = RequestCoalescer(self._encode_coalesced, max_texts=COALESCE_MAX_TEXTS)
+            future = self._coalescer.submit(items, prompt_type, normalize)
+        if not single:
+            return future
+        first: Future = Future()
+        future.add_done_callback(lambda f: _chain(f, first, lambda vectors: vectors[0]))
+        return first
+
+    async def aencode(
+        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True
+    ) -> np.ndarray:
+        """:meth:`encode` for asyncio: awaits a coalesced request (see :meth:`submit`) without
+        blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(texts, prompt_type=prompt_type, normalize=normalize))
+
+    def _encode_coalesced(self, texts: list[str], prompt_type: str, normalize: bool) -> np.ndarray:
+        return self.encode(texts, prompt_type=prompt_type, normalize=normalize, show_progress_bar=False)
 
     def _batches(
         self,
@@ -267,6 +364,30 @@ class KVEmbedder:
             for indices in batches:
                 yield indices, collate([encoded[i] for i in indices], self._pad_token_id, self.device)
                 bar.update(len(indices))
+
+    def _embed_splitting(self, batch: TokenBatch) -> torch.Tensor:
+        """:meth:`_embed_batch`, halving the batch on out-of-memory and retrying each half.
+
+        The halves keep the batch's padded width, so each row is computed exactly as it would
+        have been in the whole batch.
+        """
+        try:
+            return self._embed_batch(batch)
+        except torch.OutOfMemoryError as error:
+            rows = batch.input_ids.shape[0]
+            _release_memory(self.device)
+            if rows == 1:
+                raise torch.OutOfMemoryError(
+                    f"out of memory embedding a single text of {batch.input_ids.shape[1]} tokens after splitting "
+                    f"its batch down to 1 row on {self.device}; lower max_length (now {self.max_length}) "
+                    "or spread the model over more devices (device_map)"
+                ) from error
+            half = rows // 2
+            # The error's traceback pins the failed batch's tensors; drop it before retrying.
+            del error
+            return torch.cat(
+                [self._embed_splitting(batch.rows(0, half)), self._embed_splitting(batch.rows(half, rows))]
+            )
 
     def _embed_batch(self, batch: TokenBatch) -> torch.Tensor:
         hidden = self._forward(batch).last_hidden_state

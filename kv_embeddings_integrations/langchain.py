@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
@@ -76,11 +75,18 @@ class KVEmbeddings(AdapterConfig, Embeddings):
             raise TypeError(f"embed_query expects a str, got {type(text).__name__}")
         return self._encode([text], "query")[0]
 
-    # The forward pass runs in a worker thread, so the event loop is never blocked.
+    # Concurrent async calls are coalesced by the core into shared forward passes, which run in
+    # its worker thread, so the event loop is never blocked.
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Embed documents without blocking the event loop."""
-        return await asyncio.to_thread(self.embed_documents, texts)
+        """Embed documents without blocking the event loop (batched with concurrent calls)."""
+        if isinstance(texts, str):
+            raise TypeError("aembed_documents expects a list of strings, got one str; use aembed_query for one text")
+        vectors = await self._embedder.aencode(texts, prompt_type="document", normalize=self.normalize)
+        return vectors.tolist()
 
     async def aembed_query(self, text: str) -> list[float]:
-        """Embed a query without blocking the event loop."""
-        return await asyncio.to_thread(self.embed_query, text)
+        """Embed a query without blocking the event loop (batched with concurrent calls)."""
+        if not isinstance(text, str):
+            raise TypeError(f"aembed_query expects a str, got {type(text).__name__}")
+        vectors = await self._embedder.aencode([text], prompt_type="query", normalize=self.normalize)
+        return vectors[0].tolist()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
@@ -109,12 +108,17 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return self._embed(texts, "document")
 
-    # The forward pass runs in a worker thread, so the event loop is never blocked.
+    # Concurrent async calls are coalesced by the core into shared forward passes, which run in
+    # its worker thread, so the event loop is never blocked.
+    async def _aembed(self, texts: list[str], prompt_type: str) -> list[Embedding]:
+        vectors = await self._embedder.aencode(texts, prompt_type=prompt_type, normalize=self.normalize)
+        return vectors.tolist()
+
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return await asyncio.to_thread(self._get_query_embedding, query)
+        return (await self._aembed([query], "query"))[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return await asyncio.to_thread(self._get_text_embedding, text)
+        return (await self._aembed([text], "document"))[0]
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return await asyncio.to_thread(self._get_text_embeddings, texts)
+        return await self._aembed(texts, "document")

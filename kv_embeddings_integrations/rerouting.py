@@ -9,6 +9,15 @@ selected layer prepends its final token's post-rotary key and value to its keys 
 adds ``bias`` to that prefix column of the attention logits; every query sees the prefix, and the
 mask among real tokens is the model's own.
 
+Two exact ways to run a re-routed layer, both in fused kernels:
+
+- merge (SDPA on CPU): the model's own attention call, unchanged (same kernel, same mask or
+  ``is_causal``), also returning each query's log-sum-exp ``lse``; the prefix then joins as one
+  more softmax term: ``out = o + sigmoid(s_p - lse) * (v_p - o)`` with ``s_p = q.k_p * scale +
+  bias``. Extra work is O(L * head_dim) per head, nothing quadratic.
+- concatenation (elsewhere): keys and values get the prefix row and the mask a prefix column, then
+  the base implementation runs (SDPA's memory-efficient kernel on CUDA).
+
 Inputs must be left padded, so the final real token of every row is at position -1.
 """
 
@@ -23,7 +32,7 @@ from functools import partial
 
 import torch
 from transformers import PreTrainedModel
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -97,6 +106,8 @@ def kv_reroute_attention(
     if plan is None or layer not in plan.layers:
         return function(module, query, key, value, attention_mask, **kwargs)
     plan.hits.add(layer)
+    if base == "sdpa" and _can_merge(query, key, kwargs):
+        return _merged_prefix_sdpa(module, query, key, value, attention_mask, plan.bias, **kwargs)
     # method.md step 2/4: the final token's key (with its own rotary rotation) and value, as a prefix.
     key = torch.cat([key[:, :, -1:], key], dim=2)
     value = torch.cat([value[:, :, -1:], value], dim=2)
@@ -105,6 +116,55 @@ def kv_reroute_attention(
     )
     kwargs.pop("is_causal", None)
     return function(module, query, key, value, mask, **kwargs)
+
+
+# Arguments of transformers' SDPA path that the merge cannot honour (it then concatenates).
+_MERGE_UNSUPPORTED = ("position_bias", "softcap", "s_aux", "sinks", "output_attentions")
+
+
+def _can_merge(query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> bool:
+    return (
+        query.device.type == "cpu"
+        and query.shape[2] == key.shape[2]
+        and not kwargs.get("dropout")
+        and not any(kwargs.get(name) for name in _MERGE_UNSUPPORTED)
+    )
+
+
+def _merged_prefix_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    bias: float,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **_: object,
+) -> tuple[torch.Tensor, None]:
+    """The re-routed layer by log-sum-exp merge (module docstring), on SDPA's CPU flash kernel."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    # The model's own choice, as transformers' sdpa_attention_forward makes it.
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        # The kernel takes additive masks (SDPA converts boolean ones the same way for every layer).
+        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+            ~attention_mask, torch.finfo(query.dtype).min
+        )
+    elif attention_mask is not None:
+        attention_mask = attention_mask.to(query.dtype)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, causal, attn_mask=attention_mask, scale=scale
+    )
+    # method.md step 2/4: the final token's key (with its own rotary rotation) and value.
+    key_p, value_p = key[:, :, -1:].float(), value[:, :, -1:].float()
+    score_p = (query.float() * key_p).sum(-1) * scale + bias
+    weight_p = torch.sigmoid(score_p - lse).unsqueeze(-1)
+    merged = out.float() + weight_p * (value_p - out.float())
+    return merged.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 for _base, _mask in (("sdpa", sdpa_mask), ("eager", eager_mask)):

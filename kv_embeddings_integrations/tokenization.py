@@ -33,6 +33,12 @@ class TokenBatch:
     position_ids: torch.Tensor
     text_mask: torch.Tensor
 
+    def rows(self, start: int, stop: int) -> TokenBatch:
+        """Rows ``start:stop``, at the same padded width."""
+        return TokenBatch(
+            *(t[start:stop] for t in (self.input_ids, self.attention_mask, self.position_ids, self.text_mask))
+        )
+
 
 def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
     """Token index span ``[first, last)`` of the tokens overlapping characters ``[start, end)``."""

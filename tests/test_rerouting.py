@@ -9,7 +9,7 @@ import torch
 from conftest import FAMILIES, TEXTS, make_model
 from reference import reference_hidden_states
 
-from kv_embeddings_integrations import KVEmbedder, UnsupportedModelError
+from kv_embeddings_integrations import KVEmbedder, UnsupportedModelError, rerouting
 from kv_embeddings_integrations.tokenization import collate
 
 
@@ -127,3 +127,38 @@ def test_flash_base_is_refused_with_a_clear_error(tokenizer):
 
 def test_families_cover_the_required_set():
     assert {"llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3"} <= set(FAMILIES)
+
+
+@pytest.mark.parametrize("path", ["merge", "concat"])
+def test_both_kernel_paths_match_reference(family, tokenizer, path, monkeypatch):
+    # The CPU log-sum-exp merge and the concatenation used elsewhere (CUDA) are both exact.
+    if path == "concat":
+        monkeypatch.setattr(rerouting, "_can_merge", lambda *args: False)
+    else:
+        monkeypatch.setattr(rerouting, "prefixed_mask", _must_not_run)
+    model = make_model(family)
+    embedder = KVEmbedder(model, tokenizer, layers=[0, 2], bias=1.5)
+    if path == "merge" and model.config._attn_implementation != "kv_reroute_sdpa":
+        pytest.skip(f"{family} runs eager attention here (concatenation only)")
+    encoded, batch, out = _batch_hidden(embedder, TEXTS)
+    width = batch.input_ids.shape[1]
+    for row, e in enumerate(encoded):
+        expected = reference_hidden_states(model, e.input_ids, [0, 2], 1.5)
+        torch.testing.assert_close(out.last_hidden_state[row, width - len(e) :], expected, atol=1e-5, rtol=1e-5)
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the merge path must not build a prefixed mask")
+
+
+@pytest.mark.parametrize("texts", [TEXTS[1:2], TEXTS], ids=["unpadded", "padded"])
+def test_rerouted_layers_run_the_fused_kernel(tokenizer, texts):
+    # Every layer, re-routed or not, runs SDPA's fused CPU kernel once; nothing eager (softmax/bmm).
+    from torch.profiler import profile
+
+    embedder = KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2])
+    with profile() as prof:
+        embedder.encode(texts)
+    names = [event.name for event in prof.events()]
+    assert names.count("aten::_scaled_dot_product_flash_attention_for_cpu") == embedder.num_layers
+    assert not [n for n in names if n in ("aten::softmax", "aten::_softmax", "aten::bmm", "aten::baddbmm")]

@@ -1,0 +1,94 @@
+"""Re-routing overhead: time of method="kv" / time of method="prompt", same texts and batches.
+
+Both embedders share one loaded model and see the same texts, truncated to exactly the given
+prompt-included token length, so the only difference is the re-routing inside the selected layers.
+Also shows which attention kernels run (profiler op names per forward).
+
+    python benchmarks/bench_overhead.py                                   # CPU, bundled SmolLM2, float32
+    python benchmarks/bench_overhead.py --model random:qwen3-4b --dtype bfloat16 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import warnings
+
+import torch
+from common import machine, markdown_table, scifact_documents, side_by_side
+from models import load_backbone
+
+from kv_embeddings_integrations import KVEmbedder
+
+# Rows per batch at each length: about the same number of tokens per forward.
+DEFAULT_ROWS = {128: 32, 512: 8, 2048: 2, 4096: 1}
+KERNEL_OPS = ("attention", "softmax", "bmm", "baddbmm")
+
+
+def texts_of_length(embedder: KVEmbedder, docs: list[str], rows: int) -> list[str]:
+    """``rows`` different real texts, each longer than the embedder's max_length (so truncated to it)."""
+    joined = " ".join(docs)
+    step = len(joined) // rows
+    texts = []
+    for row in range(rows):
+        text = (joined[row * step :] + " " + joined)[: embedder.max_length * 8]
+        texts.append(text)
+    return texts
+
+
+def kernels(embedder: KVEmbedder, texts: list[str]) -> dict[str, int]:
+    """Attention-related aten ops (name -> calls) in one ``encode`` of ``texts``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        embedder.encode(texts, batch_size=len(texts))
+    counts: collections.Counter[str] = collections.Counter()
+    for event in prof.events():
+        if event.name.startswith("aten::") and any(op in event.name for op in KERNEL_OPS):
+            counts[event.name] += 1
+    return dict(sorted(counts.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m", help="bundled alias, path, or random:qwen3-4b")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_ROWS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--data", default=None, help="BEIR folder whose corpus.jsonl supplies the texts")
+    args = parser.parse_args()
+
+    warnings.filterwarnings("ignore", message=".*were truncated")
+    model, tokenizer, layers = load_backbone(args.model, getattr(torch, args.dtype), args.device)
+    docs = scifact_documents(*([args.data] if args.data else []), limit=400)
+    print(f"machine: {machine()}")
+    print(f"model: {args.model} ({args.dtype}, {args.device})")
+    rows = []
+    for length in args.lengths:
+        kv = KVEmbedder(model, tokenizer, method="kv", layers=layers, max_length=length)
+        prompt = KVEmbedder(model, tokenizer, method="prompt", max_length=length)
+        n = DEFAULT_ROWS.get(length, max(1, 4096 // length))
+        texts = texts_of_length(kv, docs, n)
+        widths = {len(e) for e in kv._prompt_tokenizer.encode(texts, kv.template())}
+        times = side_by_side(
+            {
+                "kv": functools.partial(kv.encode, texts, batch_size=n),
+                "prompt": functools.partial(prompt.encode, texts, batch_size=n),
+            },
+            repeats=args.repeats,
+        )
+        ratio = times["kv"] / times["prompt"]
+        rows.append([length, n, sorted(widths), f"{times['prompt']:.3f}", f"{times['kv']:.3f}", f"{ratio:.3f}"])
+        print(f"length {length}: prompt {times['prompt']:.3f}s kv {times['kv']:.3f}s ratio {ratio:.3f}", flush=True)
+    print(f"\nre-routed layers: {kv.layers} of {kv.num_layers}")
+    print(markdown_table(["tokens", "rows", "token counts", "prompt s", "kv s", "kv / prompt"], rows))
+    small = texts_of_length(kv, docs, 2)
+    print("\nattention ops per encode (2 rows):")
+    print(markdown_table(["method", "ops"], [[m, kernels(e, small)] for m, e in (("prompt", prompt), ("kv", kv))]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Throughput of kv against the alternatives on one backbone, and padding efficiency.
+
+Same backbone, same documents (SciFact corpus, mixed lengths): kv; prompt (no re-routing);
+echo (the text twice); sentence-transformers encoding the raw texts with last-token pooling at its
+default batch size (32). Padding efficiency is real tokens / tokens processed (rows x padded width)
+over all forward passes, counted at the model's input for every system.
+
+    python benchmarks/bench_throughput.py --docs 256            # CPU, bundled SmolLM2, float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import torch
+from common import machine, markdown_table, scifact_documents, side_by_side
+
+from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations.bundled import BUNDLED_MODELS, bundled_model_dir
+
+
+class TokenCounter:
+    """Counts real and processed tokens of every forward of a module (through its attention mask)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.real = self.processed = 0
+        self.enabled = True
+        module.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if self.enabled and mask is not None and mask.dim() == 2:
+            self.real += int(mask.sum())
+            self.processed += mask.numel()
+
+    def efficiency(self) -> float:
+        return self.real / max(self.processed, 1)
+
+
+def sentence_transformer(path: str, max_seq_length: int, device: str, dtype: torch.dtype):
+    from sentence_transformers import SentenceTransformer, models
+
+    word = models.Transformer(path, max_seq_length=max_seq_length, model_kwargs={"dtype": dtype})
+    tokenizer = word.tokenizer if hasattr(word, "tokenizer") else word.processor
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    pooling = models.Pooling(word.get_embedding_dimension(), pooling_mode="lasttoken")
+    return SentenceTransformer(modules=[word, pooling], device=device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m", help="bundled alias or local directory")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--docs", type=int, default=256, help="first N SciFact documents")
+    parser.add_argument("--max-tokens", type=int, default=512, help="text tokens kept per document")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--data", default=None, help="BEIR folder with corpus.jsonl (default: SciFact)")
+    parser.add_argument("--no-sentence-transformers", action="store_true")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=".*were truncated")
+
+    dtype = getattr(torch, args.dtype)
+    path = str(bundled_model_dir(args.model)) if args.model in BUNDLED_MODELS else args.model
+    docs = scifact_documents(*([args.data] if args.data else []), limit=args.docs)
+    # Room for the text at --max-tokens plus the prompt (twice the text for echo).
+    prompt_room = 32
+    kv = KVEmbedder.from_pretrained(
+        args.model, dtype=dtype, device=args.device, max_length=args.max_tokens + prompt_room
+    )
+    systems = {
+        "kv": kv,
+        "prompt": KVEmbedder(kv.model, kv.tokenizer, method="prompt", max_length=args.max_tokens + prompt_room),
+        "echo": KVEmbedder(kv.model, kv.tokenizer, method="echo", max_length=2 * args.max_tokens + prompt_room),
+    }
+    counter = TokenCounter(kv.decoder)
+    runs = {name: (lambda e=e: e.encode(docs)) for name, e in systems.items()}
+    if not args.no_sentence_transformers:
+        st = sentence_transformer(path, args.max_tokens, args.device, dtype)
+        st_counter = TokenCounter(st[0].auto_model if hasattr(st[0], "auto_model") else st[0].model)
+        runs["sentence-transformers (last token, batch 32)"] = lambda: st.encode(docs, batch_size=32)
+
+    efficiency = {}
+    for name, fn in runs.items():  # one counted pass each (also the warm-up)
+        counter.real = counter.processed = 0
+        if not args.no_sentence_transformers:
+            st_counter.real = st_counter.processed = 0
+        fn()
+        efficiency[name] = (st_counter if name.startswith("sentence") else counter).efficiency()
+        real = (st_counter if name.startswith("sentence") else counter).real
+        print(f"{name}: {real} real tokens, padding efficiency {efficiency[name]:.3f}", flush=True)
+    counter.enabled = False
+    times = side_by_side(runs, repeats=args.repeats, warmup=0)
+
+    print(f"\nmachine: {machine()}")
+    print(
+        f"model: {args.model} ({args.dtype}, {args.device}); "
+        f"{len(docs)} SciFact documents, text cut at {args.max_tokens} tokens"
+    )
+    rows = [
+        [name, f"{t:.2f}", f"{len(docs) / t:.1f}", f"{times['kv'] and t / times['kv']:.2f}", f"{efficiency[name]:.3f}"]
+        for name, t in times.items()
+    ]
+    print(markdown_table(["system", "seconds", "docs/s", "time / kv time", "padding efficiency"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Coalescing of concurrent embedding requests into shared forward passes.
+
+A web server's many simultaneous single-text requests (``await aembed_query(...)`` from 64
+handlers) would each run a forward pass of one row, one after another. Here every request is
+queued and one worker thread drains the queue: whatever arrived while the previous pass ran
+is embedded together, so the requests share batches. Requests with different prompt types (or
+normalisation) go to separate calls.
+
+The worker thread starts on demand and exits after a short idle spell, so an idle embedder
+holds no thread and can be garbage collected.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Encodes (texts, prompt_type, normalize) into float32 vectors, shape (len(texts), dim).
+EncodeFn = Callable[[list[str], str, bool], np.ndarray]
+
+
+@dataclass
+class _Request:
+    texts: list[str]
+    prompt_type: str
+    normalize: bool
+    future: Future = field(default_factory=Future)
+
+    @property
+    def kind(self) -> tuple[str, bool]:
+        return self.prompt_type, self.normalize
+
+
+class RequestCoalescer:
+    """Queue of embedding requests served by one worker thread in shared batches.
+
+    Args:
+        encode: the function that embeds a list of texts with a prompt type and normalisation.
+        max_texts: most texts embedded in one coalesced call (bounds one pass's latency).
+        max_wait: seconds the worker waits after the first request of a batch for others to
+            arrive (0 takes only what is already queued).
+        idle_timeout: seconds without requests after which the worker thread exits.
+    """
+
+    def __init__(
+        self, encode: EncodeFn, *, max_texts: int = 512, max_wait: float = 0.002, idle_timeout: float = 1.0
+    ) -> None:
+        self._encode = encode
+        self.max_texts = max_texts
+        self.max_wait = max_wait
+        self.idle_timeout = idle_timeout
+        self._pending: list[_Request] = []
+        self._condition = threading.Condition()
+        self._worker: threading.Thread | None = None
+        # Sizes (in texts) of the coalesced calls made so far; for benchmarks and tests.
+        self.batch_sizes: list[int] = []
+
+    def submit(self, texts: list[str], prompt_type: str, normalize: bool = True) -> Future:
+        """Queue ``texts``; the returned future gives their ``(len(texts), dim)`` float32 vectors."""
+        request = _Request(list(texts), prompt_type, normalize)
+        with self._condition:
+            self._pending.append(request)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="kv-embed-coalescer", daemon=True)
+                self._worker.start()
+            self._condition.notify()
+        return request.future
+
+    def _take(self) -> list[_Request] | None:
+        """The next group (one kind of request, up to ``max_texts`` texts), or None when idle too long."""
+        with self._condition:
+            deadline = time.monotonic() + self.idle_timeout
+            while not self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._worker = None
+                    return None
+                self._condition.wait(left)
+        if self.max_wait > 0:
+            time.sleep(self.max_wait)
+        with self._condition:
+            kind = self._pending[0].kind
+            group, rest, count = [], [], 0
+            for request in self._pending:
+                fits = not group or count + len(request.texts) <= self.max_texts
+                if request.kind == kind and fits:
+                    group.append(request)
+                    count += len(request.texts)
+                else:
+                    rest.append(request)
+            self._pending = rest
+        return group
+
+    def _run(self) -> None:
+        while (group := self._take()) is not None:
+            self._serve(group)
+
+    def _serve(self, group: list[_Request]) -> None:
+        live = [r for r in group if r.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        texts = [text for request in live for text in request.texts]
+        try:
+            vectors = self._encode(texts, *live[0].kind)
+        except Exception as error:
+            if len(live) == 1:
+                live[0].future.set_exception(error)
+                return
+            # One failing request must not fail the others sharing its batch: serve each alone.
+            for request in live:
+                self._serve_alone(request)
+            return
+        self.batch_sizes.append(len(texts))
+        start = 0
+        for request in live:
+            part = vectors[start : start + len(request.texts)]
+            start += len(request.texts)
+            request.future.set_result(part)
+
+    def _serve_alone(self, request: _Request) -> None:
+        try:
+            vectors = self._encode(request.texts, *request.kind)
+        except Exception as error:
+            request.future.set_exception(error)
+            return
+        self.batch_sizes.append(len(request.texts))
+        request.future.set_result(vectors)

@@ -1,0 +1,75 @@
+"""Memory bounds: the token budget caps every forward pass; out-of-memory halves the batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TEXTS, make_model
+
+from kv_embeddings_integrations import KVEmbedder
+
+MIXED = [text * (1 + i % 4) for i, text in enumerate(TEXTS * 4)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model("qwen3")
+
+
+def _spy_forwards(embedder, monkeypatch) -> list[tuple[int, int]]:
+    """Record (rows, padded width) of every forward pass."""
+    shapes: list[tuple[int, int]] = []
+    original = embedder._embed_batch
+
+    def spy(batch):
+        shapes.append(tuple(batch.input_ids.shape))
+        return original(batch)
+
+    monkeypatch.setattr(embedder, "_embed_batch", spy)
+    return shapes
+
+
+@pytest.mark.parametrize("budget", [64, 200, 1000])
+def test_token_budget_caps_every_forward(model, tokenizer, budget, monkeypatch):
+    embedder = KVEmbedder(model, tokenizer, layers=[1, 2], max_tokens_per_batch=budget)
+    shapes = _spy_forwards(embedder, monkeypatch)
+    vectors = embedder.encode(MIXED)
+    assert sum(rows for rows, _ in shapes) == len(MIXED)
+    # A row longer than the budget runs alone; otherwise rows x width stays within it.
+    assert all(rows * width <= budget or rows == 1 for rows, width in shapes)
+    reference = KVEmbedder(model, tokenizer, layers=[1, 2], batch_size=len(MIXED)).encode(MIXED)
+    np.testing.assert_allclose(vectors, reference, atol=1e-5)
+
+
+def _oom_above(embedder, monkeypatch, max_rows: int) -> list[int]:
+    """Make forwards of more than ``max_rows`` rows fail as CUDA would; returns the rows tried."""
+    tried: list[int] = []
+    original = embedder._embed_batch
+
+    def limited(batch):
+        rows = batch.input_ids.shape[0]
+        tried.append(rows)
+        if rows > max_rows:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated: {rows} rows)")
+        return original(batch)
+
+    monkeypatch.setattr(embedder, "_embed_batch", limited)
+    return tried
+
+
+def test_out_of_memory_splits_and_matches_the_unsplit_run(model, tokenizer, monkeypatch):
+    embedder = KVEmbedder(model, tokenizer, layers=[1, 2], batch_size=len(MIXED))
+    unsplit = embedder.encode(MIXED)
+    tried = _oom_above(embedder, monkeypatch, max_rows=3)
+    split = embedder.encode(MIXED)
+    assert tried[0] == len(MIXED) and max(r for r in tried if r <= 3) <= 3
+    # The halves keep the batch's padded width, so every row sees exactly the same computation.
+    np.testing.assert_array_equal(split, unsplit)
+
+
+def test_out_of_memory_on_one_row_names_the_limit(model, tokenizer, monkeypatch):
+    embedder = KVEmbedder(model, tokenizer, layers=[1, 2], batch_size=4)
+    _oom_above(embedder, monkeypatch, max_rows=0)
+    with pytest.raises(torch.OutOfMemoryError, match=r"single text of \d+ tokens.*down to 1 row"):
+        embedder.encode(TEXTS[:4])
