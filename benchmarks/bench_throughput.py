@@ -30,6 +30,8 @@ class TokenCounter:
 
     def _hook(self, module, args, kwargs):
         mask = kwargs.get("attention_mask")
+        if mask is None and args and hasattr(args[0], "get"):  # a sentence-transformers module's features
+            mask = args[0].get("attention_mask")
         if self.enabled and mask is not None and mask.dim() == 2:
             self.real += int(mask.sum())
             self.processed += mask.numel()
@@ -39,14 +41,35 @@ class TokenCounter:
 
 
 def sentence_transformer(path: str, max_seq_length: int, device: str, dtype: torch.dtype):
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-    word = models.Transformer(path, max_seq_length=max_seq_length, model_kwargs={"dtype": dtype})
+    word = Transformer(path, max_seq_length=max_seq_length, model_kwargs={"dtype": dtype})
     tokenizer = word.tokenizer if hasattr(word, "tokenizer") else word.processor
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    pooling = models.Pooling(word.get_embedding_dimension(), pooling_mode="lasttoken")
+    pooling = Pooling(word.get_embedding_dimension(), pooling_mode="lasttoken")
     return SentenceTransformer(modules=[word, pooling], device=device)
+
+
+def corpus_efficiency(embedder: KVEmbedder, docs: list[str], max_tokens: int) -> dict[str, float]:
+    """Padding efficiency of each batching over a whole corpus, from token counts alone (no forward):
+    ours (token counts, longest first, 32 rows) and sentence-transformers' (character counts,
+    longest first, 32 rows, raw texts)."""
+    from kv_embeddings_integrations.batching import plan_batches
+
+    def efficiency(lengths: list[int], batches: list[list[int]]) -> float:
+        processed = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        return sum(lengths) / processed
+
+    ours = [len(e) for e in embedder._prompt_tokenizer.encode(docs, embedder.template())]
+    raw = [min(len(ids), max_tokens) for ids in embedder.tokenizer(docs)["input_ids"]]
+    by_chars = sorted(range(len(docs)), key=lambda i: -len(docs[i]))
+    st_batches = [by_chars[i : i + 32] for i in range(0, len(docs), 32)]
+    return {
+        "kv (this package)": efficiency(ours, plan_batches(ours, 32, None)),
+        "sentence-transformers": efficiency(raw, st_batches),
+    }
 
 
 def main() -> None:
@@ -79,7 +102,7 @@ def main() -> None:
     runs = {name: (lambda e=e: e.encode(docs)) for name, e in systems.items()}
     if not args.no_sentence_transformers:
         st = sentence_transformer(path, args.max_tokens, args.device, dtype)
-        st_counter = TokenCounter(st[0].auto_model if hasattr(st[0], "auto_model") else st[0].model)
+        st_counter = TokenCounter(st[0])
         runs["sentence-transformers (last token, batch 32)"] = lambda: st.encode(docs, batch_size=32)
 
     efficiency = {}
@@ -104,6 +127,10 @@ def main() -> None:
         for name, t in times.items()
     ]
     print(markdown_table(["system", "seconds", "docs/s", "time / kv time", "padding efficiency"], rows))
+    corpus = scifact_documents(*([args.data] if args.data else []))
+    whole = corpus_efficiency(kv, corpus, args.max_tokens)
+    print(f"\npadding efficiency over all {len(corpus)} documents (batches of 32, planning only):")
+    print(markdown_table(["batching", "real / processed tokens"], [[k, f"{v:.3f}"] for k, v in whole.items()]))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None, help="truncate inputs to this many tokens")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: best available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, else float32)")
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        choices=("auto", "balanced", "balanced_low_0", "sequential"),
+        help="spread one model over all GPUs (and CPU) with accelerate, for models larger than one GPU",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--text-field", default="text", help="field holding the text in .jsonl input (default: text)")
     embed.add_argument("--prompt-type", choices=PROMPT_TYPES, default="document")
     embed.add_argument("--batch-size", type=int, default=None)
+    embed.add_argument(
+        "--max-tokens-per-batch", type=int, default=None, help="padded-token budget per forward pass (bounds memory)"
+    )
+    embed.add_argument(
+        "--devices",
+        nargs="+",
+        default=None,
+        metavar="DEVICE",
+        help="data parallel: one model replica per device, e.g. --devices cuda:0 cuda:1 (or cpu cpu)",
+    )
     embed.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
 
     select = commands.add_parser("select-layers", help="pick the layers to re-route by intrinsic dimension")
@@ -141,15 +157,18 @@ def _embedder(args):
     options = dict(
         method=args.method, layers=args.layers, bias=args.bias, pooling=args.pooling, max_length=args.max_length
     )
-    batch_size = getattr(args, "batch_size", None)
-    if batch_size is not None:
-        options["batch_size"] = batch_size
+    for name in ("batch_size", "max_tokens_per_batch"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
     try:
         EmbedderConfig(**options)
     except ValueError as e:
         raise CLIError(str(e)) from None
     try:
-        return KVEmbedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, **options)
+        # Replicas for --devices are made from a CPU copy, whatever --device says.
+        device = "cpu" if getattr(args, "devices", None) else args.device
+        device_map = getattr(args, "device_map", None)
+        return KVEmbedder.from_pretrained(args.model, device=device, dtype=args.dtype, device_map=device_map, **options)
     except (OSError, ModuleNotFoundError, ValueError) as e:
         # Missing bundled package, unknown model or directory, bad option: one clear line.
         raise CLIError(f"cannot load model {args.model!r}: {e}") from None
@@ -264,7 +283,12 @@ def run(argv: list[str] | None = None) -> int:
             raise CLIError(f"output directory does not exist: {args.output.parent}")
         texts = read_texts(args.input, args.text_field)
         embedder = _embedder(args)
-        vectors = embedder.encode(texts, prompt_type=args.prompt_type, normalize=not args.no_normalize)
+        try:
+            vectors = embedder.encode(
+                texts, prompt_type=args.prompt_type, normalize=not args.no_normalize, devices=args.devices
+            )
+        except ValueError as e:  # e.g. a device this machine does not have
+            raise CLIError(str(e)) from None
         np.save(args.output, vectors)
         print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 embeddings to {args.output}", file=sys.stderr)
     elif args.command == "eval":

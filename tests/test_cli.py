@@ -31,6 +31,22 @@ def test_embed_txt_and_jsonl(model_dir, tmp_path, capsys):
     np.testing.assert_allclose(np.load(out_q), queries, atol=1e-5)
 
 
+def test_embed_data_parallel_budget_and_device_map(model_dir, tmp_path):
+    txt = tmp_path / "texts.txt"
+    txt.write_text("\n".join(TEXTS * 3), encoding="utf-8")
+    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode(TEXTS * 3)
+    base = ["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(txt)]
+    runs = {
+        "pool": ["--devices", "cpu", "cpu"],
+        "budget": ["--max-tokens-per-batch", "64"],
+        "map": ["--device-map", "auto"],
+    }
+    for name, extra in runs.items():
+        out = tmp_path / f"{name}.npy"
+        assert main([*base, "--output", str(out), *extra]) == 0
+        np.testing.assert_allclose(np.load(out), expected, atol=1e-5, err_msg=name)
+
+
 def test_similarity(model_dir, capsys):
     assert main(["similarity", "--model", str(model_dir), "--method", "mean", TEXTS[0], TEXTS[1]]) == 0
     score = float(capsys.readouterr().out)
@@ -47,6 +63,7 @@ def test_similarity(model_dir, capsys):
         ("a\nb", ["--input", "{tmp}/in.txt", "--output", "{tmp}/nodir/out.npy"], "output directory does not exist"),
         ("a\nb", ["--input", "{tmp}/in.txt", "--model", "{tmp}/no-such-model"], "cannot load model"),
         ("a\nb", ["--input", "{tmp}/in.txt", "--layers", "99"], "out of range"),
+        ("a\nb", ["--input", "{tmp}/in.txt", "--devices", "cpu", "nonsense"], "devices[1]"),
     ],
 )
 def test_clear_errors(model_dir, tmp_path, capsys, setup, args, message):

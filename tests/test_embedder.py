@@ -46,13 +46,18 @@ def test_token_budget_batching(tokenizer):
 
 def test_plan_batches():
     lengths = [5, 30, 10, 10, 50, 2]
-    assert plan_batches(lengths, 2, None) == [[4, 1], [2, 3], [0, 5]]
+    # 50 -> 30 would pad by 20 tokens (> 16 and > 20%): a new batch; 10 -> 5 -> 2 pads little.
+    assert plan_batches(lengths, 2, None) == [[4], [1], [2, 3], [0, 5]]
+    assert plan_batches(lengths, None, None) == [[4], [1], [2, 3, 0, 5]]
     batches = plan_batches(lengths, None, 60)
     assert sorted(i for b in batches for i in b) == list(range(6))
     for b in batches:
         assert len(b) * max(lengths[i] for i in b) <= 60 or len(b) == 1
     assert plan_batches([100, 3], None, 10) == [[0], [1]]
-    assert plan_batches(lengths, None, None) == [[4, 1, 2, 3, 0, 5]]
+    # Similar lengths fill whole batches; small absolute gaps never split.
+    assert plan_batches([40, 39, 38, 37, 36, 35], 4, None) == [[0, 1, 2, 3], [4, 5]]
+    assert plan_batches([20, 10, 5], None, None) == [[0, 1, 2]]
+    assert plan_batches([100, 81, 79], None, None) == [[0, 1], [2]]
 
 
 def test_truncation_cuts_the_text_and_keeps_the_prompt(tokenizer):

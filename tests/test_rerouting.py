@@ -151,7 +151,7 @@ def _must_not_run(*args, **kwargs):
     raise AssertionError("the merge path must not build a prefixed mask")
 
 
-@pytest.mark.parametrize("texts", [TEXTS[1:2], TEXTS], ids=["unpadded", "padded"])
+@pytest.mark.parametrize("texts", [TEXTS[1:2], [TEXTS[0], TEXTS[0] + " again"]], ids=["unpadded", "padded"])
 def test_rerouted_layers_run_the_fused_kernel(tokenizer, texts):
     # Every layer, re-routed or not, runs SDPA's fused CPU kernel once; nothing eager (softmax/bmm).
     from torch.profiler import profile

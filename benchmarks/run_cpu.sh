@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every CPU figure in benchmarks/README.md, one benchmark after another (never two at once: they
+# would share the cores). Outputs go to benchmarks/results/cpu/. About 40 minutes on 2 cores.
+# Run a subset by name: benchmarks/run_cpu.sh throughput memory
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=benchmarks/results/cpu
+mkdir -p "$OUT"
+WANT="$*"
+run() {
+    local name=$1; shift
+    if [ -z "$WANT" ] || [[ " $WANT " == *" $name "* ]]; then
+        echo "== $name: $*"
+        "$PY" "$@" 2>/dev/null | tee "$OUT/$name.txt"
+    fi
+}
+run overhead benchmarks/bench_overhead.py --repeats 5
+run throughput benchmarks/bench_throughput.py --docs 128 --repeats 2
+run concurrency benchmarks/bench_concurrency.py --requests 64 --repeats 3
+run concurrency-bf16 benchmarks/bench_concurrency.py --requests 64 --repeats 3 --dtype bfloat16
+run memory benchmarks/bench_memory.py --budgets 2048 8192 32768
+run pool benchmarks/bench_pool.py --devices cpu cpu --docs 128 --repeats 2
