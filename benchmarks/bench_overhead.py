@@ -2,7 +2,9 @@
 
 Both embedders share one loaded model and see the same texts, truncated to exactly the given
 prompt-included token length, so the only difference is the re-routing inside the selected layers.
-Also shows which attention kernels run (profiler op names per forward).
+Also timed: kv through the concatenation path (prefix row in keys/values, prefix column in the
+mask), which CPU runs would take without the log-sum-exp merge. Shows which attention kernels run
+(profiler op names per forward).
 
     python benchmarks/bench_overhead.py                                   # CPU, bundled SmolLM2, float32
     python benchmarks/bench_overhead.py --model random:qwen3-4b --dtype bfloat16 --device cuda
@@ -19,7 +21,7 @@ import torch
 from common import machine, markdown_table, scifact_documents, side_by_side
 from models import load_backbone
 
-from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations import KVEmbedder, rerouting
 
 # Rows per batch at each length: about the same number of tokens per forward.
 DEFAULT_ROWS = {128: 32, 512: 8, 2048: 2, 4096: 1}
@@ -51,6 +53,20 @@ def kernels(embedder: KVEmbedder, texts: list[str]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def concatenated(encode):
+    """``encode`` run with the log-sum-exp merge switched off (the concatenation path)."""
+
+    def run():
+        merge = rerouting._can_merge
+        rerouting._can_merge = lambda *args: False
+        try:
+            return encode()
+        finally:
+            rerouting._can_merge = merge
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="bundled alias, path, or random:qwen3-4b")
@@ -59,10 +75,14 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_ROWS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--data", default=None, help="BEIR folder whose corpus.jsonl supplies the texts")
+    parser.add_argument("--layers", default=None, help="re-routed layers, e.g. 10,11,12 (default: automatic)")
+    parser.add_argument("--no-concat", action="store_true", help="skip timing the concatenation path")
     args = parser.parse_args()
 
     warnings.filterwarnings("ignore", message=".*were truncated")
     model, tokenizer, layers = load_backbone(args.model, getattr(torch, args.dtype), args.device)
+    if args.layers:
+        layers = [int(layer) for layer in args.layers.split(",")]
     docs = scifact_documents(*([args.data] if args.data else []), limit=400)
     print(f"machine: {machine()}")
     print(f"model: {args.model} ({args.dtype}, {args.device})")
@@ -73,18 +93,21 @@ def main() -> None:
         n = DEFAULT_ROWS.get(length, max(1, 4096 // length))
         texts = texts_of_length(kv, docs, n)
         widths = {len(e) for e in kv._prompt_tokenizer.encode(texts, kv.template())}
-        times = side_by_side(
-            {
-                "kv": functools.partial(kv.encode, texts, batch_size=n),
-                "prompt": functools.partial(prompt.encode, texts, batch_size=n),
-            },
-            repeats=args.repeats,
-        )
+        runs = {
+            "kv": functools.partial(kv.encode, texts, batch_size=n),
+            "prompt": functools.partial(prompt.encode, texts, batch_size=n),
+        }
+        if not args.no_concat:
+            runs["concat"] = concatenated(runs["kv"])
+        times = side_by_side(runs, repeats=args.repeats)
         ratio = times["kv"] / times["prompt"]
-        rows.append([length, n, sorted(widths), f"{times['prompt']:.3f}", f"{times['kv']:.3f}", f"{ratio:.3f}"])
+        concat = f"{times['concat'] / times['prompt']:.3f}" if "concat" in times else "-"
+        row = [length, n, sorted(widths), f"{times['prompt']:.3f}", f"{times['kv']:.3f}", f"{ratio:.3f}", concat]
+        rows.append(row)
         print(f"length {length}: prompt {times['prompt']:.3f}s kv {times['kv']:.3f}s ratio {ratio:.3f}", flush=True)
     print(f"\nre-routed layers: {kv.layers} of {kv.num_layers}")
-    print(markdown_table(["tokens", "rows", "token counts", "prompt s", "kv s", "kv / prompt"], rows))
+    header = ["tokens", "rows", "token counts", "prompt s", "kv s", "kv / prompt", "concat path / prompt"]
+    print(markdown_table(header, rows))
     small = texts_of_length(kv, docs, 2)
     print("\nattention ops per encode (2 rows):")
     print(markdown_table(["method", "ops"], [[m, kernels(e, small)] for m, e in (("prompt", prompt), ("kv", kv))]))

@@ -16,8 +16,9 @@ run() {
     fi
 }
 run overhead benchmarks/bench_overhead.py --repeats 5
+run overhead-3-layers benchmarks/bench_overhead.py --repeats 5 --layers 10,11,12
 run throughput benchmarks/bench_throughput.py --docs 128 --repeats 2
 run concurrency benchmarks/bench_concurrency.py --requests 64 --repeats 3
 run concurrency-bf16 benchmarks/bench_concurrency.py --requests 64 --repeats 3 --dtype bfloat16
-run memory benchmarks/bench_memory.py --budgets 2048 8192 32768
+run memory benchmarks/bench_memory.py --docs 256 --budgets 2048 8192 32768
 run pool benchmarks/bench_pool.py --devices cpu cpu --docs 128 --repeats 2

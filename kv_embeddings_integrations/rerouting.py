@@ -122,9 +122,14 @@ def kv_reroute_attention(
 _MERGE_UNSUPPORTED = ("position_bias", "softcap", "s_aux", "sinks", "output_attentions")
 
 
+# SDPA's fused CPU kernel, called directly for its log-sum-exp (the public function drops it).
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
 def _can_merge(query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> bool:
     return (
-        query.device.type == "cpu"
+        _CPU_FLASH is not None
+        and query.device.type == "cpu"
         and query.shape[2] == key.shape[2]
         and not kwargs.get("dropout")
         and not any(kwargs.get(name) for name in _MERGE_UNSUPPORTED)
@@ -143,12 +148,12 @@ def _merged_prefix_sdpa(
     **_: object,
 ) -> tuple[torch.Tensor, None]:
     """The re-routed layer by log-sum-exp merge (module docstring), on SDPA's CPU flash kernel."""
-    groups = getattr(module, "num_key_value_groups", 1)
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    scale = scaling if scaling is not None else dim**-0.5
     # The model's own choice, as transformers' sdpa_attention_forward makes it.
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
+    causal = bool(length > 1 and attention_mask is None and causal)
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         # The kernel takes additive masks (SDPA converts boolean ones the same way for every layer).
         attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
@@ -156,15 +161,23 @@ def _merged_prefix_sdpa(
         )
     elif attention_mask is not None:
         attention_mask = attention_mask.to(query.dtype)
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        query, key, value, 0.0, causal, attn_mask=attention_mask, scale=scale
-    )
-    # method.md step 2/4: the final token's key (with its own rotary rotation) and value.
-    key_p, value_p = key[:, :, -1:].float(), value[:, :, -1:].float()
-    score_p = (query.float() * key_p).sum(-1) * scale + bias
-    weight_p = torch.sigmoid(score_p - lse).unsqueeze(-1)
-    merged = out.float() + weight_p * (value_p - out.float())
-    return merged.to(query.dtype).transpose(1, 2).contiguous(), None
+    try:
+        # Grouped-query attention: the kernel maps query head h to key/value head h // groups.
+        out, lse = _CPU_FLASH(query, key, value, 0.0, causal, attn_mask=attention_mask, scale=scale)
+    except RuntimeError:
+        if kv_heads == heads:
+            raise
+        groups = heads // kv_heads  # older kernels want as many key/value heads as query heads
+        out, lse = _CPU_FLASH(
+            query, repeat_kv(key, groups), repeat_kv(value, groups), 0.0, causal, attn_mask=attention_mask, scale=scale
+        )
+    # method.md step 2/4: the final token's key (with its own rotary rotation) and value, for the
+    # query heads of each key/value head: (batch, kv_heads, groups * length, dim).
+    grouped = query.reshape(batch, kv_heads, -1, dim).float()
+    score_p = (grouped @ key[:, :, -1:].float().transpose(-1, -2)).view(batch, heads, length) * scale + bias
+    weight_p = torch.sigmoid(score_p - lse).view(batch, kv_heads, -1, length, 1)
+    merged = torch.lerp(out.float().view(batch, kv_heads, -1, length, dim), value[:, :, None, -1:].float(), weight_p)
+    return merged.view(batch, heads, length, dim).to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 for _base, _mask in (("sdpa", sdpa_mask), ("eager", eager_mask)):

@@ -64,3 +64,11 @@ def test_layers_split_between_cuda_and_cpu(model_dir, single):
 def test_cuda_matches_cpu(model_dir, single):
     gpu = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], dtype="float32", device="cuda")
     np.testing.assert_allclose(gpu.encode(TEXTS), single.encode(TEXTS), atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_data_parallel_on_every_gpu(model_dir, single):
+    devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    texts = TEXTS * 8
+    with single.start_pool(devices) as pool:
+        np.testing.assert_allclose(pool.encode(texts), single.encode(texts), atol=1e-4)

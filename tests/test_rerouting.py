@@ -153,7 +153,8 @@ def _must_not_run(*args, **kwargs):
 
 @pytest.mark.parametrize("texts", [TEXTS[1:2], [TEXTS[0], TEXTS[0] + " again"]], ids=["unpadded", "padded"])
 def test_rerouted_layers_run_the_fused_kernel(tokenizer, texts):
-    # Every layer, re-routed or not, runs SDPA's fused CPU kernel once; nothing eager (softmax/bmm).
+    # Every layer, re-routed or not, runs SDPA's fused CPU kernel once; no eager attention, which
+    # would show as a softmax over materialised scores.
     from torch.profiler import profile
 
     embedder = KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2])
@@ -161,4 +162,4 @@ def test_rerouted_layers_run_the_fused_kernel(tokenizer, texts):
         embedder.encode(texts)
     names = [event.name for event in prof.events()]
     assert names.count("aten::_scaled_dot_product_flash_attention_for_cpu") == embedder.num_layers
-    assert not [n for n in names if n in ("aten::softmax", "aten::_softmax", "aten::bmm", "aten::baddbmm")]
+    assert not [n for n in names if n in ("aten::softmax", "aten::_softmax", "aten::_safe_softmax")]
