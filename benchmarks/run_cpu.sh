@@ -17,6 +17,7 @@ run() {
 }
 run overhead benchmarks/bench_overhead.py --repeats 5
 run overhead-3-layers benchmarks/bench_overhead.py --repeats 5 --layers 10,11,12
+run overhead-qwen3-4b-shape benchmarks/bench_overhead.py --model random:qwen3-4b --dtype bfloat16 --lengths 512 2048 --repeats 3
 run throughput benchmarks/bench_throughput.py --docs 128 --repeats 2
 run concurrency benchmarks/bench_concurrency.py --requests 64 --repeats 3
 run concurrency-bf16 benchmarks/bench_concurrency.py --requests 64 --repeats 3 --dtype bfloat16
