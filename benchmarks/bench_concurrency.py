@@ -26,12 +26,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", default=str(DEFAULT_SCIFACT), help="BEIR folder with queries.jsonl")
     args = parser.parse_args()
 
-    embeddings = KVEmbeddings(model=args.model, model_kwargs={"dtype": getattr(torch, args.dtype), "device": "cpu"})
+    embeddings = KVEmbeddings(
+        model=args.model, model_kwargs={"dtype": getattr(torch, args.dtype), "device": args.device}
+    )
     texts = queries(args.data, args.requests)
     results: dict[str, list] = {}
 
