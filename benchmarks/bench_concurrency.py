@@ -1,5 +1,6 @@
-"""Coalescing of concurrent requests: 64 simultaneous ``aembed_query`` calls vs the same calls made
-one after another (LangChain adapter, bundled model, real SciFact queries).
+"""Coalescing of concurrent requests: 64 simultaneous ``aembed_query`` calls vs the same queries sent
+one after another through ``embed_query`` (no coalescing; LangChain adapter, bundled model, real
+SciFact queries).
 
     python benchmarks/bench_concurrency.py
 """
@@ -38,8 +39,9 @@ def main() -> None:
     texts = queries(args.data, args.requests)
     results: dict[str, list] = {}
 
-    async def sequential():
-        return [await embeddings.aembed_query(q) for q in texts]
+    def sequential():
+        # The baseline without coalescing: plain embed_query calls, one forward pass each.
+        return [embeddings.embed_query(q) for q in texts]
 
     async def concurrent():
         return await asyncio.gather(*(embeddings.aembed_query(q) for q in texts))
@@ -48,7 +50,10 @@ def main() -> None:
         results[name] = asyncio.run(coroutine())
 
     times = side_by_side(
-        {"one after another": lambda: run("seq", sequential), "concurrent": lambda: run("con", concurrent)},
+        {
+            "one after another": lambda: results.__setitem__("seq", sequential()),
+            "concurrent": lambda: run("con", concurrent),
+        },
         repeats=args.repeats,
     )
     seq, con = np.array(results["seq"]), np.array(results["con"])

@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _embedder(args):
-    from .embedder import KVEmbedder
+    import torch
+
+    from .embedder import KVEmbedder, _resolve_dtype
 
     options = dict(
         method=args.method, layers=args.layers, bias=args.bias, pooling=args.pooling, max_length=args.max_length
@@ -165,10 +167,16 @@ def _embedder(args):
     except ValueError as e:
         raise CLIError(str(e)) from None
     try:
-        # Replicas for --devices are made from a CPU copy, whatever --device says.
-        device = "cpu" if getattr(args, "devices", None) else args.device
+        device, dtype = args.device, args.dtype
+        if getattr(args, "devices", None):
+            # Replicas for --devices are made from a CPU copy, in the dtype the replicas' devices want.
+            try:
+                first = torch.device(args.devices[0])
+            except RuntimeError as e:
+                raise CLIError(f"--devices: {e}") from None
+            device, dtype = "cpu", dtype or _resolve_dtype(None, first)
         device_map = getattr(args, "device_map", None)
-        return KVEmbedder.from_pretrained(args.model, device=device, dtype=args.dtype, device_map=device_map, **options)
+        return KVEmbedder.from_pretrained(args.model, device=device, dtype=dtype, device_map=device_map, **options)
     except (OSError, ModuleNotFoundError, ValueError) as e:
         # Missing bundled package, unknown model or directory, bad option: one clear line.
         raise CLIError(f"cannot load model {args.model!r}: {e}") from None

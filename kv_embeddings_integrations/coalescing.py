@@ -97,8 +97,19 @@ class RequestCoalescer:
         return group
 
     def _run(self) -> None:
-        while (group := self._take()) is not None:
-            self._serve(group)
+        group: list[_Request] = []
+        try:
+            while (group := self._take()) is not None:
+                self._serve(group)
+        except BaseException as error:
+            # Never leave futures waiting on a dead worker: fail what it held and what is queued,
+            # and let the next request start a new worker.
+            with self._condition:
+                stranded, self._pending, self._worker = [*(group or []), *self._pending], [], None
+            for request in stranded:
+                if not request.future.done():
+                    request.future.set_exception(RuntimeError(f"embedding worker failed: {error!r}"))
+            raise
 
     def _serve(self, group: list[_Request]) -> None:
         live = [r for r in group if r.future.set_running_or_notify_cancel()]

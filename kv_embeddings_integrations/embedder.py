@@ -58,15 +58,19 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None)
     return resolved
 
 
-def _release_memory(device: torch.device) -> None:
-    if device.type == "cuda":
+def _release_memory() -> None:
+    # Every GPU, not only the input device: with a device map the failing layer may sit elsewhere.
+    if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 
 def _chain(source: Future, target: Future, transform) -> None:
     """Complete ``target`` with ``transform`` of ``source``'s result, or its exception."""
-    error = source.exception()
-    if error is not None:
+    if source.cancelled():
+        target.cancel()
+    elif not target.set_running_or_notify_cancel():
+        return  # the caller gave up (e.g. its asyncio task was cancelled)
+    elif (error := source.exception()) is not None:
         target.set_exception(error)
     else:
         target.set_result(transform(source.result()))
@@ -337,6 +341,8 @@ class KVEmbedder:
         if not single:
             return future
         first: Future = Future()
+        # A cancelled caller withdraws its request if it has not started yet.
+        first.add_done_callback(lambda f: f.cancelled() and future.cancel())
         future.add_done_callback(lambda f: _chain(f, first, lambda vectors: vectors[0]))
         return first
 
@@ -373,21 +379,18 @@ class KVEmbedder:
         """
         try:
             return self._embed_batch(batch)
-        except torch.OutOfMemoryError as error:
-            rows = batch.input_ids.shape[0]
-            _release_memory(self.device)
-            if rows == 1:
-                raise torch.OutOfMemoryError(
-                    f"out of memory embedding a single text of {batch.input_ids.shape[1]} tokens after splitting "
-                    f"its batch down to 1 row on {self.device}; lower max_length (now {self.max_length}) "
-                    "or spread the model over more devices (device_map)"
-                ) from error
-            half = rows // 2
-            # The error's traceback pins the failed batch's tensors; drop it before retrying.
-            del error
-            return torch.cat(
-                [self._embed_splitting(batch.rows(0, half)), self._embed_splitting(batch.rows(half, rows))]
+        except torch.OutOfMemoryError:
+            pass  # retry outside the handler: its traceback pins the failed pass's activations
+        _release_memory()
+        rows = batch.input_ids.shape[0]
+        if rows == 1:
+            raise torch.OutOfMemoryError(
+                f"out of memory embedding a single text of {batch.input_ids.shape[1]} tokens after splitting "
+                f"its batch down to 1 row on {self.device}; lower max_length (now {self.max_length}) "
+                "or spread the model over more devices (device_map)"
             )
+        half = rows // 2
+        return torch.cat([self._embed_splitting(batch.rows(0, half)), self._embed_splitting(batch.rows(half, rows))])
 
     def _embed_batch(self, batch: TokenBatch) -> torch.Tensor:
         hidden = self._forward(batch).last_hidden_state

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 
 import torch
 from transformers import PreTrainedModel
@@ -119,7 +119,7 @@ def kv_reroute_attention(
 
 
 # Arguments of transformers' SDPA path that the merge cannot honour (it then concatenates).
-_MERGE_UNSUPPORTED = ("position_bias", "softcap", "s_aux", "sinks", "output_attentions")
+_MERGE_UNSUPPORTED = ("position_bias", "softcap", "s_aux", "sinks")
 
 
 # SDPA's fused CPU kernel, called directly for its log-sum-exp (the public function drops it).
@@ -132,8 +132,20 @@ def _can_merge(query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> bool:
         and query.device.type == "cpu"
         and query.shape[2] == key.shape[2]
         and not kwargs.get("dropout")
-        and not any(kwargs.get(name) for name in _MERGE_UNSUPPORTED)
+        and not kwargs.get("output_attentions")
+        and all(kwargs.get(name) is None for name in _MERGE_UNSUPPORTED)
     )
+
+
+@cache
+def _kernel_takes_grouped_heads() -> bool:
+    """Whether this torch's CPU kernel maps query heads onto fewer key/value heads itself."""
+    query, key = torch.zeros(1, 2, 1, 8), torch.zeros(1, 1, 1, 8)
+    try:
+        _CPU_FLASH(query, key, key, 0.0, False)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _merged_prefix_sdpa(
@@ -161,16 +173,12 @@ def _merged_prefix_sdpa(
         )
     elif attention_mask is not None:
         attention_mask = attention_mask.to(query.dtype)
-    try:
-        # Grouped-query attention: the kernel maps query head h to key/value head h // groups.
-        out, lse = _CPU_FLASH(query, key, value, 0.0, causal, attn_mask=attention_mask, scale=scale)
-    except RuntimeError:
-        if kv_heads == heads:
-            raise
-        groups = heads // kv_heads  # older kernels want as many key/value heads as query heads
-        out, lse = _CPU_FLASH(
-            query, repeat_kv(key, groups), repeat_kv(value, groups), 0.0, causal, attn_mask=attention_mask, scale=scale
-        )
+    # Grouped-query attention: the kernel maps query head h to key/value head h // groups; older
+    # kernels want as many key/value heads as query heads.
+    full_key, full_value = key, value
+    if kv_heads != heads and not _kernel_takes_grouped_heads():
+        full_key, full_value = repeat_kv(key, heads // kv_heads), repeat_kv(value, heads // kv_heads)
+    out, lse = _CPU_FLASH(query, full_key, full_value, 0.0, causal, attn_mask=attention_mask, scale=scale)
     # method.md step 2/4: the final token's key (with its own rotary rotation) and value, for the
     # query heads of each key/value head: (batch, kv_heads, groups * length, dim).
     grouped = query.reshape(batch, kv_heads, -1, dim).float()

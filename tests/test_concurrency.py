@@ -120,3 +120,34 @@ def test_adapters_coalesce_async_calls(embedder):
     assert isinstance(lc[0], list) and isinstance(lc[0][0], float)
     with pytest.raises(TypeError, match="list of strings"):
         asyncio.run(langchain.aembed_documents("abc"))
+
+
+def test_a_dead_worker_fails_its_requests_and_a_new_one_serves_the_next():
+    def encode(texts, prompt_type, normalize):
+        if texts == ["fatal"]:
+            raise KeyboardInterrupt  # escapes the per-request handling (not an Exception)
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+    coalescer = RequestCoalescer(encode, max_wait=0)
+    with pytest.raises(RuntimeError, match="embedding worker failed: KeyboardInterrupt"):
+        coalescer.submit(["fatal"], "document").result(5)
+    assert coalescer.submit(["fine"], "document").result(5).shape == (1, 2)
+
+
+def test_a_cancelled_single_text_request_is_withdrawn(embedder):
+    release = threading.Event()
+    original = embedder._encode_coalesced
+
+    def slow(texts, prompt_type, normalize):
+        release.wait(5)
+        return original(texts, prompt_type, normalize)
+
+    embedder._encode_coalesced = slow
+    busy = embedder.submit(TEXTS[0])  # holds the worker until released
+    time.sleep(0.05)
+    withdrawn = embedder.submit(TEXTS[1])
+    assert withdrawn.cancel()
+    release.set()
+    assert busy.result(5).shape == (embedder.hidden_size,)
+    assert withdrawn.cancelled()
+    assert sum(embedder._coalescer.batch_sizes) == 1  # the cancelled text was never embedded
