@@ -10,6 +10,8 @@ import numpy as np
 
 from .bundled import DEFAULT_MODEL
 from .config import EmbedderConfig
+from .distributed import DEFAULT_BATCH_SIZE as DEFAULT_DATASET_BATCH
+from .distributed import FORMATS
 from .jsonl import iter_jsonl
 from .prompts import METHODS, POOLINGS, PROMPT_TYPES
 
@@ -93,6 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
 
+    dataset = commands.add_parser(
+        "embed-dataset", help="embed a corpus of files with Ray Data (local Ray or a cluster); needs the ray extra"
+    )
+    _add_model_options(dataset)
+    dataset.add_argument(
+        "--input", required=True, help="a .parquet/.jsonl/.json/.csv file, a directory of them, a glob, or a URI"
+    )
+    dataset.add_argument("--input-format", choices=FORMATS, default=None, help="(default: from the file names)")
+    dataset.add_argument("--output", required=True, help="output directory (created; must be empty), or a URI")
+    dataset.add_argument("--output-format", choices=("parquet", "json"), default="parquet", help="(default: parquet)")
+    dataset.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
+    dataset.add_argument("--output-column", default="embedding", help="column for the vectors (default: embedding)")
+    dataset.add_argument("--prompt-type", choices=PROMPT_TYPES, default="document")
+    dataset.add_argument("--address", default=None, help="Ray cluster to join (ray://host:10001, auto); default: local")
+    dataset.add_argument("--concurrency", type=int, default=1, help="model replicas (actors); one per GPU is usual")
+    dataset.add_argument("--num-gpus-per-worker", type=float, default=0, help="GPUs per replica (default: 0)")
+    dataset.add_argument("--num-cpus-per-worker", type=float, default=1, help="CPUs (torch threads) per replica")
+    dataset.add_argument("--batch-size", type=int, default=DEFAULT_DATASET_BATCH, help="rows per actor call")
+    dataset.add_argument(
+        "--max-tokens-per-batch", type=int, default=None, help="padded-token budget per forward pass (bounds memory)"
+    )
+    dataset.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
+
     select = commands.add_parser("select-layers", help="pick the layers to re-route by intrinsic dimension")
     select.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"hub id, local directory or bundled alias (default: {DEFAULT_MODEL})"
@@ -151,21 +176,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _embedder(args):
-    import torch
-
-    from .embedder import KVEmbedder, _resolve_dtype
-
+def _options(args, *names: str) -> dict:
+    """The embedder options given on the command line (and ``names`` where set), validated."""
     options = dict(
         method=args.method, layers=args.layers, bias=args.bias, pooling=args.pooling, max_length=args.max_length
     )
-    for name in ("batch_size", "max_tokens_per_batch"):
+    for name in names:
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
     try:
         EmbedderConfig(**options)
     except ValueError as e:
         raise CLIError(str(e)) from None
+    return options
+
+
+def _embedder(args):
+    import torch
+
+    from .embedder import KVEmbedder, _resolve_dtype
+
+    options = _options(args, "batch_size", "max_tokens_per_batch")
     try:
         device, dtype = args.device, args.dtype
         if getattr(args, "devices", None):
@@ -282,6 +313,60 @@ def _evaluate(args) -> None:
     print("wrote " + ", ".join(map(str, paths)), file=sys.stderr)
 
 
+def _embed_dataset(args) -> None:
+    import math
+    import os
+    import time
+
+    from . import distributed
+
+    try:
+        ray = distributed.require_ray()
+    except ModuleNotFoundError as e:
+        raise CLIError(str(e)) from None
+    options = _options(args, "max_tokens_per_batch")
+    for name in ("dtype", "device", "device_map"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    local_output = "://" not in args.output
+    if local_output and os.path.isdir(args.output) and os.listdir(args.output):
+        raise CLIError(f"output directory is not empty: {args.output}")
+    try:
+        paths, fmt = distributed.resolve_input(args.input, args.input_format)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if args.address is None:
+        # A local Ray: the actors' CPUs plus one for the readers and writers (Ray tasks as well).
+        needed = math.ceil(args.concurrency * args.num_cpus_per_worker) + 1
+        ray.init(num_cpus=max(os.cpu_count() or 1, needed))
+    else:
+        ray.init(address=args.address)
+    try:
+        ray.data.DataContext.get_current().execution_options.preserve_order = True  # output rows in input order
+        started = time.perf_counter()
+        dataset = getattr(ray.data, f"read_{fmt}")(paths)
+        try:
+            embedded = distributed.embed_dataset(
+                dataset,
+                model=args.model,
+                text_column=args.text_column,
+                output_column=args.output_column,
+                prompt_type=args.prompt_type,
+                concurrency=args.concurrency,
+                num_gpus_per_worker=args.num_gpus_per_worker,
+                num_cpus_per_worker=args.num_cpus_per_worker,
+                batch_size=args.batch_size,
+                normalize=not args.no_normalize,
+                **options,
+            )
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        getattr(embedded, f"write_{args.output_format}")(args.output)
+        print(f"wrote embeddings to {args.output} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    finally:
+        ray.shutdown()
+
+
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "embed":
@@ -299,6 +384,8 @@ def run(argv: list[str] | None = None) -> int:
             raise CLIError(str(e)) from None
         np.save(args.output, vectors)
         print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 embeddings to {args.output}", file=sys.stderr)
+    elif args.command == "embed-dataset":
+        _embed_dataset(args)
     elif args.command == "eval":
         _evaluate(args)
     elif args.command == "select-layers":

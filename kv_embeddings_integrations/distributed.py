@@ -1,0 +1,230 @@
+"""Embedding a corpus on a cluster with Ray Data (optional extra ``ray``).
+
+``embed_dataset`` adds an embedding column to any ``ray.data.Dataset`` (read with any Ray Data
+reader, written with any writer) through ``map_batches`` with a callable class, so each actor
+loads the model once and embeds many batches. Layer selection runs once, in a Ray task with the
+actors' resources, before the actors start; the actors get the chosen layers explicitly.
+
+The vectors go into a fixed-size list column of float32 (Arrow ``fixed_size_list<float>[dim]``),
+the type vector databases and Parquet readers (DuckDB, LanceDB, pandas) take as an embedding.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .bundled import DEFAULT_MODEL
+from .config import EmbedderConfig
+from .prompts import METHODS, PROMPT_TYPES
+
+DEFAULT_BATCH_SIZE = 256
+
+
+def require_ray():
+    """Import Ray (with Ray Data), or fail with the install command."""
+    try:
+        import ray
+        import ray.data
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "embedding a Ray dataset needs Ray Data:  pip install 'kv-embeddings-integrations[ray]'"
+        ) from None
+    return ray
+
+
+def _chosen_layers(model: str, options: dict[str, Any]) -> list[int] | None:
+    """Run layer selection (or read its cache) once; the layers every actor will re-route."""
+    from .embedder import KVEmbedder
+
+    return KVEmbedder.from_pretrained(model, **options).layers or None
+
+
+class DatasetEmbedder:
+    """The callable class each Ray actor holds: one loaded :class:`KVEmbedder`, many batches.
+
+    Args:
+        model: hub id, local directory or bundled alias.
+        options: :meth:`KVEmbedder.from_pretrained` keyword arguments (loading and
+            :class:`EmbedderConfig` options, with the layers already chosen).
+        text_column: the column holding the texts.
+        output_column: the column the vectors go to.
+        prompt_type: ``"document"`` or ``"query"``.
+        normalize: L2-normalise the vectors.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        options: dict[str, Any],
+        text_column: str,
+        output_column: str,
+        prompt_type: str,
+        normalize: bool,
+    ) -> None:
+        from .embedder import KVEmbedder
+
+        self.embedder = KVEmbedder.from_pretrained(model, **options)
+        self.text_column = text_column
+        self.output_column = output_column
+        self.prompt_type = prompt_type
+        self.normalize = normalize
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        if self.text_column not in batch.column_names:
+            raise KeyError(f"no column {self.text_column!r} in the dataset (columns: {batch.column_names})")
+        texts = batch.column(self.text_column).to_pylist()
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"column {self.text_column!r} holds {type(text).__name__}, not str, in row {index} of a "
+                    f"batch starting with {texts[0]!r:.60}"
+                )
+        vectors = self.embedder.encode(texts, prompt_type=self.prompt_type, normalize=self.normalize)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.embedder.hidden_size)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.embedder.hidden_size)
+        if self.output_column in batch.column_names:
+            batch = batch.drop_columns([self.output_column])
+        return batch.append_column(self.output_column, column)
+
+
+def _check_cpus(ray, actors_cpus: float) -> None:
+    # Readers and writers are Ray tasks too: actors holding every CPU starve them and the job stalls.
+    total = ray.cluster_resources().get("CPU", 0)
+    if total and actors_cpus + 1 > total:
+        warnings.warn(
+            f"the actors reserve {actors_cpus:g} of the cluster's {total:g} CPUs, leaving none for reading and "
+            "writing: the job may stall; lower concurrency or num_cpus_per_worker, or start Ray with more CPUs",
+            stacklevel=3,
+        )
+
+
+def embed_dataset(
+    ds,
+    *,
+    model: str = DEFAULT_MODEL,
+    text_column: str = "text",
+    output_column: str = "embedding",
+    prompt_type: str = "document",
+    concurrency: int = 1,
+    num_gpus_per_worker: float = 0,
+    num_cpus_per_worker: float = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    normalize: bool = True,
+    **embedder_options: Any,
+):
+    """Add an embedding column to a Ray Data dataset (lazily, like every Ray Data transform).
+
+    Args:
+        ds: a ``ray.data.Dataset`` with a string column ``text_column`` (e.g. from
+            ``ray.data.read_json(...)`` or ``read_parquet(...)``).
+        model: hub id, local directory or bundled alias; every actor loads it once.
+        text_column: the column holding the texts; other columns (ids...) are kept as they are.
+        output_column: the new column (replaced if present): one float32 vector per row, as an
+            Arrow fixed-size list.
+        prompt_type: ``"document"`` or ``"query"`` (picks the prompt template).
+        concurrency: number of actors (model replicas). With GPUs, one per GPU is usual.
+        num_gpus_per_worker: GPUs reserved per actor: 1 for a model that fits one GPU; 2 or more
+            for one spread over several with ``device_map="auto"``.
+        num_cpus_per_worker: CPUs reserved per actor; a CPU actor runs that many torch threads.
+        batch_size: rows handed to an actor per call (the core batches again by length within it).
+        normalize: L2-normalise each vector.
+        **embedder_options: as for :meth:`KVEmbedder.from_pretrained`: :class:`EmbedderConfig`
+            options (``method``, ``layers``, ``bias``, ``max_length``, ``max_tokens_per_batch``...)
+            and loading options (``dtype``, ``device_map``, ``max_memory``, ``revision``...).
+
+    Returns:
+        the transformed ``ray.data.Dataset``; write it with any writer (``write_parquet``...).
+        Rows keep their columns; for rows in input order set
+        ``ray.data.DataContext.get_current().execution_options.preserve_order = True``.
+    """
+    ray = require_ray()
+    if not isinstance(ds, ray.data.Dataset):
+        raise TypeError(f"ds must be a ray.data.Dataset, got {type(ds).__name__}")
+    if prompt_type not in PROMPT_TYPES:
+        raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
+    for name, value in (("concurrency", concurrency), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, value in (("num_gpus_per_worker", num_gpus_per_worker), ("num_cpus_per_worker", num_cpus_per_worker)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    # Bad options fail here, once, not in every actor after a model load.
+    config = EmbedderConfig(**{k: v for k, v in embedder_options.items() if k in EmbedderConfig.option_names()})
+    options = {**embedder_options, **config.to_dict()}
+    resources = {"num_cpus": num_cpus_per_worker, "num_gpus": num_gpus_per_worker}
+    if ray.is_initialized():
+        _check_cpus(ray, concurrency * num_cpus_per_worker)
+    if METHODS[config.method].reroute and config.layers == "auto":
+        # Once for the whole job (the cache makes later jobs instant), on an actor's resources.
+        select = ray.remote(**resources)(_chosen_layers)
+        options["layers"] = ray.get(select.remote(model, options))
+    return ds.map_batches(
+        DatasetEmbedder,
+        fn_constructor_kwargs={
+            "model": model,
+            "options": options,
+            "text_column": text_column,
+            "output_column": output_column,
+            "prompt_type": prompt_type,
+            "normalize": normalize,
+        },
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        **resources,
+    )
+
+
+# Ray Data readers and writers by format name, and the format each file suffix means.
+FORMATS = ("parquet", "json", "csv")
+_SUFFIX_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+def _format_of(paths: list[str]) -> str:
+    formats = {_SUFFIX_FORMATS.get(os.path.splitext(p)[1].lower()) for p in paths}
+    if len(formats) != 1 or None in formats:
+        names = ", ".join(sorted({os.path.basename(p) for p in paths})[:5])
+        raise ValueError(
+            f"cannot tell the input format from the file names ({names}); "
+            "name files .parquet, .jsonl, .json or .csv, or give the format"
+        )
+    return formats.pop()
+
+
+def resolve_input(spec: str, input_format: str | None = None) -> tuple[list[str] | str, str]:
+    """The paths and format Ray Data should read for ``spec``: a file, a directory or a glob.
+
+    Local directories and globs are expanded here (files sorted by name, so the output keeps the
+    same order); remote URIs (``s3://...``) go to Ray as they are and need a suffix or
+    ``input_format``.
+
+    Raises:
+        FileNotFoundError: nothing matches a local ``spec``.
+        ValueError: the format cannot be told and was not given, or is unknown.
+    """
+    if input_format is not None and input_format not in FORMATS:
+        raise ValueError(f"input format must be one of {FORMATS}, got {input_format!r}")
+    if "://" in spec:
+        return spec, input_format or _format_of([spec])
+    if os.path.isdir(spec):
+        paths = sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(spec)
+            for name in names
+            if not name.startswith((".", "_"))  # hidden files, _SUCCESS markers
+        )
+    elif glob.has_magic(spec):
+        paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    else:
+        paths = [spec] if os.path.isfile(spec) else []
+    if not paths:
+        raise FileNotFoundError(f"no input files match {spec}")
+    return paths, input_format or _format_of(paths)

@@ -1,0 +1,146 @@
+"""Ray Data (the ``ray`` extra): a local Ray with 2 CPU actors embeds real documents like
+KVEmbedder.encode; the ``kv-embed embed-dataset`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pydoc_data.topics import topics
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+import ray.data
+
+from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations.cli import main
+from kv_embeddings_integrations.distributed import embed_dataset
+
+pytestmark = pytest.mark.ray
+
+
+def _documents(count: int = 300) -> list[dict]:
+    """Paragraphs of the Python Language Reference (shipped with CPython), with ids."""
+    paragraphs = [p.strip() for text in topics.values() for p in text.split("\n\n") if len(p.strip()) > 40]
+    return [{"id": f"doc-{i:04d}", "text": p[:1500]} for i, p in enumerate(paragraphs[:count])]
+
+
+def _write_jsonl(path, docs: list[dict]) -> None:
+    path.write_text("\n".join(json.dumps(d) for d in docs) + "\n", encoding="utf-8")
+
+
+def test_command_line_embeds_a_directory_in_order(model_dir, tmp_path):
+    # First in this module: the command starts (and stops) a local Ray of its own.
+    docs = _documents(90)
+    source = tmp_path / "in"
+    source.mkdir()
+    _write_jsonl(source / "part-0.jsonl", docs[:50])
+    _write_jsonl(source / "part-1.jsonl", docs[50:])
+    (source / "_SUCCESS").write_text("")  # a marker other tools leave: skipped
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "kv_embeddings_integrations.cli", "embed-dataset", "--model", str(model_dir)]
+    command += ["--input", str(source), "--output", str(out), "--layers", "1,2", "--concurrency", "2"]
+    env = {**os.environ, "KV_EMBEDDINGS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"wrote embeddings to {out}" in done.stderr
+    table = pq.read_table(str(out))
+    rows = table.to_pylist()
+    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode([d["text"] for d in docs])
+    _check(rows, docs, expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", "{tmp}/nothing-*.jsonl"], "no input files match"),
+        (["--input", "{tmp}/in.txt"], "cannot tell the input format"),
+        (["--input", "{tmp}/in.jsonl", "--output", "{tmp}"], "output directory is not empty"),
+        (["--input", "{tmp}/in.jsonl", "--bias", "x"], "invalid float value"),
+        (["--input", "{tmp}/in.jsonl", "--layers", "-1"], "layers"),
+    ],
+)
+def test_command_line_errors_before_starting_ray(args, message, tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text('{"text": "a"}\n')
+    (tmp_path / "in.txt").write_text("a\n")
+    argv = ["embed-dataset", "--output", str(tmp_path / "new")] + [a.format(tmp=tmp_path) for a in args]
+    try:
+        status = main(argv)
+    except SystemExit as exit:  # argparse's own errors
+        status = exit.code
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("ray-cache"))
+    ray.init(
+        # 2 one-CPU actors, and a CPU slot for the readers and writers (they are Ray tasks too).
+        num_cpus=3,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"KV_EMBEDDINGS_CACHE": cache, "OMP_NUM_THREADS": "1"}},
+    )
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def _check(rows: list[dict], docs: list[dict], expected: np.ndarray) -> None:
+    assert [r["id"] for r in rows] == [d["id"] for d in docs]  # ids and order preserved
+    got = np.stack([r["embedding"] for r in rows])
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() >= 0.9999, cosine.min()
+
+
+def test_two_actors_match_local_encode(local_ray, model_dir):
+    docs = _documents()
+    ds = ray.data.from_items(docs, override_num_blocks=8)
+    out = embed_dataset(ds, model=str(model_dir), layers=[1, 2], concurrency=2, batch_size=32)
+    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode([d["text"] for d in docs])
+    _check(out.take_all(), docs, expected)
+
+
+def test_files_in_and_out_with_automatic_layers(local_ray, model_dir, tmp_path, monkeypatch):
+    docs = _documents(120)
+    source = tmp_path / "in"
+    source.mkdir()
+    _write_jsonl(source / "docs.jsonl", docs)
+    ds = ray.data.read_json(str(source / "docs.jsonl"))
+    out = embed_dataset(ds, model=str(model_dir), prompt_type="query", concurrency=2, batch_size=16)
+    out.write_parquet(str(tmp_path / "out"))
+    files = sorted(tmp_path.glob("out/*.parquet"))
+    assert files
+    column = pq.read_table(files[0]).schema.field("embedding").type  # what any Parquet reader sees
+    assert pa.types.is_fixed_size_list(column) and column.list_size == 64, column
+    assert column.value_type == pa.float32()
+    rows = ray.data.read_parquet(str(tmp_path / "out")).take_all()
+    monkeypatch.setenv("KV_EMBEDDINGS_CACHE", ray.get_runtime_context().runtime_env["env_vars"]["KV_EMBEDDINGS_CACHE"])
+    local = KVEmbedder.from_pretrained(str(model_dir))  # reads the selection the Ray task cached
+    assert local.layer_selection.from_cache
+    _check(rows, docs, local.encode([d["text"] for d in docs], prompt_type="query"))
+
+
+def test_bad_arguments_fail_before_any_actor_starts(local_ray, model_dir):
+    ds = ray.data.from_items([{"text": "a"}])
+    with pytest.raises(ValueError, match="prompt_type"):
+        embed_dataset(ds, model=str(model_dir), prompt_type="passage")
+    with pytest.raises(ValueError, match="concurrency"):
+        embed_dataset(ds, model=str(model_dir), concurrency=0)
+    with pytest.raises(ValueError):
+        embed_dataset(ds, model=str(model_dir), method="nope")
+    with pytest.raises(TypeError, match="ray.data.Dataset"):
+        embed_dataset([{"text": "a"}], model=str(model_dir))
+    with pytest.warns(UserWarning, match="leaving none for reading and writing"):
+        embed_dataset(ds, model=str(model_dir), layers=[1], concurrency=3)  # 3 CPUs: all taken by actors
+    missing = embed_dataset(ray.data.from_items([{"body": "a"}]), model=str(model_dir), layers=[1])
+    with pytest.raises(Exception, match="no column 'text'"):
+        missing.take_all()
