@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU figure in benchmarks/README.md, one benchmark after another (never two at once: they
-# would share the cores). Outputs go to benchmarks/results/cpu/. About 40 minutes on 2 cores.
+# would share the cores). Outputs go to benchmarks/results/cpu/. About 75 minutes on 2 cores.
 # Run a subset by name: benchmarks/run_cpu.sh throughput memory
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +23,4 @@ run concurrency benchmarks/bench_concurrency.py --requests 64 --repeats 3
 run concurrency-bf16 benchmarks/bench_concurrency.py --requests 64 --repeats 3 --dtype bfloat16
 run memory benchmarks/bench_memory.py --docs 256 --budgets 2048 8192 32768
 run pool benchmarks/bench_pool.py --devices cpu cpu --docs 128 --repeats 2
+run ray benchmarks/bench_ray.py --actors 1 2 --batch-size 128

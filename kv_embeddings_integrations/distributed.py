@@ -66,9 +66,16 @@ class DatasetEmbedder:
         prompt_type: str,
         normalize: bool,
     ) -> None:
+        import ray
+        import torch
+
         from .embedder import KVEmbedder
 
         self.embedder = KVEmbedder.from_pretrained(model, **options)
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if cpus and self.embedder.device.type == "cpu":
+            # One torch thread per reserved CPU: actors sharing a node must not oversubscribe it.
+            torch.set_num_threads(max(1, int(cpus)))
         self.text_column = text_column
         self.output_column = output_column
         self.prompt_type = prompt_type

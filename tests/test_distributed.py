@@ -129,6 +129,19 @@ def test_files_in_and_out_with_automatic_layers(local_ray, model_dir, tmp_path, 
     _check(rows, docs, local.encode([d["text"] for d in docs], prompt_type="query"))
 
 
+def test_a_cpu_actor_runs_one_torch_thread_per_reserved_cpu(local_ray, model_dir):
+    from kv_embeddings_integrations.distributed import DatasetEmbedder
+
+    threads = {}
+    for cpus in (1, 2):
+        actor = ray.remote(num_cpus=cpus)(DatasetEmbedder).remote(
+            str(model_dir), {"layers": [1], "device": "cpu"}, "text", "embedding", "document", True
+        )
+        threads[cpus] = ray.get(actor.__ray_call__.remote(lambda self: __import__("torch").get_num_threads()))
+        ray.kill(actor)
+    assert threads == {1: 1, 2: 2}
+
+
 def test_bad_arguments_fail_before_any_actor_starts(local_ray, model_dir):
     ds = ray.data.from_items([{"text": "a"}])
     with pytest.raises(ValueError, match="prompt_type"):
