@@ -48,6 +48,12 @@ class EmbedderConfig(BaseModel):
         max_tokens_per_batch: budget of padded tokens (rows x longest row) per forward pass, an
             alternative to a fixed batch size that bounds activation memory. A text longer than
             the budget runs alone.
+        long_text: what happens to a text longer than ``max_length``: ``"truncate"`` (cut the
+            text, keep the prompt, warn) or ``"chunk_mean"`` (embed it in pieces that fit, each
+            wrapped in the prompt, and average the pieces' pooled vectors weighted by their token
+            counts, before normalisation).
+        empty_text: ``"embed"`` (an empty or whitespace-only text gets the embedding of the prompt
+            around it) or ``"error"`` (``ValueError`` naming those texts).
         calibration_texts: texts for ``layers="auto"`` (at least 20 distinct); ``None`` uses the
             1000 built-in texts shipped with the package.
         selection: options of the layer-selection rule for ``layers="auto"``: ``skip_fraction``
@@ -68,6 +74,8 @@ class EmbedderConfig(BaseModel):
     max_length: int | None = Field(default=None, description="longest input in tokens, prompt included")
     batch_size: int | None = Field(default=None, description="texts per forward pass")
     max_tokens_per_batch: int | None = Field(default=None, description="padded-token budget per forward pass")
+    long_text: Literal["truncate", "chunk_mean"] = Field(default="truncate", description="texts over max_length")
+    empty_text: Literal["embed", "error"] = Field(default="embed", description="empty or whitespace-only texts")
     calibration_texts: list[str] | None = Field(default=None, description="texts for layers='auto'")
     selection: dict[str, Any] | None = Field(default=None, description="layer-selection rule options")
 

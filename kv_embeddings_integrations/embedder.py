@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +21,7 @@ from .batching import plan_batches
 from .bundled import BUNDLED_MODELS, bundled_model_dir
 from .coalescing import RequestCoalescer
 from .config import EmbedderConfig
+from .inputs import check_positive_int, check_texts, prepare_texts
 from .layer_selection import LayerSelection, auto_select_layers
 from .layers import resolve_layers
 from .pooling import pool
@@ -30,6 +32,8 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 4096
 # A progress bar is shown (when not asked either way) for jobs of more batches than this.
 PROGRESS_BAR_MIN_BATCHES = 10
+# Texts tokenized at once by encode: bounds the token ids held for very large inputs.
+ENCODE_CHUNK = 16384
 # Most texts embedded in one coalesced call of concurrent requests (bounds one call's latency).
 COALESCE_MAX_TEXTS = 512
 
@@ -76,14 +80,8 @@ def _chain(source: Future, target: Future, transform) -> None:
         target.set_result(transform(source.result()))
 
 
-def _check_texts(texts: Iterable[str]) -> list[str]:
-    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a string or an iterable of strings, got {type(texts).__name__}")
-    items = list(texts)
-    for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise TypeError(f"texts[{index}] is {type(item).__name__}, not str")
-    return items
+# State that belongs to this process: not pickled (the pool sends embedders to workers).
+_PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "_float32_lock")
 
 
 class KVEmbedder:
@@ -143,15 +141,17 @@ class KVEmbedder:
             rerouting.install(model)
         self._coalescer: RequestCoalescer | None = None
         self._coalescer_lock = threading.Lock()
+        self._float32_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         # The request queue and its thread belong to this process.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_coalescer", "_coalescer_lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in _PROCESS_LOCAL}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._coalescer = None
         self._coalescer_lock = threading.Lock()
+        self._float32_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -280,24 +280,24 @@ class KVEmbedder:
                     show_progress_bar=show_progress_bar,
                 )
         single = isinstance(texts, str)
-        items = [texts] if single else _check_texts(texts)
+        items = prepare_texts([texts] if single else check_texts(texts), self.config.empty_text)
         template = self.template(prompt_type)
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
+        rows = batch_size or self.batch_size
         out = torch.empty((len(items), self.hidden_size), dtype=torch.float32)
-        if items:
-            encoded = self._prompt_tokenizer.encode(items, template)
-            cut = sum(e.truncated for e in encoded)
-            if cut:
-                warnings.warn(
-                    f"{cut} of {len(items)} texts were longer than max_length={self.max_length} tokens "
-                    "(prompt included) and were truncated",
-                    stacklevel=2,
-                )
-            for indices, batch in self._batches(encoded, batch_size or self.batch_size, show_progress_bar):
-                out[indices] = self._embed_splitting(batch).cpu()
+        cut = 0
+        with self._progress(len(items), rows, show_progress_bar) as bar:
+            # Chunks bound the token ids held at once, whatever the number of texts.
+            for start in range(0, len(items), ENCODE_CHUNK):
+                chunk = items[start : start + ENCODE_CHUNK]
+                out[start : start + len(chunk)], truncated = self._embed_texts(chunk, template, rows, bar)
+                cut += truncated
+        if cut:
+            warnings.warn(
+                f"{cut} of {len(items)} texts were longer than max_length={self.max_length} tokens "
+                "(prompt included) and were truncated",
+                stacklevel=2,
+            )
         if normalize:
             out = torch.nn.functional.normalize(out, dim=-1)
         array = out.numpy()
@@ -328,8 +328,9 @@ class KVEmbedder:
             a ``concurrent.futures.Future`` of what :meth:`encode` would return.
         """
         single = isinstance(texts, str)
-        items = [texts] if single else _check_texts(texts)
-        self.template(prompt_type)  # bad prompt types fail here, not in the worker
+        # Bad input fails here, in the caller, not in the worker.
+        items = prepare_texts([texts] if single else check_texts(texts), self.config.empty_text)
+        self.template(prompt_type)
         if not items:
             done: Future = Future()
             done.set_result(np.empty((0, self.hidden_size), dtype=np.float32))
@@ -356,20 +357,90 @@ class KVEmbedder:
     def _encode_coalesced(self, texts: list[str], prompt_type: str, normalize: bool) -> np.ndarray:
         return self.encode(texts, prompt_type=prompt_type, normalize=normalize, show_progress_bar=False)
 
+    def _progress(self, total: int, rows: int | None, show: bool | None, desc: str = "Embedding") -> tqdm:
+        """A progress bar over ``total`` texts; by default shown only for jobs of many batches."""
+        if show is None:
+            show = total > PROGRESS_BAR_MIN_BATCHES * (rows or DEFAULT_BATCH_SIZE)
+        return tqdm(total=total, desc=desc, unit="text", disable=not show)
+
     def _batches(
-        self,
-        encoded: list[EncodedText],
-        batch_size: int | None,
-        show_progress_bar: bool | None,
-        desc: str = "Embedding",
+        self, encoded: list[EncodedText], batch_size: int | None, bar: tqdm | None = None
     ) -> Iterator[tuple[list[int], TokenBatch]]:
-        """Length-sorted, padded batches with their indices into ``encoded``, under a progress bar."""
-        batches = plan_batches([len(e) for e in encoded], batch_size, self.config.max_tokens_per_batch)
-        show = len(batches) > PROGRESS_BAR_MIN_BATCHES if show_progress_bar is None else show_progress_bar
-        with tqdm(total=len(encoded), desc=desc, unit="text", disable=not show) as bar:
-            for indices in batches:
-                yield indices, collate([encoded[i] for i in indices], self._pad_token_id, self.device)
+        """Length-sorted, padded batches with their indices into ``encoded``; ``bar`` (if given)
+        advances by each batch's rows."""
+        for indices in plan_batches([len(e) for e in encoded], batch_size, self.config.max_tokens_per_batch):
+            yield indices, collate([encoded[i] for i in indices], self._pad_token_id, self.device)
+            if bar is not None:
                 bar.update(len(indices))
+
+    def _embed_texts(
+        self, items: list[str], template: str, batch_size: int | None, bar: tqdm | None
+    ) -> tuple[torch.Tensor, int]:
+        """Pooled, unnormalised float32 vectors of ``items`` (CPU), and how many were truncated."""
+        encoded = self._prompt_tokenizer.encode(items, template)
+        long = [i for i, e in enumerate(encoded) if e.truncated]
+        if not long or self.config.long_text == "truncate":
+            vectors = torch.empty((len(items), self.hidden_size), dtype=torch.float32)
+            for indices, batch in self._batches(encoded, batch_size, bar):
+                vectors[indices] = self._embed_finite(batch, [items[i] for i in indices])
+            return vectors, len(long)
+        # long_text="chunk_mean": each long text becomes pieces that fit, averaged by token count.
+        owners, weights = list(range(len(items))), [1.0] * len(items)
+        for i in long:
+            pieces = self._prompt_tokenizer.split(items[i], template)
+            piece_encoded = self._prompt_tokenizer.encode([text for text, _ in pieces], template)
+            encoded[i], weights[i] = piece_encoded[0], float(pieces[0][1])
+            encoded += piece_encoded[1:]
+            owners += [i] * (len(pieces) - 1)
+            weights += [float(count) for _, count in pieces[1:]]
+        texts = items + [items[i] for i in owners[len(items) :]]
+        piece_vectors = torch.empty((len(encoded), self.hidden_size), dtype=torch.float32)
+        for indices, batch in self._batches(encoded, batch_size):
+            piece_vectors[indices] = self._embed_finite(batch, [texts[i] for i in indices])
+        if bar is not None:
+            bar.update(len(items))
+        weight = torch.tensor(weights)
+        index = torch.tensor(owners)
+        sums = torch.zeros((len(items), self.hidden_size)).index_add_(0, index, piece_vectors * weight[:, None])
+        totals = torch.zeros(len(items)).index_add_(0, index, weight)
+        return sums / totals[:, None], 0
+
+    def _embed_finite(self, batch: TokenBatch, texts: list[str]) -> torch.Tensor:
+        """:meth:`_embed_splitting` as float32 on the CPU, never with a NaN or infinite value.
+
+        A half-precision model whose activations overflow is re-run for that batch in a float32
+        copy; rows still not finite (or a float32 model's) raise ``FloatingPointError`` naming them.
+        """
+        vectors = self._embed_splitting(batch).float().cpu()
+        bad = ~torch.isfinite(vectors).all(dim=1)
+        if not bad.any():
+            return vectors
+        dtype = next(self.model.parameters()).dtype
+        if dtype in (torch.float16, torch.bfloat16) and not getattr(self.model, "hf_device_map", None):
+            warnings.warn(
+                f"{int(bad.sum())} texts gave non-finite values in {dtype}; re-embedding their batch in float32",
+                stacklevel=4,
+            )
+            vectors = self._in_float32(batch)
+            bad = ~torch.isfinite(vectors).all(dim=1)
+            if not bad.any():
+                return vectors
+        rows = bad.nonzero().flatten().tolist()
+        shown = "; ".join(f"{texts[r][:60]!r}" for r in rows[:3])
+        raise FloatingPointError(
+            f"{len(rows)} texts gave NaN or infinite embeddings in {dtype} (first: {shown}); "
+            "use float32 or bfloat16 weights, or check the model"
+        )
+
+    def _in_float32(self, batch: TokenBatch) -> torch.Tensor:
+        """The batch's vectors from a float32 copy of the model (made for this call, then dropped)."""
+        with self._float32_lock:
+            model = copy.deepcopy(self.model).float()
+            twin = KVEmbedder(model, self.tokenizer, self.config, name=self.name, layers=self.layers or None)
+            try:
+                return twin._embed_splitting(batch).float().cpu()
+            finally:
+                del twin, model
 
     def _embed_splitting(self, batch: TokenBatch) -> torch.Tensor:
         """:meth:`_embed_batch`, halving the batch on out-of-memory and retrying each half.

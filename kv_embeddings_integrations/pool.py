@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .config import EmbedderConfig
-from .embedder import KVEmbedder, _check_texts
+from .embedder import KVEmbedder
+from .inputs import check_positive_int, check_texts, prepare_texts
 
 # Default chunking: about this many chunks per worker, so a slow worker (or a chunk of long texts)
 # does not leave the others idle at the end of a job...
@@ -74,11 +75,6 @@ class _EmbedderRecipe:
         if embedder.layers != self.layers:
             raise RuntimeError(f"the worker's embedder re-routes layers {embedder.layers}, not {self.layers}")
         return embedder
-
-
-def _check_positive_int(name: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_device(index: int, device: str | torch.device) -> torch.device:
@@ -331,10 +327,11 @@ class EmbeddingPool:
         """
         self._check_open()
         single = isinstance(texts, str)
-        items = [texts] if single else _check_texts(texts)
+        # Checked and repaired here, once: the workers' warnings would not reach the caller.
+        items = prepare_texts([texts] if single else check_texts(texts), self._embedder.config.empty_text)
         self._embedder.template(prompt_type)  # checks prompt_type here, not once per chunk in the workers
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("chunk_size", chunk_size)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("chunk_size", chunk_size)
         out = np.empty((len(items), self._hidden_size), dtype=np.float32)
         if not items:
             return out

@@ -10,6 +10,9 @@ import torch
 
 from .prompts import render
 
+# Tokens kept spare in each piece of a split text (see PromptTokenizer.split).
+SPLIT_MARGIN = 4
+
 
 @dataclass
 class EncodedText:
@@ -87,6 +90,34 @@ class PromptTokenizer:
             else:
                 encoded.append(EncodedText(row_ids, *_token_span(row_offsets, *spans[-1])))
         return encoded
+
+    def split(self, text: str, template: str) -> list[tuple[str, int]]:
+        """``text`` cut at token boundaries into pieces that each fit ``max_length`` with the prompt,
+        with each piece's token count (``long_text="chunk_mean"``). A text that fits is one piece."""
+        rendered, spans = render(template, text)
+        (row_ids,), (row_offsets,) = self._tokenize([rendered])
+        if len(row_ids) <= self.max_length:
+            return [(text, len(row_ids))]
+        first, last = _token_span(row_offsets, *spans[0])
+        tokens = last - first
+        prompt = len(row_ids) - tokens * len(spans)
+        # Room for one copy of a piece (echo holds two); a few tokens spare, as re-tokenizing a
+        # piece on its own can merge or split a token at its edges.
+        budget = (self.max_length - prompt) // len(spans) - SPLIT_MARGIN
+        if budget < 1:
+            raise ValueError(
+                f"max_length={self.max_length} is too small to embed pieces of a long text: the prompt "
+                f"template {template!r} takes {prompt} tokens. Raise max_length or shorten the template."
+            )
+        # Piece boundaries: every `budget`-th token's first character (byte-level tokens of one
+        # character share it: such a boundary moves to the next distinct character).
+        cuts: list[tuple[int, int]] = [(0, 0)]  # (token index, character index in text)
+        for k in range(budget, tokens, budget):
+            char = row_offsets[first + k][0] - spans[0][0]
+            if char > cuts[-1][1]:
+                cuts.append((k, char))
+        bounds = cuts + [(tokens, len(text))]
+        return [(text[a:b], k2 - k1) for (k1, a), (k2, b) in zip(bounds, bounds[1:], strict=False)]
 
     def _truncate(self, text: str, template: str) -> EncodedText:
         # Each round drops about the excess from every copy of the text; the token count after

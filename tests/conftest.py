@@ -76,6 +76,25 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()
 
 
+# Texts holding this marker fail to tokenize under RejectingTokenizer (a fault to inject).
+REJECTED = "<<reject me>>"
+
+
+class RejectingTokenizer(PreTrainedTokenizerFast):
+    """A tokenizer that raises on texts holding ``REJECTED``: a failure inside pool workers,
+    which receive their tokenizer pickled (so this class must live in an importable module)."""
+
+    def __call__(self, text, *args, **kwargs):
+        for item in [text] if isinstance(text, str) else text:
+            if REJECTED in item:
+                raise TypeError(f"cannot tokenize a text holding {REJECTED!r}")
+        return super().__call__(text, *args, **kwargs)
+
+
+def make_rejecting_tokenizer() -> RejectingTokenizer:
+    return RejectingTokenizer(tokenizer_object=make_tokenizer().backend_tokenizer, bos_token="<bos>", eos_token="<eos>")
+
+
 _COMMON = dict(
     vocab_size=VOCAB_SIZE,
     hidden_size=64,

@@ -89,7 +89,7 @@ def test_max_length_errors(tokenizer):
 
 
 def test_bad_inputs_are_named(embedder):
-    with pytest.raises(TypeError, match=r"texts\[1\] is NoneType"):
+    with pytest.raises(TypeError, match=r"texts\[1\] is None, not str"):
         embedder.encode(["ok", None])
     with pytest.raises(TypeError, match="iterable of strings"):
         embedder.encode(b"bytes")
