@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from .bundled import DEFAULT_MODEL
 from .config import EmbedderConfig
 from .distributed import DEFAULT_BATCH_SIZE as DEFAULT_DATASET_BATCH
@@ -94,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="data parallel: one model replica per device, e.g. --devices cuda:0 cuda:1 (or cpu cpu)",
     )
     embed.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
+    embed.add_argument(
+        "--chunk-size",
+        type=int,
+        default=10000,
+        help="texts per checkpoint: finished chunks are kept in OUTPUT.partial/ until the run ends (default 10000)",
+    )
+    embed.add_argument("--resume", action="store_true", help="continue a run that stopped, from its finished chunks")
 
     dataset = commands.add_parser(
         "embed-dataset", help="embed a corpus of files with Ray Data (local Ray or a cluster); needs the ray extra"
@@ -313,6 +318,38 @@ def _evaluate(args) -> None:
     print("wrote " + ", ".join(map(str, paths)), file=sys.stderr)
 
 
+def _embed_file(args) -> None:
+    import contextlib
+
+    from .checkpoint import CheckpointError, ChunkedRun
+
+    texts = read_texts(args.input, args.text_field)
+    embedder = _embedder(args)
+    identity = {
+        "model": args.model,
+        "options": embedder.config.model_dump(exclude={"calibration_texts"}),
+        "layers": embedder.layers,
+        "prompt_type": args.prompt_type,
+        "normalize": not args.no_normalize,
+    }
+    try:
+        run = ChunkedRun(args.output, texts, args.chunk_size, identity, resume=args.resume)
+        pending = run.pending()
+        if len(pending) < run.chunks:
+            print(f"resuming: {run.chunks - len(pending)} of {run.chunks} chunks already done", file=sys.stderr)
+        # Data parallel: one pool for the whole run, not one per chunk.
+        with embedder.start_pool(args.devices) if args.devices else contextlib.nullcontext(embedder) as workers:
+            for index in pending:
+                vectors = workers.encode(
+                    run.texts_of(index), prompt_type=args.prompt_type, normalize=not args.no_normalize
+                )
+                run.save(index, vectors)
+        vectors = run.finish()
+    except (CheckpointError, ValueError) as e:  # ValueError: e.g. a device this machine does not have
+        raise CLIError(str(e)) from None
+    print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 embeddings to {args.output}", file=sys.stderr)
+
+
 def _embed_dataset(args) -> None:
     import math
     import os
@@ -374,16 +411,7 @@ def run(argv: list[str] | None = None) -> int:
             raise CLIError(f"--output must end in .npy, got {args.output}")
         if not args.output.parent.is_dir():
             raise CLIError(f"output directory does not exist: {args.output.parent}")
-        texts = read_texts(args.input, args.text_field)
-        embedder = _embedder(args)
-        try:
-            vectors = embedder.encode(
-                texts, prompt_type=args.prompt_type, normalize=not args.no_normalize, devices=args.devices
-            )
-        except ValueError as e:  # e.g. a device this machine does not have
-            raise CLIError(str(e)) from None
-        np.save(args.output, vectors)
-        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 embeddings to {args.output}", file=sys.stderr)
+        _embed_file(args)
     elif args.command == "embed-dataset":
         _embed_dataset(args)
     elif args.command == "eval":

@@ -12,8 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .atomic import write_atomically
 from .bundled import cache_dir
 
 if TYPE_CHECKING:
@@ -204,7 +203,6 @@ def _read_cache(path: Path, key: dict[str, Any], num_layers: int) -> LayerSelect
 
 
 def _write_cache(path: Path, selection: LayerSelection) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "key": selection.key,
         "layers": selection.layers,
@@ -213,15 +211,8 @@ def _write_cache(path: Path, selection: LayerSelection) -> None:
         "num_texts": selection.num_texts,
         "seconds": selection.seconds,
     }
-    # Temporary file then rename: a concurrent reader never sees a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A concurrent reader (or writer) never sees a half-written file.
+    write_atomically(path, lambda f: f.write(json.dumps(payload, indent=1).encode("utf-8")))
 
 
 def auto_select_layers(

@@ -116,3 +116,51 @@ def test_select_layers_needs_enough_texts(model_dir, tmp_path, capsys):
     texts.write_text("one\ntwo\nthree\n", encoding="utf-8")
     assert main(["select-layers", "--model", str(model_dir), "--texts", str(texts)]) == 2
     assert "at least 20 distinct calibration texts, got 3" in capsys.readouterr().err
+
+
+def test_a_crashed_embed_run_resumes_from_its_finished_chunks(model_dir, tmp_path, monkeypatch):
+    texts = [f"{TEXTS[i % len(TEXTS)]} ({i})" for i in range(23)]
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(texts), encoding="utf-8")
+    out = tmp_path / "out.npy"
+    args = ["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(source), "--output", str(out)]
+    args += ["--chunk-size", "5"]
+    calls: list[int] = []
+    original = KVEmbedder.encode
+
+    def crash_on_third_chunk(self, chunk, **kwargs):
+        calls.append(len(chunk))
+        if calls == [5, 5, 5]:
+            raise RuntimeError("power cut")
+        return original(self, chunk, **kwargs)
+
+    monkeypatch.setattr(KVEmbedder, "encode", crash_on_third_chunk)
+    with pytest.raises(RuntimeError, match="power cut"):
+        main(args)
+    partial = tmp_path / "out.npy.partial"
+    assert sorted(p.name for p in partial.glob("chunk-*.npy")) == ["chunk-000000.npy", "chunk-000001.npy"]
+    assert not out.exists()
+    assert main(args) == 2  # without --resume the earlier work is neither lost nor mixed in
+    calls.clear()
+    assert main([*args, "--resume"]) == 0
+    assert calls == [5, 5, 3]  # only the three missing chunks
+    assert not partial.exists()
+    monkeypatch.setattr(KVEmbedder, "encode", original)
+    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode(texts)
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)  # complete and in order
+
+
+def test_resume_refuses_another_run(model_dir, tmp_path, monkeypatch, capsys):
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(TEXTS), encoding="utf-8")
+    out = tmp_path / "out.npy"
+    args = ["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(source), "--output", str(out)]
+    monkeypatch.setattr(KVEmbedder, "encode", lambda self, texts, **kw: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError):
+        main([*args, "--chunk-size", "2"])
+    monkeypatch.undo()
+    assert main([*args, "--chunk-size", "2", "--resume", "--layers", "1"]) == 2
+    assert "differs in layers, options" in capsys.readouterr().err
+    source.write_text("\n".join(TEXTS[::-1]), encoding="utf-8")
+    assert main([*args, "--chunk-size", "2", "--resume"]) == 2
+    assert "differs in sha256" in capsys.readouterr().err
