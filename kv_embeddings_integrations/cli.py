@@ -60,6 +60,18 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bias", type=float, default=1.0, help="attention bias on the re-routed prefix (default: 1.0)")
     parser.add_argument("--pooling", choices=POOLINGS, default=None, help="pooling (default: the method's own)")
     parser.add_argument("--max-length", type=int, default=None, help="truncate inputs to this many tokens")
+    parser.add_argument(
+        "--long-text",
+        choices=("truncate", "chunk_mean"),
+        default="truncate",
+        help="texts over --max-length: cut them, or embed pieces and average (default: truncate)",
+    )
+    parser.add_argument(
+        "--empty-text",
+        choices=("embed", "error"),
+        default="embed",
+        help="empty or whitespace-only texts: embed the prompt alone, or stop with an error (default: embed)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: best available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, else float32)")
     parser.add_argument(
@@ -184,7 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args, *names: str) -> dict:
     """The embedder options given on the command line (and ``names`` where set), validated."""
     options = dict(
-        method=args.method, layers=args.layers, bias=args.bias, pooling=args.pooling, max_length=args.max_length
+        method=args.method,
+        layers=args.layers,
+        bias=args.bias,
+        pooling=args.pooling,
+        max_length=args.max_length,
+        long_text=args.long_text,
+        empty_text=args.empty_text,
     )
     for name in names:
         if getattr(args, name, None) is not None:

@@ -363,47 +363,39 @@ class KVEmbedder:
             show = total > PROGRESS_BAR_MIN_BATCHES * (rows or DEFAULT_BATCH_SIZE)
         return tqdm(total=total, desc=desc, unit="text", disable=not show)
 
-    def _batches(
-        self, encoded: list[EncodedText], batch_size: int | None, bar: tqdm | None = None
-    ) -> Iterator[tuple[list[int], TokenBatch]]:
-        """Length-sorted, padded batches with their indices into ``encoded``; ``bar`` (if given)
-        advances by each batch's rows."""
+    def _batches(self, encoded: list[EncodedText], batch_size: int | None) -> Iterator[tuple[list[int], TokenBatch]]:
+        """Length-sorted, padded batches with their indices into ``encoded``."""
         for indices in plan_batches([len(e) for e in encoded], batch_size, self.config.max_tokens_per_batch):
             yield indices, collate([encoded[i] for i in indices], self._pad_token_id, self.device)
-            if bar is not None:
-                bar.update(len(indices))
 
     def _embed_texts(
-        self, items: list[str], template: str, batch_size: int | None, bar: tqdm | None
+        self, items: list[str], template: str, batch_size: int | None, bar: tqdm
     ) -> tuple[torch.Tensor, int]:
         """Pooled, unnormalised float32 vectors of ``items`` (CPU), and how many were truncated."""
         encoded = self._prompt_tokenizer.encode(items, template)
         long = [i for i, e in enumerate(encoded) if e.truncated]
-        if not long or self.config.long_text == "truncate":
-            vectors = torch.empty((len(items), self.hidden_size), dtype=torch.float32)
-            for indices, batch in self._batches(encoded, batch_size, bar):
-                vectors[indices] = self._embed_finite(batch, [items[i] for i in indices])
-            return vectors, len(long)
-        # long_text="chunk_mean": each long text becomes pieces that fit, averaged by token count.
+        # Row r of the forward passes belongs to text owners[r], with weight weights[r].
         owners, weights = list(range(len(items))), [1.0] * len(items)
-        for i in long:
-            pieces = self._prompt_tokenizer.split(items[i], template)
-            piece_encoded = self._prompt_tokenizer.encode([text for text, _ in pieces], template)
-            encoded[i], weights[i] = piece_encoded[0], float(pieces[0][1])
-            encoded += piece_encoded[1:]
-            owners += [i] * (len(pieces) - 1)
-            weights += [float(count) for _, count in pieces[1:]]
-        texts = items + [items[i] for i in owners[len(items) :]]
-        piece_vectors = torch.empty((len(encoded), self.hidden_size), dtype=torch.float32)
+        if long and self.config.long_text == "chunk_mean":
+            # Each long text becomes pieces that fit: its first piece takes its row, the rest are
+            # appended; the text's vector is the pieces' mean weighted by their token counts.
+            for i in long:
+                pieces = self._prompt_tokenizer.split(items[i], template)
+                piece_encoded = self._prompt_tokenizer.encode([text for text, _ in pieces], template)
+                encoded[i], weights[i] = piece_encoded[0], float(pieces[0][1])
+                encoded += piece_encoded[1:]
+                owners += [i] * (len(pieces) - 1)
+                weights += [float(count) for _, count in pieces[1:]]
+            long = []
+        vectors = torch.empty((len(encoded), self.hidden_size), dtype=torch.float32)
         for indices, batch in self._batches(encoded, batch_size):
-            piece_vectors[indices] = self._embed_finite(batch, [texts[i] for i in indices])
-        if bar is not None:
-            bar.update(len(items))
-        weight = torch.tensor(weights)
-        index = torch.tensor(owners)
-        sums = torch.zeros((len(items), self.hidden_size)).index_add_(0, index, piece_vectors * weight[:, None])
-        totals = torch.zeros(len(items)).index_add_(0, index, weight)
-        return sums / totals[:, None], 0
+            vectors[indices] = self._embed_finite(batch, [items[owners[r]] for r in indices])
+            bar.update(sum(r < len(items) for r in indices))  # each text once, by its first row
+        if len(encoded) == len(items):
+            return vectors, len(long)
+        weight, index = torch.tensor(weights), torch.tensor(owners)
+        sums = torch.zeros((len(items), self.hidden_size)).index_add_(0, index, vectors * weight[:, None])
+        return sums / torch.zeros(len(items)).index_add_(0, index, weight)[:, None], 0
 
     def _embed_finite(self, batch: TokenBatch, texts: list[str]) -> torch.Tensor:
         """:meth:`_embed_splitting` as float32 on the CPU, never with a NaN or infinite value.

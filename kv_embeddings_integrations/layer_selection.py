@@ -113,10 +113,11 @@ def last_token_states(embedder: KVEmbedder, texts: Sequence[str], *, show_progre
     encoded = embedder._prompt_tokenizer.encode(list(texts), embedder.template("document"))
     states = torch.empty((len(texts), embedder.num_layers, embedder.hidden_size), dtype=torch.float32)
     with embedder._progress(len(encoded), embedder.batch_size, show_progress_bar, "Layer IDs") as bar:
-        for indices, batch in embedder._batches(encoded, embedder.batch_size, bar):
+        for indices, batch in embedder._batches(encoded, embedder.batch_size):
             out = embedder._forward(batch, output_hidden_states=True, layers=[])
             # hidden_states[0] is the embedding output; [l + 1] is layer l's output (the last one normed).
             states[indices] = torch.stack([h[:, -1].float().cpu() for h in out.hidden_states[1:]], dim=1)
+            bar.update(len(indices))
     return states
 
 
