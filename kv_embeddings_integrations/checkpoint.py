@@ -117,9 +117,18 @@ class ChunkedRun:
         """Keep one finished chunk (whole or not at all)."""
         write_atomically(self._path(index), lambda f: np.save(f, np.asarray(vectors, dtype=np.float32)))
 
-    def finish(self) -> np.ndarray:
-        """Join the chunks into the output file, remove the folder; returns the vectors."""
-        vectors = np.concatenate([np.load(self._path(i), allow_pickle=False) for i in range(self.chunks)])
-        write_atomically(self.output, lambda f: np.save(f, vectors))
+    def finish(self) -> tuple[int, int]:
+        """Join the chunks into the output file (streamed: one chunk in memory at a time), remove
+        the folder; returns the output's shape."""
+        first = np.load(self._path(0), mmap_mode="r", allow_pickle=False)
+        shape = (len(self.texts), first.shape[1])
+
+        def join(f) -> None:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+            np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
+            for index in range(self.chunks):
+                f.write(np.ascontiguousarray(np.load(self._path(index), allow_pickle=False), np.float32).tobytes())
+
+        write_atomically(self.output, join)
         shutil.rmtree(self.folder)
-        return vectors
+        return shape

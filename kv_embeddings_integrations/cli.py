@@ -82,6 +82,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that embed a corpus."""
+    parser.add_argument("--prompt-type", choices=PROMPT_TYPES, default="document")
+    parser.add_argument(
+        "--max-tokens-per-batch", type=int, default=None, help="padded-token budget per forward pass (bounds memory)"
+    )
+    parser.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kv-embed", description="Text embeddings from a frozen LLM by KV re-routing.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -91,11 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--input", required=True, type=Path, help=".txt (one text a line) or .jsonl")
     embed.add_argument("--output", required=True, type=Path, help="output .npy file (rows in input order)")
     embed.add_argument("--text-field", default="text", help="field holding the text in .jsonl input (default: text)")
-    embed.add_argument("--prompt-type", choices=PROMPT_TYPES, default="document")
+    _add_run_options(embed)
     embed.add_argument("--batch-size", type=int, default=None)
-    embed.add_argument(
-        "--max-tokens-per-batch", type=int, default=None, help="padded-token budget per forward pass (bounds memory)"
-    )
     embed.add_argument(
         "--devices",
         nargs="+",
@@ -103,7 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DEVICE",
         help="data parallel: one model replica per device, e.g. --devices cuda:0 cuda:1 (or cpu cpu)",
     )
-    embed.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
     embed.add_argument(
         "--chunk-size",
         type=int,
@@ -124,16 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--output-format", choices=("parquet", "json"), default="parquet", help="(default: parquet)")
     dataset.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
     dataset.add_argument("--output-column", default="embedding", help="column for the vectors (default: embedding)")
-    dataset.add_argument("--prompt-type", choices=PROMPT_TYPES, default="document")
+    _add_run_options(dataset)
     dataset.add_argument("--address", default=None, help="Ray cluster to join (ray://host:10001, auto); default: local")
     dataset.add_argument("--concurrency", type=int, default=1, help="model replicas (actors); one per GPU is usual")
     dataset.add_argument("--num-gpus-per-worker", type=float, default=0, help="GPUs per replica (default: 0)")
     dataset.add_argument("--num-cpus-per-worker", type=float, default=1, help="CPUs (torch threads) per replica")
     dataset.add_argument("--batch-size", type=int, default=DEFAULT_DATASET_BATCH, help="rows per actor call")
-    dataset.add_argument(
-        "--max-tokens-per-batch", type=int, default=None, help="padded-token budget per forward pass (bounds memory)"
-    )
-    dataset.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
 
     select = commands.add_parser("select-layers", help="pick the layers to re-route by intrinsic dimension")
     select.add_argument(
@@ -340,13 +341,20 @@ def _embed_file(args) -> None:
     import contextlib
 
     from .checkpoint import CheckpointError, ChunkedRun
+    from .inputs import prepare_texts
 
     texts = read_texts(args.input, args.text_field)
+    try:
+        prepare_texts(texts, args.empty_text)  # an empty text fails here, before any work
+    except ValueError as e:
+        raise CLIError(f"{args.input}: {e}") from None
     embedder = _embedder(args)
+    # What decides the vectors (batching does not): a resumed run must match it.
     identity = {
         "model": args.model,
-        "options": embedder.config.model_dump(exclude={"calibration_texts"}),
+        "options": embedder.config.model_dump(exclude={"calibration_texts", "batch_size", "max_tokens_per_batch"}),
         "layers": embedder.layers,
+        "dtype": str(next(embedder.model.parameters()).dtype),
         "prompt_type": args.prompt_type,
         "normalize": not args.no_normalize,
     }
@@ -362,14 +370,13 @@ def _embed_file(args) -> None:
                     run.texts_of(index), prompt_type=args.prompt_type, normalize=not args.no_normalize
                 )
                 run.save(index, vectors)
-        vectors = run.finish()
+        rows, dim = run.finish()
     except (CheckpointError, ValueError) as e:  # ValueError: e.g. a device this machine does not have
         raise CLIError(str(e)) from None
-    print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 embeddings to {args.output}", file=sys.stderr)
+    print(f"wrote {rows} x {dim} float32 embeddings to {args.output}", file=sys.stderr)
 
 
 def _embed_dataset(args) -> None:
-    import math
     import os
     import time
 
@@ -391,9 +398,9 @@ def _embed_dataset(args) -> None:
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
     if args.address is None:
-        # A local Ray: the actors' CPUs plus one for the readers and writers (Ray tasks as well).
-        needed = math.ceil(args.concurrency * args.num_cpus_per_worker) + 1
-        ray.init(num_cpus=max(os.cpu_count() or 1, needed))
+        # A local Ray with one CPU slot more than the machine's cores, for the readers and writers
+        # (Ray tasks too), which would otherwise wait behind actors holding every core.
+        ray.init(num_cpus=(os.cpu_count() or 1) + 1)
     else:
         ray.init(address=args.address)
     try:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .bundled import DEFAULT_MODEL
 from .config import EmbedderConfig
+from .inputs import check_positive_int
 from .prompts import METHODS, PROMPT_TYPES
 
 DEFAULT_BATCH_SIZE = 256
@@ -89,10 +90,10 @@ class DatasetEmbedder:
         texts = batch.column(self.text_column).to_pylist()
         for index, text in enumerate(texts):
             if not isinstance(text, str):
-                raise TypeError(
-                    f"column {self.text_column!r} holds {type(text).__name__}, not str, in row {index} of a "
-                    f"batch starting with {texts[0]!r:.60}"
-                )
+                # Name the row by its other columns (an id, usually): a batch position means nothing.
+                row = {k: v for k, v in batch.slice(index, 1).to_pylist()[0].items() if k != self.text_column}
+                kind = "None" if text is None else type(text).__name__
+                raise TypeError(f"column {self.text_column!r} is {kind}, not str, in the row {str(row)[:200]}")
         vectors = self.embedder.encode(texts, prompt_type=self.prompt_type, normalize=self.normalize)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.embedder.hidden_size)
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.embedder.hidden_size)
@@ -126,7 +127,10 @@ def embed_dataset(
     normalize: bool = True,
     **embedder_options: Any,
 ):
-    """Add an embedding column to a Ray Data dataset (lazily, like every Ray Data transform).
+    """Add an embedding column to a Ray Data dataset.
+
+    The embedding itself runs when the result is consumed or written, like every Ray Data
+    transform; the options are checked, and automatic layer selection runs, at this call.
 
     Args:
         ds: a ``ray.data.Dataset`` with a string column ``text_column`` (e.g. from
@@ -140,7 +144,8 @@ def embed_dataset(
         num_gpus_per_worker: GPUs reserved per actor: 1 for a model that fits one GPU; 2 or more
             for one spread over several with ``device_map="auto"``.
         num_cpus_per_worker: CPUs reserved per actor; a CPU actor runs that many torch threads.
-        batch_size: rows handed to an actor per call (the core batches again by length within it).
+        batch_size: rows handed to an actor per call. Within it the core sorts by length and
+            batches again: 32 rows, or ``max_tokens_per_batch`` padded tokens if given.
         normalize: L2-normalise each vector.
         **embedder_options: as for :meth:`KVEmbedder.from_pretrained`: :class:`EmbedderConfig`
             options (``method``, ``layers``, ``bias``, ``max_length``, ``max_tokens_per_batch``...)
@@ -156,9 +161,8 @@ def embed_dataset(
         raise TypeError(f"ds must be a ray.data.Dataset, got {type(ds).__name__}")
     if prompt_type not in PROMPT_TYPES:
         raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
-    for name, value in (("concurrency", concurrency), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_positive_int("concurrency", concurrency)
+    check_positive_int("batch_size", batch_size)
     for name, value in (("num_gpus_per_worker", num_gpus_per_worker), ("num_cpus_per_worker", num_cpus_per_worker)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
@@ -222,12 +226,12 @@ def resolve_input(spec: str, input_format: str | None = None) -> tuple[list[str]
     if "://" in spec:
         return spec, input_format or _format_of([spec])
     if os.path.isdir(spec):
-        paths = sorted(
-            os.path.join(root, name)
-            for root, _, names in os.walk(spec)
-            for name in names
-            if not name.startswith((".", "_"))  # hidden files, _SUCCESS markers
-        )
+        paths = []
+        for root, folders, names in os.walk(spec):
+            # Hidden and underscore entries: _SUCCESS markers, _temporary/ output of unfinished jobs.
+            folders[:] = [f for f in folders if not f.startswith((".", "_"))]
+            paths += [os.path.join(root, n) for n in names if not n.startswith((".", "_"))]
+        paths.sort()
     elif glob.has_magic(spec):
         paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
     else:

@@ -372,21 +372,25 @@ class KVEmbedder:
         self, items: list[str], template: str, batch_size: int | None, bar: tqdm
     ) -> tuple[torch.Tensor, int]:
         """Pooled, unnormalised float32 vectors of ``items`` (CPU), and how many were truncated."""
-        encoded = self._prompt_tokenizer.encode(items, template)
+        chunk_mean = self.config.long_text == "chunk_mean"
+        encoded = self._prompt_tokenizer.encode(items, template, truncate=not chunk_mean)
         long = [i for i, e in enumerate(encoded) if e.truncated]
         # Row r of the forward passes belongs to text owners[r], with weight weights[r].
         owners, weights = list(range(len(items))), [1.0] * len(items)
-        if long and self.config.long_text == "chunk_mean":
+        if long and chunk_mean:
             # Each long text becomes pieces that fit: its first piece takes its row, the rest are
-            # appended; the text's vector is the pieces' mean weighted by their token counts.
+            # appended; the text's vector is the pieces' mean weighted by their text tokens.
+            cut = 0
             for i in long:
                 pieces = self._prompt_tokenizer.split(items[i], template)
-                piece_encoded = self._prompt_tokenizer.encode([text for text, _ in pieces], template)
-                encoded[i], weights[i] = piece_encoded[0], float(pieces[0][1])
+                piece_encoded = self._prompt_tokenizer.encode(pieces, template)
+                cut += sum(e.truncated for e in piece_encoded)  # only if re-tokenizing a piece grew it
+                counts = [float(max(1, e.text_end - e.text_start)) for e in piece_encoded]
+                encoded[i], weights[i] = piece_encoded[0], counts[0]
                 encoded += piece_encoded[1:]
                 owners += [i] * (len(pieces) - 1)
-                weights += [float(count) for _, count in pieces[1:]]
-            long = []
+                weights += counts[1:]
+            long = [None] * cut
         vectors = torch.empty((len(encoded), self.hidden_size), dtype=torch.float32)
         for indices, batch in self._batches(encoded, batch_size):
             vectors[indices] = self._embed_finite(batch, [items[owners[r]] for r in indices])
@@ -413,10 +417,14 @@ class KVEmbedder:
                 f"{int(bad.sum())} texts gave non-finite values in {dtype}; re-embedding their batch in float32",
                 stacklevel=4,
             )
-            vectors = self._in_float32(batch)
-            bad = ~torch.isfinite(vectors).all(dim=1)
-            if not bad.any():
-                return vectors
+            try:
+                vectors = self._in_float32(batch)
+            except torch.OutOfMemoryError:
+                pass  # no room for a float32 copy: the texts are named below
+            else:
+                bad = ~torch.isfinite(vectors).all(dim=1)
+                if not bad.any():
+                    return vectors
         rows = bad.nonzero().flatten().tolist()
         shown = "; ".join(f"{texts[r][:60]!r}" for r in rows[:3])
         raise FloatingPointError(

@@ -14,6 +14,11 @@ from .shared import AdapterConfig
 DEFAULT_EMBED_BATCH_SIZE = 32
 
 
+def _reject_bare_string(texts: Any) -> None:
+    if isinstance(texts, str):
+        raise TypeError("expected a list of strings, got one str; use get_text_embedding for one text")
+
+
 class KVEmbedding(AdapterConfig, BaseEmbedding):
     """KV-Embedding as a LlamaIndex embedding model.
 
@@ -92,6 +97,19 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):
         # Not BaseComponent's __setstate__, which re-runs __init__ and would lose `_given`.
         BaseModel.__setstate__(self, state)
         self._attach()
+
+    # LlamaIndex's batch methods would iterate a bare string character by character.
+    def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[Embedding]:
+        """Embed documents in batches of ``embed_batch_size`` (a list of strings, not one string)."""
+        _reject_bare_string(texts)
+        return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+
+    async def aget_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        """:meth:`get_text_embedding_batch` without blocking the event loop."""
+        _reject_bare_string(texts)
+        return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
 
     def _embed(self, texts: list[str], prompt_type: str) -> list[Embedding]:
         vectors = self._embedder.encode(

@@ -80,24 +80,28 @@ class PromptTokenizer:
             out = self.tokenizer(strings, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
         return out["input_ids"], [[tuple(o) for o in row] for row in out["offset_mapping"]]
 
-    def encode(self, texts: list[str], template: str) -> list[EncodedText]:
+    def encode(self, texts: list[str], template: str, truncate: bool = True) -> list[EncodedText]:
+        """Prompted token ids of ``texts``; over-long ones are cut to ``max_length`` (or, with
+        ``truncate=False``, left whole and only flagged ``truncated``, for the caller to split)."""
         rendered = [render(template, text) for text in texts]
         ids, offsets = self._tokenize([r[0] for r in rendered])
         encoded = []
         for text, (_, spans), row_ids, row_offsets in zip(texts, rendered, ids, offsets, strict=True):
-            if len(row_ids) > self.max_length:
+            if len(row_ids) <= self.max_length:
+                encoded.append(EncodedText(row_ids, *_token_span(row_offsets, *spans[-1])))
+            elif truncate:
                 encoded.append(self._truncate(text, template))
             else:
-                encoded.append(EncodedText(row_ids, *_token_span(row_offsets, *spans[-1])))
+                encoded.append(EncodedText(row_ids, *_token_span(row_offsets, *spans[-1]), truncated=True))
         return encoded
 
-    def split(self, text: str, template: str) -> list[tuple[str, int]]:
-        """``text`` cut at token boundaries into pieces that each fit ``max_length`` with the prompt,
-        with each piece's token count (``long_text="chunk_mean"``). A text that fits is one piece."""
+    def split(self, text: str, template: str) -> list[str]:
+        """``text`` cut at token boundaries into pieces that each fit ``max_length`` with the prompt
+        (``long_text="chunk_mean"``). A text that fits is one piece."""
         rendered, spans = render(template, text)
         (row_ids,), (row_offsets,) = self._tokenize([rendered])
         if len(row_ids) <= self.max_length:
-            return [(text, len(row_ids))]
+            return [text]
         first, last = _token_span(row_offsets, *spans[0])
         tokens = last - first
         prompt = len(row_ids) - tokens * len(spans)
@@ -111,13 +115,13 @@ class PromptTokenizer:
             )
         # Piece boundaries: every `budget`-th token's first character (byte-level tokens of one
         # character share it: such a boundary moves to the next distinct character).
-        cuts: list[tuple[int, int]] = [(0, 0)]  # (token index, character index in text)
+        cuts = [0]  # character indices in text
         for k in range(budget, tokens, budget):
             char = row_offsets[first + k][0] - spans[0][0]
-            if char > cuts[-1][1]:
-                cuts.append((k, char))
-        bounds = cuts + [(tokens, len(text))]
-        return [(text[a:b], k2 - k1) for (k1, a), (k2, b) in zip(bounds, bounds[1:], strict=False)]
+            if char > cuts[-1]:
+                cuts.append(char)
+        bounds = cuts + [len(text)]
+        return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
     def _truncate(self, text: str, template: str) -> EncodedText:
         # Each round drops about the excess from every copy of the text; the token count after

@@ -64,7 +64,9 @@ def test_large_inputs_are_embedded_in_chunks_with_the_same_vectors(embedder, mon
     encoded_sizes = []
     original = embedder._prompt_tokenizer.encode
     monkeypatch.setattr(
-        embedder._prompt_tokenizer, "encode", lambda items, t: encoded_sizes.append(len(items)) or original(items, t)
+        embedder._prompt_tokenizer,
+        "encode",
+        lambda items, *args, **kwargs: encoded_sizes.append(len(items)) or original(items, *args, **kwargs),
     )
     chunked = embedder.encode(iter(texts))  # any iterable, here a one-shot iterator
     assert encoded_sizes == [7, 7, 7, 7, 7, 5]  # never more than a chunk of token ids at once
@@ -112,13 +114,16 @@ def test_long_text_is_truncated_with_a_warning(embedder):
 def test_chunk_mean_averages_the_pieces_by_token_count(tokenizer):
     model = make_model("llama")
     chunked = KVEmbedder(model, tokenizer, layers=[1, 2], max_length=64, long_text="chunk_mean")
-    pieces = chunked._prompt_tokenizer.split(LONG, chunked.template("document"))
-    assert len(pieces) > 3 and "".join(text for text, _ in pieces) == LONG  # nothing lost or repeated
+    template = chunked.template("document")
+    pieces = chunked._prompt_tokenizer.split(LONG, template)
+    assert len(pieces) > 3 and "".join(pieces) == LONG  # nothing lost or repeated
+    encoded = chunked._prompt_tokenizer.encode(pieces, template)
+    assert not any(e.truncated for e in encoded)  # every piece fits with the prompt
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # every piece fits: no truncation warning
-        raw_pieces = chunked.encode([text for text, _ in pieces], normalize=False)
+        warnings.simplefilter("error")  # so no truncation warning either
+        raw_pieces = chunked.encode(pieces, normalize=False)
         got = chunked.encode([LONG, "short"], normalize=False)
-    weights = np.array([count for _, count in pieces], dtype=np.float64)
+    weights = np.array([e.text_end - e.text_start for e in encoded], dtype=np.float64)  # text tokens
     expected = (raw_pieces * weights[:, None]).sum(0) / weights.sum()
     np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-5)
     # Texts that fit are embedded exactly as with truncation.
@@ -129,7 +134,7 @@ def test_chunk_mean_averages_the_pieces_by_token_count(tokenizer):
 
 def test_chunk_mean_with_echo_fits_both_copies(tokenizer):
     echo = KVEmbedder(make_model("llama"), tokenizer, method="echo", max_length=80, long_text="chunk_mean")
-    for text, _ in echo._prompt_tokenizer.split(LONG, echo.template("document")):
+    for text in echo._prompt_tokenizer.split(LONG, echo.template("document")):
         assert len(echo._prompt_tokenizer.encode([text], echo.template("document"))[0]) <= 80
     _unit_and_finite(echo.encode([LONG]))
 
@@ -193,6 +198,10 @@ def test_adapters_keep_their_contracts(embedder):
     with pytest.raises(TypeError, match=r"texts\[0\] is int"):
         asyncio.run(langchain.aembed_documents([1]))
     assert llama.get_text_embedding_batch([]) == []
+    with pytest.raises(TypeError, match="list of strings, got one str"):
+        llama.get_text_embedding_batch("abc")
+    with pytest.raises(TypeError, match="list of strings, got one str"):
+        asyncio.run(llama.aget_text_embedding_batch("abc"))
     batch = llama.get_text_embedding_batch(["", "text", "\ud800"])
     assert len(batch) == 3 and all(len(v) == embedder.hidden_size for v in batch)
     with pytest.raises(TypeError, match=r"texts\[1\] is None"):

@@ -40,7 +40,9 @@ def test_command_line_embeds_a_directory_in_order(model_dir, tmp_path):
     source.mkdir()
     _write_jsonl(source / "part-0.jsonl", docs[:50])
     _write_jsonl(source / "part-1.jsonl", docs[50:])
-    (source / "_SUCCESS").write_text("")  # a marker other tools leave: skipped
+    (source / "_SUCCESS").write_text("")  # what other tools leave beside their output: skipped
+    (source / "_temporary").mkdir()
+    _write_jsonl(source / "_temporary" / "part-9.jsonl", docs[:3])
     out = tmp_path / "out"
     command = [sys.executable, "-m", "kv_embeddings_integrations.cli", "embed-dataset", "--model", str(model_dir)]
     command += ["--input", str(source), "--output", str(out), "--layers", "1,2", "--concurrency", "2"]
@@ -157,3 +159,7 @@ def test_bad_arguments_fail_before_any_actor_starts(local_ray, model_dir):
     missing = embed_dataset(ray.data.from_items([{"body": "a"}]), model=str(model_dir), layers=[1])
     with pytest.raises(Exception, match="no column 'text'"):
         missing.take_all()
+    rows = [{"id": "d1", "text": "a"}, {"id": "d2", "text": None}]
+    null = embed_dataset(ray.data.from_items(rows), model=str(model_dir), layers=[1])
+    with pytest.raises(Exception, match=r"column 'text' is None, not str, in the row \{'id': 'd2'\}"):
+        null.take_all()
