@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -148,6 +149,9 @@ def test_a_crashed_embed_run_resumes_from_its_finished_chunks(model_dir, tmp_pat
     monkeypatch.setattr(KVEmbedder, "encode", original)
     expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode(texts)
     np.testing.assert_allclose(np.load(out), expected, atol=1e-5)  # complete and in order
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain np.save would leave it
 
 
 def test_resume_refuses_another_run(model_dir, tmp_path, monkeypatch, capsys):
