@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=None, help="first N documents (default: all)")
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch-size", type=int, default=256, help="rows per actor call")
+    parser.add_argument("--gpus-per-actor", type=float, default=0, help="GPU actors (then 1 CPU each)")
     parser.add_argument("--data", default=str(DEFAULT_SCIFACT))
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*were truncated")
@@ -52,7 +53,7 @@ def main() -> None:
     rows = scifact_rows(args.data, args.docs)
     options = {"dtype": args.dtype, "max_length": args.max_length}
     # Convert the bundled model and cache its layer selection outside the timed runs.
-    layers = KVEmbedder.from_pretrained(args.model, device="cpu", **options).layers
+    layers = KVEmbedder.from_pretrained(args.model, device="cuda" if args.gpus_per_actor else "cpu", **options).layers
     cores = os.cpu_count() or 1
     ray.init(num_cpus=cores + 1, include_dashboard=False, log_to_driver=False)  # + 1 for the reading tasks
     context = ray.data.DataContext.get_current()
@@ -67,7 +68,8 @@ def main() -> None:
             ds,
             model=args.model,
             concurrency=actors,
-            num_cpus_per_worker=cores / actors,
+            num_cpus_per_worker=1 if args.gpus_per_actor else cores / actors,
+            num_gpus_per_worker=args.gpus_per_actor,
             batch_size=args.batch_size,
             **options,
         ).materialize()
