@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_atomically
+from .inputs import check_positive_int
 
 MANIFEST = "manifest.json"
 
@@ -54,8 +55,7 @@ class ChunkedRun:
     def __init__(
         self, output: Path, texts: Sequence[str], chunk_size: int, identity: dict[str, Any], resume: bool
     ) -> None:
-        if chunk_size < 1:
-            raise CheckpointError(f"chunk size must be a positive int, got {chunk_size}")
+        check_positive_int("chunk size", chunk_size)
         self.output = Path(output)
         self.folder = self.output.with_name(self.output.name + ".partial")
         self.texts = texts
@@ -100,9 +100,8 @@ class ChunkedRun:
         path = self._path(index)
         if not path.exists():
             return False
-        rows = len(self.texts[index * self.chunk_size : (index + 1) * self.chunk_size])
         try:
-            return np.load(path, mmap_mode="r", allow_pickle=False).shape[0] == rows
+            return np.load(path, mmap_mode="r", allow_pickle=False).shape[0] == len(self.texts_of(index))
         except (OSError, ValueError):
             return False  # a damaged file: embedded again
 
