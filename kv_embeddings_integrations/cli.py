@@ -345,7 +345,7 @@ def _embed_file(args) -> None:
 
     texts = read_texts(args.input, args.text_field)
     try:
-        prepare_texts(texts, args.empty_text)  # an empty text fails here, before any work
+        texts = prepare_texts(texts, args.empty_text)  # an empty text fails here, before any work
     except ValueError as e:
         raise CLIError(f"{args.input}: {e}") from None
     embedder = _embedder(args)

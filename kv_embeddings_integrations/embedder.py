@@ -21,7 +21,7 @@ from .batching import plan_batches
 from .bundled import BUNDLED_MODELS, bundled_model_dir
 from .coalescing import RequestCoalescer
 from .config import EmbedderConfig
-from .inputs import check_positive_int, check_texts, prepare_texts
+from .inputs import check_positive_int, texts_to_embed
 from .layer_selection import LayerSelection, auto_select_layers
 from .layers import resolve_layers
 from .pooling import pool
@@ -279,8 +279,7 @@ class KVEmbedder:
                     normalize=normalize,
                     show_progress_bar=show_progress_bar,
                 )
-        single = isinstance(texts, str)
-        items = prepare_texts([texts] if single else check_texts(texts), self.config.empty_text)
+        items, single = texts_to_embed(texts, self.config.empty_text)
         template = self.template(prompt_type)
         check_positive_int("batch_size", batch_size)
         rows = batch_size or self.batch_size
@@ -327,9 +326,8 @@ class KVEmbedder:
         Returns:
             a ``concurrent.futures.Future`` of what :meth:`encode` would return.
         """
-        single = isinstance(texts, str)
         # Bad input fails here, in the caller, not in the worker.
-        items = prepare_texts([texts] if single else check_texts(texts), self.config.empty_text)
+        items, single = texts_to_embed(texts, self.config.empty_text)
         self.template(prompt_type)
         if not items:
             done: Future = Future()
@@ -375,31 +373,31 @@ class KVEmbedder:
         chunk_mean = self.config.long_text == "chunk_mean"
         encoded = self._prompt_tokenizer.encode(items, template, truncate=not chunk_mean)
         long = [i for i, e in enumerate(encoded) if e.truncated]
+        truncated = len(long)
         # Row r of the forward passes belongs to text owners[r], with weight weights[r].
         owners, weights = list(range(len(items))), [1.0] * len(items)
         if long and chunk_mean:
             # Each long text becomes pieces that fit: its first piece takes its row, the rest are
             # appended; the text's vector is the pieces' mean weighted by their text tokens.
-            cut = 0
+            truncated = 0
             for i in long:
                 pieces = self._prompt_tokenizer.split(items[i], template)
                 piece_encoded = self._prompt_tokenizer.encode(pieces, template)
-                cut += sum(e.truncated for e in piece_encoded)  # only if re-tokenizing a piece grew it
+                truncated += sum(e.truncated for e in piece_encoded)  # only if re-tokenizing grew a piece
                 counts = [float(max(1, e.text_end - e.text_start)) for e in piece_encoded]
                 encoded[i], weights[i] = piece_encoded[0], counts[0]
                 encoded += piece_encoded[1:]
                 owners += [i] * (len(pieces) - 1)
                 weights += counts[1:]
-            long = [None] * cut
         vectors = torch.empty((len(encoded), self.hidden_size), dtype=torch.float32)
         for indices, batch in self._batches(encoded, batch_size):
             vectors[indices] = self._embed_finite(batch, [items[owners[r]] for r in indices])
             bar.update(sum(r < len(items) for r in indices))  # each text once, by its first row
         if len(encoded) == len(items):
-            return vectors, len(long)
+            return vectors, truncated
         weight, index = torch.tensor(weights), torch.tensor(owners)
         sums = torch.zeros((len(items), self.hidden_size)).index_add_(0, index, vectors * weight[:, None])
-        return sums / torch.zeros(len(items)).index_add_(0, index, weight)[:, None], 0
+        return sums / torch.zeros(len(items)).index_add_(0, index, weight)[:, None], truncated
 
     def _embed_finite(self, batch: TokenBatch, texts: list[str]) -> torch.Tensor:
         """:meth:`_embed_splitting` as float32 on the CPU, never with a NaN or infinite value.

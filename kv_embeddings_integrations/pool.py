@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 
 from .config import EmbedderConfig
 from .embedder import KVEmbedder
-from .inputs import check_positive_int, check_texts, prepare_texts
+from .inputs import check_positive_int, texts_to_embed
 
 # Default chunking: about this many chunks per worker, so a slow worker (or a chunk of long texts)
 # does not leave the others idle at the end of a job...
@@ -326,9 +326,8 @@ class EmbeddingPool:
                 not start (the pool is then closed).
         """
         self._check_open()
-        single = isinstance(texts, str)
         # Checked and repaired here, once: the workers' warnings would not reach the caller.
-        items = prepare_texts([texts] if single else check_texts(texts), self._embedder.config.empty_text)
+        items, single = texts_to_embed(texts, self._embedder.config.empty_text)
         self._embedder.template(prompt_type)  # checks prompt_type here, not once per chunk in the workers
         check_positive_int("batch_size", batch_size)
         check_positive_int("chunk_size", chunk_size)
