@@ -30,6 +30,8 @@ compare: install
 lint: install
 	$(BIN)/ruff check kv_embeddings_integrations tests examples benchmarks
 	$(BIN)/ruff format --check kv_embeddings_integrations tests examples benchmarks
+	# The layering contracts in pyproject.toml: the core imports no front end, no import cycles.
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -ra

@@ -66,8 +66,8 @@ def child(args) -> None:
     )
     embedder.encode(docs[:2])
     shapes = []
-    original = embedder._embed_batch
-    embedder._embed_batch = lambda batch: shapes.append(tuple(batch.input_ids.shape)) or original(batch)
+    original = embedder.forward
+    embedder.forward = lambda batch, **kw: shapes.append(tuple(batch.input_ids.shape)) or original(batch, **kw)
     gc.collect()
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

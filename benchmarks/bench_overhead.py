@@ -92,7 +92,7 @@ def main() -> None:
         prompt = KVEmbedder(model, tokenizer, method="prompt", max_length=length)
         n = DEFAULT_ROWS.get(length, max(1, 4096 // length))
         texts = texts_of_length(kv, docs, n)
-        widths = {len(e) for e in kv._prompt_tokenizer.encode(texts, kv.template())}
+        widths = {len(e) for e in kv.tokenize(texts)}
         runs = {
             "kv": functools.partial(kv.encode, texts, batch_size=n),
             "prompt": functools.partial(prompt.encode, texts, batch_size=n),

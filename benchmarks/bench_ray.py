@@ -22,7 +22,7 @@ import ray
 from common import DEFAULT_SCIFACT, machine, markdown_table
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.distributed import embed_dataset
+from kv_embeddings_integrations.parallel.ray_data import embed_dataset
 
 
 def scifact_rows(path, limit: int | None) -> list[dict]:

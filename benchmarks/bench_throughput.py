@@ -62,7 +62,7 @@ def corpus_efficiency(embedder: KVEmbedder, docs: list[str], max_tokens: int) ->
         processed = sum(len(b) * max(lengths[i] for i in b) for b in batches)
         return sum(lengths) / processed
 
-    ours = [len(e) for e in embedder._prompt_tokenizer.encode(docs, embedder.template())]
+    ours = [len(e) for e in embedder.tokenize(docs)]
     raw = [min(len(ids), max_tokens) for ids in embedder.tokenizer(docs)["input_ids"]]
     by_chars = sorted(range(len(docs)), key=lambda i: -len(docs[i]))
     st_batches = [by_chars[i : i + 32] for i in range(0, len(docs), 32)]

@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING, Any
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL
 from .config import EmbedderConfig
 from .embedder import KVEmbedder
+from .loading import LoadOptions
+from .parallel import pool as _pool  # noqa: F401  (registers the pool behind KVEmbedder.start_pool)
 from .rerouting import UnsupportedModelError
+from .results import EmbedResult
+from .version import __version__ as __version__
 
 if TYPE_CHECKING:
     from .langchain import KVEmbeddings
@@ -16,13 +20,14 @@ if TYPE_CHECKING:
 __all__ = [
     "BUNDLED_MODELS",
     "DEFAULT_MODEL",
+    "EmbedResult",
     "EmbedderConfig",
     "KVEmbedder",
     "KVEmbedding",
     "KVEmbeddings",
+    "LoadOptions",
     "UnsupportedModelError",
 ]
-__version__ = "0.1.0"
 
 # The adapters import their frameworks (seconds of import time), so they load on first use.
 _ADAPTERS = {"KVEmbeddings": ".langchain", "KVEmbedding": ".llama_index"}

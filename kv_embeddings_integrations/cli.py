@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from .bundled import DEFAULT_MODEL
 from .config import EmbedderConfig
-from .distributed import DEFAULT_BATCH_SIZE as DEFAULT_DATASET_BATCH
-from .distributed import FORMATS
+from .extras import MissingExtraError, require
 from .jsonl import iter_jsonl
-from .prompts import METHODS, POOLINGS, PROMPT_TYPES
-
-# Every method, for `kv-embed eval` by default.
-EVAL_METHODS = ("kv", "prompt", "prompteol", "echo", "mean", "last")
+from .loading import LoadOptions
+from .parallel.ray_data import DEFAULT_BATCH_SIZE as DEFAULT_DATASET_BATCH
+from .parallel.ray_data import FORMATS
+from .prompts import PROMPT_TYPES
 
 
 class CLIError(Exception):
@@ -49,34 +52,63 @@ def read_texts(path: Path, text_field: str) -> list[str]:
     return texts
 
 
+def _literal_choices(annotation: Any) -> tuple[str, ...] | None:
+    """The string values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return tuple(v for v in typing.get_args(annotation) if isinstance(v, str))
+    choices = [c for arg in typing.get_args(annotation) for c in (_literal_choices(arg) or ())]
+    return tuple(choices) or None
+
+
+def _scalar_type(annotation: Any) -> type | None:
+    """``int`` or ``float`` for an ``int``, ``float`` or ``int | None`` annotation, else None."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if candidate in (int, float):
+            return candidate
+    return None
+
+
+def add_field_option(
+    parser: argparse.ArgumentParser, model: type[BaseModel], name: str, **overrides: Any
+) -> argparse.Action:
+    """``--<name>`` for a field of a pydantic model: choices, type, default and help from the field.
+
+    The config is the one place an option's values and default are written down; the command
+    line reads them from there (``overrides`` only adds what a field cannot say, such as a parser
+    for ``--layers``).
+    """
+    field = model.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    options: dict[str, Any] = {"default": default}
+    choices = _literal_choices(field.annotation)
+    if choices and "type" not in overrides:
+        options["choices"] = choices
+    elif (kind := _scalar_type(field.annotation)) is not None:
+        options["type"] = kind
+    # A field whose default is None says in its description what None means.
+    suffix = "" if default is None else f" (default: {default})"
+    options["help"] = f"{field.description}{suffix}".replace("%", "%%")
+    options.update(overrides)
+    return parser.add_argument("--" + name.replace("_", "-"), **options)
+
+
+# Every method, for `kv-embed eval` by default.
+EVAL_METHODS = _literal_choices(EmbedderConfig.model_fields["method"].annotation)
+# The embedder options every embedding command takes, in this order.
+MODEL_OPTIONS = ("method", "layers", "bias", "pooling", "max_length", "long_text", "empty_text")
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"hub id, local directory or bundled alias (default: {DEFAULT_MODEL})"
-    )
-    parser.add_argument("--method", default="kv", choices=sorted(METHODS), help="embedding method (default: kv)")
-    parser.add_argument(
-        "--layers", type=_layers, default="auto", help="'auto', 'none' or e.g. '10,11,12' (default: auto)"
-    )
-    parser.add_argument("--bias", type=float, default=1.0, help="attention bias on the re-routed prefix (default: 1.0)")
-    parser.add_argument("--pooling", choices=POOLINGS, default=None, help="pooling (default: the method's own)")
-    parser.add_argument("--max-length", type=int, default=None, help="truncate inputs to this many tokens")
-    parser.add_argument(
-        "--long-text",
-        choices=("truncate", "chunk_mean"),
-        default="truncate",
-        help="texts over --max-length: cut them, or embed pieces and average (default: truncate)",
-    )
-    parser.add_argument(
-        "--empty-text",
-        choices=("embed", "error"),
-        default="embed",
-        help="empty or whitespace-only texts: embed the prompt alone, or stop with an error (default: embed)",
-    )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: best available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, else float32)")
-    parser.add_argument(
-        "--device-map",
-        default=None,
+    add_field_option(parser, LoadOptions, "model", default=DEFAULT_MODEL)
+    for name in MODEL_OPTIONS:
+        overrides = {"type": _layers, "metavar": "auto|none|10,11,12"} if name == "layers" else {}
+        add_field_option(parser, EmbedderConfig, name, **overrides)
+    add_field_option(parser, LoadOptions, "device", metavar="cpu|cuda|cuda:1|...")
+    add_field_option(parser, LoadOptions, "dtype", metavar="float32|bfloat16|float16|auto")
+    add_field_option(
+        parser,
+        LoadOptions,
+        "device_map",
         choices=("auto", "balanced", "balanced_low_0", "sequential"),
         help="spread one model over all GPUs (and CPU) with accelerate, for models larger than one GPU",
     )
@@ -85,9 +117,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options of the commands that embed a corpus."""
     parser.add_argument("--prompt-type", choices=PROMPT_TYPES, default="document")
-    parser.add_argument(
-        "--max-tokens-per-batch", type=int, default=None, help="padded-token budget per forward pass (bounds memory)"
-    )
+    add_field_option(parser, EmbedderConfig, "max_tokens_per_batch")
     parser.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
 
 
@@ -101,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--output", required=True, type=Path, help="output .npy file (rows in input order)")
     embed.add_argument("--text-field", default="text", help="field holding the text in .jsonl input (default: text)")
     _add_run_options(embed)
-    embed.add_argument("--batch-size", type=int, default=None)
+    add_field_option(embed, EmbedderConfig, "batch_size")
     embed.add_argument(
         "--devices",
         nargs="+",
@@ -137,9 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--batch-size", type=int, default=DEFAULT_DATASET_BATCH, help="rows per actor call")
 
     select = commands.add_parser("select-layers", help="pick the layers to re-route by intrinsic dimension")
-    select.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"hub id, local directory or bundled alias (default: {DEFAULT_MODEL})"
-    )
+    add_field_option(select, LoadOptions, "model", default=DEFAULT_MODEL)
     select.add_argument(
         "--texts", type=Path, default=None, help="calibration texts (.txt or .jsonl); default: built-in"
     )
@@ -148,15 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--skip-fraction", type=float, default=None, help="early layers never chosen (default 0.2)")
     select.add_argument("--window", type=int, default=None, help="layers after the minimum (default floor(L/10))")
     select.add_argument("--recompute", action="store_true", help="ignore a cached selection and refresh it")
-    select.add_argument("--device", default=None)
-    select.add_argument("--dtype", default=None)
+    add_field_option(select, LoadOptions, "device")
+    add_field_option(select, LoadOptions, "dtype")
 
     evaluate = commands.add_parser(
         "eval", help="score methods on STS / retrieval / classification data (Markdown, JSON, PNG)"
     )
-    evaluate.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"hub id, local directory or bundled alias (default: {DEFAULT_MODEL})"
-    )
+    add_field_option(evaluate, LoadOptions, "model", default=DEFAULT_MODEL)
     evaluate.add_argument(
         "--methods",
         default=",".join(EVAL_METHODS),
@@ -179,12 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--output-dir", type=Path, default=Path("eval-results"), help="(default: %(default)s)")
     evaluate.add_argument("--title", default=None, help="heading of the Markdown table and chart")
-    evaluate.add_argument("--max-length", type=int, default=None, help="truncate inputs to this many tokens")
-    evaluate.add_argument("--batch-size", type=int, default=None)
-    evaluate.add_argument("--device", default=None)
-    evaluate.add_argument(
-        "--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, else float32)"
-    )
+    add_field_option(evaluate, EmbedderConfig, "max_length")
+    add_field_option(evaluate, EmbedderConfig, "batch_size")
+    add_field_option(evaluate, LoadOptions, "device")
+    add_field_option(evaluate, LoadOptions, "dtype")
     evaluate.add_argument("--no-cache", action="store_true", help="embed everything afresh, store nothing")
 
     similarity = commands.add_parser("similarity", help="cosine similarity of two texts")
@@ -194,44 +218,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(args, *names: str) -> dict:
+def _config(args, *names: str) -> EmbedderConfig:
     """The embedder options given on the command line (and ``names`` where set), validated."""
-    options = dict(
-        method=args.method,
-        layers=args.layers,
-        bias=args.bias,
-        pooling=args.pooling,
-        max_length=args.max_length,
-        long_text=args.long_text,
-        empty_text=args.empty_text,
-    )
+    options = {name: getattr(args, name) for name in MODEL_OPTIONS}
     for name in names:
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
     try:
-        EmbedderConfig(**options)
+        return EmbedderConfig(**options)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    return options
+
+
+def _load_options(args, **changes: Any) -> LoadOptions:
+    """How to load ``--model``: the command line's loading options (and ``changes``), validated."""
+    options = {"model": args.model, "device": args.device, "dtype": args.dtype}
+    options["device_map"] = getattr(args, "device_map", None)
+    try:
+        return LoadOptions(**{**options, **changes})
+    except ValueError as e:
+        raise CLIError(f"cannot load model {args.model!r}: {e}") from None
 
 
 def _embedder(args):
     import torch
 
-    from .embedder import KVEmbedder, _resolve_dtype
+    from .embedder import KVEmbedder
+    from .loading import resolve_dtype
 
-    options = _options(args, "batch_size", "max_tokens_per_batch")
+    config = _config(args, "batch_size", "max_tokens_per_batch")
+    changes = {}
+    if getattr(args, "devices", None):
+        # Replicas for --devices are made from a CPU copy, in the dtype the replicas' devices want.
+        try:
+            first = torch.device(args.devices[0])
+        except RuntimeError as e:
+            raise CLIError(f"--devices: {e}") from None
+        changes = {"device": "cpu", "dtype": args.dtype or resolve_dtype(None, first)}
+    load_options = _load_options(args, **changes)
     try:
-        device, dtype = args.device, args.dtype
-        if getattr(args, "devices", None):
-            # Replicas for --devices are made from a CPU copy, in the dtype the replicas' devices want.
-            try:
-                first = torch.device(args.devices[0])
-            except RuntimeError as e:
-                raise CLIError(f"--devices: {e}") from None
-            device, dtype = "cpu", dtype or _resolve_dtype(None, first)
-        device_map = getattr(args, "device_map", None)
-        return KVEmbedder.from_pretrained(args.model, device=device, dtype=dtype, device_map=device_map, **options)
+        return KVEmbedder.from_pretrained(load_options, config=config)
     except (OSError, ModuleNotFoundError, ValueError) as e:
         # Missing bundled package, unknown model or directory, bad option: one clear line.
         raise CLIError(f"cannot load model {args.model!r}: {e}") from None
@@ -244,13 +270,14 @@ def _select_layers(args) -> None:
     texts = read_texts(args.texts, args.text_field) if args.texts is not None else None
     if args.plot is not None:
         try:
-            import matplotlib  # noqa: F401
-        except ModuleNotFoundError:
-            raise CLIError("--plot needs matplotlib:  pip install 'kv-embeddings-integrations[plot]'") from None
+            require("plot", "kv-embed select-layers --plot")
+        except MissingExtraError as e:
+            raise CLIError(str(e)) from None
     rule = {k: v for k, v in (("skip_fraction", args.skip_fraction), ("window", args.window)) if v is not None}
+    load_options = _load_options(args)
     try:
-        # Load without re-routing, then select explicitly (so --no-cache and the rule options apply).
-        embedder = KVEmbedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, layers=None)
+        # Load without re-routing, then select explicitly (so --recompute and the rule options apply).
+        embedder = KVEmbedder.from_pretrained(load_options, layers=None)
         selection = auto_select_layers(embedder, texts, recompute=args.recompute, **rule)
     except (OSError, ModuleNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
@@ -290,15 +317,14 @@ def _plot(selection, model: str, path: Path) -> None:
 
 
 def _evaluate(args) -> None:
-    import importlib.util
+    needed = ("scipy", "sklearn", "pytrec_eval", "matplotlib") + (("sentence_transformers",) if args.reference else ())
+    try:
+        require("eval", "kv-embed eval", needed)
+    except MissingExtraError as e:
+        raise CLIError(str(e)) from None
 
     from . import evaluation
 
-    missing = [m for m in ("scipy", "sklearn", "pytrec_eval", "matplotlib") if importlib.util.find_spec(m) is None]
-    if args.reference and importlib.util.find_spec("sentence_transformers") is None:
-        missing.append("sentence_transformers")
-    if missing:
-        raise CLIError(f"eval needs {', '.join(missing)}:  pip install 'kv-embeddings-integrations[eval]'")
     if not (args.sts or args.retrieval or args.classification):
         raise CLIError("give at least one task: --sts, --retrieval or --classification")
     try:
@@ -340,8 +366,8 @@ def _evaluate(args) -> None:
 def _embed_file(args) -> None:
     import contextlib
 
-    from .checkpoint import CheckpointError, ChunkedRun
     from .inputs import prepare_texts
+    from .parallel.checkpoint import CheckpointError, ChunkedRun
 
     texts = read_texts(args.input, args.text_field)
     try:
@@ -354,7 +380,7 @@ def _embed_file(args) -> None:
         "model": args.model,
         "options": embedder.config.model_dump(exclude={"calibration_texts", "batch_size", "max_tokens_per_batch"}),
         "layers": embedder.layers,
-        "dtype": str(next(embedder.model.parameters()).dtype),
+        "dtype": str(embedder.dtype),
         "prompt_type": args.prompt_type,
         "normalize": not args.no_normalize,
     }
@@ -380,21 +406,19 @@ def _embed_dataset(args) -> None:
     import os
     import time
 
-    from . import distributed
+    from .parallel import ray_data
 
     try:
-        ray = distributed.require_ray()
+        ray = ray_data.require_ray()
     except ModuleNotFoundError as e:
         raise CLIError(str(e)) from None
-    options = _options(args, "max_tokens_per_batch")
-    for name in ("dtype", "device", "device_map"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
+    config = _config(args, "max_tokens_per_batch")
+    load_options = _load_options(args)
     local_output = "://" not in args.output
     if local_output and os.path.isdir(args.output) and os.listdir(args.output):
         raise CLIError(f"output directory is not empty: {args.output}")
     try:
-        paths, fmt = distributed.resolve_input(args.input, args.input_format)
+        paths, fmt = ray_data.resolve_input(args.input, args.input_format)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
     if args.address is None:
@@ -408,9 +432,9 @@ def _embed_dataset(args) -> None:
         started = time.perf_counter()
         dataset = getattr(ray.data, f"read_{fmt}")(paths)
         try:
-            embedded = distributed.embed_dataset(
+            embedded = ray_data.embed_dataset(
                 dataset,
-                model=args.model,
+                model=load_options,
                 text_column=args.text_column,
                 output_column=args.output_column,
                 prompt_type=args.prompt_type,
@@ -419,7 +443,7 @@ def _embed_dataset(args) -> None:
                 num_cpus_per_worker=args.num_cpus_per_worker,
                 batch_size=args.batch_size,
                 normalize=not args.no_normalize,
-                **options,
+                config=config,
             )
         except ValueError as e:
             raise CLIError(str(e)) from None

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import numpy as np
+from .results import EmbedResult
 
-# Encodes (texts, prompt_type, normalize) into float32 vectors, shape (len(texts), dim).
-EncodeFn = Callable[[list[str], str, bool], np.ndarray]
+# Embeds (texts, prompt_type, normalize): one result row per text, sliced back per request.
+EncodeFn = Callable[[list[str], str, bool], EmbedResult]
 
 
 @dataclass
@@ -40,7 +40,8 @@ class RequestCoalescer:
     """Queue of embedding requests served by one worker thread in shared batches.
 
     Args:
-        encode: the function that embeds a list of texts with a prompt type and normalisation.
+        encode: the function that embeds a list of texts with a prompt type and normalisation,
+            returning an :class:`EmbedResult` (anything sliceable by rows would do).
         max_texts: most texts embedded in one coalesced call (bounds one pass's latency).
         max_wait: seconds the worker waits after the first request of a batch for others to
             arrive (0 takes only what is already queued).
@@ -61,7 +62,8 @@ class RequestCoalescer:
         self.batch_sizes: list[int] = []
 
     def submit(self, texts: list[str], prompt_type: str, normalize: bool = True) -> Future:
-        """Queue ``texts``; the returned future gives their ``(len(texts), dim)`` float32 vectors."""
+        """Queue ``texts``; the returned future gives their own :class:`EmbedResult` (vectors, token
+        counts, truncation), whatever else shared the forward pass."""
         request = _Request(list(texts), prompt_type, normalize)
         with self._condition:
             self._pending.append(request)
@@ -117,7 +119,7 @@ class RequestCoalescer:
             return
         texts = [text for request in live for text in request.texts]
         try:
-            vectors = self._encode(texts, *live[0].kind)
+            result = self._encode(texts, *live[0].kind)
         except Exception as error:
             if len(live) == 1:
                 live[0].future.set_exception(error)
@@ -129,15 +131,15 @@ class RequestCoalescer:
         self.batch_sizes.append(len(texts))
         start = 0
         for request in live:
-            part = vectors[start : start + len(request.texts)]
+            part = result[start : start + len(request.texts)]
             start += len(request.texts)
             request.future.set_result(part)
 
     def _serve_alone(self, request: _Request) -> None:
         try:
-            vectors = self._encode(request.texts, *request.kind)
+            result = self._encode(request.texts, *request.kind)
         except Exception as error:
             request.future.set_exception(error)
             return
         self.batch_sizes.append(len(request.texts))
-        request.future.set_result(vectors)
+        request.future.set_result(result)

@@ -64,18 +64,40 @@ class EmbedderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
 
     method: Literal["kv", "prompt", "prompteol", "echo", "mean", "last"] = Field(
-        default="kv", description="embedding method"
+        default="kv",
+        description="embedding method: kv (compression prompt + re-routing), prompt (no re-routing), "
+        "prompteol, echo, mean, last (raw text)",
     )
-    layers: Literal["auto"] | list[int] | None = Field(default="auto", description="layers to re-route")
+    layers: Literal["auto"] | list[int] | None = Field(
+        default="auto",
+        description="decoder layers to re-route: auto (by intrinsic dimension), a list of 0-based indices, or none",
+    )
     bias: float = Field(default=1.0, description="attention bias on the re-routed prefix")
-    pooling: Literal["mean_last", "mean", "last"] | None = Field(default=None, description="pooling")
-    mean_scope: Literal["all", "text"] | None = Field(default=None, description="tokens mean pooling averages")
+    pooling: Literal["mean_last", "mean", "last"] | None = Field(
+        default=None, description="pooling of the final hidden states (None: the method's own)"
+    )
+    mean_scope: Literal["all", "text"] | None = Field(
+        default=None,
+        description="tokens mean pooling averages: all non-padding, or only the text (None: the method's own)",
+    )
     prompts: dict[str, str] | None = Field(default=None, description="prompt templates by prompt type")
-    max_length: int | None = Field(default=None, description="longest input in tokens, prompt included")
-    batch_size: int | None = Field(default=None, description="texts per forward pass")
-    max_tokens_per_batch: int | None = Field(default=None, description="padded-token budget per forward pass")
-    long_text: Literal["truncate", "chunk_mean"] = Field(default="truncate", description="texts over max_length")
-    empty_text: Literal["embed", "error"] = Field(default="embed", description="empty or whitespace-only texts")
+    max_length: int | None = Field(
+        default=None, description="longest input in tokens, prompt included (None: the model's context, at most 4096)"
+    )
+    batch_size: int | None = Field(
+        default=None, description="texts per forward pass (None: 32, or unbounded under max_tokens_per_batch)"
+    )
+    max_tokens_per_batch: int | None = Field(
+        default=None, description="padded-token budget per forward pass (rows x longest row); bounds memory"
+    )
+    long_text: Literal["truncate", "chunk_mean"] = Field(
+        default="truncate",
+        description="texts over max_length: truncate (cut the text, keep the prompt) or chunk_mean "
+        "(embed pieces, average)",
+    )
+    empty_text: Literal["embed", "error"] = Field(
+        default="embed", description="empty or whitespace-only texts: embed (the prompt around them) or error"
+    )
     calibration_texts: list[str] | None = Field(default=None, description="texts for layers='auto'")
     selection: dict[str, Any] | None = Field(default=None, description="layer-selection rule options")
 

@@ -9,23 +9,24 @@ import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 
 from . import rerouting
 from .batching import plan_batches
-from .bundled import BUNDLED_MODELS, bundled_model_dir
 from .coalescing import RequestCoalescer
 from .config import EmbedderConfig
 from .inputs import check_positive_int, texts_to_embed
-from .layer_selection import LayerSelection, auto_select_layers
-from .layers import resolve_layers
-from .pooling import pool
+from .layer_selection import LayerSelection, auto_select_layers, resolve_layers
+from .loading import LoadOptions
+from .pooling import pool_hidden_states
 from .prompts import METHODS, PROMPT_TYPES, MethodSpec
+from .results import EmbedResult
 from .tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
 
 DEFAULT_BATCH_SIZE = 32
@@ -36,30 +37,6 @@ PROGRESS_BAR_MIN_BATCHES = 10
 ENCODE_CHUNK = 16384
 # Most texts embedded in one coalesced call of concurrent requests (bounds one call's latency).
 COALESCE_MAX_TEXTS = 512
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None) -> torch.dtype | str:
-    if dtype is None:
-        # bf16 on GPUs that have it; float32 elsewhere (half precision is slow or unsupported on CPU).
-        if device is not None and device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    resolved = getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"dtype must be a torch dtype, its name (e.g. 'bfloat16') or 'auto', got {dtype!r}")
-    return resolved
 
 
 def _release_memory() -> None:
@@ -84,6 +61,30 @@ def _chain(source: Future, target: Future, transform) -> None:
 _PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "_float32_lock")
 
 
+@dataclass
+class EmbedderRecipe:
+    """What another process needs to rebuild an embedder, with its layers already chosen.
+
+    Sent to data-parallel workers and similar instead of the embedder itself, so nothing else it
+    holds (a request queue, locks) has to pickle, and no worker re-runs layer selection.
+    """
+
+    model: PreTrainedModel
+    tokenizer: Any
+    config: EmbedderConfig
+    name: str
+    layers: list[int]
+
+    def build(self) -> KVEmbedder:
+        """The embedder, re-routing exactly :attr:`layers`."""
+        # An empty list is not a valid `layers` option; None means "no re-routing", which is what
+        # an empty selection means too (or the method does not re-route and ignores it anyway).
+        embedder = KVEmbedder(self.model, self.tokenizer, self.config, name=self.name, layers=self.layers or None)
+        if embedder.layers != self.layers:
+            raise RuntimeError(f"the rebuilt embedder re-routes layers {embedder.layers}, not {self.layers}")
+        return embedder
+
+
 class KVEmbedder:
     """Text embeddings from a frozen decoder-only LLM by KV re-routing (arXiv 2601.01046).
 
@@ -94,9 +95,20 @@ class KVEmbedder:
         tokenizer: its fast tokenizer.
         config: an :class:`EmbedderConfig`; keyword ``options`` override its fields.
         name: how to name the model in messages and caches (defaults to its ``name_or_path``).
+        load_options: how the model was loaded, when :meth:`from_pretrained` loaded it (kept as
+            :attr:`load_options` for front ends that load it again elsewhere).
         **options: any :class:`EmbedderConfig` field: ``method``, ``layers``, ``bias``, ``pooling``,
             ``mean_scope``, ``prompts``, ``max_length``, ``batch_size``, ``max_tokens_per_batch``.
+
+    With ``layers="auto"``, the layers are selected (or read from the cache) at the end of
+    construction, by :func:`~kv_embeddings_integrations.layer_selection.auto_select_layers` on
+    this fully built embedder; :attr:`layer_selection` holds the outcome.
     """
+
+    # The data-parallel pool is a front end (kv_embeddings_integrations.parallel.pool), which the
+    # core must not import: that module registers its class here when imported (the package's
+    # __init__ imports it), so start_pool() and encode(devices=...) need no import of it.
+    pool_class: ClassVar[type | None] = None
 
     def __init__(
         self,
@@ -105,6 +117,7 @@ class KVEmbedder:
         config: EmbedderConfig | None = None,
         *,
         name: str | None = None,
+        load_options: LoadOptions | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(model, PreTrainedModel):
@@ -115,6 +128,7 @@ class KVEmbedder:
         self.decoder = (get_decoder() if get_decoder is not None else None) or model
         self.tokenizer = tokenizer
         self.name = name or getattr(model, "name_or_path", None) or type(model).__name__
+        self.load_options = load_options
         text_config = model.config.get_text_config()
         self.hidden_size: int = text_config.hidden_size
         self.num_layers: int = text_config.num_hidden_layers
@@ -127,21 +141,24 @@ class KVEmbedder:
         self._prompt_tokenizer = PromptTokenizer(tokenizer, self.max_length)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_token_id = pad if pad is not None else 0
-        self.layer_selection: LayerSelection | None = None
-        if not self.spec.reroute:
-            self.layers: list[int] = []
-        elif self.config.layers == "auto":
-            self.layer_selection = auto_select_layers(
-                self, self.config.calibration_texts, **(self.config.selection or {})
-            )
-            self.layers = self.layer_selection.layers
-        else:
-            self.layers = resolve_layers(self.config.layers, self.num_layers)
-        if self.layers:
-            rerouting.install(model)
         self._coalescer: RequestCoalescer | None = None
         self._coalescer_lock = threading.Lock()
         self._float32_lock = threading.Lock()
+        # Nothing re-routed until the layers are known; selection below runs on the built embedder.
+        self.layers: list[int] = []
+        self.layer_selection: LayerSelection | None = None
+        if not self.spec.reroute:
+            return
+        if self.config.layers == "auto":
+            self.layer_selection = auto_select_layers(
+                self, self.config.calibration_texts, **(self.config.selection or {})
+            )
+            layers = self.layer_selection.layers
+        else:
+            layers = resolve_layers(self.config.layers, self.num_layers)
+        if layers:
+            rerouting.install(model)
+        self.layers = layers
 
     def __getstate__(self) -> dict[str, Any]:
         # The request queue and its thread belong to this process.
@@ -156,7 +173,7 @@ class KVEmbedder:
     @classmethod
     def from_pretrained(
         cls,
-        model: str,
+        model: str | LoadOptions,
         *,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
@@ -165,13 +182,16 @@ class KVEmbedder:
         trust_remote_code: bool = False,
         revision: str | None = None,
         attn_implementation: str | None = None,
+        config: EmbedderConfig | None = None,
         **kwargs: Any,
     ) -> KVEmbedder:
         """Load a model by hub id, local directory or bundled alias, and wrap it.
 
         Args:
-            model: a model-hub id (``"Qwen/Qwen3-4B"``), a local directory, or a bundled alias
-                (``"smollm2-135m"``, converted once into the user cache).
+            model: a model-hub id (``"Qwen/Qwen3-4B"``), a local directory, a bundled alias
+                (``"smollm2-135m"``, converted once into the user cache), or a
+                :class:`~kv_embeddings_integrations.loading.LoadOptions` holding all of the
+                loading arguments below (then none of them may be given separately).
             dtype: weights' dtype (``torch.bfloat16``, ``"float32"``, ``"auto"``...). ``None``:
                 bfloat16 on a CUDA GPU that supports it, float32 otherwise.
             device: where to put the whole model (``"cpu"``, ``"cuda:1"``...); ``None`` picks CUDA,
@@ -183,27 +203,38 @@ class KVEmbedder:
             revision: the hub revision (branch, tag or commit) to load.
             attn_implementation: ``"sdpa"`` or ``"eager"`` (re-routing runs through either);
                 ``None`` keeps transformers' choice for the model.
+            config: an :class:`EmbedderConfig`; option keywords in ``kwargs`` override its fields.
             **kwargs: :class:`EmbedderConfig` options (``method``, ``layers``, ``bias``, ``pooling``,
                 ``max_length``, ...); anything else goes to ``AutoModel.from_pretrained``.
         """
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in EmbedderConfig.option_names()}
-        config = EmbedderConfig(**options)  # fail on bad options before a long load
-        path = str(bundled_model_dir(model)) if model in BUNDLED_MODELS else model
-        if max_memory is not None and device_map is None:
-            device_map = "auto"
-        target = None if device_map is not None else _resolve_device(device)
-        load_kwargs: dict[str, Any] = dict(kwargs)
-        load_kwargs["dtype"] = _resolve_dtype(dtype, target)
-        if device_map is not None:
-            load_kwargs.update(device_map=device_map, max_memory=max_memory)
-        if attn_implementation is not None:
-            load_kwargs["attn_implementation"] = attn_implementation
-        common = {"trust_remote_code": trust_remote_code, "revision": revision}
-        tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        hf_model = AutoModel.from_pretrained(path, **common, **load_kwargs)
-        if target is not None:
-            hf_model.to(target)
-        return cls(hf_model, tokenizer, config, name=model)
+        if config is not None and not isinstance(config, EmbedderConfig):
+            raise TypeError(f"config must be an EmbedderConfig, got {type(config).__name__}")
+        # Bad options fail before a long load.
+        config = config.with_options(**options) if config is not None else EmbedderConfig(**options)
+        if isinstance(model, LoadOptions):
+            given = dict(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory, revision=revision)
+            given.update(attn_implementation=attn_implementation, **kwargs)
+            extra = sorted(k for k, v in given.items() if v is not None) + ["trust_remote_code"] * trust_remote_code
+            if extra:
+                raise TypeError(f"with LoadOptions, give {extra} inside them, not as separate arguments")
+            load = model
+        else:
+            load = LoadOptions(
+                model=model,
+                dtype=dtype,
+                device=device,
+                device_map=device_map,
+                max_memory=max_memory,
+                trust_remote_code=trust_remote_code,
+                revision=revision,
+                attn_implementation=attn_implementation,
+                **kwargs,
+            )
+        hf_model, tokenizer = load.load()
+        # A name as the caller wrote it (a relative directory stays relative in messages).
+        name = model if isinstance(model, str) else load.model
+        return cls(hf_model, tokenizer, config, name=name, load_options=load)
 
     @property
     def spec(self) -> MethodSpec:
@@ -229,17 +260,55 @@ class KVEmbedder:
         """Where inputs go: the device of the input embeddings."""
         return self.decoder.get_input_embeddings().weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights."""
+        return next(self.model.parameters()).dtype
+
     def template(self, prompt_type: str = "document") -> str:
         """The prompt template used for ``prompt_type`` (the user's override, else the method's)."""
         if prompt_type not in PROMPT_TYPES:
             raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
         return (self.config.prompts or {}).get(prompt_type) or self.spec.templates[prompt_type]
 
+    def recipe(self) -> EmbedderRecipe:
+        """What another process needs to rebuild this embedder (model, tokenizer, config, layers)."""
+        return EmbedderRecipe(self.model, self.tokenizer, self.config, self.name, list(self.layers))
+
     def __repr__(self) -> str:
         return (
             f"KVEmbedder(model={self.name!r}, method={self.config.method!r}, layers={self.layers}, "
             f"bias={self.config.bias}, pooling={self.pooling!r})"
         )
+
+    # -- embedding -------------------------------------------------------------------------------
+
+    def embed(
+        self,
+        texts: str | Iterable[str],
+        *,
+        prompt_type: str = "document",
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        normalize: bool = True,
+    ) -> EmbedResult:
+        """Embed texts and report what the model saw of each: the call every front end builds on.
+
+        Args:
+            texts: one string (one row), or an iterable of strings.
+            prompt_type: ``"document"`` (documents and symmetric tasks) or ``"query"`` (the query
+                side of asymmetric retrieval); picks the prompt template.
+            batch_size: overrides the config's ``batch_size`` for this call.
+            show_progress_bar: ``None`` shows one only for jobs of more than 10 batches.
+            normalize: L2-normalise each vector (cosine similarity becomes a dot product).
+
+        Returns:
+            an :class:`~kv_embeddings_integrations.results.EmbedResult`: ``(n, hidden_size)``
+            float32 vectors in input order, each text's token count (prompt included) and whether
+            it was truncated or split. Nothing is warned: the caller decides how to report truncation.
+        """
+        items, _ = texts_to_embed(texts, self.config.empty_text)
+        return self._embed_items(items, prompt_type, batch_size, show_progress_bar, normalize)
 
     def encode(
         self,
@@ -251,7 +320,7 @@ class KVEmbedder:
         normalize: bool = True,
         devices: Sequence[str | torch.device] | None = None,
     ) -> np.ndarray:
-        """Embed texts.
+        """Embed texts into an array (:meth:`embed`'s vectors), warning when texts were truncated.
 
         Args:
             texts: one string, or an iterable of strings.
@@ -263,7 +332,7 @@ class KVEmbedder:
             devices: data parallel: run one replica of the model per device (``["cuda:0",
                 "cuda:1"]``, or ``["cpu", "cpu"]`` for CPU worker processes) for this call, in
                 worker processes started and stopped around it. For repeated calls keep an
-                :class:`~kv_embeddings_integrations.pool.EmbeddingPool` open instead
+                :class:`~kv_embeddings_integrations.parallel.pool.EmbeddingPool` open instead
                 (:meth:`start_pool`).
 
         Returns:
@@ -280,27 +349,36 @@ class KVEmbedder:
                     show_progress_bar=show_progress_bar,
                 )
         items, single = texts_to_embed(texts, self.config.empty_text)
+        result = self._embed_items(items, prompt_type, batch_size, show_progress_bar, normalize)
+        self._warn_truncated(result, stacklevel=3)
+        return result.vectors[0] if single else result.vectors
+
+    def _warn_truncated(self, result: EmbedResult, stacklevel: int) -> None:
+        if result.num_truncated:
+            warnings.warn(
+                f"{result.num_truncated} of {len(result)} texts were longer than max_length={self.max_length} "
+                "tokens (prompt included) and were truncated",
+                stacklevel=stacklevel,
+            )
+
+    def _embed_items(
+        self, items: list[str], prompt_type: str, batch_size: int | None, show: bool | None, normalize: bool
+    ) -> EmbedResult:
         template = self.template(prompt_type)
         check_positive_int("batch_size", batch_size)
         rows = batch_size or self.batch_size
-        out = torch.empty((len(items), self.hidden_size), dtype=torch.float32)
-        cut = 0
-        with self._progress(len(items), rows, show_progress_bar) as bar:
+        if not items:
+            return EmbedResult.empty(self.hidden_size)
+        parts = []
+        with self._progress(len(items), rows, show) as bar:
             # Chunks bound the token ids held at once, whatever the number of texts.
             for start in range(0, len(items), ENCODE_CHUNK):
-                chunk = items[start : start + ENCODE_CHUNK]
-                out[start : start + len(chunk)], truncated = self._embed_texts(chunk, template, rows, bar)
-                cut += truncated
-        if cut:
-            warnings.warn(
-                f"{cut} of {len(items)} texts were longer than max_length={self.max_length} tokens "
-                "(prompt included) and were truncated",
-                stacklevel=2,
-            )
-        if normalize:
-            out = torch.nn.functional.normalize(out, dim=-1)
-        array = out.numpy()
-        return array[0] if single else array
+                parts.append(self._embed_texts(items[start : start + ENCODE_CHUNK], template, rows, bar))
+        result = EmbedResult.concatenate(parts)
+        if not normalize:
+            return result
+        vectors = torch.nn.functional.normalize(torch.from_numpy(result.vectors), dim=-1).numpy()
+        return EmbedResult(vectors, result.token_counts, result.truncated, result.pieces)
 
     def start_pool(self, devices: Sequence[str | torch.device]):
         """Start one worker process per device holding a replica of this embedder (data parallel).
@@ -309,51 +387,137 @@ class KVEmbedder:
             devices: one entry per replica: ``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]``.
 
         Returns:
-            an :class:`~kv_embeddings_integrations.pool.EmbeddingPool`; use it as a context manager
-            or call ``close()``. Its ``encode`` has this method's signature and splits the texts
-            across the replicas, keeping their order.
+            an :class:`~kv_embeddings_integrations.parallel.pool.EmbeddingPool`; use it as a context
+            manager or call ``close()``. Its ``encode`` has this method's signature and splits the
+            texts across the replicas, keeping their order.
         """
-        from .pool import EmbeddingPool
+        if self.pool_class is None:
+            raise RuntimeError("no data-parallel pool registered: import kv_embeddings_integrations.parallel.pool")
+        return self.pool_class(self, devices)
 
-        return EmbeddingPool(self, devices)
+    # -- concurrent requests ---------------------------------------------------------------------
 
-    def submit(self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True) -> Future:
+    def submit_embed(
+        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True
+    ) -> Future:
         """Queue texts to be embedded together with other concurrent requests.
 
         Requests submitted from many threads (or tasks) while a forward pass runs are coalesced
-        into the next one, instead of each running alone. Arguments as in :meth:`encode`.
+        into the next one, instead of each running alone. Arguments as in :meth:`embed`.
 
         Returns:
-            a ``concurrent.futures.Future`` of what :meth:`encode` would return.
+            a ``concurrent.futures.Future`` of this request's own
+            :class:`~kv_embeddings_integrations.results.EmbedResult` (its texts' vectors, token
+            counts and truncation, whatever else shared the forward pass).
         """
         # Bad input fails here, in the caller, not in the worker.
-        items, single = texts_to_embed(texts, self.config.empty_text)
+        items, _ = texts_to_embed(texts, self.config.empty_text)
         self.template(prompt_type)
         if not items:
             done: Future = Future()
-            done.set_result(np.empty((0, self.hidden_size), dtype=np.float32))
+            done.set_result(EmbedResult.empty(self.hidden_size))
             return done
         with self._coalescer_lock:
             if self._coalescer is None:
-                self._coalescer = RequestCoalescer(self._encode_coalesced, max_texts=COALESCE_MAX_TEXTS)
-            future = self._coalescer.submit(items, prompt_type, normalize)
-        if not single:
-            return future
-        first: Future = Future()
+                self._coalescer = RequestCoalescer(self._embed_coalesced, max_texts=COALESCE_MAX_TEXTS)
+            return self._coalescer.submit(items, prompt_type, normalize)
+
+    def submit(self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True) -> Future:
+        """:meth:`submit_embed`, for the array :meth:`encode` would return.
+
+        Returns:
+            a ``concurrent.futures.Future`` of what :meth:`encode` would return (truncation is
+            warned when the result arrives).
+        """
+        single = isinstance(texts, str)
+        future = self.submit_embed(texts, prompt_type=prompt_type, normalize=normalize)
+        vectors: Future = Future()
         # A cancelled caller withdraws its request if it has not started yet.
-        first.add_done_callback(lambda f: f.cancelled() and future.cancel())
-        future.add_done_callback(lambda f: _chain(f, first, lambda vectors: vectors[0]))
-        return first
+        vectors.add_done_callback(lambda f: f.cancelled() and future.cancel())
+
+        def transform(result: EmbedResult) -> np.ndarray:
+            self._warn_truncated(result, stacklevel=2)
+            return result.vectors[0] if single else result.vectors
+
+        future.add_done_callback(lambda f: _chain(f, vectors, transform))
+        return vectors
+
+    async def aembed(
+        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True
+    ) -> EmbedResult:
+        """:meth:`embed` for asyncio: awaits a coalesced request (see :meth:`submit_embed`) without
+        blocking the event loop; a cancelled task withdraws its request if it has not started."""
+        return await asyncio.wrap_future(self.submit_embed(texts, prompt_type=prompt_type, normalize=normalize))
 
     async def aencode(
         self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True
     ) -> np.ndarray:
-        """:meth:`encode` for asyncio: awaits a coalesced request (see :meth:`submit`) without
-        blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(texts, prompt_type=prompt_type, normalize=normalize))
+        """:meth:`encode` for asyncio: awaits a coalesced request (see :meth:`submit_embed`) without
+        blocking the event loop, and warns in the caller about its own truncated texts."""
+        single = isinstance(texts, str)
+        result = await self.aembed(texts, prompt_type=prompt_type, normalize=normalize)
+        self._warn_truncated(result, stacklevel=2)
+        return result.vectors[0] if single else result.vectors
 
-    def _encode_coalesced(self, texts: list[str], prompt_type: str, normalize: bool) -> np.ndarray:
-        return self.encode(texts, prompt_type=prompt_type, normalize=normalize, show_progress_bar=False)
+    def _embed_coalesced(self, texts: list[str], prompt_type: str, normalize: bool) -> EmbedResult:
+        return self.embed(texts, prompt_type=prompt_type, normalize=normalize, show_progress_bar=False)
+
+    # -- the model, one level down: tokens, batches, forward passes ------------------------------
+
+    def tokenize(self, texts: Sequence[str], prompt_type: str = "document") -> list[EncodedText]:
+        """The prompted token ids of each text as the model sees them (cut to ``max_length``)."""
+        return self._prompt_tokenizer.encode(list(texts), self.template(prompt_type))
+
+    def collate(self, encoded: Sequence[EncodedText]) -> TokenBatch:
+        """Left-pad tokenized texts into one batch on the model's input device."""
+        return collate(list(encoded), self._pad_token_id, self.device)
+
+    def forward(self, batch: TokenBatch, *, output_hidden_states: bool = False, layers: list[int] | None = None):
+        """One forward pass of the decoder, re-routing ``layers`` (default: the selected ones; ``[]``: none).
+
+        Returns:
+            the decoder's output (``last_hidden_state``, and ``hidden_states`` if asked).
+        """
+        layers = self.layers if layers is None else layers
+        routing = rerouting.reroute(self.model, layers, self.config.bias) if layers else contextlib.nullcontext()
+        with torch.inference_mode(), routing:
+            return self.decoder(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+                output_hidden_states=output_hidden_states,
+            )
+
+    def layer_states(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_type: str = "document",
+        reroute: bool = False,
+        show_progress_bar: bool | None = None,
+    ) -> torch.Tensor:
+        """Every layer's last-token hidden state of each prompted text (what layer selection measures).
+
+        Args:
+            texts: the texts.
+            prompt_type: which prompt wraps them.
+            reroute: re-route the selected layers (default: a plain forward pass).
+            show_progress_bar: ``None`` shows one only for jobs of more than 10 batches.
+
+        Returns:
+            ``(len(texts), num_layers, hidden_size)`` float32 CPU tensor; ``[:, l]`` is layer ``l``'s
+            output (the last one after the final norm). All layers come from one pass per batch.
+        """
+        encoded = self.tokenize(texts, prompt_type)
+        states = torch.empty((len(encoded), self.num_layers, self.hidden_size), dtype=torch.float32)
+        with self._progress(len(encoded), self.batch_size, show_progress_bar, "Layer states") as bar:
+            for indices, batch in self._batches(encoded, self.batch_size):
+                out = self.forward(batch, output_hidden_states=True, layers=None if reroute else [])
+                # hidden_states[0] is the embedding output; [l + 1] is layer l's output.
+                states[indices] = torch.stack([h[:, -1].float().cpu() for h in out.hidden_states[1:]], dim=1)
+                bar.update(len(indices))
+        return states
 
     def _progress(self, total: int, rows: int | None, show: bool | None, desc: str = "Embedding") -> tqdm:
         """A progress bar over ``total`` texts; by default shown only for jobs of many batches."""
@@ -364,40 +528,40 @@ class KVEmbedder:
     def _batches(self, encoded: list[EncodedText], batch_size: int | None) -> Iterator[tuple[list[int], TokenBatch]]:
         """Length-sorted, padded batches with their indices into ``encoded``."""
         for indices in plan_batches([len(e) for e in encoded], batch_size, self.config.max_tokens_per_batch):
-            yield indices, collate([encoded[i] for i in indices], self._pad_token_id, self.device)
+            yield indices, self.collate([encoded[i] for i in indices])
 
-    def _embed_texts(
-        self, items: list[str], template: str, batch_size: int | None, bar: tqdm
-    ) -> tuple[torch.Tensor, int]:
-        """Pooled, unnormalised float32 vectors of ``items`` (CPU), and how many were truncated."""
+    def _embed_texts(self, items: list[str], template: str, batch_size: int | None, bar: tqdm) -> EmbedResult:
+        """Pooled, unnormalised float32 vectors of ``items`` with their token counts and truncation."""
         chunk_mean = self.config.long_text == "chunk_mean"
         encoded = self._prompt_tokenizer.encode(items, template, truncate=not chunk_mean)
         long = [i for i, e in enumerate(encoded) if e.truncated]
-        truncated = len(long)
+        truncated = [e.truncated for e in encoded]
+        counts = [len(e) for e in encoded]
+        pieces = [1] * len(items)
         # Row r of the forward passes belongs to text owners[r], with weight weights[r].
         owners, weights = list(range(len(items))), [1.0] * len(items)
         if long and chunk_mean:
             # Each long text becomes pieces that fit: its first piece takes its row, the rest are
             # appended; the text's vector is the pieces' mean weighted by their text tokens.
-            truncated = 0
             for i in long:
-                pieces = self._prompt_tokenizer.split(items[i], template)
-                piece_encoded = self._prompt_tokenizer.encode(pieces, template)
-                truncated += sum(e.truncated for e in piece_encoded)  # only if re-tokenizing grew a piece
-                counts = [float(max(1, e.text_end - e.text_start)) for e in piece_encoded]
-                encoded[i], weights[i] = piece_encoded[0], counts[0]
+                split = self._prompt_tokenizer.split(items[i], template)
+                piece_encoded = self._prompt_tokenizer.encode(split, template)
+                truncated[i] = any(e.truncated for e in piece_encoded)  # only if re-tokenizing grew a piece
+                counts[i], pieces[i] = sum(len(e) for e in piece_encoded), len(piece_encoded)
+                piece_weights = [float(max(1, e.text_end - e.text_start)) for e in piece_encoded]
+                encoded[i], weights[i] = piece_encoded[0], piece_weights[0]
                 encoded += piece_encoded[1:]
-                owners += [i] * (len(pieces) - 1)
-                weights += counts[1:]
+                owners += [i] * (len(split) - 1)
+                weights += piece_weights[1:]
         vectors = torch.empty((len(encoded), self.hidden_size), dtype=torch.float32)
         for indices, batch in self._batches(encoded, batch_size):
             vectors[indices] = self._embed_finite(batch, [items[owners[r]] for r in indices])
             bar.update(sum(r < len(items) for r in indices))  # each text once, by its first row
-        if len(encoded) == len(items):
-            return vectors, truncated
-        weight, index = torch.tensor(weights), torch.tensor(owners)
-        sums = torch.zeros((len(items), self.hidden_size)).index_add_(0, index, vectors * weight[:, None])
-        return sums / torch.zeros(len(items)).index_add_(0, index, weight)[:, None], truncated
+        if len(encoded) != len(items):
+            weight, index = torch.tensor(weights), torch.tensor(owners)
+            sums = torch.zeros((len(items), self.hidden_size)).index_add_(0, index, vectors * weight[:, None])
+            vectors = sums / torch.zeros(len(items)).index_add_(0, index, weight)[:, None]
+        return EmbedResult(vectors.numpy(), tuple(counts), tuple(truncated), tuple(pieces))
 
     def _embed_finite(self, batch: TokenBatch, texts: list[str]) -> torch.Tensor:
         """:meth:`_embed_splitting` as float32 on the CPU, never with a NaN or infinite value.
@@ -409,7 +573,7 @@ class KVEmbedder:
         bad = ~torch.isfinite(vectors).all(dim=1)
         if not bad.any():
             return vectors
-        dtype = next(self.model.parameters()).dtype
+        dtype = self.dtype
         if dtype in (torch.float16, torch.bfloat16) and not getattr(self.model, "hf_device_map", None):
             warnings.warn(
                 f"{int(bad.sum())} texts gave non-finite values in {dtype}; re-embedding their batch in float32",
@@ -462,26 +626,13 @@ class KVEmbedder:
         return torch.cat([self._embed_splitting(batch.rows(0, half)), self._embed_splitting(batch.rows(half, rows))])
 
     def _embed_batch(self, batch: TokenBatch) -> torch.Tensor:
-        hidden = self._forward(batch).last_hidden_state
+        hidden = self.forward(batch).last_hidden_state
         mean_mask = batch.attention_mask.bool()
         if self.mean_scope == "text":
             # An empty text has no text tokens; its mean falls back to the whole prompt.
             has_text = batch.text_mask.any(dim=1, keepdim=True)
             mean_mask = torch.where(has_text, batch.text_mask, mean_mask)
-        return pool(hidden, mean_mask.to(hidden.device), self.pooling)
-
-    def _forward(self, batch: TokenBatch, output_hidden_states: bool = False, layers: list[int] | None = None):
-        """One forward pass of the decoder, re-routing ``layers`` (default: the selected ones)."""
-        layers = self.layers if layers is None else layers
-        routing = rerouting.reroute(self.model, layers, self.config.bias) if layers else contextlib.nullcontext()
-        with torch.inference_mode(), routing:
-            return self.decoder(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-                output_hidden_states=output_hidden_states,
-            )
+        return pool_hidden_states(hidden, mean_mask.to(hidden.device), self.pooling)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cosine similarity matrix between two sets of vectors (any normalisation)."""

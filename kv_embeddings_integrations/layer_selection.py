@@ -17,16 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from .atomic import write_atomically
 from .bundled import cache_dir
-
-if TYPE_CHECKING:
-    from .embedder import KVEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +32,31 @@ DEFAULT_SKIP_FRACTION = 0.2
 # Bump when the estimator or the points change, so old cache entries stop matching.
 ESTIMATOR_VERSION = 1
 CALIBRATION_FILES = ("image_captions.txt", "banking_queries.txt", "python_reference.txt")
+
+
+class SelectableEmbedder(Protocol):
+    """What selection needs of an embedder (a :class:`~kv_embeddings_integrations.KVEmbedder` has it)."""
+
+    model: torch.nn.Module
+    name: str
+    num_layers: int
+    max_length: int
+
+    def template(self, prompt_type: str = "document") -> str: ...
+
+    def layer_states(
+        self, texts: Sequence[str], *, prompt_type: str = "document", show_progress_bar: bool | None = None
+    ) -> torch.Tensor: ...
+
+
+def resolve_layers(layers: list[int] | None, num_layers: int) -> list[int]:
+    """Validate an explicit ``layers`` list (``None``: no re-routing, an empty list)."""
+    if layers is None:
+        return []
+    bad = [i for i in layers if i >= num_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has {num_layers} layers (0..{num_layers - 1})")
+    return list(layers)
 
 
 def builtin_calibration_texts() -> list[str]:
@@ -107,22 +129,16 @@ def select_layers(
     return list(range(start, min(start + window, num_layers - 1) + 1))
 
 
-def last_token_states(embedder: KVEmbedder, texts: Sequence[str], *, show_progress_bar: bool | None = None):
+def last_token_states(
+    embedder: SelectableEmbedder, texts: Sequence[str], *, show_progress_bar: bool | None = None
+) -> torch.Tensor:
     """``(N, L, H)`` float32 last-token hidden states of every layer, for texts prompted as documents,
-    without re-routing; all layers come from one forward pass per batch."""
-    encoded = embedder._prompt_tokenizer.encode(list(texts), embedder.template("document"))
-    states = torch.empty((len(texts), embedder.num_layers, embedder.hidden_size), dtype=torch.float32)
-    with embedder._progress(len(encoded), embedder.batch_size, show_progress_bar, "Layer IDs") as bar:
-        for indices, batch in embedder._batches(encoded, embedder.batch_size):
-            out = embedder._forward(batch, output_hidden_states=True, layers=[])
-            # hidden_states[0] is the embedding output; [l + 1] is layer l's output (the last one normed).
-            states[indices] = torch.stack([h[:, -1].float().cpu() for h in out.hidden_states[1:]], dim=1)
-            bar.update(len(indices))
-    return states
+    without re-routing (the embedder's ``layer_states``)."""
+    return embedder.layer_states(texts, prompt_type="document", show_progress_bar=show_progress_bar)
 
 
 def layerwise_dimensions(
-    embedder: KVEmbedder, texts: Sequence[str], *, show_progress_bar: bool | None = None
+    embedder: SelectableEmbedder, texts: Sequence[str], *, show_progress_bar: bool | None = None
 ) -> list[float]:
     """TwoNN ID of the last-token hidden state at every layer (index l: output of layer l)."""
     states = last_token_states(embedder, texts, show_progress_bar=show_progress_bar)
@@ -159,7 +175,7 @@ class LayerSelection:
     key: dict[str, Any] = field(default_factory=dict)
 
 
-def selection_key(embedder: KVEmbedder, texts: Sequence[str], rule: dict[str, Any]) -> dict[str, Any]:
+def selection_key(embedder: SelectableEmbedder, texts: Sequence[str], rule: dict[str, Any]) -> dict[str, Any]:
     """Everything the selection depends on."""
     model = embedder.model
     return {
@@ -217,7 +233,7 @@ def _write_cache(path: Path, selection: LayerSelection) -> None:
 
 
 def auto_select_layers(
-    embedder: KVEmbedder,
+    embedder: SelectableEmbedder,
     calibration_texts: Sequence[str] | None = None,
     *,
     recompute: bool = False,

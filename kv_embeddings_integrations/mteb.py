@@ -33,10 +33,9 @@ try:
 except ModuleNotFoundError as e:  # only a missing mteb; a broken mteb install raises as it is
     if e.name is None or e.name.split(".")[0] != "mteb":
         raise
-    raise ImportError(
-        "kv_embeddings_integrations.mteb needs mteb 2.x. Install it with:  "
-        "pip install 'kv-embeddings-integrations[mteb]'"
-    ) from e
+    from .extras import missing_error
+
+    raise missing_error("mteb", "kv_embeddings_integrations.mteb (an MTEB 2.x encoder)", ["mteb"]) from e
 
 if "experiment_kwargs" not in ModelMeta.model_fields:  # ModelMeta forbids unknown fields
     from mteb import __version__ as _mteb_version
@@ -46,9 +45,11 @@ if "experiment_kwargs" not in ModelMeta.model_fields:  # ModelMeta forbids unkno
         "Upgrade with:  pip install -U 'kv-embeddings-integrations[mteb]'"
     )
 
-from . import __version__
 from .bundled import DEFAULT_MODEL
+from .config import EmbedderConfig
 from .embedder import KVEmbedder
+from .loading import LoadOptions
+from .version import __version__
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -154,10 +155,21 @@ class KVMTEBEncoder(AbsEncoder):
                 raise TypeError(f"{unused} apply only when loading a model by name, not to a given KVEmbedder")
             embedder = model
         elif isinstance(model, str):
-            embedder = KVEmbedder.from_pretrained(model, revision=revision, device=device, dtype=dtype, **options)
+            names = EmbedderConfig.option_names()
+            config = EmbedderConfig(**{key: value for key, value in options.items() if key in names})
+            load_options = LoadOptions(
+                model=model,
+                revision=revision,
+                device=device,
+                dtype=dtype,
+                **{key: value for key, value in options.items() if key not in names},
+            )
+            embedder = KVEmbedder.from_pretrained(load_options, config=config)
             # What the loader needs, besides the options kept in `experiment_kwargs`, to load it again.
-            load_kwargs = {key: value for key, value in options.items() if key not in embedder.config.option_names()}
-            if revision is not None:
+            load_kwargs = load_options.from_pretrained_kwargs()
+            load_kwargs.pop("device", None)  # where to run is the loading machine's choice
+            load_kwargs.pop("dtype", None)  # recorded from the loaded weights below
+            if load_kwargs.pop("revision", None) is not None:
                 load_kwargs["model_revision"] = revision
         else:
             raise TypeError(f"model must be a model name or a KVEmbedder, got {type(model).__name__}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def pool(hidden: torch.Tensor, mean_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+def pool_hidden_states(hidden: torch.Tensor, mean_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Pool left-padded hidden states.
 
     Args:
@@ -29,3 +29,7 @@ def pool(hidden: torch.Tensor, mean_mask: torch.Tensor, pooling: str) -> torch.T
     if pooling == "mean_last":
         return (mean + last) / 2
     raise ValueError(f"unknown pooling {pooling!r}")
+
+
+# The name before 0.2: kept for code that imported it.
+pool = pool_hidden_states

@@ -1,8 +1,9 @@
 """One loaded model per process, however many embedders and adapters use it.
 
-Adapters built with the same model name and load options share one model in memory (and the
-same options share one :class:`KVEmbedder`). Entries are weak: a model is freed once nothing
-uses it.
+Front ends built with equivalent :class:`~kv_embeddings_integrations.loading.LoadOptions` share
+one model in memory (the key is :meth:`LoadOptions.sharing_key`, so ``dtype="bfloat16"`` and
+``dtype=torch.bfloat16`` are one model), and the same embedder options share one
+:class:`KVEmbedder`. Entries are weak: a model is freed once nothing uses it.
 """
 
 from __future__ import annotations
@@ -12,45 +13,55 @@ import threading
 import weakref
 from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from .bundled import DEFAULT_MODEL
 from .config import EmbedderConfig
 from .embedder import KVEmbedder
+from .loading import LoadOptions
 
 _lock = threading.Lock()
 _models: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 _tokenizers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_load_options: weakref.WeakKeyDictionary[Any, LoadOptions] = weakref.WeakKeyDictionary()
 _embedders: weakref.WeakValueDictionary[str, KVEmbedder] = weakref.WeakValueDictionary()
 
 
-def _key(*parts: Any) -> str:
-    return json.dumps(parts, sort_keys=True, default=repr)
-
-
-def shared_embedder(model: str, config: EmbedderConfig, load_kwargs: dict[str, Any] | None = None) -> KVEmbedder:
+def shared_embedder(
+    model: str | LoadOptions, config: EmbedderConfig, load_kwargs: dict[str, Any] | None = None
+) -> KVEmbedder:
     """The process-wide :class:`KVEmbedder` for ``model`` with ``config``, loading the model once.
 
     Args:
-        model: hub id, local directory or bundled alias, as for :meth:`KVEmbedder.from_pretrained`.
+        model: :class:`LoadOptions`, or a hub id, local directory or bundled alias (then loaded
+            with ``load_kwargs``).
         config: the embedder's options.
-        load_kwargs: :meth:`KVEmbedder.from_pretrained` loading arguments (``dtype``, ``device``,
-            ``device_map``, ``trust_remote_code``...); different ones load a separate model.
+        load_kwargs: with a model name, :class:`LoadOptions` fields (``dtype``, ``device``,
+            ``device_map``, ``trust_remote_code``...); options that load other weights, or load
+            them differently, load a separate model.
     """
-    load_kwargs = dict(load_kwargs or {})
-    model_key = _key(model, load_kwargs)
-    embedder_key = _key(model_key, config.to_dict())
+    if isinstance(model, LoadOptions):
+        if load_kwargs:
+            raise TypeError("give loading arguments inside LoadOptions, not as load_kwargs")
+        options = model
+    else:
+        options = LoadOptions(model=model, **(load_kwargs or {}))
+    model_key = options.sharing_key()
+    embedder_key = json.dumps([model_key, config.to_dict()], sort_keys=True, default=repr)
     with _lock:
         embedder = _embedders.get(embedder_key)
         if embedder is not None:
             return embedder
         loaded = _models.get(model_key)
         if loaded is not None:
-            embedder = KVEmbedder(loaded, _tokenizers[loaded], config, name=model)
+            embedder = KVEmbedder(
+                loaded, _tokenizers[loaded], config, name=options.model, load_options=_load_options[loaded]
+            )
         else:
-            embedder = KVEmbedder.from_pretrained(model, **load_kwargs, **config.to_dict())
+            embedder = KVEmbedder.from_pretrained(options, config=config)
             _models[model_key] = embedder.model
             _tokenizers[embedder.model] = embedder.tokenizer
+            _load_options[embedder.model] = options
         _embedders[embedder_key] = embedder
         return embedder
 
@@ -63,10 +74,21 @@ class AdapterConfig(EmbedderConfig):
     model: str = Field(default=DEFAULT_MODEL, description="hub id, local directory or bundled alias")
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict,
-        description="loading arguments for KVEmbedder.from_pretrained: dtype, device, device_map, "
-        "max_memory, trust_remote_code, revision, attn_implementation, ...",
+        description="loading arguments (LoadOptions fields): dtype, device, device_map, max_memory, "
+        "trust_remote_code, revision, attn_implementation; anything else goes to AutoModel.from_pretrained",
     )
     normalize: bool = Field(default=True, description="L2-normalise the vectors")
 
+    @field_validator("model_kwargs")
+    @classmethod
+    def _check_model_kwargs(cls, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+        LoadOptions(**model_kwargs)  # fail on a bad dtype or device here, before any load
+        return model_kwargs
+
+    @property
+    def load_options(self) -> LoadOptions:
+        """``model`` and ``model_kwargs`` as the :class:`LoadOptions` the core loads with."""
+        return LoadOptions(model=self.model, **self.model_kwargs)
+
     def _shared_embedder(self) -> KVEmbedder:
-        return shared_embedder(self.model, EmbedderConfig(**self.to_dict()), self.model_kwargs)
+        return shared_embedder(self.load_options, EmbedderConfig(**self.to_dict()))

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS, make_model
+from helpers import TEXTS, make_model
 from transformers import PreTrainedTokenizerFast
 
 from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
@@ -20,7 +20,8 @@ from kv_embeddings_integrations.inputs import repair_surrogates
 LONG = " ".join(TEXTS) * 40  # about 14k characters, far over max_length
 
 
-@pytest.fixture(scope="module")
+# Function scope: an embedder keeps a request queue and worker thread that a test could leave busy.
+@pytest.fixture
 def embedder(tokenizer):
     return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=64)
 
@@ -50,7 +51,7 @@ def test_wrong_types_name_the_offending_item(embedder, texts, error, message):
 
 def test_a_bad_item_deep_in_a_million_item_iterable_fails_before_any_forward(embedder, monkeypatch):
     forwards = []
-    monkeypatch.setattr(embedder, "_forward", lambda *a, **k: forwards.append(1))
+    monkeypatch.setattr(embedder, "forward", lambda *a, **k: forwards.append(1))
     million = itertools.chain(("text" for _ in range(999_999)), [None])
     with pytest.raises(TypeError, match=r"texts\[999999\] is None"):
         embedder.encode(million)
@@ -62,6 +63,7 @@ def test_large_inputs_are_embedded_in_chunks_with_the_same_vectors(embedder, mon
     whole = embedder.encode(texts)
     monkeypatch.setattr(embedder_module, "ENCODE_CHUNK", 7)
     encoded_sizes = []
+    # Private on purpose: how many texts are tokenized at once is what this test pins.
     original = embedder._prompt_tokenizer.encode
     monkeypatch.setattr(
         embedder._prompt_tokenizer,
@@ -115,9 +117,9 @@ def test_chunk_mean_averages_the_pieces_by_token_count(tokenizer):
     model = make_model("llama")
     chunked = KVEmbedder(model, tokenizer, layers=[1, 2], max_length=64, long_text="chunk_mean")
     template = chunked.template("document")
-    pieces = chunked._prompt_tokenizer.split(LONG, template)
+    pieces = chunked._prompt_tokenizer.split(LONG, template)  # the splitter itself, on purpose
     assert len(pieces) > 3 and "".join(pieces) == LONG  # nothing lost or repeated
-    encoded = chunked._prompt_tokenizer.encode(pieces, template)
+    encoded = chunked.tokenize(pieces)
     assert not any(e.truncated for e in encoded)  # every piece fits with the prompt
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # so no truncation warning either
@@ -135,7 +137,7 @@ def test_chunk_mean_averages_the_pieces_by_token_count(tokenizer):
 def test_chunk_mean_with_echo_fits_both_copies(tokenizer):
     echo = KVEmbedder(make_model("llama"), tokenizer, method="echo", max_length=80, long_text="chunk_mean")
     for text in echo._prompt_tokenizer.split(LONG, echo.template("document")):
-        assert len(echo._prompt_tokenizer.encode([text], echo.template("document"))[0]) <= 80
+        assert len(echo.tokenize([text])[0]) <= 80
     _unit_and_finite(echo.encode([LONG]))
 
 

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import TEXTS
+from helpers import TEXTS
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.cli import main
@@ -91,7 +91,7 @@ def test_bad_option_is_rejected_by_argparse(model_dir, capsys):
 
 
 def test_select_layers_prints_curve_and_plots(model_dir, tmp_path, capsys):
-    from conftest import CORPUS
+    from helpers import CORPUS
 
     texts = tmp_path / "calibration.txt"
     texts.write_text("\n".join(f"{a} {b}" for a in CORPUS for b in TEXTS), encoding="utf-8")
@@ -168,3 +168,24 @@ def test_resume_refuses_another_run(model_dir, tmp_path, monkeypatch, capsys):
     source.write_text("\n".join(TEXTS[::-1]), encoding="utf-8")
     assert main([*args, "--chunk-size", "2", "--resume"]) == 2
     assert "differs in sha256" in capsys.readouterr().err
+
+
+def test_option_choices_and_defaults_come_from_the_config():
+    import typing
+
+    from kv_embeddings_integrations import EmbedderConfig
+    from kv_embeddings_integrations.cli import MODEL_OPTIONS, _config, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["embed", "--input", "x.txt", "--output", "x.npy"])
+    # No option given: exactly the config's defaults.
+    assert _config(args) == EmbedderConfig()
+    embed = next(a for a in parser._actions if a.dest == "command").choices["embed"]  # argparse's own, on purpose
+    actions = {a.dest: a for a in embed._actions}
+    for name in MODEL_OPTIONS:
+        field = EmbedderConfig.model_fields[name]
+        assert actions[name].default == field.default, name
+        literals = [a for a in (field.annotation, *typing.get_args(field.annotation)) if typing.get_origin(a)]
+        literals = [a for a in literals if typing.get_origin(a) is typing.Literal]
+        if literals and name != "layers":
+            assert tuple(actions[name].choices) == typing.get_args(literals[0]), name

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import TEXTS, make_model, ticks_during
+from helpers import TEXTS, make_model, ticks_during
 
 from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
 from kv_embeddings_integrations.coalescing import RequestCoalescer
@@ -136,13 +136,13 @@ def test_a_dead_worker_fails_its_requests_and_a_new_one_serves_the_next():
 
 def test_a_cancelled_single_text_request_is_withdrawn(embedder):
     release = threading.Event()
-    original = embedder._encode_coalesced
+    original = embedder._embed_coalesced
 
     def slow(texts, prompt_type, normalize):
         release.wait(5)
         return original(texts, prompt_type, normalize)
 
-    embedder._encode_coalesced = slow
+    embedder._embed_coalesced = slow
     busy = embedder.submit(TEXTS[0])  # holds the worker until released
     time.sleep(0.05)
     withdrawn = embedder.submit(TEXTS[1])

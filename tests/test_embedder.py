@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS, make_model
+from helpers import TEXTS, make_model
 
 from kv_embeddings_integrations import EmbedderConfig, KVEmbedder
 from kv_embeddings_integrations.batching import plan_batches
 from kv_embeddings_integrations.layers import resolve_layers
 
 
-@pytest.fixture(scope="module")
+# Function scope: an embedder keeps a request queue and worker thread that a test could leave busy.
+@pytest.fixture
 def embedder(tokenizer):
     return KVEmbedder(make_model("qwen3"), tokenizer, layers=[1, 2])
 
@@ -66,7 +67,7 @@ def test_truncation_cuts_the_text_and_keeps_the_prompt(tokenizer):
     with pytest.warns(UserWarning, match=r"1 of 2 texts were longer than max_length=24"):
         vectors = embedder.encode([long_text, "short"])
     assert np.isfinite(vectors).all()
-    (encoded,) = embedder._prompt_tokenizer.encode([long_text], embedder.template())
+    (encoded,) = embedder.tokenize([long_text])
     assert encoded.truncated and len(encoded) <= 24
     decoded = tokenizer.decode(encoded.input_ids)
     assert decoded.startswith('"Context: A man') and decoded.endswith('" Compress the Context in one word:')
@@ -74,7 +75,7 @@ def test_truncation_cuts_the_text_and_keeps_the_prompt(tokenizer):
 
 def test_truncation_of_echo_cuts_both_copies(tokenizer):
     embedder = KVEmbedder(make_model("llama"), tokenizer, method="echo", max_length=40)
-    (encoded,) = embedder._prompt_tokenizer.encode([" ".join(TEXTS * 3)], embedder.template())
+    (encoded,) = embedder.tokenize([" ".join(TEXTS * 3)])
     assert len(encoded) <= 40 and encoded.text_end - encoded.text_start > 0
     assert "rewritten sentence:" in tokenizer.decode(encoded.input_ids)
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import TEXTS
+from helpers import TEXTS
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.cli import main

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS, TEXTS, make_model
+from helpers import CORPUS, TEXTS, make_model
 
 from kv_embeddings_integrations import KVEmbedder, layer_selection
 from kv_embeddings_integrations.layer_selection import (
@@ -16,7 +16,6 @@ from kv_embeddings_integrations.layer_selection import (
     select_layers,
     twonn_dimension,
 )
-from kv_embeddings_integrations.tokenization import collate
 
 N = 2000
 AMBIENT = 120
@@ -112,9 +111,7 @@ def test_layerwise_dimensions_use_all_layers_of_one_pass(tokenizer):
     states = layer_selection.last_token_states(embedder, texts)
     assert states.shape == (len(texts), 4, 64)
     # Each layer's slice is the last-token state of that layer, as a plain forward gives it.
-    encoded = embedder._prompt_tokenizer.encode(texts[:3], embedder.template("document"))
-    batch = collate(encoded, embedder._pad_token_id, embedder.device)
-    out = embedder._forward(batch, output_hidden_states=True)
+    out = embedder.forward(embedder.collate(embedder.tokenize(texts[:3])), output_hidden_states=True)
     for layer in range(4):
         torch.testing.assert_close(states[:3, layer], out.hidden_states[layer + 1][:, -1])
     dims = layerwise_dimensions(embedder, texts)

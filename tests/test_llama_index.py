@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CORPUS, TEXTS, ticks_during, tiny_model_dir
+from helpers import CORPUS, TEXTS, ticks_during, tiny_model_dir
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.llms import MockLLM
@@ -73,7 +73,7 @@ def test_pickle_round_trip_reattaches_the_model(embed_model):
 
 
 def test_pickle_keeps_an_explicit_embedder(tokenizer):
-    from conftest import make_model
+    from helpers import make_model
 
     explicit = KVEmbedder(make_model("qwen3"), tokenizer, layers=[1])
     adapter = KVEmbedding(embedder=explicit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS, make_model
+from helpers import TEXTS, make_model
 
 from kv_embeddings_integrations import KVEmbedder
 

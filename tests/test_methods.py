@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS, make_model
+from helpers import TEXTS, make_model
 from reference import reference_hidden_states
 
 from kv_embeddings_integrations import KVEmbedder

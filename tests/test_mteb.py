@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TEXTS, tiny_model_dir
+from helpers import TEXTS, tiny_model_dir
 from pydantic import ValidationError
 
 from kv_embeddings_integrations import KVEmbedder

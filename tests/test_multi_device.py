@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS
+from helpers import TEXTS
 
 from kv_embeddings_integrations import KVEmbedder
 
-NUM_LAYERS = 4  # the tiny Llama of conftest
+NUM_LAYERS = 4  # the tiny Llama of helpers.py
 
 
 def _split_map(first: str, second: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS, REJECTED, TEXTS, make_model, make_rejecting_tokenizer
+from helpers import CORPUS, REJECTED, TEXTS, make_model, make_rejecting_tokenizer
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.pool import EmbeddingPool

@@ -6,17 +6,16 @@ import copy
 
 import pytest
 import torch
-from conftest import FAMILIES, TEXTS, make_model
+from helpers import FAMILIES, TEXTS, make_model
 from reference import reference_hidden_states
 
 from kv_embeddings_integrations import KVEmbedder, UnsupportedModelError, rerouting
-from kv_embeddings_integrations.tokenization import collate
 
 
 def _batch_hidden(embedder: KVEmbedder, texts: list[str], output_hidden_states: bool = False):
-    encoded = embedder._prompt_tokenizer.encode(texts, embedder.template("document"))
-    batch = collate(encoded, embedder._pad_token_id, embedder.device)
-    return encoded, batch, embedder._forward(batch, output_hidden_states=output_hidden_states)
+    encoded = embedder.tokenize(texts, "document")
+    batch = embedder.collate(encoded)  # one padded batch, whatever the lengths
+    return encoded, batch, embedder.forward(batch, output_hidden_states=output_hidden_states)
 
 
 @pytest.mark.parametrize("layers,bias", [([1, 2], 1.0), ([3], 0.0), ([0, 1, 2, 3], 2.5)])

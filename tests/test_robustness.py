@@ -12,12 +12,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS, make_model
+import transformers
+from helpers import TEXTS, make_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations import embedder as embedder_module
 from kv_embeddings_integrations.layer_selection import LayerSelection, _write_cache
 
 # Any Unicode, unpaired surrogates and control characters included.
@@ -25,7 +25,8 @@ ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=80)
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(scope="module")
+# Function scope: an embedder keeps a request queue and worker thread that a test could leave busy.
+@pytest.fixture
 def embedder(tokenizer):
     return KVEmbedder(make_model("qwen3"), tokenizer, layers=[1, 2], max_length=48)
 
@@ -62,7 +63,7 @@ def test_vectors_do_not_depend_on_batch_company_order_or_repetition(embedder, te
 QUERIES = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(50)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def roomy(tokenizer):
     """An embedder whose max_length holds every query whole."""
     return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=160)
@@ -116,7 +117,7 @@ def test_eight_tasks_times_fifty_async_calls_match_sequential_calls(roomy):
 def test_remote_code_runs_only_when_asked(model_dir, monkeypatch):
     seen: list[tuple[str, object]] = []
     for name in ("AutoTokenizer", "AutoModel"):
-        auto = getattr(embedder_module, name)
+        auto = getattr(transformers, name)  # patched on the class, so whoever loads is seen
         original = auto.from_pretrained.__func__
 
         def spy(cls, *args, _name=name, _original=original, **kwargs):

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .. import __version__
 from ..bundled import cache_dir
 from ..config import EmbedderConfig
+from ..version import __version__
 from .cache import EmbeddingCache, cached_encode
 from .data import ClassificationTask, RetrievalTask, STSTask
 from .metrics import classification_accuracy, exact_search, retrieval_scores, sts_spearman, undersample

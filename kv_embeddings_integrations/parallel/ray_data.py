@@ -1,0 +1,258 @@
+"""Embedding a corpus on a cluster with Ray Data (optional extra ``ray``).
+
+``embed_dataset`` adds an embedding column to any ``ray.data.Dataset`` (read with any Ray Data
+reader, written with any writer) through ``map_batches`` with a callable class, so each actor
+loads the model once and embeds many batches. Layer selection runs once, in a Ray task with the
+actors' resources, before the actors start; the actors get the chosen layers explicitly.
+
+The vectors go into a fixed-size list column of float32 (Arrow ``fixed_size_list<float>[dim]``),
+the type vector databases and Parquet readers (DuckDB, LanceDB, pandas) take as an embedding.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..bundled import DEFAULT_MODEL
+from ..config import EmbedderConfig
+from ..extras import import_extra
+from ..inputs import check_positive_int
+from ..loading import LoadOptions
+from ..prompts import METHODS, PROMPT_TYPES
+
+DEFAULT_BATCH_SIZE = 256
+
+
+def require_ray():
+    """Import Ray (with Ray Data), or fail with the install command."""
+    ray = import_extra("ray", "ray", "embedding a Ray dataset")
+    import_extra("ray", "ray.data", "embedding a Ray dataset")
+    return ray
+
+
+def _load(model: str | dict[str, Any], options: dict[str, Any]):
+    """The embedder for ``model`` (a name, or :class:`LoadOptions` fields) and ``options``
+    (:class:`EmbedderConfig` fields, and with a name, loading arguments too)."""
+    # The core is imported where it runs (in an actor or task), not when this module loads.
+    from ..embedder import KVEmbedder
+
+    names = EmbedderConfig.option_names()
+    config = EmbedderConfig(**{k: v for k, v in options.items() if k in names})
+    load = {k: v for k, v in options.items() if k not in names}
+    load_options = LoadOptions(**model, **load) if isinstance(model, dict) else LoadOptions(model=model, **load)
+    return KVEmbedder.from_pretrained(load_options, config=config)
+
+
+def _chosen_layers(model: dict[str, Any], options: dict[str, Any]) -> list[int] | None:
+    """Run layer selection (or read its cache) once; the layers every actor will re-route."""
+    return _load(model, options).layers or None
+
+
+class DatasetEmbedder:
+    """The callable class each Ray actor holds: one loaded :class:`KVEmbedder`, many batches.
+
+    Args:
+        model: hub id, local directory or bundled alias, or a dict of :class:`LoadOptions` fields
+            (what :func:`embed_dataset` sends: plain data travels to actors as it is).
+        options: :class:`EmbedderConfig` fields, with the layers already chosen (with a model
+            name, also :meth:`KVEmbedder.from_pretrained` loading arguments).
+        text_column: the column holding the texts.
+        output_column: the column the vectors go to.
+        prompt_type: ``"document"`` or ``"query"``.
+        normalize: L2-normalise the vectors.
+    """
+
+    def __init__(
+        self,
+        model: str | dict[str, Any],
+        options: dict[str, Any],
+        text_column: str,
+        output_column: str,
+        prompt_type: str,
+        normalize: bool,
+    ) -> None:
+        import ray
+        import torch
+
+        self.embedder = _load(model, options)
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if cpus and self.embedder.device.type == "cpu":
+            # One torch thread per reserved CPU: actors sharing a node must not oversubscribe it.
+            torch.set_num_threads(max(1, int(cpus)))
+        self.text_column = text_column
+        self.output_column = output_column
+        self.prompt_type = prompt_type
+        self.normalize = normalize
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        if self.text_column not in batch.column_names:
+            raise KeyError(f"no column {self.text_column!r} in the dataset (columns: {batch.column_names})")
+        texts = batch.column(self.text_column).to_pylist()
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                # Name the row by its other columns (an id, usually): a batch position means nothing.
+                row = {k: v for k, v in batch.slice(index, 1).to_pylist()[0].items() if k != self.text_column}
+                kind = "None" if text is None else type(text).__name__
+                raise TypeError(f"column {self.text_column!r} is {kind}, not str, in the row {str(row)[:200]}")
+        vectors = self.embedder.encode(texts, prompt_type=self.prompt_type, normalize=self.normalize)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.embedder.hidden_size)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.embedder.hidden_size)
+        if self.output_column in batch.column_names:
+            batch = batch.drop_columns([self.output_column])
+        return batch.append_column(self.output_column, column)
+
+
+def _check_cpus(ray, actors_cpus: float) -> None:
+    # Readers and writers are Ray tasks too: actors holding every CPU starve them and the job stalls.
+    total = ray.cluster_resources().get("CPU", 0)
+    if total and actors_cpus + 1 > total:
+        warnings.warn(
+            f"the actors reserve {actors_cpus:g} of the cluster's {total:g} CPUs, leaving none for reading and "
+            "writing: the job may stall; lower concurrency or num_cpus_per_worker, or start Ray with more CPUs",
+            stacklevel=3,
+        )
+
+
+def embed_dataset(
+    ds,
+    *,
+    model: str | LoadOptions = DEFAULT_MODEL,
+    text_column: str = "text",
+    output_column: str = "embedding",
+    prompt_type: str = "document",
+    concurrency: int = 1,
+    num_gpus_per_worker: float = 0,
+    num_cpus_per_worker: float = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    normalize: bool = True,
+    config: EmbedderConfig | None = None,
+    **embedder_options: Any,
+):
+    """Add an embedding column to a Ray Data dataset.
+
+    The embedding itself runs when the result is consumed or written, like every Ray Data
+    transform; the options are checked, and automatic layer selection runs, at this call.
+
+    Args:
+        ds: a ``ray.data.Dataset`` with a string column ``text_column`` (e.g. from
+            ``ray.data.read_json(...)`` or ``read_parquet(...)``).
+        model: hub id, local directory or bundled alias, or :class:`LoadOptions` (then no loading
+            options in ``embedder_options``); every actor loads it once.
+        text_column: the column holding the texts; other columns (ids...) are kept as they are.
+        output_column: the new column (replaced if present): one float32 vector per row, as an
+            Arrow fixed-size list.
+        prompt_type: ``"document"`` or ``"query"`` (picks the prompt template).
+        concurrency: number of actors (model replicas). With GPUs, one per GPU is usual.
+        num_gpus_per_worker: GPUs reserved per actor: 1 for a model that fits one GPU; 2 or more
+            for one spread over several with ``device_map="auto"``.
+        num_cpus_per_worker: CPUs reserved per actor; a CPU actor runs that many torch threads.
+        batch_size: rows handed to an actor per call. Within it the core sorts by length and
+            batches again: 32 rows, or ``max_tokens_per_batch`` padded tokens if given.
+        normalize: L2-normalise each vector.
+        config: an :class:`EmbedderConfig`; option keywords in ``embedder_options`` override its fields.
+        **embedder_options: as for :meth:`KVEmbedder.from_pretrained`: :class:`EmbedderConfig`
+            options (``method``, ``layers``, ``bias``, ``max_length``, ``max_tokens_per_batch``...)
+            and loading options (``dtype``, ``device_map``, ``max_memory``, ``revision``...).
+
+    Returns:
+        the transformed ``ray.data.Dataset``; write it with any writer (``write_parquet``...).
+        Rows keep their columns; for rows in input order set
+        ``ray.data.DataContext.get_current().execution_options.preserve_order = True``.
+    """
+    ray = require_ray()
+    if not isinstance(ds, ray.data.Dataset):
+        raise TypeError(f"ds must be a ray.data.Dataset, got {type(ds).__name__}")
+    if prompt_type not in PROMPT_TYPES:
+        raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
+    check_positive_int("concurrency", concurrency)
+    check_positive_int("batch_size", batch_size)
+    for name, value in (("num_gpus_per_worker", num_gpus_per_worker), ("num_cpus_per_worker", num_cpus_per_worker)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    # Bad options fail here, once, not in every actor after a model load.
+    options = {k: v for k, v in embedder_options.items() if k in EmbedderConfig.option_names()}
+    config = config.with_options(**options) if config is not None else EmbedderConfig(**options)
+    load_kwargs = {k: v for k, v in embedder_options.items() if k not in EmbedderConfig.option_names()}
+    if isinstance(model, LoadOptions):
+        if load_kwargs:
+            raise TypeError(f"with LoadOptions, give {sorted(load_kwargs)} inside them, not as separate arguments")
+        load_options = model
+    else:
+        load_options = LoadOptions(model=model, **load_kwargs)
+    resources = {"num_cpus": num_cpus_per_worker, "num_gpus": num_gpus_per_worker}
+    if ray.is_initialized():
+        _check_cpus(ray, concurrency * num_cpus_per_worker)
+    if METHODS[config.method].reroute and config.layers == "auto":
+        # Once for the whole job (the cache makes later jobs instant), on an actor's resources.
+        select = ray.remote(**resources)(_chosen_layers)
+        config = config.with_options(layers=ray.get(select.remote(load_options.model_dump(), config.to_dict())))
+    return ds.map_batches(
+        DatasetEmbedder,
+        fn_constructor_kwargs={
+            "model": load_options.model_dump(),
+            "options": config.to_dict(),
+            "text_column": text_column,
+            "output_column": output_column,
+            "prompt_type": prompt_type,
+            "normalize": normalize,
+        },
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        **resources,
+    )
+
+
+# Ray Data readers and writers by format name, and the format each file suffix means.
+FORMATS = ("parquet", "json", "csv")
+_SUFFIX_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+def _format_of(paths: list[str]) -> str:
+    formats = {_SUFFIX_FORMATS.get(os.path.splitext(p)[1].lower()) for p in paths}
+    if len(formats) != 1 or None in formats:
+        names = ", ".join(sorted({os.path.basename(p) for p in paths})[:5])
+        raise ValueError(
+            f"cannot tell the input format from the file names ({names}); "
+            "name files .parquet, .jsonl, .json or .csv, or give the format"
+        )
+    return formats.pop()
+
+
+def resolve_input(spec: str, input_format: str | None = None) -> tuple[list[str] | str, str]:
+    """The paths and format Ray Data should read for ``spec``: a file, a directory or a glob.
+
+    Local directories and globs are expanded here (files sorted by name, so the output keeps the
+    same order); remote URIs (``s3://...``) go to Ray as they are and need a suffix or
+    ``input_format``.
+
+    Raises:
+        FileNotFoundError: nothing matches a local ``spec``.
+        ValueError: the format cannot be told and was not given, or is unknown.
+    """
+    if input_format is not None and input_format not in FORMATS:
+        raise ValueError(f"input format must be one of {FORMATS}, got {input_format!r}")
+    if "://" in spec:
+        return spec, input_format or _format_of([spec])
+    if os.path.isdir(spec):
+        paths = []
+        for root, folders, names in os.walk(spec):
+            # Hidden and underscore entries: _SUCCESS markers, _temporary/ output of unfinished jobs.
+            folders[:] = [f for f in folders if not f.startswith((".", "_"))]
+            paths += [os.path.join(root, n) for n in names if not n.startswith((".", "_"))]
+        paths.sort()
+    elif glob.has_magic(spec):
+        paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    else:
+        paths = [spec] if os.path.isfile(spec) else []
+    if not paths:
+        raise FileNotFoundError(f"no input files match {spec}")
+    return paths, input_format or _format_of(paths)

@@ -1,0 +1,78 @@
+"""What one embedding call returns: the vectors and what the model saw of each text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Vectors of ``n`` texts, in input order, with each text's token usage and truncation.
+
+    Attributes:
+        vectors: ``(n, hidden_size)`` float32 array (L2-normalised unless asked otherwise).
+        token_counts: tokens the model processed for each text, prompt included, as it saw them
+            (after truncation; a text split by ``long_text="chunk_mean"`` counts all its pieces).
+            Padding is not counted.
+        truncated: whether each text was cut to ``max_length`` (with ``chunk_mean``: whether a
+            piece of it still had to be cut).
+        pieces: forward-pass rows each text took: 1, or the number of pieces ``chunk_mean`` split
+            it into.
+    """
+
+    vectors: np.ndarray
+    token_counts: tuple[int, ...]
+    truncated: tuple[bool, ...]
+    pieces: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        rows = self.vectors.shape[0]
+        if self.vectors.ndim != 2 or not len(self.token_counts) == len(self.truncated) == len(self.pieces) == rows:
+            raise ValueError(
+                f"an EmbedResult needs one count, flag and piece count per vector row: vectors {self.vectors.shape}, "
+                f"{len(self.token_counts)} counts, {len(self.truncated)} flags, {len(self.pieces)} piece counts"
+            )
+
+    @classmethod
+    def empty(cls, hidden_size: int) -> EmbedResult:
+        """The result of embedding no texts."""
+        return cls(np.empty((0, hidden_size), dtype=np.float32), (), (), ())
+
+    @classmethod
+    def concatenate(cls, results: Sequence[EmbedResult]) -> EmbedResult:
+        """The results of consecutive calls as one, rows in order."""
+        if not results:
+            raise ValueError("concatenate needs at least one result")
+        return cls(
+            np.concatenate([r.vectors for r in results]),
+            tuple(c for r in results for c in r.token_counts),
+            tuple(t for r in results for t in r.truncated),
+            tuple(p for r in results for p in r.pieces),
+        )
+
+    def __len__(self) -> int:
+        return self.vectors.shape[0]
+
+    def __getitem__(self, rows: slice) -> EmbedResult:
+        """The rows ``rows`` (a slice) as a result of their own, e.g. one request's share of a batch."""
+        if not isinstance(rows, slice):
+            raise TypeError(f"an EmbedResult is sliced by a slice of rows, got {type(rows).__name__}")
+        return EmbedResult(self.vectors[rows], self.token_counts[rows], self.truncated[rows], self.pieces[rows])
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens processed for all texts (what a server reports as ``usage.prompt_tokens``)."""
+        return sum(self.token_counts)
+
+    @property
+    def num_truncated(self) -> int:
+        """How many texts were cut to ``max_length``."""
+        return sum(self.truncated)
+
+    @property
+    def num_split(self) -> int:
+        """How many texts ``chunk_mean`` embedded in more than one piece."""
+        return sum(p > 1 for p in self.pieces)
