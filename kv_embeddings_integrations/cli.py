@@ -389,17 +389,29 @@ def _embed_file(args) -> None:
         pending = run.pending()
         if len(pending) < run.chunks:
             print(f"resuming: {run.chunks - len(pending)} of {run.chunks} chunks already done", file=sys.stderr)
+        tokens = truncated = embedded = 0
         # Data parallel: one pool for the whole run, not one per chunk.
         with embedder.start_pool(args.devices) if args.devices else contextlib.nullcontext(embedder) as workers:
             for index in pending:
-                vectors = workers.encode(
+                result = workers.embed(
                     run.texts_of(index), prompt_type=args.prompt_type, normalize=not args.no_normalize
                 )
-                run.save(index, vectors)
+                run.save(index, result.vectors)
+                tokens, truncated, embedded = (
+                    tokens + result.total_tokens,
+                    truncated + result.num_truncated,
+                    embedded + len(result),
+                )
         rows, dim = run.finish()
     except (CheckpointError, ValueError) as e:  # ValueError: e.g. a device this machine does not have
         raise CLIError(str(e)) from None
-    print(f"wrote {rows} x {dim} float32 embeddings to {args.output}", file=sys.stderr)
+    if truncated:
+        print(
+            f"{truncated} of {embedded} texts were longer than max_length={embedder.max_length} tokens "
+            "(prompt included) and were truncated",
+            file=sys.stderr,
+        )
+    print(f"wrote {rows} x {dim} float32 embeddings to {args.output} ({tokens} tokens embedded)", file=sys.stderr)
 
 
 def _embed_dataset(args) -> None:

@@ -354,12 +354,7 @@ class KVEmbedder:
         return result.vectors[0] if single else result.vectors
 
     def _warn_truncated(self, result: EmbedResult, stacklevel: int) -> None:
-        if result.num_truncated:
-            warnings.warn(
-                f"{result.num_truncated} of {len(result)} texts were longer than max_length={self.max_length} "
-                "tokens (prompt included) and were truncated",
-                stacklevel=stacklevel,
-            )
+        result.warn_truncated(self.max_length, stacklevel=stacklevel)
 
     def _embed_items(
         self, items: list[str], prompt_type: str, batch_size: int | None, show: bool | None, normalize: bool

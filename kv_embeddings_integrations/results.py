@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -76,3 +77,12 @@ class EmbedResult:
     def num_split(self) -> int:
         """How many texts ``chunk_mean`` embedded in more than one piece."""
         return sum(p > 1 for p in self.pieces)
+
+    def warn_truncated(self, max_length: int, stacklevel: int = 2) -> None:
+        """Warn, as ``encode`` does, if texts were cut to ``max_length`` tokens."""
+        if self.num_truncated:
+            warnings.warn(
+                f"{self.num_truncated} of {len(self)} texts were longer than max_length={max_length} "
+                "tokens (prompt included) and were truncated",
+                stacklevel=stacklevel + 1,
+            )

@@ -127,7 +127,7 @@ def test_a_crashed_embed_run_resumes_from_its_finished_chunks(model_dir, tmp_pat
     args = ["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(source), "--output", str(out)]
     args += ["--chunk-size", "5"]
     calls: list[int] = []
-    original = KVEmbedder.encode
+    original = KVEmbedder.embed  # what kv-embed embed calls per chunk
 
     def crash_on_third_chunk(self, chunk, **kwargs):
         calls.append(len(chunk))
@@ -135,7 +135,7 @@ def test_a_crashed_embed_run_resumes_from_its_finished_chunks(model_dir, tmp_pat
             raise RuntimeError("power cut")
         return original(self, chunk, **kwargs)
 
-    monkeypatch.setattr(KVEmbedder, "encode", crash_on_third_chunk)
+    monkeypatch.setattr(KVEmbedder, "embed", crash_on_third_chunk)
     with pytest.raises(RuntimeError, match="power cut"):
         main(args)
     partial = tmp_path / "out.npy.partial"
@@ -146,7 +146,7 @@ def test_a_crashed_embed_run_resumes_from_its_finished_chunks(model_dir, tmp_pat
     assert main([*args, "--resume"]) == 0
     assert calls == [5, 5, 3]  # only the three missing chunks
     assert not partial.exists()
-    monkeypatch.setattr(KVEmbedder, "encode", original)
+    monkeypatch.setattr(KVEmbedder, "embed", original)
     expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode(texts)
     np.testing.assert_allclose(np.load(out), expected, atol=1e-5)  # complete and in order
     umask = os.umask(0)
@@ -159,7 +159,7 @@ def test_resume_refuses_another_run(model_dir, tmp_path, monkeypatch, capsys):
     source.write_text("\n".join(TEXTS), encoding="utf-8")
     out = tmp_path / "out.npy"
     args = ["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(source), "--output", str(out)]
-    monkeypatch.setattr(KVEmbedder, "encode", lambda self, texts, **kw: (_ for _ in ()).throw(RuntimeError("stop")))
+    monkeypatch.setattr(KVEmbedder, "embed", lambda self, texts, **kw: (_ for _ in ()).throw(RuntimeError("stop")))
     with pytest.raises(RuntimeError):
         main([*args, "--chunk-size", "2"])
     monkeypatch.undo()
@@ -189,3 +189,17 @@ def test_option_choices_and_defaults_come_from_the_config():
         literals = [a for a in literals if typing.get_origin(a) is typing.Literal]
         if literals and name != "layers":
             assert tuple(actions[name].choices) == typing.get_args(literals[0]), name
+
+
+def test_embed_reports_tokens_and_truncated_texts(model_dir, tmp_path, capsys):
+    from kv_embeddings_integrations import KVEmbedder as Core
+
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(["a", " ".join(TEXTS * 4)]), encoding="utf-8")
+    args = ["embed", "--model", str(model_dir), "--layers", "1", "--max-length", "24", "--input", str(source)]
+    assert main([*args, "--output", str(tmp_path / "out.npy")]) == 0
+    err = capsys.readouterr().err
+    expected = Core.from_pretrained(str(model_dir), layers=[1], max_length=24).embed(["a", " ".join(TEXTS * 4)])
+    assert expected.truncated == (False, True)
+    assert "1 of 2 texts were longer than max_length=24" in err
+    assert f"({expected.total_tokens} tokens embedded)" in err

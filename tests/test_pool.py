@@ -156,3 +156,14 @@ def test_a_worker_that_cannot_start_is_reported_with_its_traceback(embedder):
     ):
         failing.encode(TEXTS)
     assert failing.closed
+
+
+def test_pool_embed_reports_tokens_and_truncation_like_one_process(pool, embedder):
+    texts = [*TEXTS, " ".join(TEXTS * 20)]
+    result = pool.embed(texts, chunk_size=2)
+    single = embedder.embed(texts)
+    assert result.token_counts == single.token_counts and result.truncated == single.truncated
+    assert result.num_truncated == 1
+    np.testing.assert_allclose(result.vectors, single.vectors, atol=1e-5)
+    with pytest.warns(UserWarning, match="1 of 6 texts were longer"):
+        pool.encode(texts, chunk_size=2)

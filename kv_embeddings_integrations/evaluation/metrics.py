@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..extras import require
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
@@ -25,6 +27,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def sts_spearman(embeddings1: np.ndarray, embeddings2: np.ndarray, gold: Sequence[float]) -> float:
     """Spearman x100 between the pairs' cosine similarities and the gold scores."""
+    require("eval", "STS scoring", ("scipy",))
     from scipy.stats import spearmanr
 
     cosine = (_unit(embeddings1) * _unit(embeddings2)).sum(axis=1)
@@ -63,6 +66,7 @@ def mrr_at_k(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
 
 def retrieval_scores(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
     """nDCG@10, recall@100 and MRR@10 (x100) of a run against qrels, averaged over judged queries."""
+    require("eval", "retrieval scoring", ("pytrec_eval",))
     import pytrec_eval
 
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"})
@@ -102,6 +106,7 @@ def classification_accuracy(
     draws: list[list[int]],
 ) -> dict[str, float]:
     """Mean (and per-draw) test accuracy x100 of logistic regression fitted on each draw of train rows."""
+    require("eval", "classification scoring", ("sklearn",))
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..extras import require
 from .runner import MAIN_SCORE, Evaluation
 
 _SCORE_NAMES = {"spearman": "Spearman", "ndcg_at_10": "nDCG@10", "accuracy": "accuracy"}
@@ -46,6 +47,7 @@ def write_json(evaluation: Evaluation, path: str | Path) -> None:
 
 def plot(evaluation: Evaluation, path: str | Path, title: str | None = None) -> None:
     """Grouped bars: one group per task, one bar per method (needs matplotlib)."""
+    require("plot", "the evaluation chart")
     import matplotlib
 
     matplotlib.use("Agg")

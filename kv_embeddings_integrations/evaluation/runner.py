@@ -18,6 +18,7 @@ import torch
 
 from ..bundled import cache_dir
 from ..config import EmbedderConfig
+from ..extras import require
 from ..version import __version__
 from .cache import EmbeddingCache, cached_encode
 from .data import ClassificationTask, RetrievalTask, STSTask
@@ -163,6 +164,7 @@ class SentenceTransformerReference:
     """
 
     def __init__(self, model: str, device: str | None = None, batch_size: int = 32) -> None:
+        require("eval", "a sentence-transformers reference row", ("sentence_transformers",))
         from sentence_transformers import SentenceTransformer
 
         from ..layer_selection import model_fingerprint

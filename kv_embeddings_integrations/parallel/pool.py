@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..embedder import EmbedderRecipe, KVEmbedder
 from ..inputs import check_positive_int, texts_to_embed
+from ..results import EmbedResult
 
 # Default chunking: about this many chunks per worker, so a slow worker (or a chunk of long texts)
 # does not leave the others idle at the end of a job...
@@ -133,11 +134,11 @@ def _worker(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                vectors = embedder.encode(texts, show_progress_bar=False, **options)
+                result = embedder.embed(texts, show_progress_bar=False, **options)
             except Exception:
                 outputs.put(("error", rank, job, chunk, traceback.format_exc(), []))
                 continue
-        outputs.put(("result", rank, job, chunk, vectors, [_portable_warning(w) for w in caught]))
+        outputs.put(("result", rank, job, chunk, result, [_portable_warning(w) for w in caught]))
 
 
 class EmbeddingPool:
@@ -267,7 +268,32 @@ class EmbeddingPool:
         chunk_size: int | None = None,
         show_progress_bar: bool | None = None,
     ) -> np.ndarray:
-        """Embed texts across the pool's workers; same result as :meth:`KVEmbedder.encode`.
+        """:meth:`embed`'s vectors, warning when texts were truncated; same result as
+        :meth:`KVEmbedder.encode`: one string gives one vector of shape ``(hidden_size,)``.
+        Arguments as in :meth:`embed`."""
+        single = isinstance(texts, str)
+        result = self.embed(
+            texts,
+            prompt_type=prompt_type,
+            batch_size=batch_size,
+            normalize=normalize,
+            chunk_size=chunk_size,
+            show_progress_bar=show_progress_bar,
+        )
+        result.warn_truncated(self._embedder.max_length, stacklevel=2)
+        return result.vectors[0] if single else result.vectors
+
+    def embed(
+        self,
+        texts: str | Iterable[str],
+        *,
+        prompt_type: str = "document",
+        batch_size: int | None = None,
+        normalize: bool = True,
+        chunk_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> EmbedResult:
+        """Embed texts across the pool's workers; same result as :meth:`KVEmbedder.embed`.
 
         Texts are sorted by character length and cut into chunks of similar lengths (longest
         first, so the slowest chunks do not come last); each worker embeds whole chunks.
@@ -285,8 +311,8 @@ class EmbeddingPool:
                 chunks.
 
         Returns:
-            float32 array of shape ``(len(texts), hidden_size)`` in input order; one string gives
-            one vector of shape ``(hidden_size,)``.
+            an :class:`~kv_embeddings_integrations.results.EmbedResult` in input order: float32
+            vectors ``(len(texts), hidden_size)`` (one string is one row), token counts and truncation.
 
         Raises:
             TypeError: ``texts`` is not a string or an iterable of strings.
@@ -297,13 +323,14 @@ class EmbeddingPool:
         """
         self._check_open()
         # Checked and repaired here, once: the workers' warnings would not reach the caller.
-        items, single = texts_to_embed(texts, self._embedder.config.empty_text)
+        items, _ = texts_to_embed(texts, self._embedder.config.empty_text)
         self._embedder.template(prompt_type)  # checks prompt_type here, not once per chunk in the workers
         check_positive_int("batch_size", batch_size)
         check_positive_int("chunk_size", chunk_size)
         out = np.empty((len(items), self._hidden_size), dtype=np.float32)
+        counts, truncated, pieces = [0] * len(items), [False] * len(items), [1] * len(items)
         if not items:
-            return out
+            return EmbedResult.empty(self._hidden_size)
         size = chunk_size or min(
             max(1, math.ceil(len(items) / (CHUNKS_PER_WORKER * len(self._processes)))), MAX_CHUNK_SIZE
         )
@@ -339,14 +366,18 @@ class EmbeddingPool:
                             )
                         for category, message in caught:
                             warnings.warn(message, category, stacklevel=2)
-                        out[chunks[chunk]] = payload
+                        out[chunks[chunk]] = payload.vectors
+                        for row, index in enumerate(chunks[chunk]):
+                            counts[index] = payload.token_counts[row]
+                            truncated[index] = payload.truncated[row]
+                            pieces[index] = payload.pieces[row]
                         pending.discard(chunk)
                         bar.update(len(chunks[chunk]))
             finally:
                 # Done, failed or interrupted: workers skip what is left of this job.
                 if not self._closed:
                     self._finished_job.value = job
-        return out[0] if single else out
+        return EmbedResult(out, tuple(counts), tuple(truncated), tuple(pieces))
 
     def _receive(self) -> tuple:
         """The next message from the workers; raises (and closes the pool) if a worker died."""
