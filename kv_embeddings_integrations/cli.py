@@ -61,11 +61,11 @@ def _literal_choices(annotation: Any) -> tuple[str, ...] | None:
 
 
 def _scalar_type(annotation: Any) -> type | None:
-    """``int`` or ``float`` for an ``int``, ``float`` or ``int | None`` annotation, else None."""
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if candidate in (int, float):
-            return candidate
-    return None
+    """``int`` or ``float`` for an ``int``, ``float``, ``int | None`` or ``float | None`` annotation, else None."""
+    if annotation in (int, float):
+        return annotation
+    others = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    return others[0] if len(others) == 1 and others[0] in (int, float) else None
 
 
 def add_field_option(
@@ -343,10 +343,8 @@ def _evaluate(args) -> None:
         encoders = []
         if variants:
             encoders += evaluation.kv_variants(
-                args.model,
+                _load_options(args),
                 variants,
-                dtype=args.dtype,
-                device=args.device,
                 max_length=args.max_length,
                 batch_size=args.batch_size,
             )
@@ -411,7 +409,10 @@ def _embed_file(args) -> None:
             "(prompt included) and were truncated",
             file=sys.stderr,
         )
-    print(f"wrote {rows} x {dim} float32 embeddings to {args.output} ({tokens} tokens embedded)", file=sys.stderr)
+    print(
+        f"wrote {rows} x {dim} float32 embeddings to {args.output} ({tokens} tokens embedded by this run)",
+        file=sys.stderr,
+    )
 
 
 def _embed_dataset(args) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -54,7 +55,12 @@ def _chain(source: Future, target: Future, transform) -> None:
     elif (error := source.exception()) is not None:
         target.set_exception(error)
     else:
-        target.set_result(transform(source.result()))
+        try:
+            value = transform(source.result())
+        except BaseException as failure:  # e.g. a warning turned into an error: never leave it pending
+            target.set_exception(failure)
+        else:
+            target.set_result(value)
 
 
 # State that belongs to this process: not pickled (the pool sends embedders to workers).
@@ -173,7 +179,7 @@ class KVEmbedder:
     @classmethod
     def from_pretrained(
         cls,
-        model: str | LoadOptions,
+        model: str | os.PathLike | LoadOptions,
         *,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
@@ -204,12 +210,15 @@ class KVEmbedder:
             attn_implementation: ``"sdpa"`` or ``"eager"`` (re-routing runs through either);
                 ``None`` keeps transformers' choice for the model.
             config: an :class:`EmbedderConfig`; option keywords in ``kwargs`` override its fields.
+                (Any other ``config``, such as a transformers ``PretrainedConfig``, goes to
+                ``AutoModel.from_pretrained``.)
             **kwargs: :class:`EmbedderConfig` options (``method``, ``layers``, ``bias``, ``pooling``,
                 ``max_length``, ...); anything else goes to ``AutoModel.from_pretrained``.
         """
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in EmbedderConfig.option_names()}
         if config is not None and not isinstance(config, EmbedderConfig):
-            raise TypeError(f"config must be an EmbedderConfig, got {type(config).__name__}")
+            # Not ours: a transformers config, for AutoModel.from_pretrained as before.
+            kwargs["config"], config = config, None
         # Bad options fail before a long load.
         config = config.with_options(**options) if config is not None else EmbedderConfig(**options)
         if isinstance(model, LoadOptions):
@@ -233,7 +242,7 @@ class KVEmbedder:
             )
         hf_model, tokenizer = load.load()
         # A name as the caller wrote it (a relative directory stays relative in messages).
-        name = model if isinstance(model, str) else load.model
+        name = load.model if isinstance(model, LoadOptions) else os.fspath(model)
         return cls(hf_model, tokenizer, config, name=name, load_options=load)
 
     @property
@@ -451,7 +460,7 @@ class KVEmbedder:
         blocking the event loop, and warns in the caller about its own truncated texts."""
         single = isinstance(texts, str)
         result = await self.aembed(texts, prompt_type=prompt_type, normalize=normalize)
-        self._warn_truncated(result, stacklevel=2)
+        self._warn_truncated(result, stacklevel=3)
         return result.vectors[0] if single else result.vectors
 
     def _embed_coalesced(self, texts: list[str], prompt_type: str, normalize: bool) -> EmbedResult:
@@ -572,7 +581,7 @@ class KVEmbedder:
         if dtype in (torch.float16, torch.bfloat16) and not getattr(self.model, "hf_device_map", None):
             warnings.warn(
                 f"{int(bad.sum())} texts gave non-finite values in {dtype}; re-embedding their batch in float32",
-                stacklevel=4,
+                stacklevel=5,  # _embed_texts, _embed_items, encode/embed, the caller
             )
             try:
                 vectors = self._in_float32(batch)

@@ -10,6 +10,7 @@ to this machine (no device given = the best one here), so one process loads the 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +53,22 @@ def _dtype_name(dtype: torch.dtype | str) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _with_string_keys(value: Any) -> Any:
+    # accelerate mixes key types ({0: "20GiB", "cpu": "60GiB"}), which json cannot sort.
+    if isinstance(value, dict):
+        return {str(k): _with_string_keys(v) for k, v in value.items()}
+    return value
+
+
 def _device_name(device: torch.device) -> str:
     # An accelerator without an index means the current one: name it, so "cuda" and "cuda:0" agree.
     if device.type in ("cpu", "meta"):
         return device.type
     if device.index is None:
+        # Only asked of a backend already started: validating options must not start CUDA.
         backend = getattr(torch, device.type, None)
-        current = getattr(backend, "current_device", None)
-        index = current() if current is not None and backend.is_available() else 0
+        started = getattr(backend, "is_initialized", lambda: False)()
+        index = backend.current_device() if started else 0
         return f"{device.type}:{index}"
     return str(device)
 
@@ -71,8 +80,9 @@ class LoadOptions(BaseModel):
     ``AutoModel.from_pretrained`` as they are), so ``LoadOptions(model=m, **model_kwargs)`` works.
 
     Attributes:
-        model: a model-hub id (``"Qwen/Qwen3-4B"``), a local directory (kept as an absolute path) or
-            a bundled alias (``"smollm2-135m"``, converted once into the user cache).
+        model: a model-hub id (``"Qwen/Qwen3-4B"``), a local directory (a ``str`` or path, kept as
+            written; the sharing key uses its absolute path) or a bundled alias
+            (``"smollm2-135m"``, converted once into the user cache).
         revision: the hub revision (branch, tag or commit) to load.
         dtype: the weights' dtype, stored by name (``"bfloat16"``, ``"float32"``, ``"auto"``);
             accepts a ``torch.dtype``. ``None``: bfloat16 on a CUDA GPU that supports it, else float32.
@@ -96,7 +106,7 @@ class LoadOptions(BaseModel):
         default=None, description="weights' dtype by name, or 'auto' (None: bfloat16 on a CUDA GPU, else float32)"
     )
     device: str | None = Field(default=None, description="device for the whole model (None: CUDA, else MPS, else CPU)")
-    device_map: str | dict[str, Any] | None = Field(default=None, description="accelerate placement")
+    device_map: str | int | dict[str, Any] | None = Field(default=None, description="accelerate placement")
     max_memory: dict[Any, Any] | None = Field(default=None, description="per-device memory caps for device_map")
     trust_remote_code: bool = Field(default=False, description="run the repository's own code")
     attn_implementation: str | None = Field(default=None, description="'sdpa' or 'eager' (None: transformers')")
@@ -115,14 +125,20 @@ class LoadOptions(BaseModel):
                 data["device_map"] = "auto"
         return data
 
-    @field_validator("model")
+    @field_validator("model", mode="before")
     @classmethod
-    def _check_model(cls, model: str) -> str:
+    def _check_model(cls, model: Any) -> str:
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"model must be a hub id, a local directory or a bundled alias, got {model!r}")
-        if model not in BUNDLED_MODELS and Path(model).expanduser().is_dir():
-            return str(Path(model).expanduser().resolve())
         return model
+
+    @field_validator("device_map", mode="before")
+    @classmethod
+    def _check_device_map(cls, device_map: Any) -> Any:
+        # transformers also takes one device (an index, a name or a torch.device) for the whole model.
+        return str(device_map) if isinstance(device_map, torch.device) else device_map
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -171,10 +187,16 @@ class LoadOptions(BaseModel):
     def sharing_key(self) -> str:
         """Equal for options that load the same weights the same way in this process."""
         resolved = self.model_dump()
+        if self.model not in BUNDLED_MODELS and Path(self.model).expanduser().is_dir():
+            resolved["model"] = str(Path(self.model).expanduser().resolve())  # ./m and /abs/m are one model
         target = self.target_device()
         resolved["device"] = _device_name(target) if target is not None else None
         resolved["dtype"] = _dtype_name(self.torch_dtype())
-        return json.dumps(resolved, sort_keys=True, default=repr)
+        return json.dumps(_with_string_keys(resolved), sort_keys=True, default=repr)
+
+    def __hash__(self) -> int:
+        # Frozen but holding dicts: hash what makes two options equal (equal fields, equal key).
+        return hash(self.sharing_key())
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         """These options as ``KVEmbedder.from_pretrained`` keyword arguments (defaults left out)."""

@@ -1,5 +1,24 @@
-"""Moved to :mod:`kv_embeddings_integrations.parallel.pool`; this path keeps working."""
+"""Moved to :mod:`kv_embeddings_integrations.parallel.pool`; this path keeps working.
 
-from .parallel.pool import EmbeddingPool
+Its names are re-exported; to change a setting (a constant), change it in the new module.
+"""
 
-__all__ = ["EmbeddingPool"]
+from .parallel.pool import (
+    CHUNKS_PER_WORKER,
+    CLOSE_TIMEOUT_SECONDS,
+    FAILURE_CLOSE_TIMEOUT_SECONDS,
+    MAX_CHUNK_SIZE,
+    POLL_SECONDS,
+    PROGRESS_BAR_MIN_CHUNKS,
+    EmbeddingPool,
+)
+
+__all__ = [
+    "CHUNKS_PER_WORKER",
+    "CLOSE_TIMEOUT_SECONDS",
+    "FAILURE_CLOSE_TIMEOUT_SECONDS",
+    "MAX_CHUNK_SIZE",
+    "POLL_SECONDS",
+    "PROGRESS_BAR_MIN_CHUNKS",
+    "EmbeddingPool",
+]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value: compare fields yourself
 class EmbedResult:
     """Vectors of ``n`` texts, in input order, with each text's token usage and truncation.
 

@@ -202,4 +202,4 @@ def test_embed_reports_tokens_and_truncated_texts(model_dir, tmp_path, capsys):
     expected = Core.from_pretrained(str(model_dir), layers=[1], max_length=24).embed(["a", " ".join(TEXTS * 4)])
     assert expected.truncated == (False, True)
     assert "1 of 2 texts were longer than max_length=24" in err
-    assert f"({expected.total_tokens} tokens embedded)" in err
+    assert f"({expected.total_tokens} tokens embedded by this run)" in err

@@ -85,9 +85,18 @@ async def test_concurrent_requests_learn_their_own_usage_and_truncation(embedder
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         await embedder.aencode([TEXTS[0]])
-    with pytest.warns(UserWarning, match="1 of 1 texts"):
+    with pytest.warns(UserWarning, match="1 of 1 texts") as caught:
         await embedder.aencode([LONG])
+    assert caught[0].filename == __file__  # the caller's line, not the library's
     assert embedder.submit_embed([LONG, TEXTS[0]]).result(10).truncated == (True, False)
+
+
+def test_a_warning_turned_error_fails_the_future_instead_of_hanging(embedder):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        future = embedder.submit([LONG])
+        with pytest.raises(UserWarning, match="were truncated"):
+            future.result(10)
 
 
 def test_layer_states_are_each_layers_last_token(tokenizer):
@@ -123,8 +132,15 @@ def test_selection_runs_on_a_built_embedder_through_public_methods(tokenizer, mo
 def test_load_options_normalise_equivalent_spellings(model_dir, monkeypatch):
     monkeypatch.chdir(model_dir.parent)
     relative = LoadOptions(model=model_dir.name, dtype=torch.bfloat16, device=torch.device("cpu"))
-    absolute = LoadOptions(model=str(model_dir), dtype="bfloat16", device="cpu")
-    assert relative == absolute and relative.model == str(model_dir.resolve())
+    absolute = LoadOptions(model=model_dir, dtype="bfloat16", device="cpu")  # a Path works too
+    assert relative.dtype == absolute.dtype == "bfloat16" and relative.device == absolute.device == "cpu"
+    assert relative.model == model_dir.name and absolute.model == str(model_dir)  # kept as written...
+    assert relative.sharing_key() == absolute.sharing_key()  # ...and one model
+    assert hash(absolute) == hash(LoadOptions(model=str(model_dir), dtype="bfloat16", device="cpu"))
+    # accelerate's mixed keys, and one device for the whole model, as transformers takes them.
+    LoadOptions(model="m", max_memory={0: "20GiB", "cpu": "60GiB"}).sharing_key()
+    assert LoadOptions(model="m", device_map=torch.device("cpu")).device_map == "cpu"
+    assert LoadOptions(model="m", device_map=0).device_map == 0
     assert LoadOptions(device="cuda").device == LoadOptions(device="cuda:0").device == "cuda:0"
     # Unknown keywords are AutoModel.from_pretrained's; max_memory implies a device map.
     options = LoadOptions(model="m", low_cpu_mem_usage=True, max_memory={0: "1GiB"})
@@ -178,11 +194,17 @@ def test_both_adapters_share_one_model_across_spellings():
 
 
 def test_from_pretrained_takes_load_options(model_dir):
+    from transformers import AutoConfig
+
     options = LoadOptions(model=str(model_dir), device="cpu")
     embedder = KVEmbedder.from_pretrained(options, layers=[1])
     assert embedder.load_options == options and embedder.layers == [1]
     with pytest.raises(TypeError, match=r"give \['dtype'\] inside them"):
         KVEmbedder.from_pretrained(options, dtype="float32")
+    # A path object as the model, and a transformers config still goes to AutoModel.from_pretrained.
+    config = AutoConfig.from_pretrained(model_dir)
+    by_path = KVEmbedder.from_pretrained(model_dir, config=config, layers=[1], device="cpu")
+    assert by_path.load_options.extra["config"] is config and by_path.name == str(model_dir)
 
 
 def _config(**options):
@@ -223,6 +245,8 @@ def test_ray_missing_gives_the_same_format(monkeypatch):
     "old,new,name",
     [
         ("kv_embeddings_integrations.pool", "kv_embeddings_integrations.parallel.pool", "EmbeddingPool"),
+        ("kv_embeddings_integrations.pool", "kv_embeddings_integrations.parallel.pool", "MAX_CHUNK_SIZE"),
+        ("kv_embeddings_integrations.checkpoint", "kv_embeddings_integrations.parallel.checkpoint", "MANIFEST"),
         ("kv_embeddings_integrations.distributed", "kv_embeddings_integrations.parallel.ray_data", "embed_dataset"),
         ("kv_embeddings_integrations.checkpoint", "kv_embeddings_integrations.parallel.checkpoint", "ChunkedRun"),
         ("kv_embeddings_integrations.layers", "kv_embeddings_integrations.layer_selection", "resolve_layers"),

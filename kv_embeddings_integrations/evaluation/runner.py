@@ -19,6 +19,7 @@ import torch
 from ..bundled import cache_dir
 from ..config import EmbedderConfig
 from ..extras import require
+from ..loading import LoadOptions
 from ..version import __version__
 from .cache import EmbeddingCache, cached_encode
 from .data import ClassificationTask, RetrievalTask, STSTask
@@ -128,7 +129,7 @@ class KVVariant:
 
 
 def kv_variants(
-    model: str,
+    model: str | LoadOptions,
     variants: Sequence[tuple[str, dict[str, Any]]],
     *,
     dtype: str | torch.dtype | None = None,
@@ -136,18 +137,27 @@ def kv_variants(
     max_length: int | None = None,
     batch_size: int | None = None,
 ) -> list[KVVariant]:
-    """Load ``model`` once and wrap it in one embedder per variant (automatic layers are cached)."""
+    """Load ``model`` once and wrap it in one embedder per variant (automatic layers are cached).
+
+    ``model`` is a name (loaded with ``dtype`` and ``device``) or :class:`LoadOptions` (which hold them).
+    """
     from ..embedder import KVEmbedder
     from ..layer_selection import model_fingerprint
 
+    if isinstance(model, LoadOptions):
+        if dtype is not None or device is not None:
+            raise TypeError("with LoadOptions, give dtype and device inside them")
+        load_options = model
+    else:
+        load_options = LoadOptions(model=model, dtype=dtype, device=device)
     common = {k: v for k, v in (("max_length", max_length), ("batch_size", batch_size)) if v is not None}
-    base = KVEmbedder.from_pretrained(model, dtype=dtype, device=device, layers=None, **common)
+    base = KVEmbedder.from_pretrained(load_options, layers=None, **common)
     weights = model_fingerprint(base.model)
     return [
         KVVariant(
             label,
             KVEmbedder(base.model, base.tokenizer, base.config, name=base.name, **{"layers": "auto", **options}),
-            model,
+            load_options.model,
             weights,
         )
         for label, options in variants

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..bundled import DEFAULT_MODEL
 from ..config import EmbedderConfig
-from ..extras import import_extra
+from ..extras import import_extra, missing_error
 from ..inputs import check_positive_int
 from ..loading import LoadOptions
 from ..prompts import METHODS, PROMPT_TYPES
@@ -31,7 +31,10 @@ DEFAULT_BATCH_SIZE = 256
 def require_ray():
     """Import Ray (with Ray Data), or fail with the install command."""
     ray = import_extra("ray", "ray", "embedding a Ray dataset")
-    import_extra("ray", "ray.data", "embedding a Ray dataset")
+    try:
+        import ray.data  # noqa: F401
+    except ModuleNotFoundError as error:  # Ray without its [data] extra: pyarrow, pandas...
+        raise missing_error("ray", "embedding a Ray dataset", [error.name or "ray.data"]) from error
     return ray
 
 
