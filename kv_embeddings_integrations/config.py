@@ -148,6 +148,12 @@ class EmbedderConfig(BaseModel):
     def option_names(cls) -> frozenset[str]:
         return frozenset(EmbedderConfig.model_fields)
 
+    @classmethod
+    def split_options(cls, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``kwargs`` as (embedder options, everything else: loading arguments)."""
+        names = cls.option_names()
+        return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
+
     def with_options(self, **options: Any) -> EmbedderConfig:
         """A validated copy with some options changed."""
         return EmbedderConfig(**{**self.to_dict(), **options})

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import os
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -67,7 +67,7 @@ def _chain(source: Future, target: Future, transform) -> None:
 _PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "_float32_lock")
 
 
-@dataclass
+@dataclasses.dataclass
 class EmbedderRecipe:
     """What another process needs to rebuild an embedder, with its layers already chosen.
 
@@ -215,31 +215,23 @@ class KVEmbedder:
             **kwargs: :class:`EmbedderConfig` options (``method``, ``layers``, ``bias``, ``pooling``,
                 ``max_length``, ...); anything else goes to ``AutoModel.from_pretrained``.
         """
-        options = {k: kwargs.pop(k) for k in list(kwargs) if k in EmbedderConfig.option_names()}
+        options, kwargs = EmbedderConfig.split_options(kwargs)
         if config is not None and not isinstance(config, EmbedderConfig):
             # Not ours: a transformers config, for AutoModel.from_pretrained as before.
             kwargs["config"], config = config, None
         # Bad options fail before a long load.
         config = config.with_options(**options) if config is not None else EmbedderConfig(**options)
-        if isinstance(model, LoadOptions):
-            given = dict(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory, revision=revision)
-            given.update(attn_implementation=attn_implementation, **kwargs)
-            extra = sorted(k for k, v in given.items() if v is not None) + ["trust_remote_code"] * trust_remote_code
-            if extra:
-                raise TypeError(f"with LoadOptions, give {extra} inside them, not as separate arguments")
-            load = model
-        else:
-            load = LoadOptions(
-                model=model,
-                dtype=dtype,
-                device=device,
-                device_map=device_map,
-                max_memory=max_memory,
-                trust_remote_code=trust_remote_code,
-                revision=revision,
-                attn_implementation=attn_implementation,
-                **kwargs,
-            )
+        load = LoadOptions.of(
+            model,
+            dtype=dtype,
+            device=device,
+            device_map=device_map,
+            max_memory=max_memory,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            attn_implementation=attn_implementation,
+            **kwargs,
+        )
         hf_model, tokenizer = load.load()
         # A name as the caller wrote it (a relative directory stays relative in messages).
         name = load.model if isinstance(model, LoadOptions) else os.fspath(model)
@@ -602,7 +594,7 @@ class KVEmbedder:
         """The batch's vectors from a float32 copy of the model (made for this call, then dropped)."""
         with self._float32_lock:
             model = copy.deepcopy(self.model).float()
-            twin = KVEmbedder(model, self.tokenizer, self.config, name=self.name, layers=self.layers or None)
+            twin = dataclasses.replace(self.recipe(), model=model).build()
             try:
                 return twin._embed_splitting(batch).float().cpu()
             finally:

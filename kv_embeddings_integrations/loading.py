@@ -20,8 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model_dir
 from .config import EmbedderConfig
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device``, or the best one here when ``None``: CUDA, then MPS, then the CPU."""
@@ -155,13 +153,6 @@ class LoadOptions(BaseModel):
         except (RuntimeError, TypeError) as error:
             raise ValueError(f"device {device!r} is not a torch device: {error}") from None
 
-    @field_validator("attn_implementation")
-    @classmethod
-    def _check_attention(cls, value: str | None) -> str | None:
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"attn_implementation must be a string such as {ATTN_IMPLEMENTATIONS}, got {value!r}")
-        return value
-
     @field_validator("extra")
     @classmethod
     def _check_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +161,21 @@ class LoadOptions(BaseModel):
         if clash:
             raise ValueError(f"{clash} are embedder options (EmbedderConfig), not loading options")
         return extra
+
+    @classmethod
+    def of(cls, model: str | os.PathLike | LoadOptions, **kwargs: Any) -> LoadOptions:
+        """``model`` if it is already :class:`LoadOptions` (then every loading argument in ``kwargs``
+        must be left at its default), else ``LoadOptions(model=model, **kwargs)``."""
+        if not isinstance(model, LoadOptions):
+            return cls(model=model, **kwargs)
+        given = sorted(
+            k
+            for k, v in kwargs.items()
+            if k not in cls.model_fields or v != cls.model_fields[k].get_default(call_default_factory=True)
+        )
+        if given:
+            raise TypeError(f"with LoadOptions, give {given} inside them, not as separate arguments")
+        return model
 
     @property
     def path(self) -> str:
@@ -191,7 +197,7 @@ class LoadOptions(BaseModel):
             resolved["model"] = str(Path(self.model).expanduser().resolve())  # ./m and /abs/m are one model
         target = self.target_device()
         resolved["device"] = _device_name(target) if target is not None else None
-        resolved["dtype"] = _dtype_name(self.torch_dtype())
+        resolved["dtype"] = _dtype_name(resolve_dtype(self.dtype, target))
         return json.dumps(_with_string_keys(resolved), sort_keys=True, default=repr)
 
     def __hash__(self) -> int:

@@ -155,15 +155,9 @@ class KVMTEBEncoder(AbsEncoder):
                 raise TypeError(f"{unused} apply only when loading a model by name, not to a given KVEmbedder")
             embedder = model
         elif isinstance(model, str):
-            names = EmbedderConfig.option_names()
-            config = EmbedderConfig(**{key: value for key, value in options.items() if key in names})
-            load_options = LoadOptions(
-                model=model,
-                revision=revision,
-                device=device,
-                dtype=dtype,
-                **{key: value for key, value in options.items() if key not in names},
-            )
+            config_options, loading = EmbedderConfig.split_options(options)
+            config = EmbedderConfig(**config_options)
+            load_options = LoadOptions(model=model, revision=revision, device=device, dtype=dtype, **loading)
             embedder = KVEmbedder.from_pretrained(load_options, config=config)
             # What the loader needs, besides the options kept in `experiment_kwargs`, to load it again.
             load_kwargs = load_options.from_pretrained_kwargs()

@@ -40,12 +40,7 @@ def shared_embedder(
             ``device_map``, ``trust_remote_code``...); options that load other weights, or load
             them differently, load a separate model.
     """
-    if isinstance(model, LoadOptions):
-        if load_kwargs:
-            raise TypeError("give loading arguments inside LoadOptions, not as load_kwargs")
-        options = model
-    else:
-        options = LoadOptions(model=model, **(load_kwargs or {}))
+    options = LoadOptions.of(model, **(load_kwargs or {}))
     model_key = options.sharing_key()
     embedder_key = json.dumps([model_key, config.to_dict()], sort_keys=True, default=repr)
     with _lock:

@@ -101,7 +101,7 @@ class KVVariant:
         self._identity = {
             "model": model_name,
             "weights": weights,
-            "dtype": str(next(embedder.model.parameters()).dtype),
+            "dtype": str(embedder.dtype),
         }
 
     @property
@@ -144,12 +144,7 @@ def kv_variants(
     from ..embedder import KVEmbedder
     from ..layer_selection import model_fingerprint
 
-    if isinstance(model, LoadOptions):
-        if dtype is not None or device is not None:
-            raise TypeError("with LoadOptions, give dtype and device inside them")
-        load_options = model
-    else:
-        load_options = LoadOptions(model=model, dtype=dtype, device=device)
+    load_options = LoadOptions.of(model, dtype=dtype, device=device)
     common = {k: v for k, v in (("max_length", max_length), ("batch_size", batch_size)) if v is not None}
     base = KVEmbedder.from_pretrained(load_options, layers=None, **common)
     weights = model_fingerprint(base.model)

@@ -107,7 +107,7 @@ def _worker(
     """A worker process: rebuild the embedder on ``device``, then encode chunks until told to stop.
 
     Messages out are ``(kind, rank, job, chunk, payload, warnings)`` with kind ``"result"``
-    (payload: the vectors), ``"error"`` (payload: traceback text) or ``"startup"`` (the worker
+    (payload: the chunk's :class:`EmbedResult`), ``"error"`` (payload: traceback text) or ``"startup"`` (the worker
     could not start; payload: traceback text; it exits).
     """
     # Ctrl-C reaches the whole process group: let the parent handle it (it cancels the job and the

@@ -44,11 +44,9 @@ def _load(model: str | dict[str, Any], options: dict[str, Any]):
     # The core is imported where it runs (in an actor or task), not when this module loads.
     from ..embedder import KVEmbedder
 
-    names = EmbedderConfig.option_names()
-    config = EmbedderConfig(**{k: v for k, v in options.items() if k in names})
-    load = {k: v for k, v in options.items() if k not in names}
+    config, load = EmbedderConfig.split_options(options)
     load_options = LoadOptions(**model, **load) if isinstance(model, dict) else LoadOptions(model=model, **load)
-    return KVEmbedder.from_pretrained(load_options, config=config)
+    return KVEmbedder.from_pretrained(load_options, config=EmbedderConfig(**config))
 
 
 def _chosen_layers(model: dict[str, Any], options: dict[str, Any]) -> list[int] | None:
@@ -180,15 +178,9 @@ def embed_dataset(
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
     # Bad options fail here, once, not in every actor after a model load.
-    options = {k: v for k, v in embedder_options.items() if k in EmbedderConfig.option_names()}
+    options, load_kwargs = EmbedderConfig.split_options(embedder_options)
     config = config.with_options(**options) if config is not None else EmbedderConfig(**options)
-    load_kwargs = {k: v for k, v in embedder_options.items() if k not in EmbedderConfig.option_names()}
-    if isinstance(model, LoadOptions):
-        if load_kwargs:
-            raise TypeError(f"with LoadOptions, give {sorted(load_kwargs)} inside them, not as separate arguments")
-        load_options = model
-    else:
-        load_options = LoadOptions(model=model, **load_kwargs)
+    load_options = LoadOptions.of(model, **load_kwargs)
     resources = {"num_cpus": num_cpus_per_worker, "num_gpus": num_gpus_per_worker}
     if ray.is_initialized():
         _check_cpus(ray, concurrency * num_cpus_per_worker)
