@@ -95,7 +95,10 @@ def add_field_option(
 # Every method, for `kv-embed eval` by default.
 EVAL_METHODS = _literal_choices(EmbedderConfig.model_fields["method"].annotation)
 # The embedder options every embedding command takes, in this order.
-MODEL_OPTIONS = ("method", "layers", "bias", "pooling", "max_length", "long_text", "empty_text")
+MODEL_OPTIONS = (
+    "method", "prompt_family", "layers", "bias", "pooling", "output_layer", "postprocess", "dimensions",
+    "max_length", "long_text", "empty_text",
+)  # fmt: skip
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +106,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     for name in MODEL_OPTIONS:
         overrides = {"type": _layers, "metavar": "auto|none|10,11,12"} if name == "layers" else {}
         add_field_option(parser, EmbedderConfig, name, **overrides)
+    parser.add_argument(
+        "--postprocess-texts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="texts (.txt or .jsonl 'text') to fit --postprocess on, e.g. a sample of your corpus "
+        "(default: the built-in calibration texts)",
+    )
     add_field_option(parser, LoadOptions, "device", metavar="cpu|cuda|cuda:1|...")
     add_field_option(parser, LoadOptions, "dtype", metavar="float32|bfloat16|float16|auto")
     add_field_option(
@@ -176,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--skip-fraction", type=float, default=None, help="early layers never chosen (default 0.2)")
     select.add_argument("--window", type=int, default=None, help="layers after the minimum (default floor(L/10))")
     select.add_argument("--recompute", action="store_true", help="ignore a cached selection and refresh it")
+    # The selection depends on the prompt measured and the layer pooled.
+    add_field_option(select, EmbedderConfig, "method")
+    add_field_option(select, EmbedderConfig, "prompt_family")
+    add_field_option(select, EmbedderConfig, "output_layer")
     add_field_option(select, LoadOptions, "device")
     add_field_option(select, LoadOptions, "dtype")
 
@@ -194,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="qrels split of the retrieval folders (default: test)")
     evaluate.add_argument(
         "--classification", type=Path, action="append", default=[], help="folder with train/test .csv or .tsv"
+    )
+    evaluate.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a fixed random part of each task, for quick sweeps: N pairs of each STS task, N test texts of "
+        "each classification task, a corpus of N documents keeping every judged one (default: everything)",
     )
     evaluate.add_argument("--text-column", default=None, help="classification text column (default: text)")
     evaluate.add_argument("--label-column", default=None, help="classification label column (default: label)")
@@ -221,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args, *names: str) -> EmbedderConfig:
     """The embedder options given on the command line (and ``names`` where set), validated."""
     options = {name: getattr(args, name) for name in MODEL_OPTIONS}
+    if getattr(args, "postprocess_texts", None) is not None:
+        options["postprocess_texts"] = read_texts(args.postprocess_texts, "text")
     for name in names:
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
@@ -277,7 +302,11 @@ def _select_layers(args) -> None:
     load_options = _load_options(args)
     try:
         # Load without re-routing, then select explicitly (so --recompute and the rule options apply).
-        embedder = KVEmbedder.from_pretrained(load_options, layers=None)
+        config = EmbedderConfig(
+            method=args.method, prompt_family=args.prompt_family, output_layer=args.output_layer, layers=None
+        )
+        embedder = KVEmbedder.from_pretrained(load_options, config=config)
+        rule = {"last_layer": embedder.output_layer, **rule}
         selection = auto_select_layers(embedder, texts, recompute=args.recompute, **rule)
     except (OSError, ModuleNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
@@ -337,7 +366,9 @@ def _evaluate(args) -> None:
         tasks = [evaluation.load_sts(p) for p in args.sts]
         tasks += [evaluation.load_retrieval(p, split=args.split) for p in args.retrieval]
         tasks += [evaluation.load_classification(p, args.text_column, args.label_column) for p in args.classification]
-    except evaluation.DataFormatError as e:
+        if args.sample is not None:
+            tasks = [evaluation.subsample(task, args.sample) for task in tasks]
+    except (evaluation.DataFormatError, ValueError) as e:
         raise CLIError(str(e)) from None
     try:
         encoders = []

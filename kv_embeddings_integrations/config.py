@@ -9,11 +9,17 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .prompts import PROMPT_TYPES, check_template
 
-SELECTION_OPTIONS = frozenset({"skip_fraction", "window"})
+MethodName = Literal[
+    "kv", "prompt", "prompteol", "pcot", "ke", "metaeol", "echo", "mean", "last", "tp",
+    "kv_prompteol", "kv_pcot", "kv_ke", "kv_metaeol",
+]  # fmt: skip
+FamilyName = Literal["compress", "prompteol", "pcot", "ke", "metaeol", "echo", "none"]
+
+SELECTION_OPTIONS = frozenset({"skip_fraction", "window", "last_layer"})
 
 
 def _positive(name: str, value: int | None) -> int | None:
@@ -26,21 +32,37 @@ class EmbedderConfig(BaseModel):
     """Every option that decides what vector a text gets (and how batches are formed).
 
     Attributes:
-        method: ``"kv"`` (default: compression prompt + KV re-routing), ``"prompt"`` (compression
-            prompt, no re-routing), ``"prompteol"`` (PromptEOL template, last token), ``"echo"``
-            (text given twice, mean of the second copy), ``"mean"`` / ``"last"`` (raw text, no prompt).
+        method: a named preset (prompt family + re-routing on/off + Token Prepending on/off):
+            ``"kv"`` (KV-Embedding as the paper describes it: compression prompt, mean+last pooling,
+            re-routing), ``"prompt"`` (the same without re-routing), ``"kv_prompteol"``,
+            ``"kv_pcot"``, ``"kv_ke"``, ``"kv_metaeol"`` (re-routing on those families),
+            ``"prompteol"``, ``"pcot"``, ``"ke"``, ``"metaeol"``, ``"echo"`` (the families alone),
+            ``"tp"`` (Token Prepending on PromptEOL), ``"mean"`` / ``"last"`` (raw text, no prompt).
+            See ``prompts.METHODS``.
+        prompt_family: overrides the method's prompt family: ``"compress"``, ``"prompteol"``,
+            ``"pcot"`` (Pretended CoT), ``"ke"`` (Knowledge Enhancement), ``"metaeol"`` (8 prompts,
+            8x the cost), ``"echo"`` or ``"none"`` (raw text). The family brings its pooling and
+            output layer unless those are set too.
+        reroute: overrides whether the method re-routes (``None``: the method's own).
+        token_prepending: overrides whether Token Prepending (Fu et al. 2024) runs: a placeholder
+            token before the text whose state, entering the early layers, is replaced by the
+            previous layer's last-token state. For last-token families.
         layers: decoder layers (0-based) whose attention gets the re-routed key/value prefix.
-            ``"auto"`` picks them by intrinsic dimension (computed once per model, then cached);
-            a list names them; ``None`` turns re-routing off. Ignored by methods other than ``"kv"``.
+            ``"auto"`` picks them by intrinsic dimension (computed once per model and prompt, then
+            cached); a list names them; ``None`` turns re-routing off. Ignored when not re-routing.
         bias: attention bias ``b`` added to the prefix column of the attention logits.
-        pooling: ``"mean_last"`` (average of mean and last-token pooling), ``"mean"`` or ``"last"``,
-            over the final layer's hidden states. ``None`` uses the method's own pooling
-            (``mean_last`` for kv/prompt, ``last`` for prompteol/last, ``mean`` for echo/mean).
+        pooling: ``"mean_last"`` (average of mean and last-token pooling), ``"mean"`` or ``"last"``.
+            ``None`` uses the family's own (``mean_last`` for compress, ``mean`` for echo,
+            ``last`` for the others).
         mean_scope: which tokens mean pooling averages: ``"all"`` non-padding tokens (prompt
             included) or only the ``"text"`` tokens (the last copy of the text in the template).
-            ``None`` uses the method's own (``"text"`` for echo, ``"all"`` otherwise).
-        prompts: templates overriding the method's, keyed by prompt type (``"document"``,
-            ``"query"``); each must contain ``{text}``. Missing keys keep the method's template.
+            ``None`` uses the family's own (``"text"`` for echo, ``"all"`` otherwise).
+        output_layer: the decoder layer (0-based; negative counts from the end) whose output is
+            pooled. The last layer is pooled after the model's final norm (``last_hidden_state``),
+            intermediate ones as they are. ``None``: the family's own (``-2`` for pcot and ke,
+            Token Prepending's scaled layer for ``tp``, else ``-1``).
+        prompts: templates overriding the family's, keyed by prompt type (``"document"``,
+            ``"query"``); each must contain ``{text}``. Missing keys keep the family's template.
         max_length: longest input in tokens, prompt included; longer texts are cut (the text, not
             the prompt) with a warning. ``None``: the model's context length, at most 4096.
         batch_size: texts per forward pass. ``None``: 32, or unbounded when
@@ -58,15 +80,33 @@ class EmbedderConfig(BaseModel):
             1000 built-in texts shipped with the package.
         selection: options of the layer-selection rule for ``layers="auto"``: ``skip_fraction``
             (early layers never chosen, default 0.2) and ``window`` (layers re-routed after the
-            minimum, default ``floor(L / 10)``).
+            minimum, default ``floor(L / 10)``); ``last_layer`` (the last layer that may be chosen,
+            default the pooled ``output_layer``).
+        postprocess: label-free post-processing fitted once on ``postprocess_texts`` (document
+            prompt) and cached: ``"none"``, ``"center"`` (subtract the mean vector), ``"pca"``
+            (center, then project on the top ``dimensions`` principal axes) or ``"whiten"`` (PCA
+            scaled to unit variance per axis). Vectors are L2-normalised after it.
+        dimensions: output size for ``"pca"`` / ``"whiten"`` (``None``: all the model's dimensions,
+            at most the number of fitting texts); an error with other post-processing.
+        postprocess_texts: texts to fit the post-processing on (at least 20 distinct; a sample
+            of the user's corpus is best); ``None`` uses the 1000 built-in calibration texts.
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
 
-    method: Literal["kv", "prompt", "prompteol", "echo", "mean", "last"] = Field(
+    method: MethodName = Field(
         default="kv",
-        description="embedding method: kv (compression prompt + re-routing), prompt (no re-routing), "
-        "prompteol, echo, mean, last (raw text)",
+        description="embedding method, a preset of prompt family + re-routing: kv (compression prompt + "
+        "re-routing), kv_prompteol, kv_pcot, kv_ke, kv_metaeol, prompt, prompteol, pcot, ke, metaeol, echo, "
+        "tp (Token Prepending), mean, last",
+    )
+    prompt_family: FamilyName | None = Field(
+        default=None,
+        description="prompt family overriding the method's: compress, prompteol, pcot, ke, metaeol, echo, none",
+    )
+    reroute: bool | None = Field(default=None, description="re-route or not, overriding the method (None: its own)")
+    token_prepending: bool | None = Field(
+        default=None, description="Token Prepending on or off, overriding the method (None: its own)"
     )
     layers: Literal["auto"] | list[int] | None = Field(
         default="auto",
@@ -79,6 +119,9 @@ class EmbedderConfig(BaseModel):
     mean_scope: Literal["all", "text"] | None = Field(
         default=None,
         description="tokens mean pooling averages: all non-padding, or only the text (None: the method's own)",
+    )
+    output_layer: int | None = Field(
+        default=None, description="decoder layer pooled (negative: from the end; None: the family's own)"
     )
     prompts: dict[str, str] | None = Field(default=None, description="prompt templates by prompt type")
     max_length: int | None = Field(
@@ -100,6 +143,13 @@ class EmbedderConfig(BaseModel):
     )
     calibration_texts: list[str] | None = Field(default=None, description="texts for layers='auto'")
     selection: dict[str, Any] | None = Field(default=None, description="layer-selection rule options")
+    postprocess: Literal["none", "center", "pca", "whiten"] = Field(
+        default="none", description="label-free post-processing: none, center, pca or whiten (fitted once, cached)"
+    )
+    dimensions: int | None = Field(default=None, description="output dimensions for pca / whiten (None: all)")
+    postprocess_texts: list[str] | None = Field(
+        default=None, description="texts to fit post-processing on (None: the built-in calibration texts)"
+    )
 
     @field_validator("layers")
     @classmethod
@@ -119,7 +169,7 @@ class EmbedderConfig(BaseModel):
             check_template(template)
         return prompts
 
-    @field_validator("max_length", "batch_size", "max_tokens_per_batch")
+    @field_validator("max_length", "batch_size", "max_tokens_per_batch", "dimensions")
     @classmethod
     def _check_positive(cls, value, info):
         return _positive(info.field_name, value)
@@ -131,6 +181,14 @@ class EmbedderConfig(BaseModel):
         if unknown:
             raise ValueError(f"selection keys must be among {sorted(SELECTION_OPTIONS)}, got {sorted(unknown)}")
         return selection
+
+    @model_validator(mode="after")
+    def _check_dimensions(self):
+        if self.dimensions is not None and self.postprocess not in ("pca", "whiten"):
+            raise ValueError(
+                f"dimensions={self.dimensions} needs postprocess='pca' or 'whiten', not {self.postprocess!r}"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-serialisable dict of the options (only these, also on the adapters)."""

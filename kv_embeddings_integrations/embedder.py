@@ -18,15 +18,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from . import rerouting
+from . import postprocessing, rerouting, token_prepending
 from .batching import plan_batches
 from .coalescing import RequestCoalescer
 from .config import EmbedderConfig
 from .inputs import check_positive_int, texts_to_embed
-from .layer_selection import LayerSelection, auto_select_layers, resolve_layers
+from .layer_selection import LayerSelection, auto_select_layers, builtin_calibration_texts, resolve_layers
 from .loading import LoadOptions
 from .pooling import pool_hidden_states
-from .prompts import METHODS, PROMPT_TYPES, MethodSpec
+from .postprocessing import PostProcessor
+from .prompts import FAMILIES, METHODS, PROMPT_TYPES, MethodSpec, PromptFamily
 from .results import EmbedResult
 from .tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
 
@@ -44,6 +45,16 @@ def _release_memory() -> None:
     # Every GPU, not only the input device: with a device map the failing layer may sit elsewhere.
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+def _average(passes: list[EmbedResult]) -> EmbedResult:
+    """Several templates' results for the same texts: mean vector, tokens summed, any truncation."""
+    return EmbedResult(
+        np.mean([p.vectors for p in passes], axis=0, dtype=np.float32),
+        tuple(int(sum(c)) for c in zip(*(p.token_counts for p in passes), strict=True)),
+        tuple(any(t) for t in zip(*(p.truncated for p in passes), strict=True)),
+        tuple(max(n) for n in zip(*(p.pieces for p in passes), strict=True)),
+    )
 
 
 def _chain(source: Future, target: Future, transform) -> None:
@@ -80,12 +91,20 @@ class EmbedderRecipe:
     config: EmbedderConfig
     name: str
     layers: list[int]
+    postprocessor: PostProcessor | None = None
 
     def build(self) -> KVEmbedder:
-        """The embedder, re-routing exactly :attr:`layers`."""
+        """The embedder, re-routing exactly :attr:`layers`, with the fitted post-processing."""
         # An empty list is not a valid `layers` option; None means "no re-routing", which is what
         # an empty selection means too (or the method does not re-route and ignores it anyway).
-        embedder = KVEmbedder(self.model, self.tokenizer, self.config, name=self.name, layers=self.layers or None)
+        embedder = KVEmbedder(
+            self.model,
+            self.tokenizer,
+            self.config,
+            name=self.name,
+            postprocessor=self.postprocessor,
+            layers=self.layers or None,
+        )
         if embedder.layers != self.layers:
             raise RuntimeError(f"the rebuilt embedder re-routes layers {embedder.layers}, not {self.layers}")
         return embedder
@@ -103,12 +122,15 @@ class KVEmbedder:
         name: how to name the model in messages and caches (defaults to its ``name_or_path``).
         load_options: how the model was loaded, when :meth:`from_pretrained` loaded it (kept as
             :attr:`load_options` for front ends that load it again elsewhere).
-        **options: any :class:`EmbedderConfig` field: ``method``, ``layers``, ``bias``, ``pooling``,
-            ``mean_scope``, ``prompts``, ``max_length``, ``batch_size``, ``max_tokens_per_batch``.
+        postprocessor: an already fitted post-processing (as :attr:`postprocessor` holds), used
+            instead of fitting or reading the cache; must match ``config.postprocess``.
+        **options: any :class:`EmbedderConfig` field: ``method``, ``prompt_family``, ``reroute``,
+            ``layers``, ``bias``, ``pooling``, ``output_layer``, ``postprocess``, ``max_length``, ...
 
     With ``layers="auto"``, the layers are selected (or read from the cache) at the end of
     construction, by :func:`~kv_embeddings_integrations.layer_selection.auto_select_layers` on
-    this fully built embedder; :attr:`layer_selection` holds the outcome.
+    this fully built embedder; :attr:`layer_selection` holds the outcome. Post-processing, if
+    any, is fitted (or read from the cache) after that.
     """
 
     # The data-parallel pool is a front end (kv_embeddings_integrations.parallel.pool), which the
@@ -124,6 +146,7 @@ class KVEmbedder:
         *,
         name: str | None = None,
         load_options: LoadOptions | None = None,
+        postprocessor: PostProcessor | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(model, PreTrainedModel):
@@ -144,7 +167,14 @@ class KVEmbedder:
                 f"max_length={self.config.max_length} exceeds the model's context length of {context} tokens"
             )
         self.max_length = self.config.max_length or min(context or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
-        self._prompt_tokenizer = PromptTokenizer(tokenizer, self.max_length)
+        self.output_layer: int = self._resolve_output_layer()
+        self.prepend_layers: tuple[int, int] | None = None
+        placeholder = None
+        if self.token_prepending:
+            token_prepending.install(self.decoder)
+            self.prepend_layers = token_prepending.scaled_layers(self.num_layers)
+            placeholder = token_prepending.placeholder_id(tokenizer)
+        self._prompt_tokenizer = PromptTokenizer(tokenizer, self.max_length, placeholder)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_token_id = pad if pad is not None else 0
         self._coalescer: RequestCoalescer | None = None
@@ -153,18 +183,85 @@ class KVEmbedder:
         # Nothing re-routed until the layers are known; selection below runs on the built embedder.
         self.layers: list[int] = []
         self.layer_selection: LayerSelection | None = None
-        if not self.spec.reroute:
-            return
-        if self.config.layers == "auto":
-            self.layer_selection = auto_select_layers(
-                self, self.config.calibration_texts, **(self.config.selection or {})
+        if self.reroutes:
+            self._select_layers()
+        self.postprocessor: PostProcessor | None = None
+        if self.config.postprocess != "none":
+            if postprocessor is not None and postprocessor.kind != self.config.postprocess:
+                raise ValueError(
+                    f"postprocessor is {postprocessor.kind!r}, the config asks {self.config.postprocess!r}"
+                )
+            self.postprocessor = postprocessor or self._fit_postprocessor()
+
+    def _resolve_output_layer(self) -> int:
+        layer = self.config.output_layer
+        if layer is None:
+            if self.token_prepending:
+                return token_prepending.scaled_output_layer(self.num_layers)
+            layer = self.family.output_layer
+        if not -self.num_layers <= layer < self.num_layers:
+            raise ValueError(
+                f"output_layer={layer} out of range: the model has {self.num_layers} layers "
+                f"({-self.num_layers}..{self.num_layers - 1})"
             )
+        return layer % self.num_layers
+
+    def _select_layers(self) -> None:
+        if self.config.layers == "auto":
+            # Layers after the pooled one cannot change its output: never chosen.
+            rule = {"last_layer": self.output_layer, **(self.config.selection or {})}
+            self.layer_selection = auto_select_layers(self, self.config.calibration_texts, **rule)
             layers = self.layer_selection.layers
         else:
             layers = resolve_layers(self.config.layers, self.num_layers)
+            late = [i for i in layers if i > self.output_layer]
+            if late:
+                raise ValueError(
+                    f"layers {late} come after output_layer {self.output_layer}: re-routing them cannot change "
+                    "the pooled hidden states"
+                )
         if layers:
-            rerouting.install(model)
+            rerouting.install(self.model)
         self.layers = layers
+
+    def _postprocess_key(self, texts: list[str]) -> dict[str, Any]:
+        from .layer_selection import model_fingerprint
+
+        config = self.config.to_dict()
+        for name in ("batch_size", "max_tokens_per_batch", "calibration_texts", "selection", "postprocess_texts"):
+            config.pop(name)
+        return {
+            "version": postprocessing.FIT_VERSION,
+            "kind": self.config.postprocess,
+            "dimensions": self.config.dimensions,
+            "model_class": type(self.model).__name__,
+            "name_or_path": str(getattr(self.model, "name_or_path", "")),
+            "weights": model_fingerprint(self.model),
+            "dtype": str(self.dtype),
+            "config": config,
+            "layers": self.layers,
+            "max_length": self.max_length,
+            "num_texts": len(texts),
+            "texts_sha256": postprocessing.texts_digest(texts),
+        }
+
+    def _fit_postprocessor(self) -> PostProcessor:
+        texts = self.config.postprocess_texts
+        texts = list(texts) if texts is not None else builtin_calibration_texts()
+        if len(set(texts)) < postprocessing.MIN_TEXTS:
+            raise ValueError(
+                f"post-processing needs at least {postprocessing.MIN_TEXTS} distinct texts to fit, "
+                f"got {len(set(texts))}"
+            )
+        key = self._postprocess_key(texts)
+        path = postprocessing.cache_path(key)
+        cached = postprocessing.load(path, key)
+        if cached is not None:
+            return cached
+        vectors = self.embed(texts, postprocess=False).vectors
+        processor = postprocessing.fit(vectors, self.config.postprocess, self.config.dimensions)
+        postprocessing.save(path, key, processor)
+        return processor
 
     def __getstate__(self) -> dict[str, Any]:
         # The request queue and its thread belong to this process.
@@ -242,12 +339,37 @@ class KVEmbedder:
         return METHODS[self.config.method]
 
     @property
+    def family(self) -> PromptFamily:
+        """The prompt family: the config's ``prompt_family``, else the method's."""
+        return FAMILIES[self.config.prompt_family or self.spec.family]
+
+    @property
+    def reroutes(self) -> bool:
+        """Whether re-routing is on (the config's ``reroute``, else the method's)."""
+        return self.spec.reroute if self.config.reroute is None else self.config.reroute
+
+    @property
+    def token_prepending(self) -> bool:
+        """Whether Token Prepending is on (the config's, else the method's)."""
+        on = self.config.token_prepending
+        return self.spec.token_prepending if on is None else on
+
+    @property
     def pooling(self) -> str:
-        return self.config.pooling or self.spec.pooling
+        if self.config.pooling:
+            return self.config.pooling
+        # A method's own pooling holds for its family; another family brings its own.
+        own = self.spec.pooling if self.config.prompt_family in (None, self.spec.family) else None
+        return own or self.family.pooling
 
     @property
     def mean_scope(self) -> str:
-        return self.config.mean_scope or self.spec.mean_scope
+        return self.config.mean_scope or self.family.mean_scope
+
+    @property
+    def dimension(self) -> int:
+        """Size of the vectors returned: the model's hidden size, or the post-processing's."""
+        return self.postprocessor.dimensions if getattr(self, "postprocessor", None) else self.hidden_size
 
     @property
     def batch_size(self) -> int | None:
@@ -266,20 +388,30 @@ class KVEmbedder:
         """The dtype of the model's weights."""
         return next(self.model.parameters()).dtype
 
-    def template(self, prompt_type: str = "document") -> str:
-        """The prompt template used for ``prompt_type`` (the user's override, else the method's)."""
+    def templates(self, prompt_type: str = "document") -> tuple[str, ...]:
+        """The prompt templates used for ``prompt_type``: the user's override, else the family's
+        (MetaEOL has several: each text is embedded with each, and the vectors averaged)."""
         if prompt_type not in PROMPT_TYPES:
             raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
-        return (self.config.prompts or {}).get(prompt_type) or self.spec.templates[prompt_type]
+        override = (self.config.prompts or {}).get(prompt_type)
+        return (override,) if override else self.family.templates[prompt_type]
+
+    def template(self, prompt_type: str = "document") -> str:
+        """The (first) prompt template used for ``prompt_type``; layer selection measures this one."""
+        return self.templates(prompt_type)[0]
 
     def recipe(self) -> EmbedderRecipe:
         """What another process needs to rebuild this embedder (model, tokenizer, config, layers)."""
-        return EmbedderRecipe(self.model, self.tokenizer, self.config, self.name, list(self.layers))
+        return EmbedderRecipe(
+            self.model, self.tokenizer, self.config, self.name, list(self.layers), getattr(self, "postprocessor", None)
+        )
 
     def __repr__(self) -> str:
+        family = self.config.prompt_family or self.spec.family
         return (
-            f"KVEmbedder(model={self.name!r}, method={self.config.method!r}, layers={self.layers}, "
-            f"bias={self.config.bias}, pooling={self.pooling!r})"
+            f"KVEmbedder(model={self.name!r}, method={self.config.method!r}, family={family!r}, "
+            f"layers={self.layers}, bias={self.config.bias}, pooling={self.pooling!r}, "
+            f"output_layer={self.output_layer}, postprocess={self.config.postprocess!r})"
         )
 
     # -- embedding -------------------------------------------------------------------------------
@@ -292,6 +424,7 @@ class KVEmbedder:
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         normalize: bool = True,
+        postprocess: bool = True,
     ) -> EmbedResult:
         """Embed texts and report what the model saw of each: the call every front end builds on.
 
@@ -302,14 +435,16 @@ class KVEmbedder:
             batch_size: overrides the config's ``batch_size`` for this call.
             show_progress_bar: ``None`` shows one only for jobs of more than 10 batches.
             normalize: L2-normalise each vector (cosine similarity becomes a dot product).
+            postprocess: apply the fitted post-processing (``False``: the L2-normalised vectors
+                before it, of ``hidden_size``, whatever ``normalize`` says).
 
         Returns:
-            an :class:`~kv_embeddings_integrations.results.EmbedResult`: ``(n, hidden_size)``
+            an :class:`~kv_embeddings_integrations.results.EmbedResult`: ``(n, dimension)``
             float32 vectors in input order, each text's token count (prompt included) and whether
             it was truncated or split. Nothing is warned: the caller decides how to report truncation.
         """
         items, _ = texts_to_embed(texts, self.config.empty_text)
-        return self._embed_items(items, prompt_type, batch_size, show_progress_bar, normalize)
+        return self._embed_items(items, prompt_type, batch_size, show_progress_bar, normalize, postprocess)
 
     def encode(
         self,
@@ -358,22 +493,35 @@ class KVEmbedder:
         result.warn_truncated(self.max_length, stacklevel=stacklevel)
 
     def _embed_items(
-        self, items: list[str], prompt_type: str, batch_size: int | None, show: bool | None, normalize: bool
+        self,
+        items: list[str],
+        prompt_type: str,
+        batch_size: int | None,
+        show: bool | None,
+        normalize: bool,
+        postprocess: bool = True,
     ) -> EmbedResult:
-        template = self.template(prompt_type)
+        templates = self.templates(prompt_type)
         check_positive_int("batch_size", batch_size)
         rows = batch_size or self.batch_size
+        processor = self.postprocessor if postprocess and getattr(self, "postprocessor", None) else None
         if not items:
-            return EmbedResult.empty(self.hidden_size)
-        parts = []
-        with self._progress(len(items), rows, show) as bar:
-            # Chunks bound the token ids held at once, whatever the number of texts.
-            for start in range(0, len(items), ENCODE_CHUNK):
-                parts.append(self._embed_texts(items[start : start + ENCODE_CHUNK], template, rows, bar))
-        result = EmbedResult.concatenate(parts)
-        if not normalize:
+            return EmbedResult.empty(processor.dimensions if processor else self.hidden_size)
+        # One pass per template (MetaEOL has several); their pooled vectors are averaged.
+        passes = []
+        with self._progress(len(items) * len(templates), rows, show) as bar:
+            for template in templates:
+                parts = []
+                # Chunks bound the token ids held at once, whatever the number of texts.
+                for start in range(0, len(items), ENCODE_CHUNK):
+                    parts.append(self._embed_texts(items[start : start + ENCODE_CHUNK], template, rows, bar))
+                passes.append(EmbedResult.concatenate(parts))
+        result = passes[0] if len(passes) == 1 else _average(passes)
+        if not (normalize or processor):
             return result
         vectors = torch.nn.functional.normalize(torch.from_numpy(result.vectors), dim=-1).numpy()
+        if processor is not None:
+            vectors = processor.apply(vectors, normalize=normalize)
         return EmbedResult(vectors, result.token_counts, result.truncated, result.pieces)
 
     def start_pool(self, devices: Sequence[str | torch.device]):
@@ -411,7 +559,7 @@ class KVEmbedder:
         self.template(prompt_type)
         if not items:
             done: Future = Future()
-            done.set_result(EmbedResult.empty(self.hidden_size))
+            done.set_result(EmbedResult.empty(self.dimension))
             return done
         with self._coalescer_lock:
             if self._coalescer is None:
@@ -476,7 +624,10 @@ class KVEmbedder:
         """
         layers = self.layers if layers is None else layers
         routing = rerouting.reroute(self.model, layers, self.config.bias) if layers else contextlib.nullcontext()
-        with torch.inference_mode(), routing:
+        prepending = contextlib.nullcontext()
+        if batch.marker_index is not None and self.prepend_layers is not None:
+            prepending = token_prepending.prepend(batch.marker_index, *self.prepend_layers)
+        with torch.inference_mode(), routing, prepending:
             return self.decoder(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
@@ -622,7 +773,11 @@ class KVEmbedder:
         return torch.cat([self._embed_splitting(batch.rows(0, half)), self._embed_splitting(batch.rows(half, rows))])
 
     def _embed_batch(self, batch: TokenBatch) -> torch.Tensor:
-        hidden = self.forward(batch).last_hidden_state
+        if self.output_layer == self.num_layers - 1:
+            hidden = self.forward(batch).last_hidden_state
+        else:
+            # hidden_states[0] is the embedding output; [l + 1] is layer l's (no final norm).
+            hidden = self.forward(batch, output_hidden_states=True).hidden_states[self.output_layer + 1]
         mean_mask = batch.attention_mask.bool()
         if self.mean_scope == "text":
             # An empty text has no text tokens; its mean falls back to the whole prompt.

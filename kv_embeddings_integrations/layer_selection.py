@@ -108,10 +108,14 @@ def select_layers(
     *,
     skip_fraction: float = DEFAULT_SKIP_FRACTION,
     window: int | None = None,
+    last_layer: int | None = None,
 ) -> list[int]:
     """method.md's rule: skip the first ``skip_fraction`` of layers, take the layer of minimum ID
     (the first, on ties), and re-route it and the ``window`` layers after it (default
     ``floor(L / 10)``), clipped to the network.
+
+    ``last_layer`` (default: the last) bounds the candidates and the window: the embedder passes
+    the layer it pools, as re-routing a later layer cannot change the pooled states.
     """
     num_layers = len(dimensions) if num_layers is None else num_layers
     if len(dimensions) != num_layers or num_layers < 1:
@@ -121,12 +125,15 @@ def select_layers(
     window = num_layers // 10 if window is None else window
     if window < 0:
         raise ValueError(f"window must be >= 0, got {window}")
-    skip = min(int(math.floor(num_layers * skip_fraction)), num_layers - 1)
-    candidates = np.asarray(dimensions[skip:], dtype=float)
+    last = num_layers - 1 if last_layer is None else last_layer
+    if not 0 <= last < num_layers:
+        raise ValueError(f"last_layer must be in 0..{num_layers - 1}, got {last_layer}")
+    skip = min(int(math.floor(num_layers * skip_fraction)), last)
+    candidates = np.asarray(dimensions[skip : last + 1], dtype=float)
     if not np.isfinite(candidates).all():
         raise ValueError("dimensions contain NaN or infinite values")
     start = skip + int(np.argmin(candidates))
-    return list(range(start, min(start + window, num_layers - 1) + 1))
+    return list(range(start, min(start + window, last) + 1))
 
 
 def last_token_states(
@@ -189,8 +196,16 @@ def selection_key(embedder: SelectableEmbedder, texts: Sequence[str], rule: dict
         "max_length": embedder.max_length,
         "num_texts": len(texts),
         "texts_sha256": hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest(),
-        "rule": {"skip_fraction": rule.get("skip_fraction", DEFAULT_SKIP_FRACTION), "window": rule.get("window")},
+        "rule": _rule(rule, embedder.num_layers),
     }
+
+
+def _rule(rule: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    out = {"skip_fraction": rule.get("skip_fraction", DEFAULT_SKIP_FRACTION), "window": rule.get("window")}
+    # Only a bound short of the network enters the key: entries made before it existed still match.
+    if rule.get("last_layer") is not None and rule["last_layer"] != num_layers - 1:
+        out["last_layer"] = rule["last_layer"]
+    return out
 
 
 def _cache_path(key: dict[str, Any]) -> Path:
@@ -247,7 +262,7 @@ def auto_select_layers(
         calibration_texts: at least 20 distinct texts; ``None``: the 1000 built-in texts.
         recompute: ignore a cached entry (the new result still replaces it).
         show_progress_bar: ``None`` shows one for more than 10 batches.
-        **rule: :func:`select_layers` options, ``skip_fraction`` and ``window``.
+        **rule: :func:`select_layers` options, ``skip_fraction``, ``window`` and ``last_layer``.
     """
     if calibration_texts is None:
         texts, calibration = builtin_calibration_texts(), "built-in (1000 texts: captions, banking, Python docs)"

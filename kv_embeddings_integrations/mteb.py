@@ -100,6 +100,13 @@ def _experiment_kwargs(embedder: KVEmbedder) -> dict[str, Any]:
         kwargs["bias"] = embedder.config.bias
     if embedder.config.prompts:
         kwargs["prompts"] = dict(embedder.config.prompts)
+    # Options added with prompt families and post-processing: recorded only when set, so the
+    # folders of results made before them keep their names.
+    for name in ("prompt_family", "reroute", "token_prepending", "output_layer", "dimensions"):
+        if getattr(embedder.config, name) is not None:
+            kwargs[name] = getattr(embedder.config, name)
+    if embedder.config.postprocess != "none":
+        kwargs["postprocess"] = embedder.config.postprocess
     return kwargs
 
 
@@ -183,7 +190,8 @@ class KVMTEBEncoder(AbsEncoder):
         if not embedder.layers:
             loader_kwargs["layers"] = None  # else the loader would select layers ("auto")
         # Batching does not change the vectors, so it is for the loader only, not an experiment option.
-        for option in ("batch_size", "max_tokens_per_batch"):
+        # So is the fitting sample of a post-processing (the fitted transform is keyed by it).
+        for option in ("batch_size", "max_tokens_per_batch", "postprocess_texts"):
             if getattr(embedder.config, option) is not None:
                 loader_kwargs[option] = getattr(embedder.config, option)
         parameters = list(embedder.model.parameters())
@@ -199,7 +207,7 @@ class KVMTEBEncoder(AbsEncoder):
             n_embedding_parameters=embedder.decoder.get_input_embeddings().weight.numel(),
             memory_usage_mb=round(sum(p.numel() * p.element_size() for p in parameters) / 2**20, 2),
             max_tokens=embedder.max_length,
-            embed_dim=embedder.hidden_size,
+            embed_dim=embedder.dimension,
             license=None,  # that of the underlying LLM
             open_weights=True,
             public_training_code=None,

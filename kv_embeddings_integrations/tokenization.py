@@ -22,6 +22,8 @@ class EncodedText:
     text_start: int
     text_end: int
     truncated: bool = False
+    # Token Prepending's placeholder position, when the tokenizer inserts one.
+    marker: int | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -35,12 +37,14 @@ class TokenBatch:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     text_mask: torch.Tensor
+    # (batch,) column of each row's Token Prepending placeholder, or None.
+    marker_index: torch.Tensor | None = None
 
     def rows(self, start: int, stop: int) -> TokenBatch:
         """Rows ``start:stop``, at the same padded width."""
-        return TokenBatch(
-            *(t[start:stop] for t in (self.input_ids, self.attention_mask, self.position_ids, self.text_mask))
-        )
+        tensors = (self.input_ids, self.attention_mask, self.position_ids, self.text_mask)
+        marker = None if self.marker_index is None else self.marker_index[start:stop]
+        return TokenBatch(*(t[start:stop] for t in tensors), marker_index=marker)
 
 
 def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
@@ -55,16 +59,25 @@ def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[i
 
 
 class PromptTokenizer:
-    """Renders templates and tokenizes them; cuts over-long texts so the prompt survives intact."""
+    """Renders templates and tokenizes them; cuts over-long texts so the prompt survives intact.
 
-    def __init__(self, tokenizer, max_length: int) -> None:
+    With ``placeholder_id``, one more token (Token Prepending's placeholder) is inserted before
+    the token that precedes the text (the opening quote in ``... : "{text}" ...``); ``max_length``
+    still bounds the whole sequence.
+    """
+
+    def __init__(self, tokenizer, max_length: int, placeholder_id: int | None = None) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise TypeError(
                 f"{type(tokenizer).__name__} is a slow tokenizer; a fast (Rust) tokenizer is needed for "
                 "character offsets. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
             )
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.placeholder_id = placeholder_id
+        # Room for the placeholder: every sequence is rendered to at most this many tokens first.
+        self.max_length = max_length - (placeholder_id is not None)
+        if self.max_length < 1:
+            raise ValueError(f"max_length={max_length} leaves no room for a text")
         # A fast tokenizer mutates its truncation/padding state inside calls: one caller at a time.
         self._lock = threading.Lock()
 
@@ -83,6 +96,18 @@ class PromptTokenizer:
     def encode(self, texts: list[str], template: str, truncate: bool = True) -> list[EncodedText]:
         """Prompted token ids of ``texts``; over-long ones are cut to ``max_length`` (or, with
         ``truncate=False``, left whole and only flagged ``truncated``, for the caller to split)."""
+        encoded = self._encode(texts, template, truncate)
+        if self.placeholder_id is None:
+            return encoded
+        return [self._with_placeholder(e) for e in encoded]
+
+    def _with_placeholder(self, e: EncodedText) -> EncodedText:
+        at = max(e.text_start - 1, 0)
+        ids = e.input_ids[:at] + [self.placeholder_id] + e.input_ids[at:]
+        shift = int(e.text_start >= at)
+        return EncodedText(ids, e.text_start + shift, e.text_end + shift, e.truncated, marker=at)
+
+    def _encode(self, texts: list[str], template: str, truncate: bool) -> list[EncodedText]:
         rendered = [render(template, text) for text in texts]
         ids, offsets = self._tokenize([r[0] for r in rendered])
         encoded = []
@@ -154,15 +179,22 @@ def collate(encoded: list[EncodedText], pad_token_id: int, device: torch.device 
     input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
     text_mask = torch.zeros((len(encoded), width), dtype=torch.bool)
+    markers = [e.marker for e in encoded]
+    if any(m is not None for m in markers) and any(m is None for m in markers):
+        raise ValueError("cannot batch texts with and without a Token Prepending placeholder")
+    marker_index = None if markers[0] is None else torch.empty(len(encoded), dtype=torch.long)
     for row, e in enumerate(encoded):
         pad = width - len(e)
         input_ids[row, pad:] = torch.tensor(e.input_ids, dtype=torch.long)
         attention_mask[row, pad:] = 1
         text_mask[row, pad + e.text_start : pad + e.text_end] = True
+        if marker_index is not None:
+            marker_index[row] = pad + e.marker
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     return TokenBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         position_ids=position_ids.to(device),
         text_mask=text_mask.to(device),
+        marker_index=None if marker_index is None else marker_index.to(device),
     )

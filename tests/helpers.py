@@ -118,9 +118,9 @@ FAMILIES = {
 }
 
 
-def make_model(family: str, attn_implementation: str | None = None, seed: int = 0):
+def make_model(family: str, attn_implementation: str | None = None, seed: int = 0, **config_changes):
     config_cls, model_cls, kwargs, default_attn = FAMILIES[family]
-    config = config_cls(**kwargs)
+    config = config_cls(**{**kwargs, **config_changes})
     config._attn_implementation = attn_implementation or default_attn
     torch.manual_seed(seed)
     model = model_cls(config).eval()

@@ -1,4 +1,5 @@
-"""A slow, explicit reference of KV re-routing, written for the tests, independent of the package.
+"""Slow, explicit references of KV re-routing and Token Prepending, written for the tests,
+independent of the package.
 
 It runs one text at a time (no padding), with transformers' eager attention everywhere except in
 the selected layers, whose attention module is replaced by a hand-written loop: project, norm and
@@ -56,8 +57,11 @@ def _reference_attention(module, bias: float):
     return forward
 
 
-def reference_hidden_states(model, input_ids: list[int], layers: list[int], bias: float) -> torch.Tensor:
-    """Final-layer hidden states ``(n, dim)`` of one unpadded token sequence, re-routed by hand."""
+def reference_hidden_states(
+    model, input_ids: list[int], layers: list[int], bias: float, output_layer: int | None = None
+) -> torch.Tensor:
+    """Hidden states ``(n, dim)`` of one unpadded token sequence, re-routed by hand: the final
+    layer's (after the final norm), or with ``output_layer`` that layer's output as it is."""
     ref = copy.deepcopy(model)
     ref.set_attn_implementation("eager")
     decoder = ref.get_decoder()
@@ -66,8 +70,36 @@ def reference_hidden_states(model, input_ids: list[int], layers: list[int], bias
             attention = decoder.layers[layer].self_attn
             stack.enter_context(_patched(attention, "forward", _reference_attention(attention, bias)))
         with torch.no_grad():
-            out = decoder(input_ids=torch.tensor([input_ids]), use_cache=False)
-    return out.last_hidden_state[0]
+            out = decoder(input_ids=torch.tensor([input_ids]), use_cache=False, output_hidden_states=True)
+    if output_layer is None:
+        return out.last_hidden_state[0]
+    return out.hidden_states[output_layer + 1][0]
+
+
+def token_prepending_hidden_states(
+    model, input_ids: list[int], placeholder: int, start: int, stop: int, output_layer: int
+) -> torch.Tensor:
+    """Token Prepending by hand, for a Llama-layout decoder and one unpadded sequence: run the
+    decoder layers one by one (eager attention, an explicit causal mask) and, entering layers
+    ``start .. stop - 1``, overwrite position ``placeholder`` with the last position's state, as
+    the official code's loop does. Returns layer ``output_layer``'s output ``(n, dim)``, no norm."""
+    ref = copy.deepcopy(model)
+    ref.set_attn_implementation("eager")
+    decoder = ref.get_decoder()
+    n = len(input_ids)
+    ids = torch.tensor([input_ids])
+    positions = torch.arange(n)[None]
+    causal = torch.full((n, n), torch.finfo(torch.float32).min).triu(1)[None, None]
+    with torch.no_grad():
+        hidden = decoder.embed_tokens(ids)
+        rotary = decoder.rotary_emb(hidden, positions)
+        for index, layer in enumerate(decoder.layers[: output_layer + 1]):
+            if start <= index < stop:
+                hidden = hidden.clone()
+                hidden[0, placeholder] = hidden[0, -1]
+            hidden = layer(hidden, attention_mask=causal, position_ids=positions, position_embeddings=rotary)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return hidden[0]
 
 
 @contextlib.contextmanager

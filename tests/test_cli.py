@@ -203,3 +203,29 @@ def test_embed_reports_tokens_and_truncated_texts(model_dir, tmp_path, capsys):
     assert expected.truncated == (False, True)
     assert "1 of 2 texts were longer than max_length=24" in err
     assert f"({expected.total_tokens} tokens embedded by this run)" in err
+
+
+def test_embed_with_a_family_and_post_processing(model_dir, tmp_path):
+    from helpers import CORPUS
+
+    txt = tmp_path / "texts.txt"
+    txt.write_text("\n".join(TEXTS), encoding="utf-8")
+    fit = tmp_path / "fit.txt"
+    fit_texts = [f"{a} {b}" for a in CORPUS for b in TEXTS]
+    fit.write_text("\n".join(fit_texts), encoding="utf-8")
+    out = tmp_path / "out.npy"
+    argv = ["embed", "--model", str(model_dir), "--method", "kv_pcot", "--layers", "1", "--postprocess", "pca"]
+    argv += ["--dimensions", "8", "--postprocess-texts", str(fit), "--input", str(txt), "--output", str(out)]
+    assert main(argv) == 0
+    core = KVEmbedder.from_pretrained(
+        str(model_dir), method="kv_pcot", layers=[1], postprocess="pca", dimensions=8, postprocess_texts=fit_texts
+    )
+    np.testing.assert_allclose(np.load(out), core.encode(TEXTS), atol=1e-5)
+
+
+def test_select_layers_measures_the_method_and_stops_at_its_pooled_layer(model_dir, capsys):
+    assert main(["select-layers", "--model", str(model_dir), "--method", "kv_pcot"]) == 0
+    out = capsys.readouterr().out
+    chosen = [int(line.split()[0]) for line in out.splitlines() if "re-routed" in line]
+    assert chosen and max(chosen) <= 2  # pcot pools layer 2 of the tiny model's 4
+    assert KVEmbedder.from_pretrained(str(model_dir), method="kv_pcot").layers == chosen

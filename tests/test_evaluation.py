@@ -286,7 +286,7 @@ def test_run_evaluation_scores_from_core_vectors_and_caches(model_dir, tmp_path)
     core = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2])
     expected = sts_spearman(core.encode(TEXTS[:4]), core.encode(TEXTS[1:5]), [4.0, 1.0, 2.5, 0.5])
     assert evaluation.results[0].main_score == pytest.approx(expected, abs=1e-3)
-    assert evaluation.results[0].description.startswith("kv: layers [1, 2], bias 1.0, pooling mean_last")
+    assert evaluation.results[0].description.startswith("kv (compress): layers [1, 2], bias 1.0, pooling mean_last")
     assert all(np.isfinite(r.main_score) for r in evaluation.results)
     # A second run reads every vector from the cache and gives the same scores.
     again = run_evaluation(encoders, _tasks(), cache_directory=tmp_path / "cache", log=None)
@@ -361,3 +361,35 @@ def test_cli_eval_errors(argv, message, capsys, tmp_path, monkeypatch):
     (tmp_path / "x.csv").write_text("g\tx\ty\t1\t3.0\ta\tb\n", encoding="utf-8")
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_subsample_is_fixed_and_keeps_judged_documents():
+    from kv_embeddings_integrations.evaluation import ClassificationTask, RetrievalTask, STSTask, subsample
+
+    sts = STSTask("s", [f"a{i}" for i in range(50)], [f"b{i}" for i in range(50)], [float(i) for i in range(50)])
+    part = subsample(sts, 10)
+    assert len(part) == 10 and part.name == "s (10 pairs)"
+    assert all(f"a{int(score)}" == a for a, score in zip(part.sentences1, part.scores, strict=True))
+    assert subsample(sts, 10) == part and subsample(sts, 100) is sts
+    corpus = {f"d{i}": f"doc {i}" for i in range(100)}
+    qrels = {"q1": {"d5": 1}, "q2": {"d77": 1, "d3": 2}}
+    retrieval = subsample(RetrievalTask("r", corpus, {"q1": "x", "q2": "y"}, qrels), 20)
+    assert len(retrieval.corpus) == 20 and {"d5", "d77", "d3"} <= set(retrieval.corpus)
+    assert retrieval.queries == {"q1": "x", "q2": "y"} and retrieval.qrels == qrels
+    classes = ClassificationTask("c", ["t"] * 5, ["x"] * 5, [f"u{i}" for i in range(30)], ["x", "y"] * 15)
+    small = subsample(classes, 7)
+    assert len(small.test_texts) == 7 and small.train_texts == classes.train_texts
+    with pytest.raises(ValueError, match="positive"):
+        subsample(sts, 0)
+
+
+def test_post_processed_variants_share_the_cached_vectors(model_dir, tmp_path):
+    # Post-processing is applied after the cache: variants differing only in it embed once.
+    encoders = kv_variants(str(model_dir), parse_variants("prompteol,prompteol(postprocess=center)"))
+    evaluation = run_evaluation(encoders, _tasks()[:1], cache_directory=tmp_path / "cache", log=None)
+    plain, centered = evaluation.results
+    assert plain.texts_embedded > 0 and centered.texts_embedded == 0
+    core = encoders[1].embedder  # fitted on the built-in calibration texts
+    expected = sts_spearman(core.encode(TEXTS[:4]), core.encode(TEXTS[1:5]), [4.0, 1.0, 2.5, 0.5])
+    assert centered.main_score == pytest.approx(expected, abs=1e-3)
+    assert "center to 64" in centered.description

@@ -203,3 +203,15 @@ def test_clear_error_without_mteb(monkeypatch):
     monkeypatch.delitem(sys.modules, "kv_embeddings_integrations.mteb")
     with pytest.raises(ImportError, match=r"pip install 'kv-embeddings-integrations\[mteb\]'"):
         importlib.import_module("kv_embeddings_integrations.mteb")
+
+
+def test_post_processing_and_family_reach_the_meta_and_its_loader():
+    fit = [f"fitting text {i} about {w}" for i in range(10) for w in ("cats", "rain", "code")]
+    encoder = mteb_encoder(
+        tiny_model_dir(), method="kv_pcot", layers=[1], postprocess="pca", dimensions=8, postprocess_texts=fit
+    )
+    meta = encoder.mteb_model_meta
+    assert meta.embed_dim == 8
+    assert meta.experiment_kwargs["postprocess"] == "pca" and meta.experiment_kwargs["dimensions"] == 8
+    loaded = meta.load_model()
+    np.testing.assert_allclose(loaded.embedder.encode(TEXTS), encoder.embedder.encode(TEXTS), atol=1e-5)

@@ -12,6 +12,7 @@ from .data import (
     load_classification,
     load_retrieval,
     load_sts,
+    subsample,
 )
 from .metrics import classification_accuracy, exact_search, mrr_at_k, retrieval_scores, sts_spearman, undersample
 from .report import plot, to_markdown, write_json, write_report
@@ -48,6 +49,7 @@ __all__ = [
     "retrieval_scores",
     "run_evaluation",
     "sts_spearman",
+    "subsample",
     "to_markdown",
     "undersample",
     "write_json",

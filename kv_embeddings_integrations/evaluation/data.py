@@ -6,6 +6,7 @@ Every loader reads from a path the user gives and fails with a message naming th
 from __future__ import annotations
 
 import csv
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,3 +263,43 @@ def load_classification(
     if unseen:
         raise DataFormatError(f"{path}: test labels never seen in train: {sorted(unseen)[:5]}")
     return ClassificationTask(name or path.name, tables["train"][0], tables["train"][1], *tables["test"][:2])
+
+
+def subsample(task: STSTask | RetrievalTask | ClassificationTask, size: int, seed: int = 0):
+    """A fixed random part of ``task`` for quick sweeps (the same for every method and run).
+
+    STS: ``size`` pairs. Classification: ``size`` test texts (the train split is kept: the
+    classifier's draws come from it). Retrieval: every query, and a corpus of ``size`` documents
+    that keeps every judged one (the rest drawn at random), so scores stay comparable between
+    methods but run higher than on the full corpus. A task already that small is returned as is.
+    """
+    if size < 1:
+        raise ValueError(f"size must be a positive int, got {size}")
+    rng = random.Random(seed)
+    if isinstance(task, STSTask):
+        if len(task) <= size:
+            return task
+        keep = sorted(rng.sample(range(len(task)), size))
+        pick = lambda values: [values[i] for i in keep]  # noqa: E731
+        return STSTask(f"{task.name} ({size} pairs)", pick(task.sentences1), pick(task.sentences2), pick(task.scores))
+    if isinstance(task, ClassificationTask):
+        if len(task.test_texts) <= size:
+            return task
+        keep = sorted(rng.sample(range(len(task.test_texts)), size))
+        return ClassificationTask(
+            f"{task.name} ({size} test texts)",
+            task.train_texts,
+            task.train_labels,
+            [task.test_texts[i] for i in keep],
+            [task.test_labels[i] for i in keep],
+        )
+    if isinstance(task, RetrievalTask):
+        if len(task.corpus) <= size:
+            return task
+        judged = {d for docs in task.qrels.values() for d in docs}
+        others = sorted(set(task.corpus) - judged)
+        extra = rng.sample(others, max(0, min(len(others), size - len(judged))))
+        keep = judged | set(extra)
+        corpus = {d: text for d, text in task.corpus.items() if d in keep}
+        return RetrievalTask(f"{task.name} ({len(corpus)} docs)", corpus, task.queries, task.qrels)
+    raise TypeError(f"unknown task type {type(task).__name__}")

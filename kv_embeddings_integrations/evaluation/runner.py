@@ -107,11 +107,21 @@ class KVVariant:
     @property
     def description(self) -> str:
         e = self.embedder
+        family = e.config.prompt_family or e.spec.family
         routed = f"layers {e.layers}, bias {e.config.bias}, " if e.layers else ""
-        return f"{e.config.method}: {routed}pooling {e.pooling}, max_length {e.max_length}, {self._identity['dtype']}"
+        prepended = f"token prepending {e.prepend_layers}, " if e.prepend_layers else ""
+        post = f", {e.config.postprocess} to {e.dimension}" if e.postprocessor else ""
+        return (
+            f"{e.config.method} ({family}): {routed}{prepended}pooling {e.pooling} of layer {e.output_layer}"
+            f"{post}, max_length {e.max_length}, {self._identity['dtype']}"
+        )
 
     def namespace(self, prompt_type: str) -> dict[str, Any]:
+        # The vectors before post-processing are what is cached (finish() applies it), so variants
+        # that differ only in post-processing share their embeddings.
         config = self.embedder.config.to_dict()
+        for name in ("postprocess", "dimensions", "postprocess_texts"):
+            config.pop(name)
         texts = config.pop("calibration_texts")
         config["calibration_texts"] = hashlib.sha256("\n".join(texts).encode()).hexdigest() if texts else None
         return {
@@ -125,7 +135,14 @@ class KVVariant:
         }
 
     def encode(self, texts: list[str], prompt_type: str) -> np.ndarray:
-        return self.embedder.encode(texts, prompt_type=prompt_type)
+        result = self.embedder.embed(texts, prompt_type=prompt_type, postprocess=False)
+        result.warn_truncated(self.embedder.max_length, stacklevel=2)
+        return result.vectors
+
+    def finish(self, vectors: np.ndarray) -> np.ndarray:
+        """The fitted post-processing, applied to (cached) :meth:`encode` vectors."""
+        processor = self.embedder.postprocessor
+        return processor.apply(vectors) if processor is not None else vectors
 
 
 def kv_variants(
@@ -268,7 +285,8 @@ class _Embeddings:
             if cache is not None:
                 cache.close()
         self.embedded += embedded
-        return vectors
+        finish = getattr(self.encoder, "finish", None)
+        return finish(vectors) if finish is not None else vectors
 
 
 def evaluate_task(encoder: Encoder, task: Task, cache_directory: Path | None = None) -> TaskResult:

@@ -190,7 +190,7 @@ class EmbeddingPool:
                 f"{embedder.name} is split across devices {sorted({str(d) for d in device_map.values()})} by "
                 "device_map; a pool copies the whole model to each worker's device, so it must fit on one"
             )
-        self._hidden_size = embedder.hidden_size
+        self._hidden_size = embedder.dimension
         self._embedder = embedder  # the parent's checks of prompt_type use its templates
         self._jobs = itertools.count(1)
         self._encode_lock = threading.Lock()  # one job at a time: results are matched to the job in flight

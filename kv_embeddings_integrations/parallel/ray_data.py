@@ -103,8 +103,8 @@ class DatasetEmbedder:
                 kind = "None" if text is None else type(text).__name__
                 raise TypeError(f"column {self.text_column!r} is {kind}, not str, in the row {str(row)[:200]}")
         vectors = self.embedder.encode(texts, prompt_type=self.prompt_type, normalize=self.normalize)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.embedder.hidden_size)
-        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.embedder.hidden_size)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.embedder.dimension)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.embedder.dimension)
         if self.output_column in batch.column_names:
             batch = batch.drop_columns([self.output_column])
         return batch.append_column(self.output_column, column)

@@ -1,0 +1,131 @@
+"""Label-free post-processing of embeddings: mean-centering, PCA and whitening.
+
+LLM hidden states are strongly anisotropic (every pair of texts has a cosine near 0.9): removing
+the common mean direction spreads them out, and PCA drops dimensions the data barely uses
+(cheaper vector stores). Fitted once, without labels, on sample texts embedded with the document
+prompt, then cached as a safetensors file (no pickle) keyed like the layer selection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import load_file
+from safetensors.numpy import save as save_bytes
+
+from .atomic import write_atomically
+from .bundled import cache_dir
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("none", "center", "pca", "whiten")
+MIN_TEXTS = 20
+# Bump when fitting changes, so old cache entries stop matching.
+FIT_VERSION = 1
+
+
+@dataclass
+class PostProcessor:
+    """A fitted transform: ``(x - mean) @ components.T / scale`` (the last two when PCA is on),
+    then L2 normalisation.
+
+    Attributes:
+        kind: ``"center"``, ``"pca"`` or ``"whiten"``.
+        mean: ``(hidden,)`` mean of the fitting vectors.
+        components: ``(k, hidden)`` principal axes (rows), or ``None`` for ``"center"``.
+        scale: ``(k,)`` per-axis standard deviations for ``"whiten"``, else ``None``.
+    """
+
+    kind: str
+    mean: np.ndarray
+    components: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.mean.shape[0] if self.components is None else self.components.shape[0])
+
+    def apply(self, vectors: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """Transform ``(n, hidden)`` vectors into ``(n, dimensions)`` float32 ones."""
+        x = np.asarray(vectors, dtype=np.float32) - self.mean
+        if self.components is not None:
+            x = x @ self.components.T
+        if self.scale is not None:
+            x = x / self.scale
+        if normalize:
+            x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        out = {"mean": self.mean}
+        if self.components is not None:
+            out["components"] = self.components
+        if self.scale is not None:
+            out["scale"] = self.scale
+        return out
+
+
+def fit(vectors: np.ndarray, kind: str, dimensions: int | None = None) -> PostProcessor:
+    """Fit ``kind`` post-processing on ``(n, hidden)`` vectors (L2-normalised embeddings)."""
+    if kind not in KINDS[1:]:
+        raise ValueError(f"postprocess must be one of {KINDS[1:]} to fit, got {kind!r}")
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < MIN_TEXTS:
+        raise ValueError(f"post-processing needs at least {MIN_TEXTS} vectors to fit, got shape {x.shape}")
+    mean = x.mean(axis=0)
+    if kind == "center":
+        return PostProcessor(kind, mean.astype(np.float32))
+    centered = x - mean
+    # Right singular vectors: the principal axes, by decreasing variance.
+    _, singular, axes = np.linalg.svd(centered, full_matrices=False)
+    rank = int((singular > singular[0] * 1e-6).sum())
+    k = min(dimensions or rank, rank)
+    if dimensions is not None and dimensions > rank:
+        raise ValueError(
+            f"dimensions={dimensions} is more than the fitting vectors span ({rank}); fit on more texts "
+            "(postprocess_texts) or ask for fewer dimensions"
+        )
+    components = axes[:k].astype(np.float32)
+    scale = None
+    if kind == "whiten":
+        scale = (singular[:k] / np.sqrt(max(1, x.shape[0] - 1))).astype(np.float32)
+    return PostProcessor(kind, mean.astype(np.float32), components, scale)
+
+
+def cache_path(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir() / "postprocessing" / f"{digest}.safetensors"
+
+
+def load(path: Path, key: dict[str, Any]) -> PostProcessor | None:
+    """The cached transform made for exactly ``key``, or ``None`` (missing or unusable file)."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+        if json.loads(metadata.get("key", "null")) != key:
+            raise ValueError("key mismatch")
+        tensors = load_file(str(path))
+        return PostProcessor(key["kind"], tensors["mean"], tensors.get("components"), tensors.get("scale"))
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - a corrupt cache entry is refitted, never fatal
+        logger.warning("ignoring unusable post-processing cache %s (%s); refitting", path, e)
+        return None
+
+
+def save(path: Path, key: dict[str, Any], processor: PostProcessor) -> None:
+    data = save_bytes(processor.tensors(), metadata={"key": json.dumps(key, sort_keys=True)})
+    # A concurrent reader never sees a half-written file.
+    write_atomically(path, lambda f: f.write(data))
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
