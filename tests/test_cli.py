@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import TEXTS
+from helpers import PAPER, PAPER_ARGS, TEXTS
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.cli import main
@@ -17,26 +17,53 @@ def test_embed_txt_and_jsonl(model_dir, tmp_path, capsys):
     txt = tmp_path / "texts.txt"
     txt.write_text("\n".join(TEXTS), encoding="utf-8")
     out = tmp_path / "out.npy"
-    assert main(["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(txt), "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(model_dir),
+                *PAPER_ARGS,
+                "--layers",
+                "1,2",
+                "--input",
+                str(txt),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     vectors = np.load(out)
     assert vectors.shape == (len(TEXTS), 64) and vectors.dtype == np.float32
-    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode(TEXTS)
+    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER).encode(TEXTS)
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
 
     jsonl = tmp_path / "texts.jsonl"
     jsonl.write_text("\n".join(json.dumps({"id": i, "body": t}) for i, t in enumerate(TEXTS)), encoding="utf-8")
     out_q = tmp_path / "q.npy"
-    args = ["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(jsonl), "--text-field", "body"]
+    args = [
+        "embed",
+        "--model",
+        str(model_dir),
+        *PAPER_ARGS,
+        "--layers",
+        "1,2",
+        "--input",
+        str(jsonl),
+        "--text-field",
+        "body",
+    ]
     assert main([*args, "--output", str(out_q), "--prompt-type", "query"]) == 0
-    queries = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode(TEXTS, prompt_type="query")
+    queries = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER).encode(TEXTS, prompt_type="query")
     np.testing.assert_allclose(np.load(out_q), queries, atol=1e-5)
 
 
 def test_embed_data_parallel_budget_and_device_map(model_dir, tmp_path):
     txt = tmp_path / "texts.txt"
     txt.write_text("\n".join(TEXTS * 3), encoding="utf-8")
-    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode(TEXTS * 3)
-    base = ["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(txt)]
+    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER).encode(TEXTS * 3)
+    base = ["embed", "--model", str(model_dir), *PAPER_ARGS, "--layers", "1,2", "--input", str(txt)]
     runs = {
         "pool": ["--devices", "cpu", "cpu"],
         "budget": ["--max-tokens-per-batch", "64"],
@@ -49,9 +76,12 @@ def test_embed_data_parallel_budget_and_device_map(model_dir, tmp_path):
 
 
 def test_similarity(model_dir, capsys):
-    assert main(["similarity", "--model", str(model_dir), "--method", "mean", TEXTS[0], TEXTS[1]]) == 0
+    assert (
+        main(["similarity", "--model", str(model_dir), "--method", "mean", "--postprocess", "none", TEXTS[0], TEXTS[1]])
+        == 0
+    )
     score = float(capsys.readouterr().out)
-    a, b = KVEmbedder.from_pretrained(str(model_dir), method="mean").encode(TEXTS[:2])
+    a, b = KVEmbedder.from_pretrained(str(model_dir), method="mean", postprocess="none").encode(TEXTS[:2])
     assert abs(score - float(a @ b)) < 1e-3
 
 
@@ -70,7 +100,7 @@ def test_similarity(model_dir, capsys):
 def test_clear_errors(model_dir, tmp_path, capsys, setup, args, message):
     if setup is not None:
         (tmp_path / "in.txt").write_text(setup, encoding="utf-8")
-    argv = ["embed", "--model", str(model_dir), "--output", str(tmp_path / "out.npy")]
+    argv = ["embed", "--model", str(model_dir), *PAPER_ARGS, "--output", str(tmp_path / "out.npy")]
     argv += [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -80,13 +110,31 @@ def test_clear_errors(model_dir, tmp_path, capsys, setup, args, message):
 def test_bad_jsonl_line(model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"title": "no text"}\n', encoding="utf-8")
-    assert main(["embed", "--model", str(model_dir), "--input", str(bad), "--output", str(tmp_path / "o.npy")]) == 2
+    assert (
+        main(
+            ["embed", "--model", str(model_dir), *PAPER_ARGS, "--input", str(bad), "--output", str(tmp_path / "o.npy")]
+        )
+        == 2
+    )
     assert "bad.jsonl:2: no string field 'text'" in capsys.readouterr().err
 
 
 def test_bad_option_is_rejected_by_argparse(model_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["embed", "--model", str(model_dir), "--method", "bogus", "--input", "x.txt", "--output", "o.npy"])
+        main(
+            [
+                "embed",
+                "--model",
+                str(model_dir),
+                *PAPER_ARGS,
+                "--method",
+                "bogus",
+                "--input",
+                "x.txt",
+                "--output",
+                "o.npy",
+            ]
+        )
     assert exit_info.value.code == 2
 
 
@@ -96,7 +144,7 @@ def test_select_layers_prints_curve_and_plots(model_dir, tmp_path, capsys):
     texts = tmp_path / "calibration.txt"
     texts.write_text("\n".join(f"{a} {b}" for a in CORPUS for b in TEXTS), encoding="utf-8")
     plot = tmp_path / "id.png"
-    argv = ["select-layers", "--model", str(model_dir), "--texts", str(texts), "--plot", str(plot)]
+    argv = ["select-layers", "--model", str(model_dir), "--method", "kv", "--texts", str(texts), "--plot", str(plot)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "calibration: user (40 texts)" in out and "(computed)" in out
@@ -109,7 +157,7 @@ def test_select_layers_prints_curve_and_plots(model_dir, tmp_path, capsys):
     assert main(argv[:-2]) == 0
     assert "(cache)" in capsys.readouterr().out
     lines = texts.read_text(encoding="utf-8").splitlines()
-    assert KVEmbedder.from_pretrained(str(model_dir), calibration_texts=lines).layers == chosen
+    assert KVEmbedder.from_pretrained(str(model_dir), calibration_texts=lines, **PAPER).layers == chosen
 
 
 def test_select_layers_needs_enough_texts(model_dir, tmp_path, capsys):
@@ -124,7 +172,18 @@ def test_a_crashed_embed_run_resumes_from_its_finished_chunks(model_dir, tmp_pat
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(texts), encoding="utf-8")
     out = tmp_path / "out.npy"
-    args = ["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(source), "--output", str(out)]
+    args = [
+        "embed",
+        "--model",
+        str(model_dir),
+        *PAPER_ARGS,
+        "--layers",
+        "1,2",
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+    ]
     args += ["--chunk-size", "5"]
     calls: list[int] = []
     original = KVEmbedder.embed  # what kv-embed embed calls per chunk
@@ -147,7 +206,7 @@ def test_a_crashed_embed_run_resumes_from_its_finished_chunks(model_dir, tmp_pat
     assert calls == [5, 5, 3]  # only the three missing chunks
     assert not partial.exists()
     monkeypatch.setattr(KVEmbedder, "embed", original)
-    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode(texts)
+    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER).encode(texts)
     np.testing.assert_allclose(np.load(out), expected, atol=1e-5)  # complete and in order
     umask = os.umask(0)
     os.umask(umask)
@@ -158,7 +217,18 @@ def test_resume_refuses_another_run(model_dir, tmp_path, monkeypatch, capsys):
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(TEXTS), encoding="utf-8")
     out = tmp_path / "out.npy"
-    args = ["embed", "--model", str(model_dir), "--layers", "1,2", "--input", str(source), "--output", str(out)]
+    args = [
+        "embed",
+        "--model",
+        str(model_dir),
+        *PAPER_ARGS,
+        "--layers",
+        "1,2",
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+    ]
     monkeypatch.setattr(KVEmbedder, "embed", lambda self, texts, **kw: (_ for _ in ()).throw(RuntimeError("stop")))
     with pytest.raises(RuntimeError):
         main([*args, "--chunk-size", "2"])
@@ -196,10 +266,23 @@ def test_embed_reports_tokens_and_truncated_texts(model_dir, tmp_path, capsys):
 
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(["a", " ".join(TEXTS * 4)]), encoding="utf-8")
-    args = ["embed", "--model", str(model_dir), "--layers", "1", "--max-length", "24", "--input", str(source)]
+    args = [
+        "embed",
+        "--model",
+        str(model_dir),
+        *PAPER_ARGS,
+        "--layers",
+        "1",
+        "--max-length",
+        "24",
+        "--input",
+        str(source),
+    ]
     assert main([*args, "--output", str(tmp_path / "out.npy")]) == 0
     err = capsys.readouterr().err
-    expected = Core.from_pretrained(str(model_dir), layers=[1], max_length=24).embed(["a", " ".join(TEXTS * 4)])
+    expected = Core.from_pretrained(str(model_dir), layers=[1], max_length=24, **PAPER).embed(
+        ["a", " ".join(TEXTS * 4)]
+    )
     assert expected.truncated == (False, True)
     assert "1 of 2 texts were longer than max_length=24" in err
     assert f"({expected.total_tokens} tokens embedded by this run)" in err
@@ -214,7 +297,17 @@ def test_embed_with_a_family_and_post_processing(model_dir, tmp_path):
     fit_texts = [f"{a} {b}" for a in CORPUS for b in TEXTS]
     fit.write_text("\n".join(fit_texts), encoding="utf-8")
     out = tmp_path / "out.npy"
-    argv = ["embed", "--model", str(model_dir), "--method", "kv_pcot", "--layers", "1", "--postprocess", "pca"]
+    argv = [
+        "embed",
+        "--model",
+        str(model_dir),
+        "--method",
+        "kv_pcot",
+        "--layers",
+        "1",
+        "--postprocess",
+        "pca",
+    ]
     argv += ["--dimensions", "8", "--postprocess-texts", str(fit), "--input", str(txt), "--output", str(out)]
     assert main(argv) == 0
     core = KVEmbedder.from_pretrained(

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from helpers import TEXTS, make_model, ticks_during
+from helpers import PAPER, TEXTS, make_model, ticks_during
 
 from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
 from kv_embeddings_integrations.coalescing import RequestCoalescer
@@ -20,7 +20,7 @@ QUERIES = [f"{text} ({i})" for i, text in enumerate(TEXTS * 13)][:64]
 
 @pytest.fixture
 def embedder(tokenizer):
-    return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2])
+    return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], **PAPER)
 
 
 def test_concurrent_async_requests_share_batches(embedder):
@@ -104,8 +104,8 @@ def test_embedder_pickles_after_serving_requests(embedder):
 
 
 def test_adapters_coalesce_async_calls(embedder):
-    langchain = KVEmbeddings(embedder=embedder)
-    llama = KVEmbedding(embedder=embedder)
+    langchain = KVEmbeddings(embedder=embedder, **PAPER)
+    llama = KVEmbedding(embedder=embedder, **PAPER)
     expected = [langchain.embed_query(q) for q in QUERIES[:16]]
 
     async def burst():

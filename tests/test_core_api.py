@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tomllib
 import torch
-from helpers import TEXTS, make_model, tiny_model_dir
+from helpers import PAPER, TEXTS, make_model, tiny_model_dir
 
 from kv_embeddings_integrations import EmbedResult, KVEmbedder, LoadOptions, extras, layer_selection, shared
 
@@ -23,7 +23,7 @@ LONG = " ".join(TEXTS * 6)
 
 @pytest.fixture
 def embedder(tokenizer):
-    return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=48)
+    return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=48, **PAPER)
 
 
 def test_embed_reports_each_texts_tokens_and_truncation(embedder):
@@ -49,7 +49,7 @@ def test_embed_of_one_string_and_of_nothing(embedder):
 
 
 def test_chunk_mean_counts_every_piece(tokenizer):
-    chunked = KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=48, long_text="chunk_mean")
+    chunked = KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=48, long_text="chunk_mean", **PAPER)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing is truncated: the long text is split
         result = chunked.embed([LONG, TEXTS[0]])
@@ -100,7 +100,7 @@ def test_a_warning_turned_error_fails_the_future_instead_of_hanging(embedder):
 
 
 def test_layer_states_are_each_layers_last_token(tokenizer):
-    embedder = KVEmbedder(make_model("qwen3"), tokenizer, layers=[1])
+    embedder = KVEmbedder(make_model("qwen3"), tokenizer, layers=[1], **PAPER)
     states = embedder.layer_states(TEXTS[:3])
     assert states.shape == (3, 4, 64) and states.dtype == torch.float32
     for row, encoded in enumerate(embedder.tokenize(TEXTS[:3])):
@@ -124,7 +124,7 @@ def test_selection_runs_on_a_built_embedder_through_public_methods(tokenizer, mo
 
     monkeypatch.setattr(KVEmbedder, "layer_states", spy)
     calibration = [f"{a} {b}" for a in TEXTS for b in TEXTS]
-    embedder = KVEmbedder(make_model("llama"), tokenizer, calibration_texts=calibration)
+    embedder = KVEmbedder(make_model("llama"), tokenizer, calibration_texts=calibration, **PAPER)
     assert seen == [(True, True, [], False)]  # one call, plain (no layers re-routed yet)
     assert embedder.layers == embedder.layer_selection.layers
 
@@ -185,24 +185,24 @@ def test_both_adapters_share_one_model_across_spellings():
     from kv_embeddings_integrations import KVEmbedding, KVEmbeddings
 
     path = tiny_model_dir()
-    langchain = KVEmbeddings(model=path, layers=[1, 2], model_kwargs={"dtype": "float32", "device": "cpu"})
-    llama = KVEmbedding(model=path, layers=[1, 2], model_kwargs={"dtype": torch.float32, "device": "cpu"})
+    langchain = KVEmbeddings(model=path, layers=[1, 2], model_kwargs={"dtype": "float32", "device": "cpu"}, **PAPER)
+    llama = KVEmbedding(model=path, layers=[1, 2], model_kwargs={"dtype": torch.float32, "device": "cpu"}, **PAPER)
     assert langchain.client is llama.client
     assert langchain.load_options == llama.load_options
     with pytest.raises(ValueError, match="dtype must be a torch dtype"):
-        KVEmbeddings(model=path, model_kwargs={"dtype": "bf16"})
+        KVEmbeddings(model=path, model_kwargs={"dtype": "bf16"}, **PAPER)
 
 
 def test_from_pretrained_takes_load_options(model_dir):
     from transformers import AutoConfig
 
     options = LoadOptions(model=str(model_dir), device="cpu")
-    embedder = KVEmbedder.from_pretrained(options, layers=[1])
+    embedder = KVEmbedder.from_pretrained(options, layers=[1], **PAPER)
     assert embedder.load_options == options and embedder.layers == [1]
     with pytest.raises(TypeError, match=r"give \['dtype'\] inside them"):
-        KVEmbedder.from_pretrained(options, dtype="float32")
+        KVEmbedder.from_pretrained(options, dtype="float32", **PAPER)
     # A path object as the model, and a transformers config still goes to AutoModel.from_pretrained.
-    config = AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, **PAPER)
     by_path = KVEmbedder.from_pretrained(model_dir, config=config, layers=[1], device="cpu")
     assert by_path.load_options.extra["config"] is config and by_path.name == str(model_dir)
 

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import ray.data
+from helpers import PAPER, PAPER_ARGS
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.cli import main
@@ -45,14 +46,14 @@ def test_command_line_embeds_a_directory_in_order(model_dir, tmp_path):
     _write_jsonl(source / "_temporary" / "part-9.jsonl", docs[:3])
     out = tmp_path / "out"
     command = [sys.executable, "-m", "kv_embeddings_integrations.cli", "embed-dataset", "--model", str(model_dir)]
-    command += ["--input", str(source), "--output", str(out), "--layers", "1,2", "--concurrency", "2"]
+    command += ["--input", str(source), "--output", str(out), "--layers", "1,2", "--concurrency", "2", *PAPER_ARGS]
     env = {**os.environ, "KV_EMBEDDINGS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"wrote embeddings to {out}" in done.stderr
     table = pq.read_table(str(out))
     rows = table.to_pylist()
-    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode([d["text"] for d in docs])
+    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER).encode([d["text"] for d in docs])
     _check(rows, docs, expected)
 
 
@@ -106,8 +107,8 @@ def _check(rows: list[dict], docs: list[dict], expected: np.ndarray) -> None:
 def test_two_actors_match_local_encode(local_ray, model_dir):
     docs = _documents()
     ds = ray.data.from_items(docs, override_num_blocks=8)
-    out = embed_dataset(ds, model=str(model_dir), layers=[1, 2], concurrency=2, batch_size=32)
-    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2]).encode([d["text"] for d in docs])
+    out = embed_dataset(ds, model=str(model_dir), layers=[1, 2], concurrency=2, batch_size=32, **PAPER)
+    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER).encode([d["text"] for d in docs])
     _check(out.take_all(), docs, expected)
 
 
@@ -117,7 +118,7 @@ def test_files_in_and_out_with_automatic_layers(local_ray, model_dir, tmp_path, 
     source.mkdir()
     _write_jsonl(source / "docs.jsonl", docs)
     ds = ray.data.read_json(str(source / "docs.jsonl"))
-    out = embed_dataset(ds, model=str(model_dir), prompt_type="query", concurrency=2, batch_size=16)
+    out = embed_dataset(ds, model=str(model_dir), prompt_type="query", concurrency=2, batch_size=16, **PAPER)
     out.write_parquet(str(tmp_path / "out"))
     files = sorted(tmp_path.glob("out/*.parquet"))
     assert files
@@ -126,7 +127,7 @@ def test_files_in_and_out_with_automatic_layers(local_ray, model_dir, tmp_path, 
     assert column.value_type == pa.float32()
     rows = ray.data.read_parquet(str(tmp_path / "out")).take_all()
     monkeypatch.setenv("KV_EMBEDDINGS_CACHE", ray.get_runtime_context().runtime_env["env_vars"]["KV_EMBEDDINGS_CACHE"])
-    local = KVEmbedder.from_pretrained(str(model_dir))  # reads the selection the Ray task cached
+    local = KVEmbedder.from_pretrained(str(model_dir), **PAPER)  # reads the selection the Ray task cached
     assert local.layer_selection.from_cache
     _check(rows, docs, local.encode([d["text"] for d in docs], prompt_type="query"))
 
@@ -137,7 +138,7 @@ def test_a_cpu_actor_runs_one_torch_thread_per_reserved_cpu(local_ray, model_dir
     threads = {}
     for cpus in (1, 2):
         actor = ray.remote(num_cpus=cpus)(DatasetEmbedder).remote(
-            str(model_dir), {"layers": [1], "device": "cpu"}, "text", "embedding", "document", True
+            str(model_dir), {"layers": [1], "device": "cpu", **PAPER}, "text", "embedding", "document", True
         )
         threads[cpus] = ray.get(actor.__ray_call__.remote(lambda self: __import__("torch").get_num_threads()))
         ray.kill(actor)
@@ -156,10 +157,10 @@ def test_bad_arguments_fail_before_any_actor_starts(local_ray, model_dir):
         embed_dataset([{"text": "a"}], model=str(model_dir))
     with pytest.warns(UserWarning, match="leaving none for reading and writing"):
         embed_dataset(ds, model=str(model_dir), layers=[1], concurrency=3)  # 3 CPUs: all taken by actors
-    missing = embed_dataset(ray.data.from_items([{"body": "a"}]), model=str(model_dir), layers=[1])
+    missing = embed_dataset(ray.data.from_items([{"body": "a"}]), model=str(model_dir), layers=[1], **PAPER)
     with pytest.raises(Exception, match="no column 'text'"):
         missing.take_all()
     rows = [{"id": "d1", "text": "a"}, {"id": "d2", "text": None}]
-    null = embed_dataset(ray.data.from_items(rows), model=str(model_dir), layers=[1])
+    null = embed_dataset(ray.data.from_items(rows), model=str(model_dir), layers=[1], **PAPER)
     with pytest.raises(Exception, match=r"column 'text' is None, not str, in the row \{'id': 'd2'\}"):
         null.take_all()

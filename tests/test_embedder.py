@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import TEXTS, make_model
+from helpers import PAPER, TEXTS, make_model
 
 from kv_embeddings_integrations import EmbedderConfig, KVEmbedder
 from kv_embeddings_integrations.batching import plan_batches
@@ -15,7 +15,7 @@ from kv_embeddings_integrations.layers import resolve_layers
 # Function scope: an embedder keeps a request queue and worker thread that a test could leave busy.
 @pytest.fixture
 def embedder(tokenizer):
-    return KVEmbedder(make_model("qwen3"), tokenizer, layers=[1, 2])
+    return KVEmbedder(make_model("qwen3"), tokenizer, layers=[1, 2], **PAPER)
 
 
 def test_shapes_and_dtype(embedder):
@@ -40,8 +40,8 @@ def test_input_order_is_kept_across_batches(embedder):
 
 def test_token_budget_batching(tokenizer):
     model = make_model("llama")
-    budget = KVEmbedder(model, tokenizer, layers=[1], max_tokens_per_batch=40)
-    fixed = KVEmbedder(model, tokenizer, layers=[1], batch_size=2)
+    budget = KVEmbedder(model, tokenizer, layers=[1], max_tokens_per_batch=40, **PAPER)
+    fixed = KVEmbedder(model, tokenizer, layers=[1], batch_size=2, **PAPER)
     np.testing.assert_allclose(budget.encode(TEXTS * 2), fixed.encode(TEXTS * 2), atol=1e-5)
 
 
@@ -62,7 +62,7 @@ def test_plan_batches():
 
 
 def test_truncation_cuts_the_text_and_keeps_the_prompt(tokenizer):
-    embedder = KVEmbedder(make_model("llama"), tokenizer, layers=[1], max_length=24)
+    embedder = KVEmbedder(make_model("llama"), tokenizer, layers=[1], max_length=24, **PAPER)
     long_text = " ".join(TEXTS * 4)
     with pytest.warns(UserWarning, match=r"1 of 2 texts were longer than max_length=24"):
         vectors = embedder.encode([long_text, "short"])
@@ -82,9 +82,9 @@ def test_truncation_of_echo_cuts_both_copies(tokenizer):
 
 def test_max_length_errors(tokenizer):
     model = make_model("llama")
-    with pytest.raises(ValueError, match="exceeds the model's context length of 256"):
-        KVEmbedder(model, tokenizer, max_length=1000)
-    tiny = KVEmbedder(model, tokenizer, layers=[1], max_length=3)
+    with pytest.raises(ValueError, match="exceeds the model's context length of 1024"):
+        KVEmbedder(model, tokenizer, max_length=5000, **PAPER)
+    tiny = KVEmbedder(model, tokenizer, layers=[1], max_length=3, **PAPER)
     with pytest.raises(ValueError, match="max_length=3 is too small"):
         tiny.encode("anything at all")
 
@@ -110,7 +110,7 @@ def test_config_round_trip_and_validation(tokenizer):
     config = EmbedderConfig(method="kv", layers=[3, 1, 1], bias=2, pooling="last", prompts={"query": "Q: {text}"})
     assert config.layers == [1, 3] and config.bias == 2.0
     assert EmbedderConfig.from_dict(config.to_dict()) == config
-    embedder = KVEmbedder(make_model("llama"), tokenizer, config, bias=0.5)
+    embedder = KVEmbedder(make_model("llama"), tokenizer, config, bias=0.5, **PAPER)
     assert embedder.config.bias == 0.5 and embedder.config.layers == [1, 3]
     for bad in (
         {"method": "bogus"},
@@ -141,13 +141,13 @@ def test_repr_names_the_method_and_layers(embedder):
 
 
 def test_from_pretrained_local_dir_and_accelerate_dispatch(model_dir):
-    plain = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], device="cpu")
-    dispatched = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], device_map="auto")
+    plain = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], device="cpu", **PAPER)
+    dispatched = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], device_map="auto", **PAPER)
     assert plain.name == str(model_dir) and plain.device.type == "cpu"
     assert plain.model.dtype == torch.float32
     np.testing.assert_allclose(dispatched.encode(TEXTS), plain.encode(TEXTS), atol=1e-5)
-    half = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], dtype="bfloat16")
+    half = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], dtype="bfloat16", **PAPER)
     assert half.model.dtype == torch.bfloat16
     assert np.isfinite(half.encode(TEXTS)).all()
     with pytest.raises(ValueError, match="dtype must be"):
-        KVEmbedder.from_pretrained(str(model_dir), dtype="float33")
+        KVEmbedder.from_pretrained(str(model_dir), dtype="float33", **PAPER)

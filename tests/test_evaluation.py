@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import TEXTS
+from helpers import PAPER, TEXTS
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.cli import main
@@ -283,7 +283,7 @@ def test_run_evaluation_scores_from_core_vectors_and_caches(model_dir, tmp_path)
         (label, task) for label in ("kv(layers=1+2)", "mean") for task in ("sts", "ret", "cls")
     ]
     # The STS score is the Spearman of the core's own vectors.
-    core = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2])
+    core = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER)
     expected = sts_spearman(core.encode(TEXTS[:4]), core.encode(TEXTS[1:5]), [4.0, 1.0, 2.5, 0.5])
     assert evaluation.results[0].main_score == pytest.approx(expected, abs=1e-3)
     assert evaluation.results[0].description.startswith("kv (compress): layers [1, 2], bias 1.0, pooling mean_last")

@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from helpers import TEXTS, ticks_during, tiny_model_dir
+from helpers import PAPER, TEXTS, ticks_during, tiny_model_dir
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from kv_embeddings_integrations import KVEmbedder, KVEmbeddings
 from kv_embeddings_integrations.langchain import KVEmbeddings as KVEmbeddingsFromModule
 
-PARAMS = {"layers": [1, 2]}
+PARAMS = {"layers": [1, 2], **PAPER}
 
 
 class _TinyModel:
@@ -58,7 +58,7 @@ def test_documents_and_queries_use_their_prompts(embeddings):
 def test_fields_and_errors(embeddings):
     assert embeddings.method == "kv" and embeddings.layers == [1, 2] and embeddings.bias == 1.0
     with pytest.raises(ValidationError, match="bogus"):
-        KVEmbeddings(model=tiny_model_dir(), bogus=1)
+        KVEmbeddings(model=tiny_model_dir(), bogus=1, **PAPER)
     with pytest.raises(ValidationError, match="method"):
         KVEmbeddings(model=tiny_model_dir(), method="nope")
     with pytest.raises(TypeError, match="one str"):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import CORPUS, TEXTS, make_model
+from helpers import CORPUS, PAPER, TEXTS, make_model
 
 from kv_embeddings_integrations import KVEmbedder, layer_selection
 from kv_embeddings_integrations.layer_selection import (
@@ -130,17 +130,17 @@ def _calibration():
 
 def test_auto_layers_are_computed_once_then_cached(tokenizer, cache, monkeypatch):
     model = make_model("llama")
-    first = KVEmbedder(model, tokenizer, calibration_texts=_calibration())
+    first = KVEmbedder(model, tokenizer, calibration_texts=_calibration(), **PAPER)
     selection = first.layer_selection
     assert not selection.from_cache and selection.calibration == "user (40 texts)"
     assert first.layers == select_layers(selection.dimensions, 4)
     assert len(list(cache.glob("*.json"))) == 1
 
     monkeypatch.setattr(layer_selection, "layerwise_dimensions", lambda *a, **k: pytest.fail("recomputed"))
-    second = KVEmbedder(model, tokenizer, calibration_texts=_calibration())
+    second = KVEmbedder(model, tokenizer, calibration_texts=_calibration(), **PAPER)
     assert second.layer_selection.from_cache and second.layers == first.layers
     # Explicit layers skip selection entirely.
-    assert KVEmbedder(model, tokenizer, layers=[3]).layer_selection is None
+    assert KVEmbedder(model, tokenizer, layers=[3], **PAPER).layer_selection is None
 
 
 @pytest.mark.parametrize(
@@ -154,16 +154,16 @@ def test_auto_layers_are_computed_once_then_cached(tokenizer, cache, monkeypatch
 )
 def test_cache_misses_when_the_key_changes(tokenizer, cache, monkeypatch, change):
     model = make_model("llama")
-    KVEmbedder(model, tokenizer, calibration_texts=_calibration())
-    options = {"calibration_texts": _calibration(), **change}
+    KVEmbedder(model, tokenizer, calibration_texts=_calibration(), **PAPER)
+    options = {"calibration_texts": _calibration(), **PAPER, **change}
     again = KVEmbedder(model, tokenizer, **options)
     assert not again.layer_selection.from_cache
     assert len(list(cache.glob("*.json"))) == 2
 
 
 def test_cache_misses_for_other_weights(tokenizer, cache):
-    KVEmbedder(make_model("llama", seed=0), tokenizer, calibration_texts=_calibration())
-    other = KVEmbedder(make_model("llama", seed=1), tokenizer, calibration_texts=_calibration())
+    KVEmbedder(make_model("llama", seed=0), tokenizer, calibration_texts=_calibration(), **PAPER)
+    other = KVEmbedder(make_model("llama", seed=1), tokenizer, calibration_texts=_calibration(), **PAPER)
     assert not other.layer_selection.from_cache
 
 
@@ -179,9 +179,9 @@ def test_cache_misses_for_other_weights(tokenizer, cache):
 )
 def test_corrupt_cache_is_recomputed_and_repaired(tokenizer, cache, corrupt):
     model = make_model("llama")
-    good = KVEmbedder(model, tokenizer, calibration_texts=_calibration()).layer_selection
+    good = KVEmbedder(model, tokenizer, calibration_texts=_calibration(), **PAPER).layer_selection
     (path,) = cache.glob("*.json")
     path.write_text(corrupt(path.read_text()))
-    again = KVEmbedder(model, tokenizer, calibration_texts=_calibration()).layer_selection
+    again = KVEmbedder(model, tokenizer, calibration_texts=_calibration(), **PAPER).layer_selection
     assert not again.from_cache and again.layers == good.layers
-    assert KVEmbedder(model, tokenizer, calibration_texts=_calibration()).layer_selection.from_cache
+    assert KVEmbedder(model, tokenizer, calibration_texts=_calibration(), **PAPER).layer_selection.from_cache

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CORPUS, TEXTS, ticks_during, tiny_model_dir
+from helpers import CORPUS, PAPER, TEXTS, ticks_during, tiny_model_dir
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.llms import MockLLM
@@ -17,7 +17,7 @@ from llama_index.core.node_parser import SentenceSplitter
 from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
 from kv_embeddings_integrations.llama_index import KVEmbedding as KVEmbeddingFromModule
 
-PARAMS = {"layers": [1, 2]}
+PARAMS = {"layers": [1, 2], **PAPER}
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def test_pickle_round_trip_reattaches_the_model(embed_model):
 def test_pickle_keeps_an_explicit_embedder(tokenizer):
     from helpers import make_model
 
-    explicit = KVEmbedder(make_model("qwen3"), tokenizer, layers=[1])
-    adapter = KVEmbedding(embedder=explicit)
+    explicit = KVEmbedder(make_model("qwen3"), tokenizer, layers=[1], **PAPER)
+    adapter = KVEmbedding(embedder=explicit, **PAPER)
     assert adapter.layers == [1] and adapter.model_name == "Qwen3ForCausalLM"
     clone = pickle.loads(pickle.dumps(adapter))
     assert clone.client is not None and clone.client.layers == [1]
@@ -127,10 +127,10 @@ def test_settings_embed_model(embed_model, monkeypatch):
 
 
 def test_adapters_share_one_model():
-    langchain = KVEmbeddings(model=tiny_model_dir(), layers=[2])
-    llama = KVEmbedding(model=tiny_model_dir(), layers=[2])
+    langchain = KVEmbeddings(model=tiny_model_dir(), layers=[2], **PAPER)
+    llama = KVEmbedding(model=tiny_model_dir(), layers=[2], **PAPER)
     assert langchain.client is llama.client  # same options: one embedder
     other = KVEmbedding(model=tiny_model_dir(), method="prompteol")
     assert other.client is not llama.client and other.client.model is llama.client.model  # one model
-    separate = KVEmbedding(model=tiny_model_dir(), layers=[2], model_kwargs={"dtype": "bfloat16"})
+    separate = KVEmbedding(model=tiny_model_dir(), layers=[2], model_kwargs={"dtype": "bfloat16"}, **PAPER)
     assert separate.client.model is not llama.client.model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import TEXTS, make_model
+from helpers import PAPER, TEXTS, make_model
 
 from kv_embeddings_integrations import KVEmbedder
 
@@ -32,13 +32,13 @@ def _spy_forwards(embedder, monkeypatch) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("budget", [64, 200, 1000])
 def test_token_budget_caps_every_forward(model, tokenizer, budget, monkeypatch):
-    embedder = KVEmbedder(model, tokenizer, layers=[1, 2], max_tokens_per_batch=budget)
+    embedder = KVEmbedder(model, tokenizer, layers=[1, 2], max_tokens_per_batch=budget, **PAPER)
     shapes = _spy_forwards(embedder, monkeypatch)
     vectors = embedder.encode(MIXED)
     assert sum(rows for rows, _ in shapes) == len(MIXED)
     # A row longer than the budget runs alone; otherwise rows x width stays within it.
     assert all(rows * width <= budget or rows == 1 for rows, width in shapes)
-    reference = KVEmbedder(model, tokenizer, layers=[1, 2], batch_size=len(MIXED)).encode(MIXED)
+    reference = KVEmbedder(model, tokenizer, layers=[1, 2], batch_size=len(MIXED), **PAPER).encode(MIXED)
     np.testing.assert_allclose(vectors, reference, atol=1e-5)
 
 
@@ -59,7 +59,7 @@ def _oom_above(embedder, monkeypatch, max_rows: int) -> list[int]:
 
 
 def test_out_of_memory_splits_and_matches_the_unsplit_run(model, tokenizer, monkeypatch):
-    embedder = KVEmbedder(model, tokenizer, layers=[1, 2], batch_size=len(MIXED))
+    embedder = KVEmbedder(model, tokenizer, layers=[1, 2], batch_size=len(MIXED), **PAPER)
     unsplit = embedder.encode(MIXED)
     tried = _oom_above(embedder, monkeypatch, max_rows=3)
     split = embedder.encode(MIXED)
@@ -70,7 +70,7 @@ def test_out_of_memory_splits_and_matches_the_unsplit_run(model, tokenizer, monk
 
 
 def test_out_of_memory_on_one_row_names_the_limit(model, tokenizer, monkeypatch):
-    embedder = KVEmbedder(model, tokenizer, layers=[1, 2], batch_size=4)
+    embedder = KVEmbedder(model, tokenizer, layers=[1, 2], batch_size=4, **PAPER)
     _oom_above(embedder, monkeypatch, max_rows=0)
     with pytest.raises(torch.OutOfMemoryError, match=r"single text of \d+ tokens.*down to 1 row"):
         embedder.encode(TEXTS[:4])

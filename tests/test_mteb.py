@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TEXTS, tiny_model_dir
+from helpers import PAPER, TEXTS, tiny_model_dir
 from pydantic import ValidationError
 
 from kv_embeddings_integrations import KVEmbedder
@@ -31,7 +31,7 @@ from kv_embeddings_integrations.mteb import (  # noqa: E402
     mteb_encoder,
 )
 
-PARAMS = {"layers": [1, 2]}
+PARAMS = {"layers": [1, 2], **PAPER}
 EVALUATE = {"co2_tracker": False, "show_progress_bar": False}
 
 
@@ -97,7 +97,9 @@ def test_evaluate_runs_offline_on_mock_tasks(encoder, embedder, tmp_path, monkey
 
 def test_other_options_keep_their_own_results(encoder, embedder, tmp_path):
     cache = mteb.ResultCache(tmp_path / "mteb")
-    other = KVMTEBEncoder(KVEmbedder(embedder.model, embedder.tokenizer, embedder.config, name=embedder.name, bias=3.0))
+    other = KVMTEBEncoder(
+        KVEmbedder(embedder.model, embedder.tokenizer, embedder.config, name=embedder.name, bias=3.0, **PAPER)
+    )
     assert other.mteb_model_meta.name == encoder.mteb_model_meta.name
     for model in (encoder, other):
         mteb.evaluate(model, MockSTSTask(), cache=cache, **EVALUATE)
@@ -154,7 +156,7 @@ def test_model_meta_validates(encoder, embedder):
     assert meta.model_type == ["dense"] and meta.open_weights and meta.use_instructions
     assert meta.training_datasets == set() and meta.is_zero_shot_on(["STSBenchmark"])
     assert meta.loader is load_mteb_encoder
-    assert meta.loader_kwargs == {"model": tiny_model_dir(), "method": "kv", "dtype": "float32"}
+    assert meta.loader_kwargs == {"model": tiny_model_dir(), "method": "kv", "dtype": "float32", "postprocess": "none"}
     assert meta.experiment_kwargs == {
         "layers": [1, 2],
         "bias": 1.0,

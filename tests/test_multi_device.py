@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import TEXTS
+from helpers import PAPER, TEXTS
 
 from kv_embeddings_integrations import KVEmbedder
 
@@ -27,13 +27,13 @@ def _split_map(first: str, second: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def single(model_dir):
-    return KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], device="cpu")
+    return KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], device="cpu", **PAPER)
 
 
 def test_layers_split_between_cpu_and_disk_offload(model_dir, single, tmp_path):
     # Re-routed layers 1 and 2 sit on either side of the split.
     split = KVEmbedder.from_pretrained(
-        str(model_dir), layers=[1, 2], device_map=_split_map("cpu", "disk"), offload_folder=str(tmp_path)
+        str(model_dir), layers=[1, 2], device_map=_split_map("cpu", "disk"), offload_folder=str(tmp_path), **PAPER
     )
     assert split.model.hf_device_map["layers.3"] == "disk"
     # The offloaded layer holds no weights in memory; accelerate's hook brings them in per forward.
@@ -46,7 +46,7 @@ def test_layers_split_between_cpu_and_disk_offload(model_dir, single, tmp_path):
 
 
 def test_max_memory_dispatches_automatically(model_dir, single):
-    capped = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], max_memory={"cpu": "1GiB"})
+    capped = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], max_memory={"cpu": "1GiB"}, **PAPER)
     assert capped.device.type == "cpu"
     np.testing.assert_allclose(capped.encode(TEXTS), single.encode(TEXTS), atol=1e-4)
 
@@ -54,7 +54,7 @@ def test_max_memory_dispatches_automatically(model_dir, single):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_layers_split_between_cuda_and_cpu(model_dir, single):
     split = KVEmbedder.from_pretrained(
-        str(model_dir), layers=[1, 2], dtype="float32", device_map=_split_map("cuda:0", "cpu")
+        str(model_dir), layers=[1, 2], dtype="float32", device_map=_split_map("cuda:0", "cpu"), **PAPER
     )
     assert split.device.type == "cuda" and split.model.hf_device_map["layers.3"] == "cpu"
     np.testing.assert_allclose(split.encode(TEXTS), single.encode(TEXTS), atol=1e-4)
@@ -62,7 +62,7 @@ def test_layers_split_between_cuda_and_cpu(model_dir, single):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu(model_dir, single):
-    gpu = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], dtype="float32", device="cuda")
+    gpu = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], dtype="float32", device="cuda", **PAPER)
     np.testing.assert_allclose(gpu.encode(TEXTS), single.encode(TEXTS), atol=1e-4)
 
 

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import CORPUS, REJECTED, TEXTS, make_model, make_rejecting_tokenizer
+from helpers import CORPUS, PAPER, REJECTED, TEXTS, make_model, make_rejecting_tokenizer
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.pool import EmbeddingPool
@@ -23,7 +23,9 @@ MAX_LENGTH = 160
 @pytest.fixture(scope="module")
 def embedder():
     # Its tokenizer fails on one marker, so a test can make a worker fail.
-    embedder = KVEmbedder(make_model("qwen3"), make_rejecting_tokenizer(), layers=[1, 2], max_length=MAX_LENGTH)
+    embedder = KVEmbedder(
+        make_model("qwen3"), make_rejecting_tokenizer(), layers=[1, 2], max_length=MAX_LENGTH, **PAPER
+    )
     # The pool rebuilds the embedder in each worker from what it needs, so whatever else an embedder
     # holds (here something that does not pickle) never has to travel.
     embedder.unpicklable = threading.Lock()

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from helpers import FAMILIES, TEXTS, make_model
+from helpers import FAMILIES, PAPER, TEXTS, make_model
 from reference import reference_hidden_states
 
 from kv_embeddings_integrations import KVEmbedder, UnsupportedModelError, rerouting
@@ -21,7 +21,7 @@ def _batch_hidden(embedder: KVEmbedder, texts: list[str], output_hidden_states: 
 @pytest.mark.parametrize("layers,bias", [([1, 2], 1.0), ([3], 0.0), ([0, 1, 2, 3], 2.5)])
 def test_matches_reference_with_padding(family, tokenizer, layers, bias):
     model = make_model(family)
-    embedder = KVEmbedder(model, tokenizer, layers=layers, bias=bias)
+    embedder = KVEmbedder(model, tokenizer, layers=layers, bias=bias, **PAPER)
     encoded, batch, out = _batch_hidden(embedder, TEXTS)
     width = batch.input_ids.shape[1]
     assert len({len(e) for e in encoded}) > 1, "the batch must actually be padded"
@@ -33,7 +33,7 @@ def test_matches_reference_with_padding(family, tokenizer, layers, bias):
 
 def test_matches_reference_without_padding(family, tokenizer):
     model = make_model(family)
-    embedder = KVEmbedder(model, tokenizer, layers=[1, 3], bias=1.0)
+    embedder = KVEmbedder(model, tokenizer, layers=[1, 3], bias=1.0, **PAPER)
     encoded, _, out = _batch_hidden(embedder, [TEXTS[1]])
     expected = reference_hidden_states(model, encoded[0].input_ids, [1, 3], 1.0)
     torch.testing.assert_close(out.last_hidden_state[0], expected, atol=1e-5, rtol=1e-5)
@@ -41,8 +41,8 @@ def test_matches_reference_without_padding(family, tokenizer):
 
 def test_eager_and_sdpa_agree(tokenizer):
     # The same re-routing through either base implementation.
-    sdpa = KVEmbedder(make_model("llama", "sdpa"), tokenizer, layers=[1, 2])
-    eager = KVEmbedder(make_model("llama", "eager"), tokenizer, layers=[1, 2])
+    sdpa = KVEmbedder(make_model("llama", "sdpa"), tokenizer, layers=[1, 2], **PAPER)
+    eager = KVEmbedder(make_model("llama", "eager"), tokenizer, layers=[1, 2], **PAPER)
     torch.testing.assert_close(
         torch.from_numpy(sdpa.encode(TEXTS)), torch.from_numpy(eager.encode(TEXTS)), atol=1e-5, rtol=1e-5
     )
@@ -52,8 +52,8 @@ def test_no_layers_is_bit_for_bit_plain(family, tokenizer):
     model = make_model(family)
     plain_model = copy.deepcopy(model)
     # Install re-routing on the shared model first: with no plan active it must be invisible.
-    KVEmbedder(model, tokenizer, layers=[1])
-    embedder = KVEmbedder(model, tokenizer, layers=None)
+    KVEmbedder(model, tokenizer, layers=[1], **PAPER)
+    embedder = KVEmbedder(model, tokenizer, layers=None, **PAPER)
     _, batch, out = _batch_hidden(embedder, TEXTS, output_hidden_states=True)
     with torch.no_grad():
         plain = plain_model.get_decoder()(
@@ -69,8 +69,8 @@ def test_no_layers_is_bit_for_bit_plain(family, tokenizer):
 @pytest.mark.parametrize("layer", [1, 2])
 def test_only_selected_layer_and_later_change(family, tokenizer, layer):
     model = make_model(family)
-    plain = KVEmbedder(copy.deepcopy(model), tokenizer, layers=None)
-    routed = KVEmbedder(model, tokenizer, layers=[layer])
+    plain = KVEmbedder(copy.deepcopy(model), tokenizer, layers=None, **PAPER)
+    routed = KVEmbedder(model, tokenizer, layers=[layer], **PAPER)
     _, batch, before = _batch_hidden(plain, TEXTS, output_hidden_states=True)
     _, _, after = _batch_hidden(routed, TEXTS, output_hidden_states=True)
     mask = batch.attention_mask.bool()
@@ -82,7 +82,7 @@ def test_only_selected_layer_and_later_change(family, tokenizer, layer):
 
 
 def test_batch_composition_does_not_change_embeddings(family, tokenizer):
-    embedder = KVEmbedder(make_model(family), tokenizer, layers=[1, 2])
+    embedder = KVEmbedder(make_model(family), tokenizer, layers=[1, 2], **PAPER)
     batched = embedder.encode(TEXTS, batch_size=len(TEXTS))
     for i, text in enumerate(TEXTS):
         alone = embedder.encode(text)
@@ -95,7 +95,7 @@ def test_unsupported_architecture_is_named(tokenizer):
 
     model = MambaModel(MambaConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2, state_size=4))
     with pytest.raises(UnsupportedModelError, match="MambaModel"):
-        KVEmbedder(model, tokenizer, layers=[0])
+        KVEmbedder(model, tokenizer, layers=[0], **PAPER)
 
 
 def test_layer_bypassing_the_interface_is_an_error(tokenizer):
@@ -112,7 +112,7 @@ def test_layer_bypassing_the_interface_is_an_error(tokenizer):
             model.config._attn_implementation = implementation
 
     attention.forward = bypass
-    embedder = KVEmbedder(model, tokenizer, layers=[1, 2])
+    embedder = KVEmbedder(model, tokenizer, layers=[1, 2], **PAPER)
     with pytest.raises(UnsupportedModelError, match=r"LlamaForCausalLM: layers \[1\]"):
         embedder.encode("a text")
 
@@ -121,7 +121,7 @@ def test_flash_base_is_refused_with_a_clear_error(tokenizer):
     model = make_model("llama")
     model.config._attn_implementation = "flex_attention"
     with pytest.raises(UnsupportedModelError, match="attn_implementation='sdpa'"):
-        KVEmbedder(model, tokenizer, layers=[1])
+        KVEmbedder(model, tokenizer, layers=[1], **PAPER)
 
 
 def test_families_cover_the_required_set():
@@ -136,7 +136,7 @@ def test_both_kernel_paths_match_reference(family, tokenizer, path, monkeypatch)
     else:
         monkeypatch.setattr(rerouting, "prefixed_mask", _must_not_run)
     model = make_model(family)
-    embedder = KVEmbedder(model, tokenizer, layers=[0, 2], bias=1.5)
+    embedder = KVEmbedder(model, tokenizer, layers=[0, 2], bias=1.5, **PAPER)
     if path == "merge" and model.config._attn_implementation != "kv_reroute_sdpa":
         pytest.skip(f"{family} runs eager attention here (concatenation only)")
     encoded, batch, out = _batch_hidden(embedder, TEXTS)
@@ -156,7 +156,7 @@ def test_rerouted_layers_run_the_fused_kernel(tokenizer, texts):
     # would show as a softmax over materialised scores.
     from torch.profiler import profile
 
-    embedder = KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2])
+    embedder = KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], **PAPER)
     with profile() as prof:
         embedder.encode(texts)
     names = [event.name for event in prof.events()]

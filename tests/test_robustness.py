@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import TEXTS, make_model
+from helpers import PAPER, TEXTS, make_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +28,7 @@ PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 # Function scope: an embedder keeps a request queue and worker thread that a test could leave busy.
 @pytest.fixture
 def embedder(tokenizer):
-    return KVEmbedder(make_model("qwen3"), tokenizer, layers=[1, 2], max_length=48)
+    return KVEmbedder(make_model("qwen3"), tokenizer, layers=[1, 2], max_length=48, **PAPER)
 
 
 def _quiet(embedder, texts, **kwargs):
@@ -66,7 +66,7 @@ QUERIES = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(50)]
 @pytest.fixture
 def roomy(tokenizer):
     """An embedder whose max_length holds every query whole."""
-    return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=160)
+    return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=160, **PAPER)
 
 
 def test_eight_threads_times_fifty_calls_match_sequential_calls(roomy):
@@ -125,24 +125,24 @@ def test_remote_code_runs_only_when_asked(model_dir, monkeypatch):
             return _original(cls, *args, **kwargs)
 
         monkeypatch.setattr(auto, "from_pretrained", classmethod(spy))
-    KVEmbedder.from_pretrained(str(model_dir), layers=[1])
+    KVEmbedder.from_pretrained(str(model_dir), layers=[1], **PAPER)
     assert seen == [("AutoTokenizer", False), ("AutoModel", False)]
     seen.clear()
-    KVEmbedder.from_pretrained(str(model_dir), layers=[1], trust_remote_code=True)
+    KVEmbedder.from_pretrained(str(model_dir), layers=[1], trust_remote_code=True, **PAPER)
     assert seen == [("AutoTokenizer", True), ("AutoModel", True)]
 
 
 def test_loading_and_the_layer_cache_never_unpickle(model_dir, tmp_path, monkeypatch):
     assert (model_dir / "model.safetensors").exists()
     monkeypatch.setenv("KV_EMBEDDINGS_CACHE", str(tmp_path))
-    KVEmbedder.from_pretrained(str(model_dir))  # computes and caches the layer selection
+    KVEmbedder.from_pretrained(str(model_dir), **PAPER)  # computes and caches the layer selection
 
     def refuse(*args, **kwargs):
         raise AssertionError("something was unpickled")
 
     for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads"), (pickle, "Unpickler")):
         monkeypatch.setattr(module, name, refuse)
-    cached = KVEmbedder.from_pretrained(str(model_dir))  # weights from safetensors, selection from JSON
+    cached = KVEmbedder.from_pretrained(str(model_dir), **PAPER)  # weights from safetensors, selection from JSON
     assert cached.layer_selection.from_cache
     stored = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert stored and all(p.suffix == ".json" for p in stored), stored  # the selection cache is JSON only

