@@ -248,6 +248,6 @@ def test_presets_are_valid_and_paper_is_the_method_md_recipe(model, tokenizer):
     for options in PRESETS.values():
         EmbedderConfig(**options)
     assert EmbedderConfig(**PRESETS["default"]) == EmbedderConfig()
-    paper = KVEmbedder(model, tokenizer, postprocess="none", layers=[1], **PRESETS["paper"])
+    paper = KVEmbedder(model, tokenizer, layers=[1], **PRESETS["paper"])
     assert (paper.config.method, paper.pooling, paper.output_layer, paper.postprocessor) == ("kv", "mean_last", 3, None)
     assert paper.template() == '"Context: {text}" Compress the Context in one word:'
