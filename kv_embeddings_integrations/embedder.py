@@ -23,7 +23,14 @@ from .batching import plan_batches
 from .coalescing import RequestCoalescer
 from .config import EmbedderConfig
 from .inputs import check_positive_int, texts_to_embed
-from .layer_selection import LayerSelection, auto_select_layers, builtin_calibration_texts, resolve_layers
+from .layer_selection import (
+    LayerSelection,
+    auto_select_layers,
+    builtin_calibration_texts,
+    joined_texts_digest,
+    model_identity,
+    resolve_layers,
+)
 from .loading import LoadOptions
 from .pooling import pool_hidden_states
 from .postprocessing import PostProcessor
@@ -183,9 +190,10 @@ class KVEmbedder:
         # Nothing re-routed until the layers are known; selection below runs on the built embedder.
         self.layers: list[int] = []
         self.layer_selection: LayerSelection | None = None
+        # None until fitted (below): the fit embeds through this embedder without it.
+        self.postprocessor: PostProcessor | None = None
         if self.reroutes:
             self._select_layers()
-        self.postprocessor: PostProcessor | None = None
         if self.config.postprocess != "none":
             if postprocessor is not None and postprocessor.kind != self.config.postprocess:
                 raise ValueError(
@@ -225,8 +233,6 @@ class KVEmbedder:
         self.layers = layers
 
     def _postprocess_key(self, texts: list[str]) -> dict[str, Any]:
-        from .layer_selection import model_fingerprint
-
         config = self.config.to_dict()
         for name in ("batch_size", "max_tokens_per_batch", "calibration_texts", "selection", "postprocess_texts"):
             config.pop(name)
@@ -234,15 +240,12 @@ class KVEmbedder:
             "version": postprocessing.FIT_VERSION,
             "kind": self.config.postprocess,
             "dimensions": self.config.dimensions,
-            "model_class": type(self.model).__name__,
-            "name_or_path": str(getattr(self.model, "name_or_path", "")),
-            "weights": model_fingerprint(self.model),
-            "dtype": str(self.dtype),
+            **model_identity(self.model),
             "config": config,
             "layers": self.layers,
             "max_length": self.max_length,
             "num_texts": len(texts),
-            "texts_sha256": postprocessing.texts_digest(texts),
+            "texts_sha256": joined_texts_digest(texts),
         }
 
     def _fit_postprocessor(self) -> PostProcessor:
@@ -369,7 +372,7 @@ class KVEmbedder:
     @property
     def dimension(self) -> int:
         """Size of the vectors returned: the model's hidden size, or the post-processing's."""
-        return self.postprocessor.dimensions if getattr(self, "postprocessor", None) else self.hidden_size
+        return self.postprocessor.dimensions if self.postprocessor is not None else self.hidden_size
 
     @property
     def batch_size(self) -> int | None:
@@ -402,9 +405,7 @@ class KVEmbedder:
 
     def recipe(self) -> EmbedderRecipe:
         """What another process needs to rebuild this embedder (model, tokenizer, config, layers)."""
-        return EmbedderRecipe(
-            self.model, self.tokenizer, self.config, self.name, list(self.layers), getattr(self, "postprocessor", None)
-        )
+        return EmbedderRecipe(self.model, self.tokenizer, self.config, self.name, list(self.layers), self.postprocessor)
 
     def __repr__(self) -> str:
         family = self.config.prompt_family or self.spec.family
@@ -435,8 +436,8 @@ class KVEmbedder:
             batch_size: overrides the config's ``batch_size`` for this call.
             show_progress_bar: ``None`` shows one only for jobs of more than 10 batches.
             normalize: L2-normalise each vector (cosine similarity becomes a dot product).
-            postprocess: apply the fitted post-processing (``False``: the L2-normalised vectors
-                before it, of ``hidden_size``, whatever ``normalize`` says).
+            postprocess: apply the fitted post-processing (``False``: the vectors before it, of
+                ``hidden_size``, normalised as ``normalize`` says).
 
         Returns:
             an :class:`~kv_embeddings_integrations.results.EmbedResult`: ``(n, dimension)``
@@ -504,7 +505,7 @@ class KVEmbedder:
         templates = self.templates(prompt_type)
         check_positive_int("batch_size", batch_size)
         rows = batch_size or self.batch_size
-        processor = self.postprocessor if postprocess and getattr(self, "postprocessor", None) else None
+        processor = self.postprocessor if postprocess else None
         if not items:
             return EmbedResult.empty(processor.dimensions if processor else self.hidden_size)
         # One pass per template (MetaEOL has several); their pooled vectors are averaged.

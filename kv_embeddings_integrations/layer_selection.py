@@ -182,20 +182,31 @@ class LayerSelection:
     key: dict[str, Any] = field(default_factory=dict)
 
 
-def selection_key(embedder: SelectableEmbedder, texts: Sequence[str], rule: dict[str, Any]) -> dict[str, Any]:
-    """Everything the selection depends on."""
-    model = embedder.model
+def model_identity(model: torch.nn.Module) -> dict[str, Any]:
+    """Which weights a cache entry was computed with (class, path, hub revision, fingerprint, dtype)."""
     return {
-        "estimator_version": ESTIMATOR_VERSION,
         "model_class": type(model).__name__,
         "name_or_path": str(getattr(model, "name_or_path", "")),
         "revision": getattr(model.config, "_commit_hash", None),
         "weights": model_fingerprint(model),
         "dtype": str(next(model.parameters()).dtype),
+    }
+
+
+def joined_texts_digest(texts: Sequence[str]) -> str:
+    """SHA-256 of the texts joined by NUL: which sample a cache entry was computed on."""
+    return hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def selection_key(embedder: SelectableEmbedder, texts: Sequence[str], rule: dict[str, Any]) -> dict[str, Any]:
+    """Everything the selection depends on."""
+    return {
+        "estimator_version": ESTIMATOR_VERSION,
+        **model_identity(embedder.model),
         "template": embedder.template("document"),
         "max_length": embedder.max_length,
         "num_texts": len(texts),
-        "texts_sha256": hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest(),
+        "texts_sha256": joined_texts_digest(texts),
         "rule": _rule(rule, embedder.num_layers),
     }
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +124,3 @@ def save(path: Path, key: dict[str, Any], processor: PostProcessor) -> None:
     data = save_bytes(processor.tensors(), metadata={"key": json.dumps(key, sort_keys=True)})
     # A concurrent reader never sees a half-written file.
     write_atomically(path, lambda f: f.write(data))
-
-
-def texts_digest(texts: Sequence[str]) -> str:
-    return hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()

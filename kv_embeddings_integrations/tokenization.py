@@ -102,10 +102,9 @@ class PromptTokenizer:
         return [self._with_placeholder(e) for e in encoded]
 
     def _with_placeholder(self, e: EncodedText) -> EncodedText:
-        at = max(e.text_start - 1, 0)
+        at = max(e.text_start - 1, 0)  # at or before the text: the text moves one token right
         ids = e.input_ids[:at] + [self.placeholder_id] + e.input_ids[at:]
-        shift = int(e.text_start >= at)
-        return EncodedText(ids, e.text_start + shift, e.text_end + shift, e.truncated, marker=at)
+        return EncodedText(ids, e.text_start + 1, e.text_end + 1, e.truncated, marker=at)
 
     def _encode(self, texts: list[str], template: str, truncate: bool) -> list[EncodedText]:
         rendered = [render(template, text) for text in texts]

@@ -13,27 +13,16 @@ from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.cli import main
 
 
+def _embed_argv(model_dir, *args: str) -> list[str]:
+    """``kv-embed embed`` on the tiny model with the paper preset (what these tests were written for)."""
+    return ["embed", "--model", str(model_dir), *PAPER_ARGS, *args]
+
+
 def test_embed_txt_and_jsonl(model_dir, tmp_path, capsys):
     txt = tmp_path / "texts.txt"
     txt.write_text("\n".join(TEXTS), encoding="utf-8")
     out = tmp_path / "out.npy"
-    assert (
-        main(
-            [
-                "embed",
-                "--model",
-                str(model_dir),
-                *PAPER_ARGS,
-                "--layers",
-                "1,2",
-                "--input",
-                str(txt),
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(_embed_argv(model_dir, "--layers", "1,2", "--input", str(txt), "--output", str(out))) == 0
     vectors = np.load(out)
     assert vectors.shape == (len(TEXTS), 64) and vectors.dtype == np.float32
     expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER).encode(TEXTS)
@@ -42,18 +31,7 @@ def test_embed_txt_and_jsonl(model_dir, tmp_path, capsys):
     jsonl = tmp_path / "texts.jsonl"
     jsonl.write_text("\n".join(json.dumps({"id": i, "body": t}) for i, t in enumerate(TEXTS)), encoding="utf-8")
     out_q = tmp_path / "q.npy"
-    args = [
-        "embed",
-        "--model",
-        str(model_dir),
-        *PAPER_ARGS,
-        "--layers",
-        "1,2",
-        "--input",
-        str(jsonl),
-        "--text-field",
-        "body",
-    ]
+    args = _embed_argv(model_dir, "--layers", "1,2", "--input", str(jsonl), "--text-field", "body")
     assert main([*args, "--output", str(out_q), "--prompt-type", "query"]) == 0
     queries = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER).encode(TEXTS, prompt_type="query")
     np.testing.assert_allclose(np.load(out_q), queries, atol=1e-5)
@@ -63,7 +41,7 @@ def test_embed_data_parallel_budget_and_device_map(model_dir, tmp_path):
     txt = tmp_path / "texts.txt"
     txt.write_text("\n".join(TEXTS * 3), encoding="utf-8")
     expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER).encode(TEXTS * 3)
-    base = ["embed", "--model", str(model_dir), *PAPER_ARGS, "--layers", "1,2", "--input", str(txt)]
+    base = _embed_argv(model_dir, "--layers", "1,2", "--input", str(txt))
     runs = {
         "pool": ["--devices", "cpu", "cpu"],
         "budget": ["--max-tokens-per-batch", "64"],
@@ -100,7 +78,7 @@ def test_similarity(model_dir, capsys):
 def test_clear_errors(model_dir, tmp_path, capsys, setup, args, message):
     if setup is not None:
         (tmp_path / "in.txt").write_text(setup, encoding="utf-8")
-    argv = ["embed", "--model", str(model_dir), *PAPER_ARGS, "--output", str(tmp_path / "out.npy")]
+    argv = _embed_argv(model_dir, "--output", str(tmp_path / "out.npy"))
     argv += [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -110,12 +88,7 @@ def test_clear_errors(model_dir, tmp_path, capsys, setup, args, message):
 def test_bad_jsonl_line(model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"title": "no text"}\n', encoding="utf-8")
-    assert (
-        main(
-            ["embed", "--model", str(model_dir), *PAPER_ARGS, "--input", str(bad), "--output", str(tmp_path / "o.npy")]
-        )
-        == 2
-    )
+    assert main(_embed_argv(model_dir, "--input", str(bad), "--output", str(tmp_path / "o.npy"))) == 2
     assert "bad.jsonl:2: no string field 'text'" in capsys.readouterr().err
 
 
@@ -126,7 +99,6 @@ def test_bad_option_is_rejected_by_argparse(model_dir, capsys):
                 "embed",
                 "--model",
                 str(model_dir),
-                *PAPER_ARGS,
                 "--method",
                 "bogus",
                 "--input",
@@ -172,18 +144,7 @@ def test_a_crashed_embed_run_resumes_from_its_finished_chunks(model_dir, tmp_pat
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(texts), encoding="utf-8")
     out = tmp_path / "out.npy"
-    args = [
-        "embed",
-        "--model",
-        str(model_dir),
-        *PAPER_ARGS,
-        "--layers",
-        "1,2",
-        "--input",
-        str(source),
-        "--output",
-        str(out),
-    ]
+    args = _embed_argv(model_dir, "--layers", "1,2", "--input", str(source), "--output", str(out))
     args += ["--chunk-size", "5"]
     calls: list[int] = []
     original = KVEmbedder.embed  # what kv-embed embed calls per chunk
@@ -217,18 +178,7 @@ def test_resume_refuses_another_run(model_dir, tmp_path, monkeypatch, capsys):
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(TEXTS), encoding="utf-8")
     out = tmp_path / "out.npy"
-    args = [
-        "embed",
-        "--model",
-        str(model_dir),
-        *PAPER_ARGS,
-        "--layers",
-        "1,2",
-        "--input",
-        str(source),
-        "--output",
-        str(out),
-    ]
+    args = _embed_argv(model_dir, "--layers", "1,2", "--input", str(source), "--output", str(out))
     monkeypatch.setattr(KVEmbedder, "embed", lambda self, texts, **kw: (_ for _ in ()).throw(RuntimeError("stop")))
     with pytest.raises(RuntimeError):
         main([*args, "--chunk-size", "2"])
@@ -266,18 +216,7 @@ def test_embed_reports_tokens_and_truncated_texts(model_dir, tmp_path, capsys):
 
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(["a", " ".join(TEXTS * 4)]), encoding="utf-8")
-    args = [
-        "embed",
-        "--model",
-        str(model_dir),
-        *PAPER_ARGS,
-        "--layers",
-        "1",
-        "--max-length",
-        "24",
-        "--input",
-        str(source),
-    ]
+    args = _embed_argv(model_dir, "--layers", "1", "--max-length", "24", "--input", str(source))
     assert main([*args, "--output", str(tmp_path / "out.npy")]) == 0
     err = capsys.readouterr().err
     expected = Core.from_pretrained(str(model_dir), layers=[1], max_length=24, **PAPER).embed(
