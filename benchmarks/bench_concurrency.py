@@ -1,8 +1,10 @@
 """Coalescing of concurrent requests: 64 simultaneous ``aembed_query`` calls vs the same queries sent
 one after another through ``embed_query`` (no coalescing; LangChain adapter, bundled model, real
-SciFact queries).
+SciFact queries). ``--api core`` sends them to ``KVEmbedder.aencode`` / ``encode`` directly (no
+framework needed; random weights in a real shape with ``--model random:<shape>``).
 
     python benchmarks/bench_concurrency.py
+    python benchmarks/bench_concurrency.py --api core --model random:qwen3-4b --dtype bfloat16 --device cuda
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import json
 import numpy as np
 import torch
 from common import DEFAULT_SCIFACT, machine, markdown_table, side_by_side
+from models import load_backbone
 
-from kv_embeddings_integrations import KVEmbeddings
+from kv_embeddings_integrations import KVEmbedder
 
 
 def queries(path, n: int) -> list[str]:
@@ -31,20 +34,38 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", default=str(DEFAULT_SCIFACT), help="BEIR folder with queries.jsonl")
+    parser.add_argument("--api", choices=["langchain", "core"], default="langchain")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory for random:<shape>")
     args = parser.parse_args()
 
-    embeddings = KVEmbeddings(
-        model=args.model, model_kwargs={"dtype": getattr(torch, args.dtype), "device": args.device}
-    )
+    dtype = getattr(torch, args.dtype)
+    if args.api == "langchain":
+        from kv_embeddings_integrations import KVEmbeddings
+
+        embeddings = KVEmbeddings(model=args.model, model_kwargs={"dtype": dtype, "device": args.device})
+        embed_one, aembed_one, embedder = embeddings.embed_query, embeddings.aembed_query, embeddings.client
+    else:
+        if args.model.startswith("random:"):
+            model, tokenizer, layers = load_backbone(args.model, dtype, args.device, tokenizer=args.tokenizer)
+            embedder = KVEmbedder(model, tokenizer, method="kv", layers=layers, postprocess="none")
+        else:
+            embedder = KVEmbedder.from_pretrained(args.model, dtype=dtype, device=args.device, method="kv")
+
+        def embed_one(text):
+            return embedder.encode([text], prompt_type="query")[0]
+
+        async def aembed_one(text):
+            return (await embedder.aencode([text], prompt_type="query"))[0]
+
     texts = queries(args.data, args.requests)
     results: dict[str, list] = {}
 
     def sequential():
-        # The baseline without coalescing: plain embed_query calls, one forward pass each.
-        return [embeddings.embed_query(q) for q in texts]
+        # The baseline without coalescing: plain calls, one forward pass each.
+        return [embed_one(q) for q in texts]
 
     async def concurrent():
-        return await asyncio.gather(*(embeddings.aembed_query(q) for q in texts))
+        return await asyncio.gather(*(aembed_one(q) for q in texts))
 
     def run(name, coroutine):
         results[name] = asyncio.run(coroutine())
@@ -57,12 +78,15 @@ def main() -> None:
         repeats=args.repeats,
     )
     seq, con = np.array(results["seq"]), np.array(results["con"])
-    sizes = embeddings.client._coalescer.batch_sizes
+    sizes = embedder._coalescer.batch_sizes
     before = len(sizes)
     run("con", concurrent)
     last_sizes = sizes[before:]
     print(f"machine: {machine()}")
-    print(f"model: {args.model} ({args.dtype}); {len(texts)} SciFact queries as single-text requests")
+    print(
+        f"model: {args.model} ({args.dtype}, {args.device}, {args.api} API); "
+        f"{len(texts)} SciFact queries as single-text requests"
+    )
     rows = [[name, f"{t:.3f}", f"{len(texts) / t:.1f}"] for name, t in times.items()]
     print(markdown_table(["requests", "seconds", "requests/s"], rows))
     print(f"\nthroughput ratio concurrent / one after another: {times['one after another'] / times['concurrent']:.2f}")

@@ -18,7 +18,7 @@ import functools
 import warnings
 
 import torch
-from common import machine, markdown_table, scifact_documents, side_by_side
+from common import machine, markdown_table, rerouted_kernels, scifact_documents, side_by_side
 from models import load_backbone
 
 from kv_embeddings_integrations import KVEmbedder, rerouting
@@ -77,10 +77,16 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="BEIR folder whose corpus.jsonl supplies the texts")
     parser.add_argument("--layers", default=None, help="re-routed layers, e.g. 10,11,12 (default: automatic)")
     parser.add_argument("--no-concat", action="store_true", help="skip timing the concatenation path")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory for random:<shape> (default: SmolLM2's)")
+    parser.add_argument(
+        "--tokens-per-pass", type=int, default=None, help="rows per batch: this over the length (default: about 4096)"
+    )
     args = parser.parse_args()
 
     warnings.filterwarnings("ignore", message=".*were truncated")
-    model, tokenizer, layers = load_backbone(args.model, getattr(torch, args.dtype), args.device)
+    model, tokenizer, layers = load_backbone(
+        args.model, getattr(torch, args.dtype), args.device, tokenizer=args.tokenizer
+    )
     if args.layers:
         layers = [int(layer) for layer in args.layers.split(",")]
     docs = scifact_documents(*([args.data] if args.data else []), limit=400)
@@ -88,9 +94,11 @@ def main() -> None:
     print(f"model: {args.model} ({args.dtype}, {args.device})")
     rows = []
     for length in args.lengths:
-        kv = KVEmbedder(model, tokenizer, method="kv", layers=layers, max_length=length)
-        prompt = KVEmbedder(model, tokenizer, method="prompt", max_length=length)
-        n = DEFAULT_ROWS.get(length, max(1, 4096 // length))
+        # No post-processing: only the forward pass differs (and nothing is fitted first).
+        kv = KVEmbedder(model, tokenizer, method="kv", layers=layers, max_length=length, postprocess="none")
+        prompt = KVEmbedder(model, tokenizer, method="prompt", max_length=length, postprocess="none")
+        per_pass = args.tokens_per_pass
+        n = DEFAULT_ROWS.get(length, max(1, 4096 // length)) if per_pass is None else max(1, per_pass // length)
         texts = texts_of_length(kv, docs, n)
         widths = {len(e) for e in kv.tokenize(texts)}
         runs = {
@@ -100,13 +108,33 @@ def main() -> None:
         if not args.no_concat:
             runs["concat"] = concatenated(runs["kv"])
         times = side_by_side(runs, repeats=args.repeats)
+        used = rerouted_kernels(runs["kv"])
         ratio = times["kv"] / times["prompt"]
         concat = f"{times['concat'] / times['prompt']:.3f}" if "concat" in times else "-"
-        row = [length, n, sorted(widths), f"{times['prompt']:.3f}", f"{times['kv']:.3f}", f"{ratio:.3f}", concat]
+        kernel_names = ", ".join(f"{layer}: {kernel}" for layer, kernel in used.items())
+        row = [
+            length,
+            n,
+            sorted(widths),
+            f"{times['prompt']:.4f}",
+            f"{times['kv']:.4f}",
+            f"{ratio:.3f}",
+            concat,
+            kernel_names,
+        ]
         rows.append(row)
         print(f"length {length}: prompt {times['prompt']:.3f}s kv {times['kv']:.3f}s ratio {ratio:.3f}", flush=True)
     print(f"\nre-routed layers: {kv.layers} of {kv.num_layers}")
-    header = ["tokens", "rows", "token counts", "prompt s", "kv s", "kv / prompt", "concat path / prompt"]
+    header = [
+        "tokens",
+        "rows",
+        "token counts",
+        "prompt s",
+        "kv s",
+        "kv / prompt",
+        "concat path / prompt",
+        "kernel per re-routed layer",
+    ]
     print(markdown_table(header, rows))
     small = texts_of_length(kv, docs, 2)
     print("\nattention ops per encode (2 rows):")

@@ -3,9 +3,13 @@
 Same backbone, same documents (SciFact corpus, mixed lengths): kv; prompt (no re-routing);
 echo (the text twice); sentence-transformers encoding the raw texts with last-token pooling at its
 default batch size (32). Padding efficiency is real tokens / tokens processed (rows x padded width)
-over all forward passes, counted at the model's input for every system.
+over all forward passes, counted at the model's input for every system. Tokens/s counts real
+tokens (prompt included); model FLOP utilisation is 2 x non-embedding parameters x real tokens /
+time / ``--peak-tflops`` (attention's own FLOPs not counted).
 
     python benchmarks/bench_throughput.py --docs 256            # CPU, bundled SmolLM2, float32
+    python benchmarks/bench_throughput.py --model random:qwen3-4b --dtype bfloat16 --device cuda \
+        --docs 2000 --max-tokens-per-batch 65536 --peak-tflops 790 --no-sentence-transformers
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import warnings
 
 import torch
 from common import machine, markdown_table, scifact_documents, side_by_side
+from models import load_backbone, non_embedding_parameters
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.bundled import BUNDLED_MODELS, bundled_model_dir
@@ -82,38 +87,52 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--data", default=None, help="BEIR folder with corpus.jsonl (default: SciFact)")
     parser.add_argument("--no-sentence-transformers", action="store_true")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory for random:<shape>")
+    parser.add_argument("--max-tokens-per-batch", type=int, default=None, help="padded tokens per forward")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak, for utilisation")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*were truncated")
 
     dtype = getattr(torch, args.dtype)
-    path = str(bundled_model_dir(args.model)) if args.model in BUNDLED_MODELS else args.model
     docs = scifact_documents(*([args.data] if args.data else []), limit=args.docs)
     # Room for the text at --max-tokens plus the prompt (twice the text for echo).
     prompt_room = 32
-    kv = KVEmbedder.from_pretrained(
-        args.model, dtype=dtype, device=args.device, max_length=args.max_tokens + prompt_room
-    )
+    # No post-processing: the forward passes are what is timed (and nothing is fitted first).
+    options = dict(postprocess="none", max_tokens_per_batch=args.max_tokens_per_batch)
+    length = args.max_tokens + prompt_room
+    if args.model.startswith("random:"):
+        path = None
+        model, tokenizer, layers = load_backbone(args.model, dtype, args.device, tokenizer=args.tokenizer)
+        kv = KVEmbedder(model, tokenizer, method="kv", layers=layers, max_length=length, **options)
+    else:
+        path = str(bundled_model_dir(args.model)) if args.model in BUNDLED_MODELS else args.model
+        kv = KVEmbedder.from_pretrained(
+            args.model, dtype=dtype, device=args.device, method="kv", max_length=length, **options
+        )
     systems = {
         "kv": kv,
-        "prompt": KVEmbedder(kv.model, kv.tokenizer, method="prompt", max_length=args.max_tokens + prompt_room),
-        "echo": KVEmbedder(kv.model, kv.tokenizer, method="echo", max_length=2 * args.max_tokens + prompt_room),
+        "prompt": KVEmbedder(kv.model, kv.tokenizer, method="prompt", max_length=length, **options),
+        "echo": KVEmbedder(
+            kv.model, kv.tokenizer, method="echo", max_length=2 * args.max_tokens + prompt_room, **options
+        ),
     }
     counter = TokenCounter(kv.decoder)
     runs = {name: (lambda e=e: e.encode(docs)) for name, e in systems.items()}
-    if not args.no_sentence_transformers:
+    st_counter = None
+    if path is not None and not args.no_sentence_transformers:
         st = sentence_transformer(path, args.max_tokens, args.device, dtype)
         st_counter = TokenCounter(st[0])
         runs["sentence-transformers (last token, batch 32)"] = lambda: st.encode(docs, batch_size=32)
 
-    efficiency = {}
+    efficiency, real_tokens = {}, {}
     for name, fn in runs.items():  # one counted pass each (also the warm-up)
         counter.real = counter.processed = 0
-        if not args.no_sentence_transformers:
+        if st_counter is not None:
             st_counter.real = st_counter.processed = 0
         fn()
-        efficiency[name] = (st_counter if name.startswith("sentence") else counter).efficiency()
-        real = (st_counter if name.startswith("sentence") else counter).real
-        print(f"{name}: {real} real tokens, padding efficiency {efficiency[name]:.3f}", flush=True)
+        counted = st_counter if name.startswith("sentence") else counter
+        efficiency[name], real_tokens[name] = counted.efficiency(), counted.real
+        print(f"{name}: {counted.real} real tokens, padding efficiency {efficiency[name]:.3f}", flush=True)
     counter.enabled = False
     times = side_by_side(runs, repeats=args.repeats, warmup=0)
 
@@ -122,11 +141,28 @@ def main() -> None:
         f"model: {args.model} ({args.dtype}, {args.device}); "
         f"{len(docs)} SciFact documents, text cut at {args.max_tokens} tokens"
     )
-    rows = [
-        [name, f"{t:.2f}", f"{len(docs) / t:.1f}", f"{times['kv'] and t / times['kv']:.2f}", f"{efficiency[name]:.3f}"]
-        for name, t in times.items()
-    ]
-    print(markdown_table(["system", "seconds", "docs/s", "time / kv time", "padding efficiency"], rows))
+    parameters = non_embedding_parameters(kv.model)
+    rows = []
+    for name, t in times.items():
+        utilisation = "-"
+        if args.peak_tflops:
+            utilisation = f"{2 * parameters * real_tokens[name] / t / (args.peak_tflops * 1e12):.1%}"
+        rows.append(
+            [
+                name,
+                f"{t:.3f}",
+                f"{len(docs) / t:.1f}",
+                f"{real_tokens[name] / t:,.0f}",
+                utilisation,
+                f"{t / times['kv']:.2f}",
+                f"{efficiency[name]:.3f}",
+            ]
+        )
+    print(
+        f"non-embedding parameters: {parameters / 1e9:.2f} B; batching: {args.max_tokens_per_batch or 'batch_size 32'}"
+    )
+    header = ["system", "seconds", "docs/s", "real tokens/s", "model FLOP utilisation", "time / kv time"]
+    print(markdown_table([*header, "padding efficiency"], rows))
     corpus = scifact_documents(*([args.data] if args.data else []))
     whole = corpus_efficiency(kv, corpus, args.max_tokens)
     print(f"\npadding efficiency over all {len(corpus)} documents (batches of 32, planning only):")

@@ -40,9 +40,12 @@ SHAPES = {
 RANDOM_LAYERS = {"qwen3-4b": [17, 18], "llama-3.1-8b": [15, 16]}
 
 
-def load_backbone(name: str, dtype: torch.dtype, device: str, attn_implementation: str = "sdpa"):
+def load_backbone(
+    name: str, dtype: torch.dtype, device: str, attn_implementation: str = "sdpa", tokenizer: str | None = None
+):
     """``(model, tokenizer, layers)``: ``random:<shape>`` builds random weights (with the bundled
-    SmolLM2 tokenizer, whose ids all fall inside these vocabularies); else a bundled alias or path."""
+    SmolLM2 tokenizer, whose ids all fall inside these vocabularies, or the one in the directory
+    ``tokenizer``); else a bundled alias or path."""
     if name.startswith("random:"):
         shape = name.removeprefix("random:")
         config = SHAPES[shape]()
@@ -50,10 +53,16 @@ def load_backbone(name: str, dtype: torch.dtype, device: str, attn_implementatio
         torch.manual_seed(0)
         with torch.device(device):
             model = AutoModel.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
-        tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir("smollm2-135m"))
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer or bundled_model_dir("smollm2-135m"))
         return model.eval(), tokenizer, RANDOM_LAYERS[shape]
     from kv_embeddings_integrations.bundled import BUNDLED_MODELS
 
     path = bundled_model_dir(name) if name in BUNDLED_MODELS else name
     model = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation).to(device)
     return model.eval(), AutoTokenizer.from_pretrained(path), "auto"
+
+
+def non_embedding_parameters(model: torch.nn.Module) -> int:
+    """Parameters that take part in matrix products per token (the embedding table is a lookup)."""
+    embedding = model.get_input_embeddings().weight
+    return sum(p.numel() for p in model.parameters() if p is not embedding)

@@ -11,12 +11,14 @@ mask among real tokens is the model's own.
 
 Two exact ways to run a re-routed layer, both in fused kernels:
 
-- merge (SDPA on CPU): the model's own attention call, unchanged (same kernel, same mask or
-  ``is_causal``), also returning each query's log-sum-exp ``lse``; the prefix then joins as one
-  more softmax term: ``out = o + sigmoid(s_p - lse) * (v_p - o)`` with ``s_p = q.k_p * scale +
-  bias``. Extra work is O(L * head_dim) per head, nothing quadratic.
-- concatenation (elsewhere): keys and values get the prefix row and the mask a prefix column, then
-  the base implementation runs (SDPA's memory-efficient kernel on CUDA).
+- merge (SDPA): the model's own attention, in a fused SDPA kernel that also returns each query's
+  log-sum-exp ``lse`` (same mask or ``is_causal``); the prefix then joins as one more softmax term:
+  ``out = o + sigmoid(s_p - lse) * (v_p - o)`` with ``s_p = q.k_p * scale + bias``. Extra work is
+  O(L * head_dim) per head, nothing quadratic. Kernels: the CPU flash kernel; on CUDA the flash
+  kernel when no mask is needed and the memory-efficient kernel (which takes the padding mask)
+  otherwise, whichever torch's own SDPA checks allow for these tensors.
+- concatenation (elsewhere: eager attention, soft-capping, kernels torch refuses): keys and values
+  get the prefix row and the mask a prefix column, then the base implementation runs.
 
 Inputs must be left padded, so the final real token of every row is at position -1.
 """
@@ -47,6 +49,8 @@ class ReroutePlan:
     layers: frozenset[int]
     bias: float
     hits: set[int] = field(default_factory=set)
+    # layer -> how it ran: "cpu_flash", "flash", "efficient" (log-sum-exp merge) or "concat".
+    kernels: dict[int, str] = field(default_factory=dict)
 
 
 _ACTIVE_PLAN: ContextVar[ReroutePlan | None] = ContextVar("kv_reroute_plan", default=None)
@@ -107,7 +111,11 @@ def kv_reroute_attention(
         return function(module, query, key, value, attention_mask, **kwargs)
     plan.hits.add(layer)
     if base == "sdpa" and _can_merge(query, key, kwargs):
-        return _merged_prefix_sdpa(module, query, key, value, attention_mask, plan.bias, **kwargs)
+        merged = _merged_prefix_sdpa(module, query, key, value, attention_mask, plan.bias, **kwargs)
+        if merged is not None:
+            plan.kernels[layer] = merged[1]
+            return merged[0], None
+    plan.kernels[layer] = "concat"
     # method.md step 2/4: the final token's key (with its own rotary rotation) and value, as a prefix.
     key = torch.cat([key[:, :, -1:], key], dim=2)
     value = torch.cat([value[:, :, -1:], value], dim=2)
@@ -122,14 +130,24 @@ def kv_reroute_attention(
 _MERGE_UNSUPPORTED = ("position_bias", "softcap", "s_aux", "sinks")
 
 
-# SDPA's fused CPU kernel, called directly for its log-sum-exp (the public function drops it).
+# SDPA's fused kernels, called directly for their log-sum-exp (the public function drops it).
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_CUDA_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention", None)
+_CUDA_EFFICIENT = getattr(torch.ops.aten, "_scaled_dot_product_efficient_attention", None)
+# The memory-efficient kernel reads its bias in rows aligned to this many elements (torch's SDPA
+# pads the mask the same way before calling it).
+_BIAS_ALIGNMENT = 16
+
+
+def _kernel_device(tensor: torch.Tensor) -> str:
+    """Which set of fused kernels serves ``tensor``: "cpu" or "cuda" (others: none)."""
+    return tensor.device.type
 
 
 def _can_merge(query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> bool:
+    device = _kernel_device(query)
     return (
-        _CPU_FLASH is not None
-        and query.device.type == "cpu"
+        ((device == "cpu" and _CPU_FLASH is not None) or (device == "cuda" and _CUDA_EFFICIENT is not None))
         and query.shape[2] == key.shape[2]
         and not kwargs.get("dropout")
         and not kwargs.get("output_attentions")
@@ -138,14 +156,85 @@ def _can_merge(query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> bool:
 
 
 @cache
-def _kernel_takes_grouped_heads() -> bool:
-    """Whether this torch's CPU kernel maps query heads onto fewer key/value heads itself."""
-    query, key = torch.zeros(1, 2, 1, 8), torch.zeros(1, 1, 1, 8)
+def _kernel_takes_grouped_heads(kernel: str = "cpu_flash", device: str = "cpu") -> bool:
+    """Whether ``kernel`` maps query heads onto fewer key/value heads itself (tried once per device)."""
+    half = torch.bfloat16 if device != "cpu" else torch.float32
+    query, key = torch.zeros(1, 2, 1, 8, dtype=half, device=device), torch.zeros(1, 1, 1, 8, dtype=half, device=device)
     try:
-        _CPU_FLASH(query, key, key, 0.0, False)
+        if kernel == "cpu_flash":
+            _CPU_FLASH(query, key, key, 0.0, False)
+        elif kernel == "flash":
+            _CUDA_FLASH(query, key, key, 0.0, False, False)
+        else:
+            return False  # the memory-efficient kernel wants one key/value head per query head
     except RuntimeError:
         return False
     return True
+
+
+def _sdpa_allows(kernel: str, query, key, value, mask, causal: bool) -> bool:
+    """torch's own SDPA checks (dtype, head size, alignment, GPU) for ``kernel`` on these tensors."""
+    grouped = key.shape[1] != query.shape[1]
+    params = torch.backends.cuda.SDPAParams(query, key, value, mask, 0.0, causal, grouped)
+    check = (
+        torch.backends.cuda.can_use_flash_attention
+        if kernel == "flash"
+        else torch.backends.cuda.can_use_efficient_attention
+    )
+    return bool(check(params))
+
+
+def _additive_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The kernels take additive masks. A finite minimum (not -inf) keeps fully masked rows (left
+    padding) finite; SDPA converts boolean masks the same way for every layer."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dtype == torch.bool:
+        return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
+            ~attention_mask, torch.finfo(dtype).min
+        )
+    return attention_mask.to(dtype)
+
+
+def aligned_bias(mask: torch.Tensor, heads: int, q_len: int, kv_len: int) -> torch.Tensor:
+    """``mask`` as the memory-efficient kernel reads it: rows padded to the kernel's alignment (then
+    sliced back), broadcast to ``(batch, heads, q_len, kv_len)`` without copying."""
+    mask = mask[..., :kv_len]
+    if mask.stride(-2) % _BIAS_ALIGNMENT or mask.stride(-1) != 1:
+        padded = torch.nn.functional.pad(mask, (0, -kv_len % _BIAS_ALIGNMENT or _BIAS_ALIGNMENT))
+        mask = padded[..., :kv_len]
+    return mask.expand(mask.shape[0], heads, q_len, kv_len)
+
+
+def _attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+    """``(out (batch, heads, length, dim), lse (batch, heads, length), kernel)`` from a fused kernel
+    that returns the log-sum-exp, or None where none applies to these tensors."""
+    heads, kv_heads, length = query.shape[1], key.shape[1], query.shape[2]
+
+    def full(kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+        # Grouped-query attention: kernels that map query head h to key/value head h // groups
+        # take the grouped tensors; others want as many key/value heads as query heads.
+        if kv_heads == heads or _kernel_takes_grouped_heads(kernel, query.device.type):
+            return key, value
+        return repeat_kv(key, heads // kv_heads), repeat_kv(value, heads // kv_heads)
+
+    if _kernel_device(query) == "cpu":
+        full_key, full_value = full("cpu_flash")
+        out, lse = _CPU_FLASH(query, full_key, full_value, 0.0, causal, attn_mask=mask, scale=scale)
+        return out, lse, "cpu_flash"
+    if mask is None and _CUDA_FLASH is not None:
+        full_key, full_value = full("flash")
+        if _sdpa_allows("flash", query, full_key, full_value, None, causal):
+            out, lse = _CUDA_FLASH(query, full_key, full_value, 0.0, causal, False, scale=scale)[:2]
+            return out, lse, "flash"
+    full_key, full_value = full("efficient")
+    bias = None if mask is None else aligned_bias(mask, heads, length, key.shape[2])
+    if not _sdpa_allows("efficient", query, full_key, full_value, bias, causal):
+        return None
+    out, lse = _CUDA_EFFICIENT(query, full_key, full_value, bias, True, 0.0, causal, scale=scale)[:2]
+    return out, lse[..., :length], "efficient"  # the kernel pads lse's length to its block size
 
 
 def _merged_prefix_sdpa(
@@ -158,34 +247,26 @@ def _merged_prefix_sdpa(
     scaling: float | None = None,
     is_causal: bool | None = None,
     **_: object,
-) -> tuple[torch.Tensor, None]:
-    """The re-routed layer by log-sum-exp merge (module docstring), on SDPA's CPU flash kernel."""
+) -> tuple[torch.Tensor, str] | None:
+    """The re-routed layer by log-sum-exp merge (module docstring): ``(attention output, kernel)``,
+    or None where no fused kernel with a log-sum-exp takes these tensors (then: concatenation)."""
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
     scale = scaling if scaling is not None else dim**-0.5
     # The model's own choice, as transformers' sdpa_attention_forward makes it.
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(length > 1 and attention_mask is None and causal)
-    if attention_mask is not None and attention_mask.dtype == torch.bool:
-        # The kernel takes additive masks (SDPA converts boolean ones the same way for every layer).
-        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
-            ~attention_mask, torch.finfo(query.dtype).min
-        )
-    elif attention_mask is not None:
-        attention_mask = attention_mask.to(query.dtype)
-    # Grouped-query attention: the kernel maps query head h to key/value head h // groups; older
-    # kernels want as many key/value heads as query heads.
-    full_key, full_value = key, value
-    if kv_heads != heads and not _kernel_takes_grouped_heads():
-        full_key, full_value = repeat_kv(key, heads // kv_heads), repeat_kv(value, heads // kv_heads)
-    out, lse = _CPU_FLASH(query, full_key, full_value, 0.0, causal, attn_mask=attention_mask, scale=scale)
+    fused = _attention_with_lse(query, key, value, _additive_mask(attention_mask, query.dtype), causal, scale)
+    if fused is None:
+        return None
+    out, lse, kernel = fused
     # method.md step 2/4: the final token's key (with its own rotary rotation) and value, for the
     # query heads of each key/value head: (batch, kv_heads, groups * length, dim).
     grouped = query.reshape(batch, kv_heads, -1, dim).float()
     score_p = (grouped @ key[:, :, -1:].float().transpose(-1, -2)).view(batch, heads, length) * scale + bias
     weight_p = torch.sigmoid(score_p - lse).view(batch, kv_heads, -1, length, 1)
-    merged = torch.lerp(out.float().view(batch, kv_heads, -1, length, dim), value[:, :, None, -1:].float(), weight_p)
-    return merged.view(batch, heads, length, dim).to(query.dtype).transpose(1, 2).contiguous(), None
+    merged = torch.lerp(out.float().reshape(batch, kv_heads, -1, length, dim), value[:, :, None, -1:].float(), weight_p)
+    return merged.view(batch, heads, length, dim).to(query.dtype).transpose(1, 2).contiguous(), kernel
 
 
 for _base, _mask in (("sdpa", sdpa_mask), ("eager", eager_mask)):

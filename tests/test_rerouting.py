@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -162,3 +163,136 @@ def test_rerouted_layers_run_the_fused_kernel(tokenizer, texts):
     names = [event.name for event in prof.events()]
     assert names.count("aten::_scaled_dot_product_flash_attention_for_cpu") == embedder.num_layers
     assert not [n for n in names if n in ("aten::softmax", "aten::_softmax", "aten::_safe_softmax")]
+
+
+# --- CUDA kernels (log-sum-exp merge through the flash and memory-efficient kernels) -------------
+
+
+def _math_attention(query, key, value, bias, causal, scale):
+    """Plain attention in float64 for the emulated kernels: ``(out, lse)``."""
+    scores = (query.double() @ key.double().transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias.double()
+    if causal:
+        length = scores.shape[-1]
+        scores = scores.masked_fill(~torch.ones(length, length, dtype=torch.bool).tril(), float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    return (torch.softmax(scores, dim=-1) @ value.double()).to(query.dtype), lse.float()
+
+
+def _emulated_flash(query, key, value, dropout, causal, debug, scale=None):
+    # Native grouped heads (query head h reads key/value head h // groups), as flash-attention does.
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    out, lse = _math_attention(query, key, value, None, causal, scale)
+    # The real kernel returns (batch, heads, length, dim) laid out as (batch, length, heads, dim).
+    return (out.transpose(1, 2).contiguous().transpose(1, 2), lse, None, None, 0, 0, None, None, None)
+
+
+def _emulated_efficient(query, key, value, bias, compute_lse, dropout, causal, scale=None):
+    assert compute_lse and key.shape[1] == query.shape[1], "the memory-efficient kernel wants repeated heads"
+    if bias is not None:
+        assert bias.shape == (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+        assert bias.stride(-2) % rerouting._BIAS_ALIGNMENT == 0, "unaligned bias rows"
+    out, lse = _math_attention(query, key, value, bias, causal, scale)
+    # Its log-sum-exp is padded to the kernel's block size (32): garbage past the real length.
+    padded = torch.full((*lse.shape[:-1], -(-lse.shape[-1] // 32) * 32), float("nan"))
+    padded[..., : lse.shape[-1]] = lse
+    return out.transpose(1, 2).contiguous().transpose(1, 2), padded, None, None
+
+
+@pytest.mark.parametrize("texts", [TEXTS[1:2], TEXTS], ids=["unpadded", "padded"])
+def test_cuda_kernel_glue_matches_reference(family, tokenizer, texts, monkeypatch):
+    # The CUDA branch (kernel choice, grouped heads, bias alignment, log-sum-exp padding, output
+    # layout) run on the CPU with the two kernels emulated in float64; the real kernels are
+    # checked against the same reference by the CUDA tests below.
+    monkeypatch.setattr(rerouting, "_kernel_device", lambda tensor: "cuda")
+    monkeypatch.setattr(rerouting, "_CUDA_FLASH", _emulated_flash)
+    monkeypatch.setattr(rerouting, "_CUDA_EFFICIENT", _emulated_efficient)
+    monkeypatch.setattr(rerouting, "_sdpa_allows", lambda *args: True)
+    monkeypatch.setattr(rerouting, "_kernel_takes_grouped_heads", lambda kernel, device: kernel == "flash")
+    monkeypatch.setattr(rerouting, "prefixed_mask", _must_not_run)
+    model = make_model(family)
+    if model.config._attn_implementation != "sdpa":
+        pytest.skip(f"{family} runs eager attention here (concatenation only)")
+    embedder = KVEmbedder(model, tokenizer, layers=[0, 2], bias=1.5, **PAPER)
+    encoded, batch, out = _batch_hidden(embedder, texts)
+    width = batch.input_ids.shape[1]
+    for row, e in enumerate(encoded):
+        expected = reference_hidden_states(model, e.input_ids, [0, 2], 1.5)
+        torch.testing.assert_close(out.last_hidden_state[row, width - len(e) :], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_aligned_bias_keeps_values_and_aligns_rows():
+    mask = torch.randn(2, 1, 13, 13)
+    bias = rerouting.aligned_bias(mask, heads=4, q_len=13, kv_len=13)
+    assert bias.shape == (2, 4, 13, 13) and bias.stride(-2) % rerouting._BIAS_ALIGNMENT == 0
+    torch.testing.assert_close(bias, mask.expand(2, 4, 13, 13), rtol=0, atol=0)
+    aligned = torch.randn(1, 1, 16, 16)
+    assert rerouting.aligned_bias(aligned, 2, 16, 16).data_ptr() == aligned.data_ptr()  # no copy needed
+
+
+def _plan_kernels(embedder: KVEmbedder, texts: list[str]) -> dict[int, str]:
+    plans = []
+    original = rerouting.reroute
+
+    @contextlib.contextmanager
+    def recording(*args, **kwargs):
+        with original(*args, **kwargs) as plan:
+            plans.append(plan)
+            yield plan
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rerouting, "reroute", recording)
+        embedder.encode(texts)
+    return {layer: kernel for plan in plans for layer, kernel in plan.kernels.items()}
+
+
+def test_plan_records_the_cpu_kernel(tokenizer):
+    embedder = KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], **PAPER)
+    assert _plan_kernels(embedder, TEXTS) == {1: "cpu_flash", 2: "cpu_flash"}
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("texts", [TEXTS[1:2], TEXTS], ids=["unpadded", "padded"])
+def test_cuda_float32_matches_reference(family, tokenizer, texts):
+    model = make_model(family)
+    embedder = KVEmbedder(copy.deepcopy(model).to("cuda"), tokenizer, layers=[0, 2], bias=1.5, **PAPER)
+    encoded, batch, out = _batch_hidden(embedder, texts)
+    width = batch.input_ids.shape[1]
+    for row, e in enumerate(encoded):
+        expected = reference_hidden_states(model, e.input_ids, [0, 2], 1.5)
+        got = out.last_hidden_state[row, width - len(e) :].cpu()
+        # Float32 kernels sum in another order than the CPU: a relative error, not bit equality.
+        assert ((got - expected).norm() / expected.norm()).item() < 5e-4
+    if model.config._attn_implementation == "sdpa":
+        assert set(_plan_kernels(embedder, texts).values()) == {"efficient"}
+
+
+@needs_cuda
+@pytest.mark.parametrize("texts", [TEXTS[1:2], TEXTS], ids=["unpadded", "padded"])
+def test_cuda_bfloat16_merge_matches_concatenation(family, tokenizer, texts, monkeypatch):
+    # The fused merge against the concatenation path, both in bfloat16 on the GPU, both against the
+    # float32 reference: the merge must be no further from it than concatenation is.
+    model = make_model(family)
+    gpu = copy.deepcopy(model).to("cuda", torch.bfloat16)
+    embedder = KVEmbedder(gpu, tokenizer, layers=[0, 2], bias=1.5, **PAPER)
+    kernels = _plan_kernels(embedder, texts)
+    merged = embedder.encode(texts)
+    with monkeypatch.context() as patch:
+        patch.setattr(rerouting, "_can_merge", lambda *args: False)
+        concatenated = embedder.encode(texts)
+    reference = KVEmbedder(model, tokenizer, layers=[0, 2], bias=1.5, **PAPER).encode(texts)
+    merge_cosine = (merged * reference).sum(1).min()
+    concat_cosine = (concatenated * reference).sum(1).min()
+    assert merge_cosine > 0.99 and merge_cosine >= concat_cosine - 2e-3, (merge_cosine, concat_cosine)
+    if model.config._attn_implementation == "sdpa":
+        # No padding and no sliding window: the flash kernel; else the memory-efficient one.
+        windowed = family in ("mistral", "gemma3")
+        expected = "flash" if len(texts) == 1 and not windowed else "efficient"
+        assert set(kernels.values()) == {expected}, kernels
+    else:
+        assert set(kernels.values()) == {"concat"}
