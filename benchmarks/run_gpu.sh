@@ -6,6 +6,7 @@
 #
 #   benchmarks/run_gpu.sh --prepare    # here (the repo installed): tokenizer, texts and wheels -> .gpu/
 #   OUT=dir benchmarks/run_gpu.sh      # on the GPU machine, from the repo root, with .gpu/ beside it
+#   OUT=dir benchmarks/run_gpu.sh tests overhead   # some steps only
 #
 # The GPU machine runs the package from the tree (PYTHONPATH) on its own torch and transformers;
 # .gpu/wheels holds the pure-Python dependencies it may lack (pydantic, platformdirs).
@@ -55,9 +56,11 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 COMMON=(--model random:qwen3-4b --dtype bfloat16 --device cuda --tokenizer "$PREP/tokenizer" --data "$PREP/scifact")
 
+WANT=" $* "
 step() {  # name, seconds, command...: each step runs even when an earlier one failed
     local name=$1 limit=$2
     shift 2
+    [ "$WANT" = "  " ] || [[ "$WANT" == *" $name "* ]] || return 0
     echo "== $name: $*"
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
     echo "== $name: exit ${PIPESTATUS[0]}"
@@ -66,7 +69,8 @@ step() {  # name, seconds, command...: each step runs even when an earlier one f
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
     $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/machine.txt"
-step tests 150 $PY -m pytest -q -p no:cacheprovider -rs tests/test_rerouting.py tests/test_multi_device.py
+# The tests that need CUDA (the rest run in CI); -rP shows the kernels each re-routed layer ran.
+step tests 150 $PY -m pytest -q -p no:cacheprovider -rsP -k "cuda or gpu" tests/test_rerouting.py tests/test_multi_device.py
 step overhead 90 $PY benchmarks/bench_overhead.py "${COMMON[@]}" --lengths 512 2048 4096 --repeats 10
 step overhead-16k 90 $PY benchmarks/bench_overhead.py "${COMMON[@]}" --lengths 512 2048 4096 --repeats 10 \
     --tokens-per-pass 16384

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import cache, partial
 
 import torch
+from torch.nn.attention import SDPBackend
 from transformers import PreTrainedModel
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
@@ -134,6 +135,7 @@ _MERGE_UNSUPPORTED = ("position_bias", "softcap", "s_aux", "sinks")
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _CUDA_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention", None)
 _CUDA_EFFICIENT = getattr(torch.ops.aten, "_scaled_dot_product_efficient_attention", None)
+_CUDA_CUDNN = getattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention", None)
 # The memory-efficient kernel reads its bias in rows aligned to this many elements (torch's SDPA
 # pads the mask the same way before calling it).
 _BIAS_ALIGNMENT = 16
@@ -165,6 +167,8 @@ def _kernel_takes_grouped_heads(kernel: str = "cpu_flash", device: str = "cpu") 
             _CPU_FLASH(query, key, key, 0.0, False)
         elif kernel == "flash":
             _CUDA_FLASH(query, key, key, 0.0, False, False)
+        elif kernel == "cudnn":
+            _CUDA_CUDNN(query, key, key, None, True, 0.0, False, False)
         else:
             return False  # the memory-efficient kernel wants one key/value head per query head
     except RuntimeError:
@@ -172,16 +176,30 @@ def _kernel_takes_grouped_heads(kernel: str = "cpu_flash", device: str = "cpu") 
     return True
 
 
+_CHECKS = {
+    "flash": torch.backends.cuda.can_use_flash_attention,
+    "efficient": torch.backends.cuda.can_use_efficient_attention,
+    "cudnn": getattr(torch.backends.cuda, "can_use_cudnn_attention", lambda params, debug=False: False),
+}
+_BACKENDS = {
+    int(SDPBackend.FLASH_ATTENTION.value): "flash",
+    int(SDPBackend.EFFICIENT_ATTENTION.value): "efficient",
+    int(SDPBackend.CUDNN_ATTENTION.value): "cudnn",
+}
+
+
 def _sdpa_allows(kernel: str, query, key, value, mask, causal: bool) -> bool:
     """torch's own SDPA checks (dtype, head size, alignment, GPU) for ``kernel`` on these tensors."""
     grouped = key.shape[1] != query.shape[1]
     params = torch.backends.cuda.SDPAParams(query, key, value, mask, 0.0, causal, grouped)
-    check = (
-        torch.backends.cuda.can_use_flash_attention
-        if kernel == "flash"
-        else torch.backends.cuda.can_use_efficient_attention
-    )
-    return bool(check(params))
+    return bool(_CHECKS[kernel](params))
+
+
+def _sdpa_choice(query, key, value, mask, causal: bool) -> str:
+    """The fused kernel SDPA would run for these tensors ("flash", "efficient" or "cudnn"; else "")."""
+    grouped = key.shape[1] != query.shape[1]
+    choice = torch._fused_sdp_choice(query, key, value, mask, 0.0, causal, enable_gqa=grouped)
+    return _BACKENDS.get(int(choice), "")
 
 
 def _additive_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -224,17 +242,29 @@ def _attention_with_lse(
         full_key, full_value = full("cpu_flash")
         out, lse = _CPU_FLASH(query, full_key, full_value, 0.0, causal, attn_mask=mask, scale=scale)
         return out, lse, "cpu_flash"
-    if mask is None and _CUDA_FLASH is not None:
-        full_key, full_value = full("flash")
-        if _sdpa_allows("flash", query, full_key, full_value, None, causal):
+    # The kernel SDPA itself picks for these tensors (so a re-routed layer runs what its plain
+    # neighbours run), then the memory-efficient kernel should that one refuse them.
+    for kernel in dict.fromkeys((_sdpa_choice(query, key, value, mask, causal), "efficient")):
+        full_key, full_value = full(kernel)
+        if kernel == "flash" and mask is None and _sdpa_allows("flash", query, full_key, full_value, None, causal):
             out, lse = _CUDA_FLASH(query, full_key, full_value, 0.0, causal, False, scale=scale)[:2]
             return out, lse, "flash"
-    full_key, full_value = full("efficient")
-    bias = None if mask is None else aligned_bias(mask, heads, length, key.shape[2])
-    if not _sdpa_allows("efficient", query, full_key, full_value, bias, causal):
-        return None
-    out, lse = _CUDA_EFFICIENT(query, full_key, full_value, bias, True, 0.0, causal, scale=scale)[:2]
-    return out, lse[..., :length], "efficient"  # the kernel pads lse's length to its block size
+        bias = None if mask is None else aligned_bias(mask, heads, length, key.shape[2])
+        if (
+            kernel == "cudnn"
+            and _CUDA_CUDNN is not None
+            and _sdpa_allows("cudnn", query, full_key, full_value, bias, causal)
+        ):
+            try:
+                out, lse = _CUDA_CUDNN(query, full_key, full_value, bias, True, 0.0, causal, False, scale=scale)[:2]
+                lse = lse.reshape(*query.shape[:3])  # cuDNN's is (batch, heads, length, 1)
+            except RuntimeError:  # cuDNN can refuse a graph its checks let through
+                continue
+            return out, lse, "cudnn"
+        if kernel == "efficient" and _sdpa_allows("efficient", query, full_key, full_value, bias, causal):
+            out, lse = _CUDA_EFFICIENT(query, full_key, full_value, bias, True, 0.0, causal, scale=scale)[:2]
+            return out, lse[..., :length], "efficient"  # the kernel pads lse's length to its block size
+    return None
 
 
 def _merged_prefix_sdpa(

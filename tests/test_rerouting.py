@@ -201,14 +201,40 @@ def _emulated_efficient(query, key, value, bias, compute_lse, dropout, causal, s
     return out.transpose(1, 2).contiguous().transpose(1, 2), padded, None, None
 
 
+def _emulated_cudnn(query, key, value, bias, compute_lse, dropout, causal, debug, scale=None):
+    assert compute_lse and key.shape[1] == query.shape[1]
+    out, lse = _math_attention(query, key, value, bias, causal, scale)
+    return (out.transpose(1, 2).contiguous().transpose(1, 2), lse[..., None], None, None, 0, 0, None, None, None)
+
+
+def _choose_flash_or_efficient(query, key, value, mask, causal):
+    return "flash" if mask is None else "efficient"
+
+
+def _refusing_cudnn(*args, **kwargs):
+    raise RuntimeError("cuDNN refused the graph")
+
+
+@pytest.mark.parametrize(
+    "choice,cudnn",
+    [
+        (_choose_flash_or_efficient, _emulated_cudnn),
+        (lambda *args: "cudnn", _emulated_cudnn),
+        (lambda *args: "cudnn", _refusing_cudnn),  # then the memory-efficient kernel
+        (lambda *args: "", _emulated_cudnn),  # SDPA would run its math path: the memory-efficient kernel
+    ],
+    ids=["flash-efficient", "cudnn", "cudnn-refuses", "math"],
+)
 @pytest.mark.parametrize("texts", [TEXTS[1:2], TEXTS], ids=["unpadded", "padded"])
-def test_cuda_kernel_glue_matches_reference(family, tokenizer, texts, monkeypatch):
-    # The CUDA branch (kernel choice, grouped heads, bias alignment, log-sum-exp padding, output
-    # layout) run on the CPU with the two kernels emulated in float64; the real kernels are
-    # checked against the same reference by the CUDA tests below.
+def test_cuda_kernel_glue_matches_reference(family, tokenizer, texts, choice, cudnn, monkeypatch):
+    # The CUDA branch (kernel choice, grouped heads, bias alignment, log-sum-exp shapes, output
+    # layout) run on the CPU with the kernels emulated in float64; the real kernels are checked
+    # against the same reference by the CUDA tests below.
     monkeypatch.setattr(rerouting, "_kernel_device", lambda tensor: "cuda")
     monkeypatch.setattr(rerouting, "_CUDA_FLASH", _emulated_flash)
     monkeypatch.setattr(rerouting, "_CUDA_EFFICIENT", _emulated_efficient)
+    monkeypatch.setattr(rerouting, "_CUDA_CUDNN", cudnn)
+    monkeypatch.setattr(rerouting, "_sdpa_choice", choice)
     monkeypatch.setattr(rerouting, "_sdpa_allows", lambda *args: True)
     monkeypatch.setattr(rerouting, "_kernel_takes_grouped_heads", lambda kernel, device: kernel == "flash")
     monkeypatch.setattr(rerouting, "prefixed_mask", _must_not_run)
@@ -278,6 +304,7 @@ def test_cuda_bfloat16_merge_matches_concatenation(family, tokenizer, texts, mon
     # The fused merge against the concatenation path, both in bfloat16 on the GPU, both against the
     # float32 reference: the merge must be no further from it than concatenation is.
     model = make_model(family)
+    fused = model.config._attn_implementation == "sdpa"
     gpu = copy.deepcopy(model).to("cuda", torch.bfloat16)
     embedder = KVEmbedder(gpu, tokenizer, layers=[0, 2], bias=1.5, **PAPER)
     kernels = _plan_kernels(embedder, texts)
@@ -289,10 +316,8 @@ def test_cuda_bfloat16_merge_matches_concatenation(family, tokenizer, texts, mon
     merge_cosine = (merged * reference).sum(1).min()
     concat_cosine = (concatenated * reference).sum(1).min()
     assert merge_cosine > 0.99 and merge_cosine >= concat_cosine - 2e-3, (merge_cosine, concat_cosine)
-    if model.config._attn_implementation == "sdpa":
-        # No padding and no sliding window: the flash kernel; else the memory-efficient one.
-        windowed = family in ("mistral", "gemma3")
-        expected = "flash" if len(texts) == 1 and not windowed else "efficient"
-        assert set(kernels.values()) == {expected}, kernels
-    else:
-        assert set(kernels.values()) == {"concat"}
+    # SDPA's own pick for the plain layers (cuDNN or flash on recent GPUs), every re-routed layer alike.
+    assert len(set(kernels.values())) == 1 and set(kernels.values()) <= (
+        {"flash", "efficient", "cudnn"} if fused else {"concat"}
+    ), kernels
+    print(f"{family} bfloat16 {len(texts)} texts: {kernels}")
