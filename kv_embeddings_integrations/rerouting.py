@@ -14,9 +14,9 @@ Two exact ways to run a re-routed layer, both in fused kernels:
 - merge (SDPA): the model's own attention, in a fused SDPA kernel that also returns each query's
   log-sum-exp ``lse`` (same mask or ``is_causal``); the prefix then joins as one more softmax term:
   ``out = o + sigmoid(s_p - lse) * (v_p - o)`` with ``s_p = q.k_p * scale + bias``. Extra work is
-  O(L * head_dim) per head, nothing quadratic. Kernels: the CPU flash kernel; on CUDA the flash
-  kernel when no mask is needed and the memory-efficient kernel (which takes the padding mask)
-  otherwise, whichever torch's own SDPA checks allow for these tensors.
+  O(L * head_dim) per head, nothing quadratic. Kernels: the CPU flash kernel; on CUDA the one
+  SDPA itself picks for these tensors (cuDNN, flash or memory-efficient: what the plain layers
+  run), else the memory-efficient kernel where torch's checks allow it.
 - concatenation (elsewhere: eager attention, soft-capping, kernels torch refuses): keys and values
   get the prefix row and the mask a prefix column, then the base implementation runs.
 
