@@ -234,6 +234,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_option(evaluate, LoadOptions, "dtype")
     evaluate.add_argument("--no-cache", action="store_true", help="embed everything afresh, store nothing")
 
+    serve = commands.add_parser(
+        "serve", help="serve embeddings over HTTP: OpenAI's /v1/embeddings and TEI's /embed (the serve extra)"
+    )
+    _add_model_options(serve)
+    add_field_option(serve, EmbedderConfig, "max_tokens_per_batch")
+    add_field_option(serve, EmbedderConfig, "batch_size")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument(
+        "--served-model-name", default=None, help="the model name clients send and /v1/models lists (default: --model)"
+    )
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="key clients must send as 'Authorization: Bearer KEY' (default: the KV_EMBED_API_KEY environment "
+        "variable, which keeps it out of ps; neither: no key)",
+    )
+    serve.add_argument("--max-client-batch-size", type=int, default=512, help="most inputs per request (default 512)")
+    serve.add_argument(
+        "--max-request-bytes", type=int, default=2_000_000, help="largest request body in bytes (default 2000000)"
+    )
+    serve.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=512,
+        help="most requests running or waiting at once; more get 429 with Retry-After (default 512)",
+    )
+    serve.add_argument(
+        "--graceful-timeout", type=float, default=30.0, help="seconds in-flight requests get after SIGTERM (default 30)"
+    )
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
     similarity = commands.add_parser("similarity", help="cosine similarity of two texts")
     _add_model_options(similarity)
     similarity.add_argument("text_a")
@@ -497,6 +529,39 @@ def _embed_dataset(args) -> None:
         ray.shutdown()
 
 
+def _serve(args) -> None:
+    import os
+
+    try:
+        require("serve", "kv-embed serve")
+    except MissingExtraError as e:
+        raise CLIError(str(e)) from None
+    from .serving import API_KEY_ENV, EmbeddingEngine, ServeSettings, create_app
+    from .serving.server import run_server
+
+    name = args.served_model_name or args.model
+    try:
+        settings = ServeSettings(
+            served_model_name=name,
+            aliases=tuple(alias for alias in {args.model} if alias != name),
+            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+            max_client_batch_size=args.max_client_batch_size,
+            max_request_bytes=args.max_request_bytes,
+            max_concurrent_requests=args.max_concurrent_requests,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    embedder = _embedder(args)  # loads the model and chooses the layers before the port opens
+    print(
+        f"kv-embed serve: {name} ({embedder.num_layers} layers, re-routing {embedder.layers}, "
+        f"{embedder.dimension} dimensions) on http://{args.host}:{args.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    app = create_app(EmbeddingEngine(embedder, settings))
+    run_server(app, host=args.host, port=args.port, log_level=args.log_level, graceful_timeout=args.graceful_timeout)
+
+
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "embed":
@@ -511,6 +576,8 @@ def run(argv: list[str] | None = None) -> int:
         _evaluate(args)
     elif args.command == "select-layers":
         _select_layers(args)
+    elif args.command == "serve":
+        _serve(args)
     elif args.command == "similarity":
         embedder = _embedder(args)
         a, b = embedder.encode([args.text_a, args.text_b])

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from .results import EmbedResult
 
+_KEPT_SIZES = 10_000
+
 # Embeds (texts, prompt_type, normalize): one result row per text, sliced back per request.
 EncodeFn = Callable[[list[str], str, bool], EmbedResult]
 
@@ -46,10 +48,18 @@ class RequestCoalescer:
         max_wait: seconds the worker waits after the first request of a batch for others to
             arrive (0 takes only what is already queued).
         idle_timeout: seconds without requests after which the worker thread exits.
+        listeners: functions called (on the worker thread) with the number of texts of each
+            coalesced call; the list is used as given, so callers may add to it later.
     """
 
     def __init__(
-        self, encode: EncodeFn, *, max_texts: int = 512, max_wait: float = 0.002, idle_timeout: float = 1.0
+        self,
+        encode: EncodeFn,
+        *,
+        max_texts: int = 512,
+        max_wait: float = 0.002,
+        idle_timeout: float = 1.0,
+        listeners: list[Callable[[int], None]] | None = None,
     ) -> None:
         self._encode = encode
         self.max_texts = max_texts
@@ -58,7 +68,8 @@ class RequestCoalescer:
         self._pending: list[_Request] = []
         self._condition = threading.Condition()
         self._worker: threading.Thread | None = None
-        # Sizes (in texts) of the coalesced calls made so far; for benchmarks and tests.
+        self.listeners = listeners if listeners is not None else []
+        # Sizes (in texts) of the latest coalesced calls (at most _KEPT_SIZES); for benchmarks and tests.
         self.batch_sizes: list[int] = []
 
     def submit(self, texts: list[str], prompt_type: str, normalize: bool = True) -> Future:
@@ -128,7 +139,7 @@ class RequestCoalescer:
             for request in live:
                 self._serve_alone(request)
             return
-        self.batch_sizes.append(len(texts))
+        self._record(len(texts))
         start = 0
         for request in live:
             part = result[start : start + len(request.texts)]
@@ -141,5 +152,15 @@ class RequestCoalescer:
         except Exception as error:
             request.future.set_exception(error)
             return
-        self.batch_sizes.append(len(request.texts))
+        self._record(len(request.texts))
         request.future.set_result(result)
+
+    def _record(self, size: int) -> None:
+        self.batch_sizes.append(size)
+        if len(self.batch_sizes) > 2 * _KEPT_SIZES:  # a long-running server must not grow it forever
+            del self.batch_sizes[:_KEPT_SIZES]
+        for listener in list(self.listeners):
+            try:
+                listener(size)
+            except Exception:  # a broken metric must not fail the requests
+                pass

@@ -9,7 +9,7 @@ import dataclasses
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, ClassVar
 
@@ -82,7 +82,7 @@ def _chain(source: Future, target: Future, transform) -> None:
 
 
 # State that belongs to this process: not pickled (the pool sends embedders to workers).
-_PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "_float32_lock")
+_PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "_float32_lock", "batch_listeners")
 
 
 @dataclasses.dataclass
@@ -187,6 +187,8 @@ class KVEmbedder:
         self._coalescer: RequestCoalescer | None = None
         self._coalescer_lock = threading.Lock()
         self._float32_lock = threading.Lock()
+        # Called with the number of texts of each coalesced forward pass (a server's metrics).
+        self.batch_listeners: list[Callable[[int], None]] = []
         # Nothing re-routed until the layers are known; selection below runs on the built embedder.
         self.layers: list[int] = []
         self.layer_selection: LayerSelection | None = None
@@ -275,6 +277,7 @@ class KVEmbedder:
         self._coalescer = None
         self._coalescer_lock = threading.Lock()
         self._float32_lock = threading.Lock()
+        self.batch_listeners = []
 
     @classmethod
     def from_pretrained(
@@ -564,7 +567,9 @@ class KVEmbedder:
             return done
         with self._coalescer_lock:
             if self._coalescer is None:
-                self._coalescer = RequestCoalescer(self._embed_coalesced, max_texts=COALESCE_MAX_TEXTS)
+                self._coalescer = RequestCoalescer(
+                    self._embed_coalesced, max_texts=COALESCE_MAX_TEXTS, listeners=self.batch_listeners
+                )
             return self._coalescer.submit(items, prompt_type, normalize)
 
     def submit(self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True) -> Future:

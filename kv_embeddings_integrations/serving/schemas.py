@@ -1,0 +1,123 @@
+"""Request and response bodies: OpenAI's ``/v1/embeddings`` and text-embeddings-inference's ``/embed``.
+
+Inputs are checked here for shape only (a clear message naming the field and index); what a
+valid input means (token ids to decode, empty texts, limits) is the engine's business.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+OPENAI_INPUT = "a string, an array of strings, an array of token ids, or an array of arrays of token ids"
+TEI_INPUT = "a string or an array of strings"
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_openai_input(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise ValueError(f"'input' must be {OPENAI_INPUT}; got {type(value).__name__}")
+    if not value:
+        raise ValueError("'input' is an empty array; send at least one input")
+    first = value[0]
+    if isinstance(first, str):
+        kind, ok = "strings", lambda item: isinstance(item, str)
+    elif _is_token_id(first):
+        kind, ok = "token ids", _is_token_id
+    elif isinstance(first, list):
+        kind, ok = "arrays of token ids", lambda item: isinstance(item, list) and all(map(_is_token_id, item))
+    else:
+        raise ValueError(f"'input' must be {OPENAI_INPUT}; input[0] is {type(first).__name__}")
+    for index, item in enumerate(value):
+        if not ok(item):
+            raise ValueError(f"'input' must be {OPENAI_INPUT}; input[{index}] does not fit an array of {kind}")
+    return value
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request, plus ``input_type`` (this server's extension)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] | list[int] | list[list[int]] = Field(description=f"{OPENAI_INPUT} (cl100k_base ids)")
+    model: str = Field(description="the served model name (GET /v1/models)")
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="base64: little-endian float32 bytes of each vector"
+    )
+    dimensions: int | None = Field(
+        default=None,
+        description="the vectors' dimension; other values only where the server reduces by PCA or whitening",
+    )
+    user: str | None = Field(default=None, description="accepted and ignored")
+    input_type: Literal["query", "document"] = Field(
+        default="document", description="extension: which prompt embeds the input (retrieval queries: query)"
+    )
+
+    _check_input = field_validator("input", mode="before")(_check_openai_input)
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+def _check_tei_inputs(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise ValueError(f"'inputs' must be {TEI_INPUT}; got {type(value).__name__}")
+    if not value:
+        raise ValueError("'inputs' is an empty array; send at least one input")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueError(f"'inputs' must be {TEI_INPUT}; inputs[{index}] is {type(item).__name__}")
+    return value
+
+
+class TEIEmbedRequest(BaseModel):
+    """text-embeddings-inference's ``/embed`` request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: str | list[str] = Field(description=TEI_INPUT)
+    normalize: bool = Field(default=True, description="L2-normalise the vectors")
+    truncate: bool | None = Field(
+        default=None, description="cut texts over the model's max_length (default); false: 413 instead"
+    )
+    truncation_direction: Literal["right", "Right"] = Field(
+        default="right", description="only right truncation (the end of the text is cut)"
+    )
+    prompt_name: str | None = Field(default=None, description="query or document (default: document)")
+
+    _check_inputs = field_validator("inputs", mode="before")(_check_tei_inputs)
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "kv-embeddings-integrations"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

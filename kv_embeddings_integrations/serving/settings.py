@@ -1,0 +1,35 @@
+"""What the HTTP server accepts: names, key, and the limits that keep it answering under load."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+API_KEY_ENV = "KV_EMBED_API_KEY"
+
+
+class ServeSettings(BaseModel):
+    """Settings of :func:`~kv_embeddings_integrations.serving.app.create_app`.
+
+    Args:
+        served_model_name: the ``model`` clients name in requests and ``/v1/models`` lists.
+        aliases: other names accepted as ``model`` (e.g. the model's path or bundled alias).
+        api_key: the key clients must send as ``Authorization: Bearer <key>`` (None: no key).
+        max_client_batch_size: most inputs in one request (more: 413).
+        max_request_bytes: largest request body (more: 413).
+        max_concurrent_requests: most requests admitted at once, running or waiting for a
+            forward pass (more: 429 with ``Retry-After``), so a burst queues no unbounded work.
+        retry_after: seconds a client told 429 should wait (``Retry-After``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    served_model_name: str = Field(min_length=1)
+    aliases: tuple[str, ...] = ()
+    api_key: SecretStr | None = None
+    max_client_batch_size: int = Field(default=512, ge=1)
+    max_request_bytes: int = Field(default=2_000_000, ge=1)
+    max_concurrent_requests: int = Field(default=512, ge=1)
+    retry_after: int = Field(default=1, ge=0)
+
+    def accepts_model(self, name: str) -> bool:
+        return name == self.served_model_name or name in self.aliases

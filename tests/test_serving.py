@@ -1,0 +1,455 @@
+"""``kv-embed serve`` as a real server process on 127.0.0.1, called over real sockets by the
+official ``openai`` client, LangChain, LlamaIndex and plain HTTP; errors, fuzzing and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations.serving.token_ids import seed_tiktoken_cache
+
+KEY = "test-key-123"
+NAME = "tiny-kv"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+DOCS = [
+    "The mitochondria is the powerhouse of the cell.",
+    "Paris is the capital and largest city of France.",
+    "Python lists are mutable sequences of objects.",
+    "The stock market fell sharply on Tuesday.",
+    "Photosynthesis turns light into chemical energy in plants.",
+    "A binary search halves the interval at every step.",
+]
+QUERY = "Which organelle makes energy for the cell?"
+# The tiny model's options on both sides (server and in-process): re-routed layers fixed, the
+# default prompts and centering otherwise.
+LAYERS = "1,2"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``kv-embed serve`` in a child process, ready when ``/ready`` answers 200."""
+
+    def __init__(self, model: str, *extra: str, env: dict[str, str], api_key: str | None = KEY) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "kv_embeddings_integrations.cli", "serve", "--model", model]
+        command += ["--port", str(self.port), "--served-model-name", NAME, *extra]
+        full_env = {**os.environ, **env}
+        if api_key is not None:
+            full_env["KV_EMBED_API_KEY"] = api_key  # from the environment, as the README says
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115  (closed by stop())
+        self.process = subprocess.Popen(command, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not ready in time:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(f"{self.url}/metrics").text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def stopped_gracefully(self) -> bool:
+        """Exited after uvicorn's graceful shutdown: status 0, or SIGTERM re-raised once it finished
+        (what uvicorn does, so a supervisor sees the signal)."""
+        return self.stop() in (0, -signal.SIGTERM) and "Finished server process" in self.output()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    # The autouse fixture's isolated cache (shared with in-process embedders, so centering is fitted
+    # once) and a private tiktoken cache.
+    base = tmp_path_factory.getbasetemp()
+    return {"KV_EMBEDDINGS_CACHE": str(base / "cache"), "TIKTOKEN_CACHE_DIR": str(base / "tiktoken")}
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, env):
+    server = Server(str(model_dir), "--layers", LAYERS, "--max-length", "256", env=env)
+    yield server
+    assert server.stopped_gracefully(), server.output()
+
+
+@pytest.fixture(scope="module")
+def strict(model_dir, env):
+    """Small limits, to reach every refusal cheaply."""
+    limits = ["--max-client-batch-size", "4", "--max-request-bytes", "20000", "--max-concurrent-requests", "2"]
+    server = Server(str(model_dir), "--layers", LAYERS, "--postprocess", "none", *limits, env=env)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def local(model_dir, env, monkeypatch):
+    monkeypatch.setenv("KV_EMBEDDINGS_CACHE", env["KV_EMBEDDINGS_CACHE"])
+    return KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], max_length=256)
+
+
+@pytest.fixture
+def tiktoken_cache(env, monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", env["TIKTOKEN_CACHE_DIR"])
+    assert seed_tiktoken_cache()
+
+
+def _cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _ranking(query_vector, doc_vectors) -> list[int]:
+    return list(np.argsort(-(np.asarray(doc_vectors) @ np.asarray(query_vector)), kind="stable"))
+
+
+# -- clients ---------------------------------------------------------------------------------------
+
+
+def test_openai_client_float_base64_and_query_type(server, local):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    expected = local.embed(DOCS)
+    floats = client.embeddings.create(model=NAME, input=DOCS, encoding_format="float")
+    assert [d.index for d in floats.data] == list(range(len(DOCS)))
+    assert _cosines([d.embedding for d in floats.data], expected.vectors).min() >= 0.9999
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens == expected.total_tokens
+    assert floats.model == NAME
+    # The client's own default: base64 on the wire, decoded by the client.
+    default = client.embeddings.create(model=NAME, input=DOCS)
+    assert _cosines([d.embedding for d in default.data], expected.vectors).min() >= 0.9999
+    raw = client.embeddings.create(model=NAME, input=DOCS[:2], encoding_format="base64")
+    decoded = [np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in raw.data]
+    assert _cosines(decoded, expected.vectors[:2]).min() >= 0.9999
+    # The query prompt through the extension field.
+    query = client.embeddings.create(model=NAME, input=[QUERY], extra_body={"input_type": "query"})
+    assert _cosines([query.data[0].embedding], local.embed([QUERY], prompt_type="query").vectors)[0] >= 0.9999
+
+
+async def test_async_openai_client_concurrent_requests_keep_order(server, local):
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    batches = [DOCS[i:] + DOCS[:i] for i in range(len(DOCS))]
+    responses = await asyncio.gather(*(client.embeddings.create(model=NAME, input=b) for b in batches))
+    for batch, response in zip(batches, responses, strict=True):
+        got = [d.embedding for d in sorted(response.data, key=lambda d: d.index)]
+        assert _cosines(got, local.embed(batch).vectors).min() >= 0.9999
+    await client.close()
+
+
+@pytest.mark.parametrize("token_ids", [True, False], ids=["token-ids", "text"])
+def test_langchain_openai_embeddings_feed_a_vector_store(server, local, tiktoken_cache, token_ids):
+    from langchain_core.vectorstores import InMemoryVectorStore
+    from langchain_openai import OpenAIEmbeddings
+
+    # Defaults: LangChain tokenizes with tiktoken's cl100k_base and sends token ids.
+    embeddings = OpenAIEmbeddings(
+        model=NAME, base_url=f"{server.url}/v1", api_key=KEY, check_embedding_ctx_length=token_ids
+    )
+    store = InMemoryVectorStore.from_texts(DOCS, embeddings)
+    found = [doc.page_content for doc in store.similarity_search(QUERY, k=len(DOCS))]
+    # OpenAI's shape has no query flag: LangChain's queries get the document prompt, so the
+    # in-process ranking to match is the document prompt's.
+    vectors = local.encode(DOCS)
+    expected = [DOCS[i] for i in _ranking(local.encode(QUERY), vectors)]
+    assert found == expected
+    assert _cosines(embeddings.embed_documents(DOCS), vectors).min() >= 0.9999
+
+
+def test_llamaindex_openai_like_and_tei_clients_build_an_index(server, local):
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.embeddings.openai_like import OpenAILikeEmbedding
+    from llama_index.embeddings.text_embeddings_inference import TextEmbeddingsInference
+
+    expected = [DOCS[i] for i in _ranking(local.encode(QUERY), local.encode(DOCS))]
+    clients = [
+        OpenAILikeEmbedding(model_name=NAME, api_base=f"{server.url}/v1", api_key=KEY, embed_batch_size=4),
+        TextEmbeddingsInference(model_name=NAME, base_url=server.url, auth_token=KEY, embed_batch_size=4),
+    ]
+    for embed_model in clients:
+        index = VectorStoreIndex.from_documents([Document(text=d) for d in DOCS], embed_model=embed_model)
+        nodes = index.as_retriever(similarity_top_k=len(DOCS)).retrieve(QUERY)
+        assert [n.node.get_content() for n in nodes] == expected, type(embed_model).__name__
+
+
+def test_tei_embed_route_normalize_prompt_name_and_root(server, local):
+    body = {"inputs": DOCS[:3], "prompt_name": "query"}
+    response = httpx.post(f"{server.url}/embed", json=body, headers=AUTH)
+    assert response.status_code == 200 and response.headers["x-truncated-inputs"] == "0"
+    assert _cosines(response.json(), local.embed(DOCS[:3], prompt_type="query").vectors).min() >= 0.9999
+    raw = httpx.post(f"{server.url}/", json={"inputs": DOCS[0], "normalize": False}, headers=AUTH).json()
+    assert abs(np.linalg.norm(raw[0]) - 1) > 1e-3  # not normalised
+    assert _cosines(raw, local.embed(DOCS[:1]).vectors)[0] >= 0.9999
+
+
+def test_models_health_ready_metrics_and_docs(server):
+    models = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()
+    assert [m["id"] for m in models["data"]] == [NAME] and models["object"] == "list"
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{server.url}/ready").json()["status"] == "ready"
+    assert "/v1/embeddings" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+    httpx.post(f"{server.url}/v1/embeddings", json={"input": DOCS, "model": NAME}, headers=AUTH)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for name in (
+        'kv_embed_requests_total{route="/v1/embeddings",status="200"}',
+        "kv_embed_texts_total",
+        "kv_embed_tokens_total",
+        "kv_embed_batch_texts_bucket",
+        "kv_embed_request_texts_bucket",
+        "kv_embed_queue_depth",
+        "kv_embed_request_seconds_bucket",
+    ):
+        assert name in metrics, name
+    assert server.metric("kv_embed_texts_total") >= len(DOCS)
+
+
+def test_long_text_is_truncated_with_the_count_in_a_header_or_refused(server):
+    long_text = "word " * 2000
+    ok = httpx.post(f"{server.url}/v1/embeddings", json={"input": [long_text, "short"], "model": NAME}, headers=AUTH)
+    assert ok.status_code == 200 and ok.headers["x-truncated-inputs"] == "1"
+    refused = httpx.post(f"{server.url}/embed", json={"inputs": ["short", long_text], "truncate": False}, headers=AUTH)
+    assert refused.status_code == 413
+    assert "input 1 is longer than the model's max_length (256 tokens" in refused.json()["error"]["message"]
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+ERRORS = [
+    # (name, path, headers, body (bytes or JSON), status, words in the message, param)
+    ("no key", "/v1/embeddings", {}, {"input": "a", "model": NAME}, 401, "no API key", None),
+    ("wrong key", "/v1/embeddings", {"Authorization": "Bearer nope"}, {"input": "a", "model": NAME}, 401,
+     "incorrect API key", None),
+    ("bad JSON", "/v1/embeddings", AUTH, b'{"input": ', 400, "not valid JSON", None),
+    ("not an object", "/v1/embeddings", AUTH, [1, 2], 400, "JSON object", None),
+    ("wrong input type", "/v1/embeddings", AUTH, {"input": 3.5, "model": NAME}, 400, "'input' must be a string",
+     "input"),
+    ("mixed input", "/v1/embeddings", AUTH, {"input": ["a", 1], "model": NAME}, 400, "input[1] does not fit", "input"),
+    ("empty string", "/v1/embeddings", AUTH, {"input": ["a", "b", ""], "model": NAME}, 400, "input[2] is empty",
+     "input"),
+    ("empty array", "/v1/embeddings", AUTH, {"input": [], "model": NAME}, 400, "empty array", "input"),
+    ("missing model", "/v1/embeddings", AUTH, {"input": "a"}, 400, "'model' is required", "model"),
+    ("unknown model", "/v1/embeddings", AUTH, {"input": "a", "model": "gpt-4"}, 400, "model 'gpt-4' is not served",
+     "model"),
+    ("bad encoding", "/v1/embeddings", AUTH, {"input": "a", "model": NAME, "encoding_format": "hex"}, 400,
+     "encoding_format", "encoding_format"),
+    ("dimensions", "/v1/embeddings", AUTH, {"input": "a", "model": NAME, "dimensions": 16}, 400,
+     "not trained for truncation", "dimensions"),
+    ("token id out of range", "/v1/embeddings", AUTH, {"input": [[1, 999999]], "model": NAME}, 400,
+     "token id 999999, outside cl100k_base", "input"),
+    ("undefined token id", "/v1/embeddings", AUTH, {"input": [100261], "model": NAME}, 400, "cannot decode", "input"),
+    ("too many inputs", "/v1/embeddings", AUTH, {"input": ["a"] * 5, "model": NAME}, 413, "at most 4", "input"),
+    ("body too large", "/v1/embeddings", AUTH, {"input": ["x" * 30000], "model": NAME}, 413,
+     "over this server's 20000 bytes", None),
+    ("TEI prompt name", "/embed", AUTH, {"inputs": "a", "prompt_name": "passage"}, 400, "prompt_name must be",
+     "prompt_name"),
+    ("TEI inputs type", "/embed", AUTH, {"inputs": [["a"]]}, 400, "inputs[0] is list", "inputs"),
+    ("unknown route", "/v2/embeddings", AUTH, {"input": "a"}, 404, "Not Found", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ERRORS, ids=[case[0] for case in ERRORS])
+def test_errors_are_openai_shaped_with_the_right_status(strict, case):
+    _, path, headers, body, status, words, param = case
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(
+        f"{strict.url}{path}", content=content, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert words in error["message"], error["message"]
+    assert error["param"] == param
+
+
+def test_token_ids_without_tiktoken_name_the_client_setting(strict, model_dir, monkeypatch):
+    # Where cl100k_base cannot be had offline, token ids get a 400 naming the client setting.
+    from kv_embeddings_integrations.serving import APIError, EmbeddingEngine, ServeSettings, engine
+
+    monkeypatch.setattr(engine, "cl100k", lambda: None)
+    embedder = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], postprocess="none")
+    with pytest.raises(APIError, match="check_embedding_ctx_length=False") as caught:
+        EmbeddingEngine(embedder, ServeSettings(served_model_name=NAME)).texts_of([[15339, 1917]], "input")
+    assert caught.value.status == 400
+
+
+def test_too_many_concurrent_requests_get_429_with_retry_after(strict):
+    body = {"input": ["word " * 200] * 4, "model": NAME}
+    statuses, retry_after = [], set()
+
+    def call():
+        response = httpx.post(f"{strict.url}/v1/embeddings", json=body, headers=AUTH, timeout=60)
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            retry_after.add(response.headers.get("retry-after"))
+            assert "--max-concurrent-requests 2" in response.json()["error"]["message"]
+
+    threads = [threading.Thread(target=call) for _ in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
+    assert retry_after == {"1"}
+
+
+# -- fuzzing ---------------------------------------------------------------------------------------
+
+_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(st.characters())
+_json = st.recursive(
+    _scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+_bodies = st.one_of(
+    _json,
+    st.fixed_dictionaries(
+        {"input": _json, "model": st.sampled_from([NAME, "x"])},
+        optional={"encoding_format": _json, "dimensions": _json, "input_type": _json, "user": _json},
+    ),
+    st.fixed_dictionaries({"inputs": _json}, optional={"normalize": _json, "truncate": _json, "prompt_name": _json}),
+    st.fixed_dictionaries({"input": st.lists(st.text(st.characters(), min_size=1), min_size=1, max_size=3),
+                           "model": st.just(NAME)}),
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=_bodies, path=st.sampled_from(["/v1/embeddings", "/embed"]))
+def test_fuzzed_bodies_never_get_a_500(strict, body, path):
+    response = httpx.post(f"{strict.url}{path}", content=json.dumps(body).encode(), headers=AUTH, timeout=60)
+    assert response.status_code in (200, 400, 413, 429), (response.status_code, response.text)
+    if response.status_code != 200:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(raw=st.binary(max_size=200))
+def test_fuzzed_bytes_never_get_a_500(strict, raw):
+    response = httpx.post(f"{strict.url}/v1/embeddings", content=raw, headers=AUTH, timeout=60)
+    assert response.status_code in (400, 413), (response.status_code, response.text)
+
+
+def test_server_still_answers_after_the_fuzzing(strict):
+    response = httpx.post(f"{strict.url}/v1/embeddings", json={"input": "still here", "model": NAME}, headers=AUTH)
+    assert response.status_code == 200 and strict.process.poll() is None
+
+
+# -- faults ----------------------------------------------------------------------------------------
+
+
+def test_client_that_disconnects_is_withdrawn_and_breaks_nothing(server):
+    busy = {"input": ["word " * 250] * 64, "model": NAME}
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(r=httpx.post(f"{server.url}/v1/embeddings", json=busy, headers=AUTH, timeout=120))
+    )
+    worker.start()
+    time.sleep(0.05)
+    # A second client sends its request and hangs up while it waits behind the first.
+    payload = json.dumps({"input": ["word " * 250] * 16, "model": NAME}).encode()
+    head = (
+        f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head + payload)
+        time.sleep(0.05)
+    worker.join()
+    assert result["r"].status_code == 200 and len(result["r"].json()["data"]) == 64
+    deadline = time.monotonic() + 30
+    while server.metric('kv_embed_requests_total{route="/v1/embeddings",status="499"}') < 1:
+        assert time.monotonic() < deadline, "the disconnected request was never withdrawn"
+        time.sleep(0.1)
+    ok = httpx.post(f"{server.url}/v1/embeddings", json={"input": DOCS, "model": NAME}, headers=AUTH)
+    assert ok.status_code == 200
+
+
+def test_sigterm_during_a_burst_finishes_in_flight_requests(model_dir, env):
+    server = Server(str(model_dir), "--layers", LAYERS, "--postprocess", "none", env=env)
+    body = {"input": ["word " * 400] * 48, "model": NAME}
+    statuses = []
+
+    def call():
+        response = httpx.post(f"{server.url}/v1/embeddings", json=body, headers=AUTH, timeout=120)
+        statuses.append((response.status_code, len(response.json().get("data", []))))
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while server.metric("kv_embed_queue_depth") < 6:
+        assert time.monotonic() < deadline, "the burst never arrived"
+        time.sleep(0.01)
+    server.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join()
+    assert statuses == [(200, 48)] * 6
+    server.process.wait(60)
+    assert server.stopped_gracefully(), server.output()
+    with pytest.raises(httpx.ConnectError):  # the socket is closed: new requests are refused
+        httpx.get(f"{server.url}/health", timeout=2)
+
+
+# -- the bundled model, end to end -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bundled_model_end_to_end(tmp_path):
+    import openai
+
+    # The user's cache, like the other slow tests (the layers and centering chosen once).
+    server = Server("smollm2-135m", "--dtype", "float32", env={"TIKTOKEN_CACHE_DIR": str(tmp_path)})
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+        response = client.embeddings.create(model=NAME, input=DOCS)
+        local = KVEmbedder.from_pretrained("smollm2-135m", dtype="float32")
+        assert _cosines([d.embedding for d in response.data], local.encode(DOCS)).min() >= 0.9999
+        assert response.usage.prompt_tokens == local.embed(DOCS).total_tokens
+    finally:
+        assert server.stopped_gracefully(), server.output()
