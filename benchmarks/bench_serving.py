@@ -113,11 +113,13 @@ def main() -> None:
         import torch
         from models import load_backbone
 
-        backbone, tokenizer, layers = load_backbone(model, getattr(torch, args.dtype), "cpu", tokenizer=args.tokenizer)
+        backbone, tokenizer, _ = load_backbone(model, getattr(torch, args.dtype), args.device, tokenizer=args.tokenizer)
         model = tempfile.mkdtemp(prefix="random-backbone-")
         backbone.save_pretrained(model)
         tokenizer.save_pretrained(model)
         del backbone
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     process, url = start_server(args, model)
     try:

