@@ -11,4 +11,8 @@ bash $S sts gemma3-270m                            # the same on Gemma-3, STS ta
 FINALISTS="kv_pcot(postprocess=center),pcot(postprocess=center),prompt(postprocess=center),kv(postprocess=center),prompteol(postprocess=center),echo(postprocess=center)" \
     bash $S finalists gemma3-270m                  # Banking77 for Gemma-3's finalists
 DEFAULT=kv_pcot bash $S dims smollm2-135m            # PCA to 512 / 256 / 128 dimensions
+both() { local out=""; IFS=, read -ra ms <<< "$1"; for m in "${ms[@]}"; do out+="$m(postprocess=none),$m(postprocess=center),"; done; echo "${out%,}"; }
+SCIFACT_METHODS="$(both kv,kv_pcot,pcot,ke,prompteol,echo)" bash $S scifact smollm2-135m   # 1000-document SciFact
+SCIFACT_METHODS="$(both kv_pcot,pcot,echo,kv)" bash $S scifact gemma3-270m
+bash $S scifact-full smollm2-135m                  # all 5183 documents: the default and `pcot`
 python docs/results/dev/summarize.py               # the tables

@@ -76,6 +76,20 @@ if __name__ == "__main__":
     per_model = {model: model_table(model, ["families", "finalists"]) for model in MODELS}
     cross_table(per_model, "sts", "Mean of the two STS tasks, both models")
     cross_table(per_model, "all", "Mean of all three tasks, both models (Gemma-3: the finalists)")
+    print("### SciFact train queries, 1000-document corpus (every judged document kept), nDCG@10 x100\n")
+    print("| method | " + " | ".join(f"{name}, none | {name}, centered" for name in MODELS.values()) + " |")
+    print("|---|" + "---:|" * (2 * len(MODELS)) + "")
+    scifact = {model: load(model, "scifact") for model in MODELS}
+    methods = dict.fromkeys(
+        label.replace("(postprocess=center)", "") for scores in scifact.values() for label, _ in scores
+    )
+    for method in methods:
+        cells = []
+        for model in MODELS:
+            for label in (method, f"{method}(postprocess=center)"):
+                cells.append(cell(scifact[model].get((label, "scifact-train"))))
+        print(f"| `{method}` | " + " | ".join(cells) + " |")
+    print()
     dims = {model: load(model, "dims") for model in MODELS}
     for model, scores in dims.items():
         labels = list(dict.fromkeys(label for label, _ in scores))

