@@ -251,7 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="key clients must send as 'Authorization: Bearer KEY' (default: the KV_EMBED_API_KEY environment "
         "variable, which keeps it out of ps; neither: no key)",
     )
-    serve.add_argument("--max-client-batch-size", type=int, default=512, help="most inputs per request (default 512)")
+    serve.add_argument(
+        "--max-client-batch-size",
+        type=int,
+        default=2048,
+        help="most inputs per request (default 2048, OpenAI's limit; LangChain sends up to 1000)",
+    )
     serve.add_argument(
         "--max-request-bytes", type=int, default=2_000_000, help="largest request body in bytes (default 2000000)"
     )
@@ -538,6 +543,7 @@ def _serve(args) -> None:
         raise CLIError(str(e)) from None
     from .serving import API_KEY_ENV, EmbeddingEngine, ServeSettings, create_app
     from .serving.server import run_server
+    from .serving.token_ids import cl100k
 
     name = args.served_model_name or args.model
     try:
@@ -558,6 +564,7 @@ def _serve(args) -> None:
         file=sys.stderr,
         flush=True,
     )
+    cl100k()  # token-id inputs: load the encoding now, not in the first request
     app = create_app(EmbeddingEngine(embedder, settings))
     run_server(app, host=args.host, port=args.port, log_level=args.log_level, graceful_timeout=args.graceful_timeout)
 

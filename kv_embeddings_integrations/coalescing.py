@@ -97,6 +97,10 @@ class RequestCoalescer:
         if self.max_wait > 0:
             time.sleep(self.max_wait)
         with self._condition:
+            # A withdrawn (cancelled) request leaves the queue here, not when a pass reaches it.
+            self._pending = [r for r in self._pending if not r.future.cancelled()]
+            if not self._pending:
+                return []
             kind = self._pending[0].kind
             group, rest, count = [], [], 0
             for request in self._pending:

@@ -614,9 +614,12 @@ class KVEmbedder:
 
     # -- the model, one level down: tokens, batches, forward passes ------------------------------
 
-    def tokenize(self, texts: Sequence[str], prompt_type: str = "document") -> list[EncodedText]:
-        """The prompted token ids of each text as the model sees them (cut to ``max_length``)."""
-        return self._prompt_tokenizer.encode(list(texts), self.template(prompt_type))
+    def tokenize(
+        self, texts: Sequence[str], prompt_type: str = "document", *, template: str | None = None
+    ) -> list[EncodedText]:
+        """The prompted token ids of each text as the model sees them (cut to ``max_length``), with
+        ``prompt_type``'s (first) template or the given one of :meth:`templates`."""
+        return self._prompt_tokenizer.encode(list(texts), template or self.template(prompt_type))
 
     def collate(self, encoded: Sequence[EncodedText]) -> TokenBatch:
         """Left-pad tokenized texts into one batch on the model's input device."""

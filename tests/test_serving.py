@@ -27,6 +27,7 @@ from kv_embeddings_integrations.serving.token_ids import seed_tiktoken_cache
 KEY = "test-key-123"
 NAME = "tiny-kv"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+JSON = {**AUTH, "Content-Type": "application/json"}
 DOCS = [
     "The mitochondria is the powerhouse of the cell.",
     "Paris is the capital and largest city of France.",
@@ -235,7 +236,11 @@ def test_models_health_ready_metrics_and_docs(server):
     assert httpx.get(f"{server.url}/ready").json()["status"] == "ready"
     assert "/v1/embeddings" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
     assert httpx.get(f"{server.url}/docs").status_code == 200
+    passes, texts = server.metric("kv_embed_batch_texts_count"), server.metric("kv_embed_texts_total")
     httpx.post(f"{server.url}/v1/embeddings", json={"input": DOCS, "model": NAME}, headers=AUTH)
+    # Observed, not only declared: one more coalesced pass, the request's texts counted.
+    assert server.metric("kv_embed_batch_texts_count") >= passes + 1
+    assert server.metric("kv_embed_texts_total") == texts + len(DOCS)
     metrics = httpx.get(f"{server.url}/metrics").text
     for name in (
         'kv_embed_requests_total{route="/v1/embeddings",status="200"}',
@@ -247,7 +252,6 @@ def test_models_health_ready_metrics_and_docs(server):
         "kv_embed_request_seconds_bucket",
     ):
         assert name in metrics, name
-    assert server.metric("kv_embed_texts_total") >= len(DOCS)
 
 
 def test_long_text_is_truncated_with_the_count_in_a_header_or_refused(server):
@@ -308,6 +312,33 @@ def test_errors_are_openai_shaped_with_the_right_status(strict, case):
     assert error["param"] == param
 
 
+def test_key_is_checked_before_the_body(strict):
+    response = httpx.post(
+        f"{strict.url}/v1/embeddings",
+        content=b"{not json",
+        headers={"Authorization": "Bearer nope", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_unencodable_text_is_repaired_not_a_500(strict):
+    # A lone surrogate (JSON can carry one; UTF-8 cannot), also on the no-truncation path.
+    for body in ({"inputs": ["a \ud800 b"], "truncate": False}, {"inputs": "\udfff"}):
+        response = httpx.post(f"{strict.url}/embed", content=json.dumps(body).encode(), headers=JSON)
+        assert response.status_code == 200, response.text
+
+
+def test_blank_text_under_empty_text_error_is_a_400(model_dir):
+    from kv_embeddings_integrations.serving import APIError, EmbeddingEngine, ServeSettings
+
+    embedder = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], postprocess="none", empty_text="error")
+    engine = EmbeddingEngine(embedder, ServeSettings(served_model_name=NAME))
+    with pytest.raises(APIError, match=r"input\[1\] is whitespace only") as caught:
+        engine.texts_of(["fine", "   "], "input")
+    assert caught.value.status == 400
+    assert engine.texts_of(["fine", "  x "], "input") == ["fine", "  x "]
+
+
 def test_token_ids_without_tiktoken_name_the_client_setting(strict, model_dir, monkeypatch):
     # Where cl100k_base cannot be had offline, token ids get a 400 naming the client setting.
     from kv_embeddings_integrations.serving import APIError, EmbeddingEngine, ServeSettings, engine
@@ -321,14 +352,14 @@ def test_token_ids_without_tiktoken_name_the_client_setting(strict, model_dir, m
 
 def test_too_many_concurrent_requests_get_429_with_retry_after(strict):
     body = {"input": ["word " * 200] * 4, "model": NAME}
-    statuses, retry_after = [], set()
+    statuses, retry_after, messages = [], set(), set()
 
     def call():
         response = httpx.post(f"{strict.url}/v1/embeddings", json=body, headers=AUTH, timeout=60)
         statuses.append(response.status_code)
         if response.status_code == 429:
             retry_after.add(response.headers.get("retry-after"))
-            assert "--max-concurrent-requests 2" in response.json()["error"]["message"]
+            messages.add("--max-concurrent-requests 2" in response.json()["error"]["message"])
 
     threads = [threading.Thread(target=call) for _ in range(24)]
     for thread in threads:
@@ -336,7 +367,7 @@ def test_too_many_concurrent_requests_get_429_with_retry_after(strict):
     for thread in threads:
         thread.join()
     assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
-    assert retry_after == {"1"}
+    assert retry_after == {"1"} and messages == {True}
 
 
 # -- fuzzing ---------------------------------------------------------------------------------------
@@ -360,10 +391,14 @@ _bodies = st.one_of(
 )  # fmt: skip
 
 
+_FUZZ_STATUSES: set[int] = set()
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=_bodies, path=st.sampled_from(["/v1/embeddings", "/embed"]))
 def test_fuzzed_bodies_never_get_a_500(strict, body, path):
-    response = httpx.post(f"{strict.url}{path}", content=json.dumps(body).encode(), headers=AUTH, timeout=60)
+    response = httpx.post(f"{strict.url}{path}", content=json.dumps(body).encode(), headers=JSON, timeout=60)
+    _FUZZ_STATUSES.add(response.status_code)
     assert response.status_code in (200, 400, 413, 429), (response.status_code, response.text)
     if response.status_code != 200:
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
@@ -372,11 +407,13 @@ def test_fuzzed_bodies_never_get_a_500(strict, body, path):
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=st.binary(max_size=200))
 def test_fuzzed_bytes_never_get_a_500(strict, raw):
-    response = httpx.post(f"{strict.url}/v1/embeddings", content=raw, headers=AUTH, timeout=60)
+    response = httpx.post(f"{strict.url}/v1/embeddings", content=raw, headers=JSON, timeout=60)
     assert response.status_code in (400, 413), (response.status_code, response.text)
 
 
 def test_server_still_answers_after_the_fuzzing(strict):
+    # The fuzzing reached both the embedding path and the refusals.
+    assert {200, 400} <= _FUZZ_STATUSES or not _FUZZ_STATUSES, _FUZZ_STATUSES
     response = httpx.post(f"{strict.url}/v1/embeddings", json={"input": "still here", "model": NAME}, headers=AUTH)
     assert response.status_code == 200 and strict.process.poll() is None
 
@@ -386,6 +423,7 @@ def test_server_still_answers_after_the_fuzzing(strict):
 
 def test_client_that_disconnects_is_withdrawn_and_breaks_nothing(server):
     busy = {"input": ["word " * 250] * 64, "model": NAME}
+    embedded_before = server.metric("kv_embed_batch_texts_sum")
     result = {}
     worker = threading.Thread(
         target=lambda: result.update(r=httpx.post(f"{server.url}/v1/embeddings", json=busy, headers=AUTH, timeout=120))
@@ -407,6 +445,8 @@ def test_client_that_disconnects_is_withdrawn_and_breaks_nothing(server):
     while server.metric('kv_embed_requests_total{route="/v1/embeddings",status="499"}') < 1:
         assert time.monotonic() < deadline, "the disconnected request was never withdrawn"
         time.sleep(0.1)
+    # The 16 texts of the withdrawn request never reached a forward pass.
+    assert server.metric("kv_embed_batch_texts_sum") == embedded_before + 64
     ok = httpx.post(f"{server.url}/v1/embeddings", json={"input": DOCS, "model": NAME}, headers=AUTH)
     assert ok.status_code == 200
 

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -81,6 +81,37 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+# Routes that need the API key when one is set; health, readiness, metrics and docs stay open.
+PROTECTED = frozenset({"/v1/embeddings", "/embed", "/", "/v1/models"})
+
+
+class APIKeyGuard:
+    """ASGI middleware: ``Authorization: Bearer <key>`` on :data:`PROTECTED` routes, checked in
+    constant time before the body is read (so a bad key is a 401 whatever the body)."""
+
+    def __init__(self, app, key: str | None) -> None:
+        self.app = app
+        self.key = key.encode() if key is not None else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.key is None or scope["type"] != "http" or scope["path"] not in PROTECTED:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, key = header.partition(b" ")
+        if scheme.lower() == b"bearer" and secrets.compare_digest(key.strip(), self.key):
+            await self.app(scope, receive, send)
+            return
+        message = "missing or incorrect API key" if header else "no API key"
+        error = APIError(
+            401,
+            f"{message}: send 'Authorization: Bearer <key>'",
+            type="authentication_error",
+            code="invalid_api_key",
+        )
+        await _send_error(send, error)
+
+
 class AccessLog:
     """ASGI middleware: one log line per request (method, path, status, texts, tokens, ms) and
     the request counter and latency histogram (labelled by route; unknown paths as "other")."""
@@ -94,7 +125,7 @@ class AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, status = time.perf_counter(), 500
+        started, status = time.perf_counter(), None
 
         async def watch(message):
             nonlocal status
@@ -104,7 +135,12 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, watch)
+        except BaseException:
+            status = status or 500
+            raise
         finally:
+            # No response and no error: the client hung up before there was one to send.
+            status = status or CLIENT_CLOSED
             elapsed = time.perf_counter() - started
             route = scope["path"] if scope["path"] in self.routes else "other"
             self.metrics.requests.labels(route, str(status)).inc()
@@ -140,22 +176,6 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
     app.state.ready = True
     created = int(time.time())
 
-    async def authorized(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        expected = settings.api_key.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), expected):
-            raise APIError(
-                401,
-                "missing or incorrect API key: send 'Authorization: Bearer <key>'"
-                if header
-                else "no API key: send 'Authorization: Bearer <key>'",
-                type="authentication_error",
-                code="invalid_api_key",
-            )
-
     def check_model(name: str) -> None:
         if not settings.accepts_model(name):
             names = ", ".join(repr(n) for n in (settings.served_model_name, *settings.aliases))
@@ -189,27 +209,29 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
     @app.post(
         "/v1/embeddings",
         response_model=EmbeddingResponse,
-        dependencies=[Depends(authorized)],
         summary="Embeddings (OpenAI's shape)",
     )
     async def openai_embeddings(body: EmbeddingRequest, request: Request) -> Response:
         check_model(body.model)
         texts = engine.texts_of(body.input, "input")
-        if body.dimensions is not None and body.dimensions < 1:
-            raise APIError(400, f"dimensions must be a positive integer, got {body.dimensions}", param="dimensions")
+        engine.check_dimensions(body.dimensions)  # before a forward pass is spent on it
         embedded = await until_answered(request, engine.embed(texts, prompt_type=body.input_type))
         note(request, len(texts), embedded)
-        vectors = engine.with_dimensions(embedded.vectors, body.dimensions)
-        encode = encode_base64 if body.encoding_format == "base64" else np.ndarray.tolist
-        # EmbeddingResponse's shape, built as plain data: validating thousands of floats per vector
-        # through pydantic would cost more than the JSON itself.
-        payload = {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
-            "model": body.model,
-            "usage": {"prompt_tokens": embedded.total_tokens, "total_tokens": embedded.total_tokens},
-        }
-        return JSONResponse(payload, headers={TRUNCATED_HEADER: str(embedded.num_truncated)})
+
+        def render() -> bytes:
+            # EmbeddingResponse's shape as plain data: validating every float through pydantic
+            # would cost more than the JSON itself.
+            vectors = engine.with_dimensions(embedded.vectors, body.dimensions)
+            encode = encode_base64 if body.encoding_format == "base64" else np.ndarray.tolist
+            payload = {
+                "object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+                "model": body.model,
+                "usage": {"prompt_tokens": embedded.total_tokens, "total_tokens": embedded.total_tokens},
+            }
+            return _json_bytes(payload)
+
+        return await _json_response(render, embedded)
 
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
         prompt_type = body.prompt_name or "document"
@@ -220,13 +242,13 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
         work = engine.embed(texts, prompt_type=prompt_type, normalize=body.normalize, truncate=truncate)
         embedded = await until_answered(request, work)
         note(request, len(texts), embedded)
-        return JSONResponse(embedded.vectors.tolist(), headers={TRUNCATED_HEADER: str(embedded.num_truncated)})
+        return await _json_response(lambda: _json_bytes(embedded.vectors.tolist()), embedded)
 
-    tei_options = dict(dependencies=[Depends(authorized)], response_model=list[list[float]])
+    tei_options = dict(response_model=list[list[float]])
     app.post("/embed", summary="Embed (text-embeddings-inference's shape)", **tei_options)(tei_embed)
     app.post("/", summary="Embed (TEI's root route, for clients that post to the base URL)", **tei_options)(tei_embed)
 
-    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(authorized)])
+    @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
         return ModelList(data=[ModelCard(id=settings.served_model_name, created=created)])
 
@@ -265,13 +287,27 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> Response:
         logger.exception("internal error on %s %s", request.method, request.url.path)
-        body = error_body(f"internal error: {type(error).__name__}: {error}", "server_error")
+        body = error_body("internal server error; the server's log has the details", "server_error")
         return JSONResponse(body, status_code=500)
 
-    # Added last, so outermost: 413s from the body limit are logged and counted too.
+    # Outermost last: the log sees everything, the key is checked before the body is read.
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(APIKeyGuard, key=settings.api_key.get_secret_value() if settings.api_key else None)
     app.add_middleware(AccessLog, metrics=metrics, routes=frozenset(r.path for r in app.routes))
     return app
+
+
+def _json_bytes(content: Any) -> bytes:
+    # As JSONResponse renders it.
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
+async def _json_response(render, embedded: Embedded) -> Response:
+    """The response ``render`` builds, serialised in a worker thread: thousands of floats per
+    vector must not hold up the event loop (health probes, admission, other requests)."""
+    content = await asyncio.to_thread(render)
+    headers = {TRUNCATED_HEADER: str(embedded.num_truncated)}
+    return Response(content, media_type="application/json", headers=headers)
 
 
 async def _disconnected(request: Request) -> None:

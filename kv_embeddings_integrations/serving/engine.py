@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..embedder import KVEmbedder
+from ..inputs import repair_surrogates
 from ..results import EmbedResult
 from .errors import APIError
 from .metrics import ServerMetrics
@@ -82,13 +83,15 @@ class EmbeddingEngine:
         texts = [
             self._decode(item, index, field) if isinstance(item, list) else item for index, item in enumerate(items)
         ]
+        blank_is_error = self.embedder.config.empty_text == "error"
         for index, text in enumerate(texts):
+            where = f"{field}[{index}]" if not isinstance(inputs, str) else field
             if not text:
-                where = f"{field}[{index}]" if not isinstance(inputs, str) else field
                 raise APIError(400, f"{where} is empty; every input must be a non-empty string", param=field)
-            if "\x00" in text:
-                raise APIError(400, f"{field}[{index}] contains a NUL character", param=field)
-        return texts
+            if blank_is_error and not text.strip():
+                raise APIError(400, f"{where} is whitespace only (the server runs --empty-text error)", param=field)
+        # Unpaired surrogates (JSON can carry them; UTF-8 cannot): U+FFFD, as the core does.
+        return [repair_surrogates(text) for text in texts]
 
     def _decode(self, ids: list[int], index: int, field: str) -> str:
         encoding = cl100k()
@@ -146,23 +149,25 @@ class EmbeddingEngine:
         return Embedded(result.vectors, result.token_counts, result.num_truncated)
 
     def _refuse_too_long(self, texts: list[str], prompt_type: str) -> None:
-        for index, encoded in enumerate(self.embedder.tokenize(texts, prompt_type)):
-            if encoded.truncated:
-                raise APIError(
-                    413,
-                    f"input {index} is longer than the model's max_length ({self.embedder.max_length} tokens, "
-                    "prompt included) and the request asked not to truncate; shorten it or allow truncation",
-                    code="input_too_long",
-                )
+        # Every template a text is embedded with (MetaEOL has several): none may cut it.
+        for template in self.embedder.templates(prompt_type):
+            for index, encoded in enumerate(self.embedder.tokenize(texts, prompt_type, template=template)):
+                if encoded.truncated:
+                    raise APIError(
+                        413,
+                        f"input {index} is longer than the model's max_length ({self.embedder.max_length} tokens, "
+                        "prompt included) and the request asked not to truncate; shorten it or allow truncation",
+                        code="input_too_long",
+                    )
 
     # -- output ----------------------------------------------------------------------------------
 
-    def with_dimensions(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-        """``vectors`` at ``dimensions``: as they are, or fewer leading components where the
-        server's post-processing (PCA / whitening) orders them by variance; else 400."""
-        full = vectors.shape[1]
+    def check_dimensions(self, dimensions: int | None) -> None:
+        """400 unless ``dimensions`` is available (see :meth:`with_dimensions`); the routes check
+        it before any forward pass is spent on the request."""
+        full = self.embedder.dimension
         if dimensions is None or dimensions == full:
-            return vectors
+            return
         reducible = self.embedder.config.postprocess in ("pca", "whiten")
         if not reducible or not 1 <= dimensions < full:
             how = (
@@ -176,6 +181,13 @@ class EmbeddingEngine:
                 f"dimensions={dimensions} is not available: this server returns {full}-dimensional vectors, and {how}",
                 param="dimensions",
             )
+
+    def with_dimensions(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+        """``vectors`` at ``dimensions``: as they are, or fewer leading components where the
+        server's post-processing (PCA / whitening) orders them by variance (renormalised)."""
+        self.check_dimensions(dimensions)
+        if dimensions is None or dimensions == vectors.shape[1]:
+            return vectors
         cut = vectors[:, :dimensions]
         return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
 

