@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/README.md in one run on one CUDA GPU (about 5 minutes on an H200):
+# The GPU figures of benchmarks/README.md in one run on one CUDA GPU (about 8 minutes on an H200):
 # the CUDA tests, re-routing overhead with the kernel each re-routed layer ran, throughput and
 # model FLOP utilisation, and concurrent vs sequential single-text requests. Random weights in
 # Qwen3-4B's shape, bfloat16: nothing is downloaded.
