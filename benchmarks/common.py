@@ -54,25 +54,11 @@ def scifact_documents(path: Path | str = DEFAULT_SCIFACT, limit: int | None = No
 
 def rerouted_kernels(run: Callable[[], object]) -> dict[int, str]:
     """``{layer: kernel}`` of the re-routed layers in one call of ``run`` (rerouting's own record:
-    "flash", "efficient", "cpu_flash" or "concat")."""
-    import contextlib
-
+    "flash", "efficient", "cudnn", "cpu_flash" or "concat")."""
     from kv_embeddings_integrations import rerouting
 
-    plans = []
-    original = rerouting.reroute
-
-    @contextlib.contextmanager
-    def recording(*args, **kwargs):
-        with original(*args, **kwargs) as plan:
-            plans.append(plan)
-            yield plan
-
-    rerouting.reroute = recording
-    try:
+    with rerouting.observe_plans() as plans:
         run()
-    finally:
-        rerouting.reroute = original
     return {layer: kernel for plan in plans for layer, kernel in sorted(plan.kernels.items())}
 
 

@@ -18,6 +18,7 @@ from .loading import LoadOptions
 from .parallel.ray_data import DEFAULT_BATCH_SIZE as DEFAULT_DATASET_BATCH
 from .parallel.ray_data import FORMATS
 from .prompts import PROMPT_TYPES
+from .serving.settings import ServeSettings
 
 
 class CLIError(Exception):
@@ -251,21 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="key clients must send as 'Authorization: Bearer KEY' (default: the KV_EMBED_API_KEY environment "
         "variable, which keeps it out of ps; neither: no key)",
     )
-    serve.add_argument(
-        "--max-client-batch-size",
-        type=int,
-        default=2048,
-        help="most inputs per request (default 2048, OpenAI's limit; LangChain sends up to 1000)",
-    )
-    serve.add_argument(
-        "--max-request-bytes", type=int, default=2_000_000, help="largest request body in bytes (default 2000000)"
-    )
-    serve.add_argument(
-        "--max-concurrent-requests",
-        type=int,
-        default=512,
-        help="most requests running or waiting at once; more get 429 with Retry-After (default 512)",
-    )
+    for name in ("max_client_batch_size", "max_request_bytes", "max_concurrent_requests"):
+        add_field_option(serve, ServeSettings, name)
     serve.add_argument(
         "--graceful-timeout", type=float, default=30.0, help="seconds in-flight requests get after SIGTERM (default 30)"
     )
@@ -541,7 +529,7 @@ def _serve(args) -> None:
         require("serve", "kv-embed serve")
     except MissingExtraError as e:
         raise CLIError(str(e)) from None
-    from .serving import API_KEY_ENV, EmbeddingEngine, ServeSettings, create_app
+    from .serving import API_KEY_ENV, EmbeddingEngine, create_app
     from .serving.server import run_server
     from .serving.token_ids import cl100k
 
@@ -549,7 +537,7 @@ def _serve(args) -> None:
     try:
         settings = ServeSettings(
             served_model_name=name,
-            aliases=tuple(alias for alias in {args.model} if alias != name),
+            aliases=(args.model,) if args.model != name else (),
             api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
             max_client_batch_size=args.max_client_batch_size,
             max_request_bytes=args.max_request_bytes,

@@ -45,16 +45,22 @@ SUPPORTED_BASES = ("sdpa", "eager")
 
 @dataclass
 class ReroutePlan:
-    """Which layers re-route, with what bias; ``hits`` records the layers that actually did."""
+    """Which layers re-route, with what bias; ``kernels`` records the layers that actually did, and how."""
 
     layers: frozenset[int]
     bias: float
-    hits: set[int] = field(default_factory=set)
-    # layer -> how it ran: "cpu_flash", "flash", "efficient" (log-sum-exp merge) or "concat".
+    # layer -> how it ran: "cpu_flash", "flash", "efficient", "cudnn" (log-sum-exp merge) or "concat".
     kernels: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def hits(self) -> set[int]:
+        """The layers that were re-routed."""
+        return set(self.kernels)
 
 
 _ACTIVE_PLAN: ContextVar[ReroutePlan | None] = ContextVar("kv_reroute_plan", default=None)
+# Where observe_plans() collects the plans of this context's forwards, if anywhere.
+_OBSERVED: ContextVar[list[ReroutePlan] | None] = ContextVar("kv_reroute_observed", default=None)
 
 
 class UnsupportedModelError(TypeError):
@@ -110,7 +116,6 @@ def kv_reroute_attention(
     function = _base_function(base, module)
     if plan is None or layer not in plan.layers:
         return function(module, query, key, value, attention_mask, **kwargs)
-    plan.hits.add(layer)
     if base == "sdpa" and _can_merge(query, key, kwargs):
         merged = _merged_prefix_sdpa(module, query, key, value, attention_mask, plan.bias, **kwargs)
         if merged is not None:
@@ -340,6 +345,9 @@ def install(model: PreTrainedModel) -> str:
 def reroute(model: PreTrainedModel, layers: list[int], bias: float) -> Iterator[ReroutePlan]:
     """Re-route ``layers`` for forwards run inside this block; checks that each selected layer did."""
     plan = ReroutePlan(frozenset(layers), float(bias))
+    observed = _OBSERVED.get()
+    if observed is not None:
+        observed.append(plan)
     token = _ACTIVE_PLAN.set(plan)
     try:
         yield plan
@@ -352,3 +360,15 @@ def reroute(model: PreTrainedModel, layers: list[int], bias: float) -> Iterator[
             "layer_idx, so they could not be re-routed (the model's attention code does not use the standard "
             "interface). Refusing to return embeddings from a plain forward."
         )
+
+
+@contextlib.contextmanager
+def observe_plans() -> Iterator[list[ReroutePlan]]:
+    """Collect the plans of the re-routed forwards run inside this block, in this thread or task
+    (each plan's ``kernels`` says how every re-routed layer ran); for tests and benchmarks."""
+    plans: list[ReroutePlan] = []
+    token = _OBSERVED.set(plans)
+    try:
+        yield plans
+    finally:
+        _OBSERVED.reset(token)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import pytest
@@ -259,17 +258,7 @@ def test_aligned_bias_keeps_values_and_aligns_rows():
 
 
 def _plan_kernels(embedder: KVEmbedder, texts: list[str]) -> dict[int, str]:
-    plans = []
-    original = rerouting.reroute
-
-    @contextlib.contextmanager
-    def recording(*args, **kwargs):
-        with original(*args, **kwargs) as plan:
-            plans.append(plan)
-            yield plan
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(rerouting, "reroute", recording)
+    with rerouting.observe_plans() as plans:
         embedder.encode(texts)
     return {layer: kernel for plan in plans for layer, kernel in plan.kernels.items()}
 

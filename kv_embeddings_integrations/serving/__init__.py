@@ -2,12 +2,26 @@
 
 The engine (:mod:`.engine`) is apart from the HTTP layer (:mod:`.app`); :mod:`.server` runs it
 with uvicorn. Needs the ``serve`` extra: ``pip install 'kv-embeddings-integrations[serve]'``.
+The names below load on first use, so :mod:`.settings` (pydantic only) imports without it.
 """
 
-from .app import create_app
-from .engine import EmbeddingEngine
-from .errors import APIError
-from .metrics import ServerMetrics
-from .settings import API_KEY_ENV, ServeSettings
+from __future__ import annotations
 
-__all__ = ["API_KEY_ENV", "APIError", "EmbeddingEngine", "ServeSettings", "ServerMetrics", "create_app"]
+import importlib
+from typing import Any
+
+_NAMES = {
+    "create_app": ".app",
+    "EmbeddingEngine": ".engine",
+    "APIError": ".errors",
+    "ServerMetrics": ".metrics",
+    "API_KEY_ENV": ".settings",
+    "ServeSettings": ".settings",
+}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -218,7 +218,7 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
         embedded = await until_answered(request, engine.embed(texts, prompt_type=body.input_type))
         note(request, len(texts), embedded)
 
-        def render() -> bytes:
+        def render() -> dict[str, Any]:
             # EmbeddingResponse's shape as plain data: validating every float through pydantic
             # would cost more than the JSON itself.
             vectors = engine.with_dimensions(embedded.vectors, body.dimensions)
@@ -229,7 +229,7 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
                 "model": body.model,
                 "usage": {"prompt_tokens": embedded.total_tokens, "total_tokens": embedded.total_tokens},
             }
-            return _json_bytes(payload)
+            return payload
 
         return await _json_response(render, embedded)
 
@@ -242,7 +242,7 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
         work = engine.embed(texts, prompt_type=prompt_type, normalize=body.normalize, truncate=truncate)
         embedded = await until_answered(request, work)
         note(request, len(texts), embedded)
-        return await _json_response(lambda: _json_bytes(embedded.vectors.tolist()), embedded)
+        return await _json_response(embedded.vectors.tolist, embedded)
 
     tei_options = dict(response_model=list[list[float]])
     app.post("/embed", summary="Embed (text-embeddings-inference's shape)", **tei_options)(tei_embed)
@@ -297,17 +297,11 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
     return app
 
 
-def _json_bytes(content: Any) -> bytes:
-    # As JSONResponse renders it.
-    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
-
-
 async def _json_response(render, embedded: Embedded) -> Response:
-    """The response ``render`` builds, serialised in a worker thread: thousands of floats per
-    vector must not hold up the event loop (health probes, admission, other requests)."""
-    content = await asyncio.to_thread(render)
+    """The JSON response of what ``render`` builds, made (and serialised) in a worker thread:
+    thousands of floats per vector must not hold up the event loop (probes, admission, others)."""
     headers = {TRUNCATED_HEADER: str(embedded.num_truncated)}
-    return Response(content, media_type="application/json", headers=headers)
+    return await asyncio.to_thread(lambda: JSONResponse(render(), headers=headers))
 
 
 async def _disconnected(request: Request) -> None:

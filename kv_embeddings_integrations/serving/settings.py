@@ -26,9 +26,15 @@ class ServeSettings(BaseModel):
     served_model_name: str = Field(min_length=1)
     aliases: tuple[str, ...] = ()
     api_key: SecretStr | None = None
-    max_client_batch_size: int = Field(default=2048, ge=1)
-    max_request_bytes: int = Field(default=2_000_000, ge=1)
-    max_concurrent_requests: int = Field(default=512, ge=1)
+    max_client_batch_size: int = Field(
+        default=2048,
+        ge=1,
+        description="most inputs per request, more: 413 (OpenAI's limit; LangChain sends up to 1000)",
+    )
+    max_request_bytes: int = Field(default=2_000_000, ge=1, description="largest request body in bytes, more: 413")
+    max_concurrent_requests: int = Field(
+        default=512, ge=1, description="most requests running or waiting at once; more get 429 with Retry-After"
+    )
     retry_after: int = Field(default=1, ge=0)
 
     def accepts_model(self, name: str) -> bool:
