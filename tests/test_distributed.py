@@ -74,12 +74,14 @@ def _search_in_lancedb_and_duckdb(out, embedder: KVEmbedder, docs: list[dict], l
     with pytest.raises(EmbedderMismatchError, match=r"layers: stored \[1, 2\], now \[2, 3\]"):
         verify_arrow_schema(pq.read_schema(files[0]), other)
 
-    stored = np.stack([r["embedding"] for r in pq.read_table(files).to_pylist()])
+    whole = pq.read_table(str(out))  # the directory, as the README reads it
+    verify_arrow_schema(whole.schema, embedder)
+    stored = np.stack(whole.column("embedding").to_numpy(zero_copy_only=False))
     query = embedder.encode(["the with statement and context managers"], prompt_type="query")[0]
     cosines = stored @ query
     expected = [docs[i]["id"] for i in np.argsort(-cosines, kind="stable")[:5]]
 
-    table = lancedb.connect(str(lance_dir)).create_table("docs", data=pq.read_table(files))
+    table = lancedb.connect(str(lance_dir)).create_table("docs", data=whole)
     reopened = lancedb.connect(str(lance_dir)).open_table("docs")
     verify_arrow_schema(reopened.schema, embedder)  # the record survives into the LanceDB table
     hits = reopened.search(query).distance_type("cosine").limit(5).to_list()

@@ -23,10 +23,10 @@ for model in "$@"; do
             --sts "$E/stsbenchmark/sts-dev.csv" --sts "$E/sickr" \
             --methods "$(with_center $METHODS)" --reference all-MiniLM-L6-v2 \
             --title "$model, dev sweep, STS (500 pairs per task)" --output-dir "$OUT/$model-families" ;;
-    finalists)  # Banking77 for the best re-routed configuration and the best baselines
+    finalists)  # Banking77 for $FINALISTS (first the finalists of the STS pass, then every method)
         run --model "$model" --dtype bfloat16 --max-length 256 --sample 1500 --classification "$E/banking77" \
             --methods "$FINALISTS" --reference all-MiniLM-L6-v2 \
-            --title "$model, Banking77 (1500 test texts), finalists" --output-dir "$OUT/$model-finalists" ;;
+            --title "$model, Banking77 (1500 test texts)" --output-dir "$OUT/$model-finalists" ;;
     dims)  # quality against dimensions: PCA of the default (vectors from the families run's cache)
         d=${DEFAULT:-kv_ke}
         run --model "$model" --dtype bfloat16 --max-length 256 --sample 1500 \
