@@ -71,6 +71,48 @@ def cross_table(per_model: dict[str, dict], key: str, title: str) -> None:
     print()
 
 
+def four_tasks(per_model: dict[str, dict], scifact: dict[str, dict]) -> None:
+    """The dev average the default is chosen on: STS-B dev, SICK-R, Banking77, SciFact; centered."""
+    rows: dict[str, dict[str, float | None]] = {}
+    for model in MODELS:
+        for label, values in per_model[model].items():
+            if not label.endswith("(postprocess=center)"):
+                continue
+            retrieval = scifact[model].get((label, "scifact-train"))
+            all3 = values["all"]
+            rows.setdefault(label, {})[model] = None if None in (all3, retrieval) else (3 * all3 + retrieval) / 4
+    print("### Mean of the four dev tasks (STS-B dev, SICK-R, Banking77, SciFact subset), centered\n")
+    print("| method | " + " | ".join(MODELS.values()) + " | mean | re-routes |")
+    print("|---|" + "---:|" * (len(MODELS) + 1) + "---|")
+
+    def order(label: str) -> float:
+        values = [rows[label].get(m) for m in MODELS]
+        return -sum(values) if None not in values else float("inf")
+
+    for label in sorted(rows, key=order):
+        values = [rows[label].get(m) for m in MODELS]
+        both = cell(mean(values)) if None not in values else "-"
+        routed = "yes" if label.startswith("kv") else ""
+        name = label.replace("(postprocess=center)", "")
+        print(f"| `{name}` | " + " | ".join(cell(v) for v in values) + f" | {both} | {routed} |")
+    print()
+
+
+def selection_probe() -> None:
+    """Could a train split choose the family per model? (sweep.sh selection)"""
+    scores = {model: load(model, "selection") for model in MODELS}
+    labels = list(dict.fromkeys(label for model in MODELS for label, _ in scores[model]))
+    if not labels:
+        return
+    print("### Family selection probe: STS-B train, images genre (1000 pairs), Spearman x100\n")
+    print("| method | " + " | ".join(MODELS.values()) + " |")
+    print("|---|" + "---:|" * len(MODELS))
+    for label in labels:
+        cells = [cell(next((v for (lab, _), v in scores[m].items() if lab == label), None)) for m in MODELS]
+        print(f"| `{label.replace('(postprocess=center)', '')}` | " + " | ".join(cells) + " |")
+    print()
+
+
 if __name__ == "__main__":
     print("### Every family, with and without re-routing and centering (main scores x100)\n")
     per_model = {model: model_table(model, ["families", "finalists", "metaeol"]) for model in MODELS}
@@ -90,6 +132,8 @@ if __name__ == "__main__":
                 cells.append(cell(scifact[model].get((label, "scifact-train"))))
         print(f"| `{method}` | " + " | ".join(cells) + " |")
     print()
+    four_tasks(per_model, scifact)
+    selection_probe()
     dims = {model: load(model, "dims") for model in MODELS}
     for model, scores in dims.items():
         labels = list(dict.fromkeys(label for label, _ in scores))
