@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 from corpus import ANSWERS, QUERIES, load_sections, parse_args
 from langchain_core.documents import Document
@@ -36,22 +35,27 @@ def persistent_store(embeddings: KVEmbeddings, folder: str) -> VectorStore:
     require("stores", "--persist", ("chromadb", "langchain_chroma"))
     from langchain_chroma import Chroma
 
-    from kv_embeddings_integrations.stores import EmbedderMismatchError, collection_metadata, verify_collection
+    from kv_embeddings_integrations.stores import (
+        EmbedderMismatchError,
+        MissingIdentityError,
+        collection_metadata,
+        verify_collection,
+    )
 
     start = time.perf_counter()
-    existed = (Path(folder) / "chroma.sqlite3").exists()
     store = Chroma(
         collection_name="python-reference",
         embedding_function=embeddings,
         persist_directory=folder,
+        # Only a new collection takes this metadata: an existing one keeps the record it was made with.
         collection_metadata=collection_metadata(embeddings, {"hnsw:space": "cosine"}),
     )
-    count = store._collection.count()
-    if existed and count:
-        try:
-            verify_collection(store, embeddings)
-        except EmbedderMismatchError as e:
-            sys.exit(f"error: {e}\n(delete {folder} to embed the corpus again with these options)")
+    try:
+        verify_collection(store, embeddings)
+    except (EmbedderMismatchError, MissingIdentityError) as e:
+        sys.exit(f"error: {e}\n(delete {folder} to embed the corpus again with these options)")
+    count = store._collection.count()  # LangChain's Chroma exposes no count of its own
+    if count:
         seconds = time.perf_counter() - start
         print(f"reloaded {count} chunks from {folder} in {seconds:.1f} s: same embedder, no embedding\n")
         return store

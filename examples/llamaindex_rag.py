@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 from corpus import ANSWERS, QUERIES, load_sections, parse_args
 from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex
@@ -32,22 +31,27 @@ def documents_of_sections() -> list[Document]:
 
 def persistent_index(folder: str) -> VectorStoreIndex:
     """An index over a Chroma collection in ``folder``: reloaded when it holds the nodes, else built."""
-    require("stores", "--persist", ("chromadb",))
+    require("stores", "--persist", ("chromadb", "llama_index.vector_stores.chroma"))
     import chromadb
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
-    from kv_embeddings_integrations.stores import EmbedderMismatchError, collection_metadata, verify_collection
+    from kv_embeddings_integrations.stores import (
+        EmbedderMismatchError,
+        MissingIdentityError,
+        collection_metadata,
+        verify_collection,
+    )
 
     start = time.perf_counter()
-    existed = (Path(folder) / "chroma.sqlite3").exists()
+    # Only a new collection takes this metadata: an existing one keeps the record it was made with.
     metadata = collection_metadata(Settings.embed_model, {"hnsw:space": "cosine"})
     collection = chromadb.PersistentClient(path=folder).get_or_create_collection("python-reference", metadata=metadata)
+    try:
+        verify_collection(collection, Settings.embed_model)
+    except (EmbedderMismatchError, MissingIdentityError) as e:
+        sys.exit(f"error: {e}\n(delete {folder} to embed the corpus again with these options)")
     store = ChromaVectorStore(chroma_collection=collection)
-    if existed and collection.count():
-        try:
-            verify_collection(collection, Settings.embed_model)
-        except EmbedderMismatchError as e:
-            sys.exit(f"error: {e}\n(delete {folder} to embed the corpus again with these options)")
+    if collection.count():
         index = VectorStoreIndex.from_vector_store(store)
         print(
             f"reloaded {collection.count()} nodes from {folder} in {time.perf_counter() - start:.1f} s: "

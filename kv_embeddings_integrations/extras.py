@@ -46,7 +46,16 @@ EXTRAS: dict[str, Extra] = {
         ),
         Extra(
             "stores",
-            ("chromadb", "langchain_chroma", "langchain_community", "faiss", "lancedb", "duckdb"),
+            (
+                "chromadb",
+                "langchain_chroma",
+                "langchain_community",
+                "faiss",
+                "llama_index.vector_stores.chroma",
+                "llama_index.vector_stores.lancedb",
+                "lancedb",
+                "duckdb",
+            ),
             "vector stores end to end (the examples' --persist; Chroma, FAISS, LanceDB, DuckDB)",
         ),
     )
@@ -60,7 +69,14 @@ class MissingExtraError(ModuleNotFoundError):
 def missing_modules(extra: str, modules: tuple[str, ...] | None = None) -> list[str]:
     """Which of ``extra``'s modules (or only ``modules`` of them) cannot be imported here."""
     wanted = EXTRAS[extra].modules if modules is None else modules
-    return [name for name in wanted if importlib.util.find_spec(name) is None]
+    return [name for name in wanted if not _importable(name)]
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
 
 
 def require(extra: str, feature: str, modules: tuple[str, ...] | None = None) -> None:

@@ -5,10 +5,12 @@ set of layers, post-processing...) returns neighbours that look plausible and ar
 this record with the vectors, and comparing it with the querying embedder's, turns that silent
 failure into an error that names what changed (:func:`check_identity`).
 
-Only what changes the vectors is compared. The weights are told apart by a fingerprint that does
-not depend on the dtype they were loaded in (bfloat16 on a GPU, float32 on a CPU: the same
-checkpoint, vectors equal to rounding); the dtype, the model's name or path, ``max_length`` and
-the package version are recorded for people and not compared.
+Only what changes the vectors is compared: the resolved prompts, layers, pooling and so on, not
+the preset names that led to them. The weights are told apart by a fingerprint of the decoder
+with sampled values rounded to bfloat16, so the same checkpoint loaded in float32 or in bfloat16
+matches (vectors equal to rounding) while another checkpoint does not; a float16 load rounds
+differently and matches only float16 loads. The dtype, the model's name or path, ``max_length``
+and the package version are recorded for people and not compared.
 """
 
 from __future__ import annotations
@@ -16,56 +18,49 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from .layer_selection import builtin_calibration_texts, joined_texts_digest
+from .layer_selection import builtin_calibration_texts, joined_texts_digest, model_fingerprint
 from .version import __version__
 
-# Bump when the record's meaning changes; a record of another version is refused, not guessed at.
+# Bump when the record's meaning changes, or a compared field is added: a record of another
+# format is refused with a clear message rather than compared field by field.
 IDENTITY_FORMAT = 1
-# Recorded, not compared: they do not change a vector (beyond rounding), or only for texts cut short.
 # The key a record is stored under in a store's metadata (Chroma collection, Arrow field).
 METADATA_KEY = "kv_embed_identity"
-INFORMATIONAL = frozenset({"format", "model", "dtype", "max_length", "long_text", "package_version", "fingerprint"})
+# Recorded, not compared: they do not change a vector (beyond rounding), name a preset whose
+# effects are compared field by field, or (max_length, long_text) only matter for texts cut short.
+INFORMATIONAL = frozenset(
+    {
+        "format",
+        "model",
+        "model_class",
+        "method",
+        "prompt_family",
+        "dtype",
+        "max_length",
+        "long_text",
+        "prompt_type",
+        "package_version",
+        "fingerprint",
+    }
+)
 
 
 class EmbedderMismatchError(ValueError):
     """Vectors stored by one embedder configuration are being compared with another's."""
 
 
-class IdentifiedEmbedder(Protocol):
-    """What :func:`embedder_identity` reads (a :class:`~kv_embeddings_integrations.KVEmbedder` has it)."""
-
-    model: torch.nn.Module
-    name: str
-    layers: list[int]
-    output_layer: int
-    max_length: int
-    dimension: int
-
-
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 over every tensor's name and shape and up to 128 sampled values, rounded to bfloat16.
-
-    The rounding makes a checkpoint loaded in float32 and the same one in bfloat16 agree, while
-    other weights (another checkpoint, a fine-tune) differ. Sampling keeps it fast on 8B models.
-    """
-    digest = hashlib.sha256()
-    for name, param in model.state_dict().items():
-        digest.update(f"{name}:{tuple(param.shape)}".encode())
-        if param.device.type == "meta" or param.numel() == 0 or not param.is_floating_point():
-            continue
-        flat = param.detach().reshape(-1)
-        step = max(1, flat.numel() // 64)
-        sample = torch.cat([flat[:64], flat[::step][:64]]).to("cpu", torch.bfloat16).to(torch.float32)
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()
+    """SHA-256 of a module's tensor names, shapes and sampled values rounded to bfloat16."""
+    return model_fingerprint(model, round_to=torch.bfloat16)
 
 
 def embedder_identity(embedder: Any, *, normalize: bool = True) -> dict[str, Any]:
-    """The record of what decides ``embedder``'s vectors (a :class:`KVEmbedder`), JSON-serialisable.
+    """The record of what decides a :class:`~kv_embeddings_integrations.KVEmbedder`'s vectors,
+    JSON-serialisable.
 
     Args:
         embedder: the core embedder.
@@ -80,7 +75,8 @@ def embedder_identity(embedder: Any, *, normalize: bool = True) -> dict[str, Any
         "format": IDENTITY_FORMAT,
         "model": str(embedder.name),
         "model_class": type(embedder.model).__name__,
-        "weights": weights_fingerprint(embedder.model),
+        # The decoder, not the wrapper: a *ForCausalLM and its base *Model make the same vectors.
+        "weights": weights_fingerprint(embedder.decoder),
         "method": config.method,
         "prompt_family": config.prompt_family or embedder.spec.family,
         "templates": {kind: list(embedder.templates(kind)) for kind in ("document", "query")},
@@ -116,7 +112,19 @@ def field_metadata(identity: Mapping[str, Any]) -> dict[bytes, bytes]:
 
 def _show(value: Any) -> str:
     text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _difference(key: str, stored: Any, current: Any) -> str:
+    if isinstance(stored, dict) and isinstance(current, dict):
+        # Templates: name the prompt type that differs and show both in full enough to compare.
+        parts = [
+            f"{key}[{k!r}]: stored {_show(stored.get(k))}, now {_show(current.get(k))}"
+            for k in sorted(set(stored) | set(current))
+            if stored.get(k) != current.get(k)
+        ]
+        return "; ".join(parts)
+    return f"{key}: stored {_show(stored)}, now {_show(current)}"
 
 
 def check_identity(stored: Mapping[str, Any], current: Mapping[str, Any], *, where: str = "the store") -> None:
@@ -135,10 +143,25 @@ def check_identity(stored: Mapping[str, Any], current: Mapping[str, Any], *, whe
         )
     keys = sorted((set(stored) | set(current)) - INFORMATIONAL)
     changed = [k for k in keys if stored.get(k) != current.get(k)]
-    if changed:
-        lines = "; ".join(f"{k}: stored {_show(stored.get(k))}, now {_show(current.get(k))}" for k in changed)
-        raise EmbedderMismatchError(
-            f"{where} was embedded by model {stored.get('model')!r} with a different configuration than the "
-            f"embedder querying it ({lines}). Its neighbours would be wrong: query it with the configuration "
-            "that built it, or embed the documents again."
+    if not changed:
+        return
+    lines = "; ".join(_difference(k, stored.get(k), current.get(k)) for k in changed)
+    hint = ""
+    if (
+        "weights" in changed
+        and stored.get("dtype") != current.get("dtype")
+        and "float16"
+        in (
+            stored.get("dtype"),
+            current.get("dtype"),
         )
+    ):
+        hint = (
+            f" The store was embedded in {stored.get('dtype')} and the model is now loaded in "
+            f"{current.get('dtype')}: float16 rounds the weights differently, load it in the same dtype."
+        )
+    raise EmbedderMismatchError(
+        f"{where} was embedded by model {stored.get('model')!r} with a different configuration than the "
+        f"embedder querying it ({lines}). Its neighbours would be wrong: query it with the configuration "
+        f"that built it, or embed the documents again.{hint}"
+    )

@@ -152,19 +152,32 @@ def layerwise_dimensions(
     return [twonn_dimension(states[:, layer]) for layer in range(states.shape[1])]
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
+def model_fingerprint(model: torch.nn.Module, *, round_to: torch.dtype | None = None) -> str:
     """A cheap hash of a model's weights: shape, dtype and up to 128 sampled values of each tensor.
 
     Reading every weight of an 8B model would cost seconds; a sample tells checkpoints apart.
+
+    Args:
+        model: the module whose ``state_dict`` is hashed.
+        round_to: round sampled floating-point values to this dtype and leave the tensors' dtypes
+            out, so loads of one checkpoint in float32 and in ``round_to`` hash alike; ``None``
+            hashes the values and dtypes as loaded.
     """
     digest = hashlib.sha256()
     for name, param in model.state_dict().items():
-        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        dtype = "" if round_to is not None else f":{param.dtype}"
+        digest.update(f"{name}:{tuple(param.shape)}{dtype}".encode())
         if param.device.type == "meta" or param.numel() == 0:
             continue
         flat = param.detach().reshape(-1)
         step = max(1, flat.numel() // 64)
-        sample = torch.cat([flat[:64], flat[::step][:64]]).to("cpu", torch.float64)
+        sample = torch.cat([flat[:64], flat[::step][:64]]).to("cpu")
+        if round_to is None:
+            sample = sample.to(torch.float64)
+        elif sample.is_floating_point():
+            sample = sample.to(round_to).to(torch.float32)
+        else:  # quantized integer weights: as stored, they do not depend on a load dtype
+            sample = sample.to(torch.int64)
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()
 

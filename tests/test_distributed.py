@@ -79,7 +79,8 @@ def _search_in_lancedb_and_duckdb(out, embedder: KVEmbedder, docs: list[dict], l
     stored = np.stack(whole.column("embedding").to_numpy(zero_copy_only=False))
     query = embedder.encode(["the with statement and context managers"], prompt_type="query")[0]
     cosines = stored @ query
-    expected = [docs[i]["id"] for i in np.argsort(-cosines, kind="stable")[:5]]
+    row_ids = whole.column("id").to_pylist()
+    expected = [row_ids[i] for i in np.argsort(-cosines, kind="stable")[:5]]
 
     table = lancedb.connect(str(lance_dir)).create_table("docs", data=whole)
     reopened = lancedb.connect(str(lance_dir)).open_table("docs")

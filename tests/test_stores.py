@@ -80,7 +80,9 @@ from langchain_chroma import Chroma
 from langchain_community.vectorstores import FAISS
 
 from kv_embeddings_integrations import KVEmbeddings
-from kv_embeddings_integrations.stores import EmbedderMismatchError, verify_collection, verify_identity
+from kv_embeddings_integrations.stores import (
+    EmbedderMismatchError, collection_metadata, verify_collection, verify_identity,
+)
 
 embeddings = KVEmbeddings(model=ARGS["model"], **ARGS["options"])
 chroma = Chroma(collection_name="docs", embedding_function=embeddings, persist_directory=ARGS["chroma"])
@@ -94,7 +96,11 @@ for q in ARGS["queries"]:
     hits = chroma.similarity_search_with_score(q, k=ARGS["k"], filter={"topic": "odd"})
     out["chroma_odd"][q] = [(d.id, s) for d, s in hits]
 changed = KVEmbeddings(model=ARGS["model"], **{**ARGS["options"], **ARGS["changed"]})
+# Reopened the way a fill path opens it: an existing collection keeps its own record.
+reopened = Chroma(collection_name="docs", embedding_function=changed, persist_directory=ARGS["chroma"],
+                  collection_metadata=collection_metadata(changed, {"hnsw:space": "cosine"}))
 for name, check in (("chroma", lambda: verify_collection(chroma, changed)),
+                    ("reopened", lambda: verify_collection(reopened, changed)),
                     ("faiss", lambda: verify_identity(ARGS["faiss"], changed))):
     try:
         check()
@@ -152,7 +158,7 @@ def test_langchain_chroma_and_faiss_reload_in_a_new_process(model_dir, tmp_path)
         _same_hits(got["faiss"][query], expected, lambda c: 2 - 2 * c)  # FAISS, L2: squared distance
         expected_odd = _exact(doc_vectors[odd], query_vector, [ids[i] for i in odd])
         _same_hits(got["chroma_odd"][query], expected_odd, lambda c: 1 - c)
-    for name in ("chroma", "faiss"):
+    for name in ("chroma", "reopened", "faiss"):
         message = got["mismatch_" + name]
         assert message is not None and "layers: stored [1, 2], now [0, 1]" in message, message
 
@@ -186,11 +192,13 @@ for name, index in indexes.items():
             q: [(n.node.ref_doc_id, n.score) for n in retriever.retrieve(q)] for q in ARGS["queries"]
         }
 changed = KVEmbedding(model=ARGS["model"], **{**ARGS["options"], **ARGS["changed"]})
-try:
-    verify_identity(ARGS["lancedb"], changed)
-    out["mismatch"] = None
-except EmbedderMismatchError as e:
-    out["mismatch"] = str(e)
+for name, check in (("chroma", lambda: verify_collection(collection, changed)),
+                    ("lancedb", lambda: verify_identity(ARGS["lancedb"], changed))):
+    try:
+        check()
+        out["mismatch_" + name] = None
+    except EmbedderMismatchError as e:
+        out["mismatch_" + name] = str(e)
 print(json.dumps(out))
 """
 
@@ -239,12 +247,16 @@ def test_llama_index_chroma_and_lancedb_reload_in_a_new_process(model_dir, tmp_p
         retriever = memory.as_retriever(similarity_top_k=K, filters=filters)
         for query in QUERIES:
             expected = [(n.node.ref_doc_id, n.score) for n in retriever.retrieve(query)]
+            assert len(expected) == K
             if filters is not None:
                 assert all(docs[int(i.split("-")[1])]["topic"] == "odd" for i, _ in expected)
             # Both stores report exp(-distance): cosine distance (Chroma), squared L2 (LanceDB).
             _same_hits(got["chroma" + label][query], expected, lambda c: np.exp(-(1 - c)))
             _same_hits(got["lancedb" + label][query], expected, lambda c: np.exp(-(2 - 2 * c)))
-    assert got["mismatch"] is not None and "method: stored" in got["mismatch"], got["mismatch"]
+    for name in ("chroma", "lancedb"):
+        message = got["mismatch_" + name]
+        # kv_pcot -> kv: another prompt and pooling (the preset's name itself is not compared).
+        assert message is not None and "templates['document']: stored" in message and "pooling: stored" in message
 
 
 # --- the identity record -----------------------------------------------------------------------
@@ -255,16 +267,19 @@ def test_identity_tells_apart_what_changes_the_vectors(model_dir, tmp_path):
     record = base.identity()
     check_identity(record, KVEmbedder.from_pretrained(str(model_dir), **OPTIONS).identity())
     changes = {
-        "method": {"method": "kv"},
+        "templates": {"prompts": {"query": "Q: {text}"}},
         "layers": {"layers": [0, 1]},
         "bias": {"bias": 0.5},
         "pooling": {"pooling": "mean"},
+        "mean_scope": {"pooling": "mean", "mean_scope": "text"},
+        "output_layer": {"output_layer": -1, "layers": [1]},
+        "token_prepending": {"token_prepending": True},
         "postprocess": {"postprocess": "none"},
-        "templates": {"prompts": {"query": "Q: {text}"}},
+        "dimension": {"postprocess": "pca", "dimensions": 16},
     }
     for field, options in changes.items():
         other = KVEmbedder.from_pretrained(str(model_dir), **{**OPTIONS, **options}).identity()
-        with pytest.raises(EmbedderMismatchError, match=f"{field}: stored"):
+        with pytest.raises(EmbedderMismatchError, match=rf"{field}(\[.*\])?: stored"):
             check_identity(record, other, where="the test store")
     with pytest.raises(EmbedderMismatchError, match="normalize: stored true, now false"):
         check_identity(record, base.identity(normalize=False))
@@ -276,12 +291,32 @@ def test_identity_tells_apart_what_changes_the_vectors(model_dir, tmp_path):
         check_identity(record, other_weights)
 
 
+def test_identity_compares_what_a_preset_resolves_to_not_its_name(model_dir):
+    # The compression prompt without re-routing, named two ways: the same vectors.
+    prompt = KVEmbedder.from_pretrained(str(model_dir), method="prompt").identity()
+    kv_off = KVEmbedder.from_pretrained(str(model_dir), method="kv", reroute=False).identity()
+    assert (prompt["method"], kv_off["method"]) == ("prompt", "kv")
+    check_identity(prompt, kv_off)
+    # A causal-LM wrapper and the base model it holds: the same decoder weights.
+    from helpers import make_model, make_tokenizer
+
+    causal = make_model("llama")
+    assert (
+        KVEmbedder(causal, make_tokenizer(), **OPTIONS).identity()["weights"]
+        == (KVEmbedder(causal.model, make_tokenizer(), **OPTIONS).identity()["weights"])
+    )
+
+
 def test_identity_ignores_the_dtype_the_same_weights_were_loaded_in(model_dir):
     f32 = KVEmbedder.from_pretrained(str(model_dir), dtype="float32", **OPTIONS).identity()
     bf16 = KVEmbedder.from_pretrained(str(model_dir), dtype="bfloat16", **OPTIONS).identity()
     assert (f32["dtype"], bf16["dtype"]) == ("float32", "bfloat16")
     check_identity(f32, bf16)
     assert identity_fingerprint(f32) == identity_fingerprint(bf16) == f32["fingerprint"]
+    # float16 rounds a float32 checkpoint differently: refused, with the reason.
+    f16 = KVEmbedder.from_pretrained(str(model_dir), dtype="float16", **OPTIONS).identity()
+    with pytest.raises(EmbedderMismatchError, match="embedded in float16 and the model is now loaded in float32"):
+        check_identity(f16, f32)
 
 
 def test_sidecar_record_errors(model_dir, tmp_path):
@@ -297,6 +332,12 @@ def test_sidecar_record_errors(model_dir, tmp_path):
     path.write_text(json.dumps({**embedder.identity(), "format": 99}), encoding="utf-8")
     with pytest.raises(EmbedderMismatchError, match="format 99"):
         verify_identity(tmp_path, embedder)
+    # Adding vectors of another configuration must not relabel the store.
+    path.write_text(json.dumps(embedder.identity()), encoding="utf-8")
+    other = KVEmbedder.from_pretrained(str(model_dir), layers=[0, 1])
+    with pytest.raises(EmbedderMismatchError, match="layers: stored"):
+        save_identity(tmp_path, other)
+    assert save_identity(tmp_path, other, overwrite=True) == path and read_identity(tmp_path)["layers"] == [0, 1]
     with pytest.raises(TypeError, match="KVEmbedder, KVEmbeddings or KVEmbedding"):
         save_identity(tmp_path, object())
 

@@ -93,7 +93,8 @@ class DatasetEmbedder:
         self.normalize = normalize
         # The embedder's identity travels on the column (Parquet and LanceDB keep field metadata):
         # a reader can check that its query embedder makes the same vectors (stores.guard).
-        self.field_metadata = field_metadata(self.embedder.identity(normalize=normalize))
+        identity = {**self.embedder.identity(normalize=normalize), "prompt_type": prompt_type}
+        self.field_metadata = field_metadata(identity)
 
     def __call__(self, batch):
         import pyarrow as pa

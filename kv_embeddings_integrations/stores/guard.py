@@ -64,10 +64,21 @@ def _verify(record: dict[str, Any], embeddings: Any, where: str) -> dict[str, An
 # --- a JSON file beside the store -----------------------------------------------------------
 
 
-def save_identity(folder: str | os.PathLike, embeddings: Any) -> Path:
-    """Write the embedder's record into ``folder`` (created if needed); return the file's path."""
+def save_identity(folder: str | os.PathLike, embeddings: Any, *, overwrite: bool = False) -> Path:
+    """Write the embedder's record into ``folder`` (created if needed); return the file's path.
+
+    Args:
+        folder: the store's folder (a FAISS ``save_local`` folder, a LanceDB directory...).
+        embeddings: the embedder that filled the store.
+        overwrite: replace a record of another configuration. Off: adding vectors of one
+            configuration to a store of another would leave a mixed store under a clean record,
+            so that raises :class:`EmbedderMismatchError` instead.
+    """
     path = Path(folder) / IDENTITY_FILE
-    text = json.dumps(identity_of(embeddings), indent=1, sort_keys=True) + "\n"
+    record = identity_of(embeddings)
+    if not overwrite and path.exists():
+        check_identity(_parse(path.read_text(encoding="utf-8"), str(path)), record, where=f"the store in {folder}")
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
     write_atomically(path, lambda f: f.write(text.encode("utf-8")))
     return path
 
