@@ -24,3 +24,4 @@ run concurrency-bf16 benchmarks/bench_concurrency.py --requests 64 --repeats 3 -
 run memory benchmarks/bench_memory.py --docs 256 --budgets 2048 8192 32768
 run pool benchmarks/bench_pool.py --devices cpu cpu --docs 128 --repeats 2
 run ray benchmarks/bench_ray.py --actors 1 2 --batch-size 128
+run stores benchmarks/bench_stores.py --docs 500

@@ -6,13 +6,14 @@
 set -euo pipefail
 export PATH="$PWD/.venv/bin:$PATH"
 S=docs/results/dev/sweep.sh
-bash $S families smollm2-135m                      # every family x re-routing x centering, 3 tasks
-bash $S sts gemma3-270m                            # the same on Gemma-3, STS tasks only
-FINALISTS="kv_pcot(postprocess=center),pcot(postprocess=center),prompt(postprocess=center),kv(postprocess=center),prompteol(postprocess=center),echo(postprocess=center)" \
-    bash $S finalists gemma3-270m                  # Banking77 for Gemma-3's finalists
-DEFAULT=kv_pcot bash $S dims smollm2-135m            # PCA to 512 / 256 / 128 dimensions
 both() { local out=""; IFS=, read -ra ms <<< "$1"; for m in "${ms[@]}"; do out+="$m(postprocess=none),$m(postprocess=center),"; done; echo "${out%,}"; }
-SCIFACT_METHODS="$(both kv,kv_pcot,pcot,ke,prompteol,echo)" bash $S scifact smollm2-135m   # 1000-document SciFact
-SCIFACT_METHODS="$(both kv_pcot,pcot,echo,kv)" bash $S scifact gemma3-270m
+ALL=kv,prompt,prompteol,kv_prompteol,pcot,kv_pcot,ke,kv_ke,tp,echo,mean,last
+bash $S families smollm2-135m                      # every family x re-routing x centering, 3 tasks
+bash $S sts gemma3-270m                            # the same on Gemma-3, STS tasks (500 pairs each)
+FINALISTS="$(both $ALL)" bash $S finalists gemma3-270m   # Banking77 on Gemma-3, every method
+bash $S metaeol gemma3-270m                        # MetaEOL / kv_metaeol on Gemma-3's STS tasks
+DEFAULT=kv_pcot bash $S dims smollm2-135m          # PCA to 512 / 256 / 128 dimensions
+SCIFACT_METHODS="$(both $ALL)" bash $S scifact smollm2-135m gemma3-270m   # 1000-document SciFact
 bash $S scifact-full smollm2-135m                  # all 5183 documents: the default and `pcot`
+bash $S selection smollm2-135m gemma3-270m         # the per-model family-selection probe (STS-B train)
 python docs/results/dev/summarize.py               # the tables

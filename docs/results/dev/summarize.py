@@ -117,7 +117,7 @@ if __name__ == "__main__":
     print("### Every family, with and without re-routing and centering (main scores x100)\n")
     per_model = {model: model_table(model, ["families", "finalists", "metaeol"]) for model in MODELS}
     cross_table(per_model, "sts", "Mean of the two STS tasks, both models")
-    cross_table(per_model, "all", "Mean of all three tasks, both models (Gemma-3: the finalists)")
+    cross_table(per_model, "all", "Mean of all three tasks, both models")
     print("### SciFact train queries, 1000-document corpus (every judged document kept), nDCG@10 x100\n")
     print("| method | " + " | ".join(f"{name}, none | {name}, centered" for name in MODELS.values()) + " |")
     print("|---|" + "---:|" * (2 * len(MODELS)) + "")
