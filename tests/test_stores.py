@@ -57,9 +57,23 @@ def _exact(doc_vectors: np.ndarray, query_vector: np.ndarray, ids: list[str], k:
     return [(ids[i], float(cosines[i])) for i in order]
 
 
+# What every reload script starts with: its arguments, and the message of a refused check.
+PRELUDE = """import json, sys
+from kv_embeddings_integrations.stores import EmbedderMismatchError
+ARGS = json.loads(sys.argv[1])
+
+def mismatch(check):
+    try:
+        check()
+    except EmbedderMismatchError as e:
+        return str(e)
+    return None
+"""
+
+
 def _in_new_process(code: str, args: dict) -> dict:
     """Run ``code`` in a fresh interpreter with ``ARGS`` bound; it prints one JSON object last."""
-    script = "import json, sys\nARGS = json.loads(sys.argv[1])\n" + textwrap.dedent(code)
+    script = PRELUDE + textwrap.dedent(code)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(
         [sys.executable, "-c", script, json.dumps(args)], capture_output=True, text=True, env=env, timeout=600
@@ -80,9 +94,7 @@ from langchain_chroma import Chroma
 from langchain_community.vectorstores import FAISS
 
 from kv_embeddings_integrations import KVEmbeddings
-from kv_embeddings_integrations.stores import (
-    EmbedderMismatchError, collection_metadata, verify_collection, verify_identity,
-)
+from kv_embeddings_integrations.stores import collection_metadata, verify_collection, verify_identity
 
 embeddings = KVEmbeddings(model=ARGS["model"], **ARGS["options"])
 chroma = Chroma(collection_name="docs", embedding_function=embeddings, persist_directory=ARGS["chroma"])
@@ -99,14 +111,9 @@ changed = KVEmbeddings(model=ARGS["model"], **{**ARGS["options"], **ARGS["change
 # Reopened the way a fill path opens it: an existing collection keeps its own record.
 reopened = Chroma(collection_name="docs", embedding_function=changed, persist_directory=ARGS["chroma"],
                   collection_metadata=collection_metadata(changed, {"hnsw:space": "cosine"}))
-for name, check in (("chroma", lambda: verify_collection(chroma, changed)),
-                    ("reopened", lambda: verify_collection(reopened, changed)),
-                    ("faiss", lambda: verify_identity(ARGS["faiss"], changed))):
-    try:
-        check()
-        out["mismatch_" + name] = None
-    except EmbedderMismatchError as e:
-        out["mismatch_" + name] = str(e)
+out["mismatch_chroma"] = mismatch(lambda: verify_collection(chroma, changed))
+out["mismatch_reopened"] = mismatch(lambda: verify_collection(reopened, changed))
+out["mismatch_faiss"] = mismatch(lambda: verify_identity(ARGS["faiss"], changed))
 print(json.dumps(out))
 """
 
@@ -173,7 +180,7 @@ from llama_index.vector_stores.chroma import ChromaVectorStore
 from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
 from kv_embeddings_integrations import KVEmbedding
-from kv_embeddings_integrations.stores import EmbedderMismatchError, verify_collection, verify_identity
+from kv_embeddings_integrations.stores import verify_collection, verify_identity
 
 Settings.embed_model = KVEmbedding(model=ARGS["model"], **ARGS["options"])
 collection = chromadb.PersistentClient(path=ARGS["chroma"]).get_collection("docs")
@@ -192,13 +199,8 @@ for name, index in indexes.items():
             q: [(n.node.ref_doc_id, n.score) for n in retriever.retrieve(q)] for q in ARGS["queries"]
         }
 changed = KVEmbedding(model=ARGS["model"], **{**ARGS["options"], **ARGS["changed"]})
-for name, check in (("chroma", lambda: verify_collection(collection, changed)),
-                    ("lancedb", lambda: verify_identity(ARGS["lancedb"], changed))):
-    try:
-        check()
-        out["mismatch_" + name] = None
-    except EmbedderMismatchError as e:
-        out["mismatch_" + name] = str(e)
+out["mismatch_chroma"] = mismatch(lambda: verify_collection(collection, changed))
+out["mismatch_lancedb"] = mismatch(lambda: verify_identity(ARGS["lancedb"], changed))
 print(json.dumps(out))
 """
 

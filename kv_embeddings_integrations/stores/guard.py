@@ -77,7 +77,7 @@ def save_identity(folder: str | os.PathLike, embeddings: Any, *, overwrite: bool
     path = Path(folder) / IDENTITY_FILE
     record = identity_of(embeddings)
     if not overwrite and path.exists():
-        check_identity(_parse(path.read_text(encoding="utf-8"), str(path)), record, where=f"the store in {folder}")
+        check_identity(read_identity(folder), record, where=f"the store in {folder}")
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
     write_atomically(path, lambda f: f.write(text.encode("utf-8")))
     return path
