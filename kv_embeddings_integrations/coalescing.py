@@ -49,7 +49,11 @@ class RequestCoalescer:
             arrive (0 takes only what is already queued).
         idle_timeout: seconds without requests after which the worker thread exits.
         listeners: functions called (on the worker thread) with the number of texts of each
-            coalesced call; the list is used as given, so callers may add to it later.
+            coalesced call once it has run; the list is used as given, so callers may add to it later.
+        start_listeners: functions called (on the worker thread) with the number of texts of each
+            coalesced call just before it runs, once its requests can no longer be withdrawn; a
+            listener that blocks holds the call (what tests use to queue requests behind a pass).
+            Used as given, like ``listeners``.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class RequestCoalescer:
         max_wait: float = 0.002,
         idle_timeout: float = 1.0,
         listeners: list[Callable[[int], None]] | None = None,
+        start_listeners: list[Callable[[int], None]] | None = None,
     ) -> None:
         self._encode = encode
         self.max_texts = max_texts
@@ -69,6 +74,7 @@ class RequestCoalescer:
         self._condition = threading.Condition()
         self._worker: threading.Thread | None = None
         self.listeners = listeners if listeners is not None else []
+        self.start_listeners = start_listeners if start_listeners is not None else []
         # Sizes (in texts) of the latest coalesced calls (at most _KEPT_SIZES); for benchmarks and tests.
         self.batch_sizes: list[int] = []
 
@@ -133,6 +139,7 @@ class RequestCoalescer:
         if not live:
             return
         texts = [text for request in live for text in request.texts]
+        _notify(self.start_listeners, len(texts))
         try:
             result = self._encode(texts, *live[0].kind)
         except Exception as error:
@@ -151,6 +158,7 @@ class RequestCoalescer:
             request.future.set_result(part)
 
     def _serve_alone(self, request: _Request) -> None:
+        _notify(self.start_listeners, len(request.texts))
         try:
             result = self._encode(request.texts, *request.kind)
         except Exception as error:
@@ -163,8 +171,12 @@ class RequestCoalescer:
         self.batch_sizes.append(size)
         if len(self.batch_sizes) > 2 * _KEPT_SIZES:  # a long-running server must not grow it forever
             del self.batch_sizes[:_KEPT_SIZES]
-        for listener in list(self.listeners):
-            try:
-                listener(size)
-            except Exception:  # a broken metric must not fail the requests
-                pass
+        _notify(self.listeners, size)
+
+
+def _notify(listeners: list[Callable[[int], None]], size: int) -> None:
+    for listener in list(listeners):
+        try:
+            listener(size)
+        except Exception:  # a broken metric must not fail the requests
+            pass

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import logging
 import os
 import threading
 import warnings
@@ -38,6 +39,8 @@ from .postprocessing import PostProcessor
 from .prompts import FAMILIES, METHODS, PROMPT_TYPES, MethodSpec, PromptFamily
 from .results import EmbedResult
 from .tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 4096
@@ -83,7 +86,7 @@ def _chain(source: Future, target: Future, transform) -> None:
 
 
 # State that belongs to this process: not pickled (the pool sends embedders to workers).
-_PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "_float32_lock", "batch_listeners")
+_PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "_float32_lock", "batch_listeners", "batch_start_listeners")
 
 
 @dataclasses.dataclass
@@ -188,8 +191,10 @@ class KVEmbedder:
         self._coalescer: RequestCoalescer | None = None
         self._coalescer_lock = threading.Lock()
         self._float32_lock = threading.Lock()
-        # Called with the number of texts of each coalesced forward pass (a server's metrics).
+        # Called with the number of texts of each coalesced forward pass once it ran (a server's
+        # metrics), and just before it runs (a blocking one holds the pass: how tests order events).
         self.batch_listeners: list[Callable[[int], None]] = []
+        self.batch_start_listeners: list[Callable[[int], None]] = []
         # Nothing re-routed until the layers are known; selection below runs on the built embedder.
         self.layers: list[int] = []
         self.layer_selection: LayerSelection | None = None
@@ -245,6 +250,8 @@ class KVEmbedder:
             "dimensions": self.config.dimensions,
             **model_identity(self.model),
             "config": config,
+            # The prompts as written, not only the method's name: a changed template refits.
+            "templates": list(self.templates("document")),
             "layers": self.layers,
             "max_length": self.max_length,
             "num_texts": len(texts),
@@ -260,13 +267,18 @@ class KVEmbedder:
                 f"got {len(set(texts))}"
             )
         key = self._postprocess_key(texts)
-        path = postprocessing.cache_path(key)
-        cached = postprocessing.load(path, key)
+        cached = postprocessing.lookup(key)
         if cached is not None:
             return cached
+        logger.info(
+            "fitting %s post-processing for %s on %d texts (once, then cached)",
+            self.config.postprocess,
+            self.name,
+            len(texts),
+        )
         vectors = self.embed(texts, postprocess=False).vectors
         processor = postprocessing.fit(vectors, self.config.postprocess, self.config.dimensions)
-        postprocessing.save(path, key, processor)
+        postprocessing.save(postprocessing.cache_path(key), key, processor)
         return processor
 
     def __getstate__(self) -> dict[str, Any]:
@@ -279,6 +291,7 @@ class KVEmbedder:
         self._coalescer_lock = threading.Lock()
         self._float32_lock = threading.Lock()
         self.batch_listeners = []
+        self.batch_start_listeners = []
 
     @classmethod
     def from_pretrained(
@@ -579,7 +592,10 @@ class KVEmbedder:
         with self._coalescer_lock:
             if self._coalescer is None:
                 self._coalescer = RequestCoalescer(
-                    self._embed_coalesced, max_texts=COALESCE_MAX_TEXTS, listeners=self.batch_listeners
+                    self._embed_coalesced,
+                    max_texts=COALESCE_MAX_TEXTS,
+                    listeners=self.batch_listeners,
+                    start_listeners=self.batch_start_listeners,
                 )
             return self._coalescer.submit(items, prompt_type, normalize)
 

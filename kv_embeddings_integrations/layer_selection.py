@@ -3,7 +3,8 @@
 The intrinsic dimension (ID) of the last-token representation of prompted texts is estimated at
 every layer with TwoNN (Facco et al. 2017, Sci. Rep. 7:12140); the re-routed window starts at
 the layer of minimum ID past the first 20% of the network and spans ``floor(L / 10)`` more layers.
-The choice is computed once per model and cached as JSON in the user cache.
+The choice is computed once per model and cached as JSON in the user cache; the package ships
+the choices for its bundled models (see :mod:`~kv_embeddings_integrations.caches`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from .atomic import write_atomically
-from .bundled import cache_dir
+from .caches import cached_file, candidate_files
 
 logger = logging.getLogger(__name__)
 
@@ -193,13 +194,18 @@ class LayerSelection:
     seconds: float
     from_cache: bool = False
     key: dict[str, Any] = field(default_factory=dict)
+    # "computed" here, read from the user's "cache", or "shipped" with the package.
+    origin: str = "computed"
 
 
 def model_identity(model: torch.nn.Module) -> dict[str, Any]:
-    """Which weights a cache entry was computed with (class, path, hub revision, fingerprint, dtype)."""
+    """Which weights a cache entry was computed with (class, hub revision, fingerprint, dtype).
+
+    Not where they were loaded from: the same checkpoint in another folder (a bundled model in
+    another user's cache) is the same model, so its results carry over, shipped ones included.
+    """
     return {
         "model_class": type(model).__name__,
-        "name_or_path": str(getattr(model, "name_or_path", "")),
         "revision": getattr(model.config, "_commit_hash", None),
         "weights": model_fingerprint(model),
         "dtype": str(next(model.parameters()).dtype),
@@ -232,12 +238,7 @@ def _rule(rule: dict[str, Any], num_layers: int) -> dict[str, Any]:
     return out
 
 
-def _cache_path(key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_dir() / "layer_selection" / f"{digest}.json"
-
-
-def _read_cache(path: Path, key: dict[str, Any], num_layers: int) -> LayerSelection | None:
+def _read_cache(path: Path, key: dict[str, Any], num_layers: int, origin: str = "cache") -> LayerSelection | None:
     """The cached selection if the file is intact and was made for exactly this key; else None."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -249,8 +250,9 @@ def _read_cache(path: Path, key: dict[str, Any], num_layers: int) -> LayerSelect
         if len(dimensions) != num_layers or layers != select_layers(dimensions, num_layers, **key["rule"]):
             raise ValueError("inconsistent entry")
         return LayerSelection(
-            layers, dimensions, str(data["calibration"]), int(data["num_texts"]), float(data["seconds"]), True, key
-        )
+            layers, dimensions, str(data["calibration"]), int(data["num_texts"]), float(data["seconds"]), True, key,
+            origin,
+        )  # fmt: skip
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -297,10 +299,19 @@ def auto_select_layers(
                 f"layer selection needs at least {MIN_POINTS} distinct calibration texts, got {len(set(texts))}"
             )
     key = selection_key(embedder, texts, rule)
-    path = _cache_path(key)
-    if not recompute and (cached := _read_cache(path, key, embedder.num_layers)) is not None:
-        logger.info("layers %s for %s from cache %s", cached.layers, embedder.name, path)
-        return cached
+    if not recompute:
+        for path, origin in candidate_files("layer_selection", key, ".json"):
+            if (cached := _read_cache(path, key, embedder.num_layers, origin)) is not None:
+                where = "shipped with the package" if origin == "shipped" else "cached"
+                logger.info(
+                    "re-routing layers %s for %s: the choice %s (%s)", cached.layers, embedder.name, where, path
+                )
+                return cached
+    logger.info(
+        "choosing the layers to re-route for %s: intrinsic dimension of %d texts at every layer (once, then cached)",
+        embedder.name,
+        len(texts),
+    )
     start = time.perf_counter()
     dimensions = layerwise_dimensions(embedder, texts, show_progress_bar=show_progress_bar)
     layers = select_layers(dimensions, embedder.num_layers, **key["rule"])
@@ -308,5 +319,5 @@ def auto_select_layers(
     logger.info(
         "selected layers %s for %s in %.1f s (calibration: %s)", layers, embedder.name, selection.seconds, calibration
     )
-    _write_cache(path, selection)
+    _write_cache(cached_file("layer_selection", key, ".json"), selection)
     return selection

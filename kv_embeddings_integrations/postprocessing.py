@@ -3,12 +3,12 @@
 LLM hidden states are strongly anisotropic (every pair of texts has a cosine near 0.9): removing
 the common mean direction spreads them out, and PCA drops dimensions the data barely uses
 (cheaper vector stores). Fitted once, without labels, on sample texts embedded with the document
-prompt, then cached as a safetensors file (no pickle) keyed like the layer selection.
+prompt, then cached as a safetensors file (no pickle) keyed like the layer selection; the package
+ships the default's fit for its bundled models (see :mod:`~kv_embeddings_integrations.caches`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save as save_bytes
 
 from .atomic import write_atomically
-from .bundled import cache_dir
+from .caches import cached_file, candidate_files
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,19 @@ def fit(vectors: np.ndarray, kind: str, dimensions: int | None = None) -> PostPr
 
 
 def cache_path(key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_dir() / "postprocessing" / f"{digest}.safetensors"
+    """Where the user cache keeps (and a fit writes) the transform for ``key``."""
+    return cached_file("postprocessing", key, ".safetensors")
+
+
+def lookup(key: dict[str, Any]) -> PostProcessor | None:
+    """The transform fitted for exactly ``key``: the user's cached one, else the package's shipped
+    one, else ``None`` (to be fitted)."""
+    for path, origin in candidate_files("postprocessing", key, ".safetensors"):
+        if (processor := load(path, key)) is not None:
+            where = "shipped with the package" if origin == "shipped" else "cached"
+            logger.info("%s post-processing: the fit %s (%s)", processor.kind, where, path)
+            return processor
+    return None
 
 
 def load(path: Path, key: dict[str, Any]) -> PostProcessor | None:

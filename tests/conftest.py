@@ -5,6 +5,8 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,3 +41,49 @@ def _isolated_cache(request, monkeypatch, tmp_path_factory):
     """Tests never write the user's cache, except the slow ones that use the real bundled model."""
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv("KV_EMBEDDINGS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+# --cpu-load N: N processes spin on the CPU for the whole session (bounded: each stops by itself
+# after an hour at most, and all are killed when the session ends), so the tests run on a machine
+# as loaded as CI's busiest. `make test-stress` runs the timing-sensitive tests (marker `timing`)
+# this way; `pytest --cpu-load 2` runs any selection so.
+_SPIN = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--cpu-load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the tests while N background processes keep N cores busy (0: none)",
+    )
+
+
+def pytest_configure(config):
+    count = config.getoption("--cpu-load")
+    if count < 0:
+        raise pytest.UsageError(f"--cpu-load must be >= 0, got {count}")
+    if count:
+        # Ray starts its workers at niceness 15, so spinners at 0 would starve them for minutes:
+        # under load they compete on equal terms, like every other process of the tests.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+    config._cpu_load = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(count)]
+
+
+def pytest_report_header(config):
+    import torch
+
+    lines = [
+        f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores"
+    ]
+    count = len(getattr(config, "_cpu_load", []))
+    if count:
+        lines.append(f"cpu load: {count} spinning processes")
+    return lines
+
+
+def pytest_unconfigure(config):
+    for process in getattr(config, "_cpu_load", []):
+        process.kill()
+        process.wait()

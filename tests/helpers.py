@@ -8,6 +8,9 @@ import atexit
 import functools
 import shutil
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -63,18 +66,28 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>")
 
 
-# Texts holding this marker fail to tokenize under RejectingTokenizer (a fault to inject).
+# Texts holding this marker fail to tokenize under RejectingTokenizer (a fault to inject)...
 REJECTED = "<<reject me>>"
+# ...and texts holding this one never finish tokenizing (a worker stuck for good, to be killed).
+HANGS = "<<hang here>>"
 
 
 class RejectingTokenizer(PreTrainedTokenizerFast):
-    """A tokenizer that raises on texts holding ``REJECTED``: a failure inside pool workers,
-    which receive their tokenizer pickled (so this class must live in an importable module)."""
+    """A tokenizer that raises on texts holding ``REJECTED`` and blocks forever on texts holding
+    ``HANGS`` (after creating the file named by its ``hang_signal``, so a test knows it got there):
+    faults inside pool workers, which receive their tokenizer pickled (so this class must live in
+    an importable module)."""
+
+    hang_signal: str | None = None
 
     def __call__(self, text, *args, **kwargs):
         for item in [text] if isinstance(text, str) else text:
             if REJECTED in item:
                 raise TypeError(f"cannot tokenize a text holding {REJECTED!r}")
+            if HANGS in item and self.hang_signal is not None:
+                with open(self.hang_signal, "w"):
+                    pass
+                threading.Event().wait()  # never set
         return super().__call__(text, *args, **kwargs)
 
 
@@ -142,25 +155,82 @@ def tiny_model_dir() -> str:
     return path
 
 
-async def ticks_during(awaitable):
-    """Await ``awaitable`` while a 1 ms ticker runs on the same loop; return (result, ticks).
+# Seconds a test waits for something that must happen: reached only when something hangs, so
+# generous (a loaded 2-core machine may be slow, never this slow). Never the thing asserted.
+HANG = 60
 
-    A call that blocked the event loop would let the ticker run once at most.
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = HANG) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` if it never does (a hang, not a race:
+    the condition is the event the test waits for, not a guess at how long it takes)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)
+
+
+class PassGate:
+    """Holds coalesced forward passes until the test releases them.
+
+    Register it as a start listener (``embedder.batch_start_listeners.append(gate)``, or a
+    coalescer's ``start_listeners``): each pass reports its number of texts and waits, on the
+    worker thread, until :meth:`release` lets it run or :meth:`open` lets every pass run. While a
+    pass is held its requests can no longer be withdrawn, and every later request waits in the
+    queue: the test decides the interleaving instead of guessing it with sleeps.
     """
-    ticks, done = 0, False
 
-    async def ticker():
-        nonlocal ticks
-        while not done:
-            ticks += 1
-            await asyncio.sleep(0.001)
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self.started: list[int] = []  # sizes of the passes that reached the gate, in order
+        self._released = 0
+        self._open = False
+        self.stuck = False  # a pass waited HANG seconds and ran without being released
 
-    task = asyncio.create_task(ticker())
+    def __call__(self, size: int) -> None:
+        with self._condition:
+            self.started.append(size)
+            index = len(self.started)
+            self._condition.notify_all()
+            released = self._condition.wait_for(lambda: self._open or self._released >= index, timeout=HANG)
+            self.stuck = self.stuck or not released
+
+    def wait_started(self, count: int = 1) -> list[int]:
+        """Block until ``count`` passes reached the gate; their sizes."""
+        with self._condition:
+            reached = self._condition.wait_for(lambda: len(self.started) >= count, timeout=HANG)
+            assert reached, f"only {len(self.started)} of {count} forward passes started within {HANG} s"
+            return list(self.started)
+
+    def release(self, count: int = 1) -> None:
+        """Let the next ``count`` held (or future) passes run."""
+        with self._condition:
+            self._released += count
+            self._condition.notify_all()
+
+    def open(self) -> None:
+        """Let every pass run, held or future."""
+        with self._condition:
+            self._open = True
+            self._condition.notify_all()
+
+
+async def with_loop_free(embedder, awaitable):
+    """Await ``awaitable`` (a call that embeds through ``embedder``'s coalescing), proving it left the
+    event loop free: its first forward pass is held until a coroutine on this same loop releases
+    it. A call that blocked the loop would keep that coroutine from running; the pass would then
+    wait HANG seconds and the assertion below fail. No timing is assumed either way.
+    """
+    gate = PassGate()
+    embedder.batch_start_listeners.append(gate)
     try:
-        return await awaitable, ticks
+        task = asyncio.ensure_future(awaitable)
+        await asyncio.to_thread(gate.wait_started, 1)
+        gate.open()  # runs only if the loop is free while the pass is held
+        result = await task
     finally:
-        done = True
-        await task
+        embedder.batch_start_listeners.remove(gate)
+    assert not gate.stuck, "the event loop was blocked while a forward pass was held"
+    return result
 
 
 # The options the mechanics tests were written for: KV-Embedding as the paper describes it (the

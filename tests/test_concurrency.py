@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import pickle
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from helpers import PAPER, TEXTS, make_model, ticks_during
+from helpers import HANG, PAPER, TEXTS, PassGate, make_model
 
 from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
 from kv_embeddings_integrations.coalescing import RequestCoalescer
+
+pytestmark = pytest.mark.timing
 
 QUERIES = [f"{text} ({i})" for i, text in enumerate(TEXTS * 13)][:64]
 
@@ -25,24 +26,44 @@ def embedder(tokenizer):
 
 def test_concurrent_async_requests_share_batches(embedder):
     sequential = np.stack([embedder.encode(q, prompt_type="query") for q in QUERIES])
+    gate = PassGate()
+    embedder.batch_start_listeners.append(gate)
 
     async def burst():
-        return await asyncio.gather(*(embedder.aencode(q, prompt_type="query") for q in QUERIES))
+        tasks = [asyncio.ensure_future(embedder.aencode(q, prompt_type="query")) for q in QUERIES]
+        await asyncio.sleep(0)  # every task has run to its first await: all 64 requests are queued
+        await asyncio.to_thread(gate.wait_started, 1)  # the first pass holds some of them...
+        gate.open()  # ...until this loop releases it, which it could not if aencode blocked it
+        return await asyncio.gather(*tasks)
 
-    concurrent, ticks = asyncio.run(ticks_during(burst()))
+    concurrent = asyncio.run(burst())
     np.testing.assert_allclose(np.stack(concurrent), sequential, atol=1e-5)
+    assert not gate.stuck
+    # Whatever the first pass took, everything else was queued by then and went into one more.
     sizes = embedder._coalescer.batch_sizes
-    assert sum(sizes) == len(QUERIES) and len(sizes) < len(QUERIES) / 4, sizes
-    assert ticks > 1  # the event loop kept running while the batches ran
+    assert sum(sizes) == len(QUERIES) and len(sizes) <= 2, sizes
 
 
 def test_threads_submitting_share_batches(embedder):
     expected = embedder.encode(QUERIES)
+    gate = PassGate()
+    embedder.batch_start_listeners.append(gate)
+    submitted = threading.Semaphore(0)
+
+    def one(i: int) -> np.ndarray:
+        future = embedder.submit(QUERIES[i])
+        submitted.release()
+        return future.result(HANG)
+
     with ThreadPoolExecutor(max_workers=16) as pool:
-        futures = [pool.submit(lambda i=i: embedder.submit(QUERIES[i]).result()) for i in range(len(QUERIES))]
-        got = np.stack([f.result() for f in futures])
+        futures = [pool.submit(one, i) for i in range(len(QUERIES))]
+        # 16 threads submitted while the first pass was held: the others wait for one shared pass.
+        assert all(submitted.acquire(timeout=HANG) for _ in range(16))
+        gate.open()
+        got = np.stack([f.result(HANG) for f in futures])
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert len(embedder._coalescer.batch_sizes) < len(QUERIES)
+    sizes = embedder._coalescer.batch_sizes
+    assert sum(sizes) == len(QUERIES) and max(sizes) > 1 and len(sizes) < len(QUERIES), sizes
 
 
 def test_requests_of_several_kinds_and_sizes(embedder):
@@ -66,35 +87,34 @@ def test_requests_of_several_kinds_and_sizes(embedder):
 
 def test_a_failing_request_does_not_fail_its_batch_mates():
     calls: list[list[str]] = []
-    release = threading.Event()
 
     def encode(texts, prompt_type, normalize):
         calls.append(texts)
-        release.wait(5)
         if "bad" in texts:
             raise RuntimeError("cannot embed 'bad'")
         return np.ones((len(texts), 2), dtype=np.float32)
 
-    coalescer = RequestCoalescer(encode, max_wait=0)
+    gate = PassGate()
+    coalescer = RequestCoalescer(encode, max_wait=0, start_listeners=[gate])
     first = coalescer.submit(["first"], "document")
-    time.sleep(0.05)  # the worker is now busy with `first`; the next three queue behind it
+    assert gate.wait_started(1) == [1]  # the worker is held in `first`'s pass; the next three queue
     futures = [coalescer.submit([t], "document") for t in ("a", "bad", "b")]
-    release.set()
-    assert first.result(5).shape == (1, 2)
-    assert futures[0].result(5).shape == (1, 2) and futures[2].result(5).shape == (1, 2)
+    gate.open()
+    assert first.result(HANG).shape == (1, 2)
+    assert futures[0].result(HANG).shape == (1, 2) and futures[2].result(HANG).shape == (1, 2)
     with pytest.raises(RuntimeError, match="cannot embed 'bad'"):
-        futures[1].result(5)
-    assert ["a", "bad", "b"] in calls  # they were tried together first
+        futures[1].result(HANG)
+    assert calls[1] == ["a", "bad", "b"]  # they were tried together first, then each alone
+    assert sorted(map(tuple, calls[2:])) == [("a",), ("b",), ("bad",)]
 
 
 def test_idle_worker_thread_exits():
     coalescer = RequestCoalescer(lambda t, p, n: np.zeros((len(t), 1), np.float32), idle_timeout=0.05)
-    coalescer.submit(["x"], "document").result(5)
-    deadline = time.monotonic() + 5
-    while coalescer._worker is not None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert coalescer._worker is None
-    assert coalescer.submit(["y"], "document").result(5).shape == (1, 1)  # and restarts on demand
+    coalescer.submit(["x"], "document").result(HANG)
+    worker = coalescer._worker
+    worker.join(HANG)  # it exits by itself once idle for idle_timeout
+    assert not worker.is_alive() and coalescer._worker is None
+    assert coalescer.submit(["y"], "document").result(HANG).shape == (1, 1)  # and restarts on demand
 
 
 def test_embedder_pickles_after_serving_requests(embedder):
@@ -134,20 +154,26 @@ def test_a_dead_worker_fails_its_requests_and_a_new_one_serves_the_next():
     assert coalescer.submit(["fine"], "document").result(5).shape == (1, 2)
 
 
-def test_a_cancelled_single_text_request_is_withdrawn(embedder):
-    release = threading.Event()
-    original = embedder._embed_coalesced
-
-    def slow(texts, prompt_type, normalize):
-        release.wait(5)
-        return original(texts, prompt_type, normalize)
-
-    embedder._embed_coalesced = slow
-    busy = embedder.submit(TEXTS[0])  # holds the worker until released
-    time.sleep(0.05)
-    withdrawn = embedder.submit(TEXTS[1])
+def test_a_cancelled_waiting_request_is_withdrawn_and_a_running_one_finishes(embedder):
+    gate = PassGate()
+    embedder.batch_start_listeners.append(gate)
+    running = embedder.submit_embed(TEXTS[0])
+    assert gate.wait_started(1) == [1]  # its pass has started and is held
+    withdrawn = embedder.submit(TEXTS[1])  # waits behind it
+    abandoned = embedder.submit(TEXTS[2])  # waits too
     assert withdrawn.cancel()
-    release.set()
-    assert busy.result(5).shape == (embedder.hidden_size,)
-    assert withdrawn.cancelled()
-    assert sum(embedder._coalescer.batch_sizes) == 1  # the cancelled text was never embedded
+    # A request inside a running pass cannot be withdrawn: the pass finishes and it gets its result.
+    assert not running.cancel()
+    gate.release()
+    assert running.result(HANG).vectors.shape == (1, embedder.hidden_size)
+    # The next pass holds the third text, never the withdrawn second one.
+    assert gate.wait_started(2) == [1, 1]
+    # Its caller gives up while it runs: the caller's future is cancelled, the pass runs to its end.
+    assert abandoned.cancel()
+    gate.open()
+    assert withdrawn.cancelled() and abandoned.cancelled()
+    with pytest.raises(CancelledError):
+        abandoned.result()
+    assert embedder.submit(TEXTS[3]).result(HANG).shape == (embedder.hidden_size,)
+    # Passes: the first text, the abandoned third (embedded, result dropped), the fourth.
+    assert embedder._coalescer.batch_sizes == [1, 1, 1]

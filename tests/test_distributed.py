@@ -21,7 +21,7 @@ from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.cli import main
 from kv_embeddings_integrations.distributed import embed_dataset
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.timing]
 
 
 def _documents(count: int = 300) -> list[dict]:

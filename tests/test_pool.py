@@ -9,10 +9,12 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import CORPUS, PAPER, REJECTED, TEXTS, make_model, make_rejecting_tokenizer
+from helpers import CORPUS, HANG, HANGS, PAPER, REJECTED, TEXTS, make_model, make_rejecting_tokenizer, wait_until
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.pool import EmbeddingPool
+
+pytestmark = pytest.mark.timing
 
 # 48 texts of mixed lengths (1 character to a paragraph, 20 to 140 tokens with the prompt), an empty
 # text and repeats, so chunks differ in length and the length sort really reorders them.
@@ -131,19 +133,32 @@ def test_bad_devices_raise_before_any_process_starts(embedder):
     assert set(multiprocessing.active_children()) == before
 
 
-def test_a_dead_worker_raises_instead_of_hanging(embedder):
-    with EmbeddingPool(embedder, ["cpu"]) as dying:
+def test_a_dead_worker_raises_instead_of_hanging(embedder, tmp_path):
+    # The worker gets stuck for good on one text, so the job cannot finish unless the parent notices
+    # the worker died; it is killed once it is stuck (whenever that is), while the parent waits.
+    stuck = tmp_path / "stuck"
+    embedder.tokenizer.hang_signal = str(stuck)
+    try:
+        dying = EmbeddingPool(embedder, ["cpu"])
+    finally:
+        del embedder.tokenizer.hang_signal  # the module's other pools never hang
+    with dying:
         assert dying.devices == (torch.device("cpu"),) and not dying.closed
-        # Killed while the parent waits for results (the worker is still starting, or busy with
-        # one-text chunks): the parent must notice, not wait forever.
-        killer = threading.Timer(1.0, dying._processes[0].kill)
+
+        def kill_once_stuck():
+            try:
+                wait_until(stuck.exists, "the worker to reach the text it hangs on")
+            finally:
+                dying._processes[0].kill()
+
+        killer = threading.Thread(target=kill_once_stuck)
         killer.start()
         with pytest.raises(
             RuntimeError, match=r"worker 0 on cpu \(pid \d+\) died with exit code -9 \(killed by SIGKILL\)"
         ):
-            dying.encode(MIXED * 20, chunk_size=1, show_progress_bar=False)
-        killer.join()
-        assert dying.closed
+            dying.encode([*MIXED, HANGS], chunk_size=1, show_progress_bar=False)
+        killer.join(HANG)
+        assert stuck.exists() and dying.closed
     with pytest.raises(RuntimeError, match="EmbeddingPool is closed"):
         dying.encode(TEXTS)
     dying.close()

@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.layer_selection import LayerSelection, _write_cache
 
+pytestmark = pytest.mark.timing
+
 # Any Unicode, unpaired surrogates and control characters included.
 ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=80)
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -14,15 +17,19 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
+from helpers import HANG, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.serving.token_ids import seed_tiktoken_cache
+
+pytestmark = pytest.mark.timing
 
 KEY = "test-key-123"
 NAME = "tiny-kv"
@@ -40,6 +47,10 @@ QUERY = "Which organelle makes energy for the cell?"
 # The tiny model's options on both sides (server and in-process): re-routed layers fixed, the
 # default prompts and centering otherwise.
 LAYERS = "1,2"
+GATED_SERVE = os.path.join(os.path.dirname(__file__), "gated_serve.py")
+# Every call waits for its answer (a loaded machine is slow); only a hang reaches the limit.
+post = functools.partial(httpx.post, timeout=HANG)
+get = functools.partial(httpx.get, timeout=HANG)
 
 
 def _free_port() -> int:
@@ -49,18 +60,44 @@ def _free_port() -> int:
 
 
 class Server:
-    """``kv-embed serve`` in a child process, ready when ``/ready`` answers 200."""
+    """``kv-embed serve`` in a child process, ready when ``/ready`` answers 200.
 
-    def __init__(self, model: str, *extra: str, env: dict[str, str], api_key: str | None = KEY) -> None:
+    ``gated=True`` starts it through ``gated_serve.py``: every coalesced forward pass then waits
+    for the test (:meth:`next_pass` says one has started and how many texts it holds, :meth:`step`
+    runs it, :meth:`open` runs every pass from then on).
+    """
+
+    def __init__(
+        self, model: str, *extra: str, env: dict[str, str], api_key: str | None = KEY, gated: bool = False
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "kv_embeddings_integrations.cli", "serve", "--model", model]
+        entry = [GATED_SERVE] if gated else ["-m", "kv_embeddings_integrations.cli"]
+        command = [sys.executable, *entry, "serve", "--model", model]
         command += ["--port", str(self.port), "--served-model-name", NAME, *extra]
         full_env = {**os.environ, **env}
         if api_key is not None:
             full_env["KV_EMBED_API_KEY"] = api_key  # from the environment, as the README says
+        self.gated = gated
+        self.passes: queue.Queue[int] = queue.Queue()
+        pass_fds: tuple[int, ...] = ()
+        if gated:
+            read_end, write_end = os.pipe()
+            full_env["KV_TEST_PASS_FD"] = str(write_end)
+            pass_fds = (write_end,)
         self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115  (closed by stop())
-        self.process = subprocess.Popen(command, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE if gated else None,
+            pass_fds=pass_fds,
+            text=True,
+        )
+        if gated:
+            os.close(write_end)
+            threading.Thread(target=self._read_passes, args=(read_end,), daemon=True).start()
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -74,13 +111,38 @@ class Server:
         self.stop()
         raise RuntimeError(f"server not ready in time:\n{self.output()}")
 
+    def _read_passes(self, fd: int) -> None:
+        with os.fdopen(fd) as lines:
+            for line in lines:
+                self.passes.put(int(line))
+
+    def next_pass(self) -> int:
+        """Wait until the next coalesced pass has started (and is held); its number of texts."""
+        try:
+            return self.passes.get(timeout=HANG)
+        except queue.Empty:
+            raise AssertionError(f"no forward pass started within {HANG} s:\n{self.output()}") from None
+
+    def _tell(self, word: str) -> None:
+        with contextlib.suppress(BrokenPipeError, ValueError):  # the server has already gone
+            self.process.stdin.write(word + "\n")
+            self.process.stdin.flush()
+
+    def step(self) -> None:
+        """Run the held pass."""
+        self._tell("step")
+
+    def open(self) -> None:
+        """Run the held pass, if any, and every later one without holding it."""
+        self._tell("open")
+
     def output(self) -> str:
         self.log.flush()
         self.log.seek(0)
         return self.log.read()
 
     def metric(self, name: str) -> float:
-        text = httpx.get(f"{self.url}/metrics").text
+        text = get(f"{self.url}/metrics").text
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name) and not line.startswith("#"):
@@ -88,6 +150,8 @@ class Server:
         return total
 
     def stop(self) -> int:
+        if self.gated:
+            self.open()  # a held pass would keep the graceful shutdown waiting
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -125,6 +189,17 @@ def strict(model_dir, env):
     server = Server(str(model_dir), "--layers", LAYERS, "--postprocess", "none", *limits, env=env)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def gated(model_dir, env):
+    """Every forward pass held until the test runs it; at most 2 requests admitted at once."""
+    server = Server(
+        str(model_dir), "--layers", LAYERS, "--postprocess", "none", "--max-concurrent-requests", "2",
+        env=env, gated=True,
+    )  # fmt: skip
+    yield server
+    assert server.stopped_gracefully(), server.output()
 
 
 @pytest.fixture
@@ -221,27 +296,27 @@ def test_llamaindex_openai_like_and_tei_clients_build_an_index(server, local):
 
 def test_tei_embed_route_normalize_prompt_name_and_root(server, local):
     body = {"inputs": DOCS[:3], "prompt_name": "query"}
-    response = httpx.post(f"{server.url}/embed", json=body, headers=AUTH)
+    response = post(f"{server.url}/embed", json=body, headers=AUTH)
     assert response.status_code == 200 and response.headers["x-truncated-inputs"] == "0"
     assert _cosines(response.json(), local.embed(DOCS[:3], prompt_type="query").vectors).min() >= 0.9999
-    raw = httpx.post(f"{server.url}/", json={"inputs": DOCS[0], "normalize": False}, headers=AUTH).json()
+    raw = post(f"{server.url}/", json={"inputs": DOCS[0], "normalize": False}, headers=AUTH).json()
     assert abs(np.linalg.norm(raw[0]) - 1) > 1e-3  # not normalised
     assert _cosines(raw, local.embed(DOCS[:1]).vectors)[0] >= 0.9999
 
 
 def test_models_health_ready_metrics_and_docs(server):
-    models = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()
+    models = get(f"{server.url}/v1/models", headers=AUTH).json()
     assert [m["id"] for m in models["data"]] == [NAME] and models["object"] == "list"
-    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
-    assert httpx.get(f"{server.url}/ready").json()["status"] == "ready"
-    assert "/v1/embeddings" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
-    assert httpx.get(f"{server.url}/docs").status_code == 200
+    assert get(f"{server.url}/health").json() == {"status": "ok"}
+    assert get(f"{server.url}/ready").json()["status"] == "ready"
+    assert "/v1/embeddings" in get(f"{server.url}/openapi.json").json()["paths"]
+    assert get(f"{server.url}/docs").status_code == 200
     passes, texts = server.metric("kv_embed_batch_texts_count"), server.metric("kv_embed_texts_total")
-    httpx.post(f"{server.url}/v1/embeddings", json={"input": DOCS, "model": NAME}, headers=AUTH)
+    post(f"{server.url}/v1/embeddings", json={"input": DOCS, "model": NAME}, headers=AUTH)
     # Observed, not only declared: one more coalesced pass, the request's texts counted.
     assert server.metric("kv_embed_batch_texts_count") >= passes + 1
     assert server.metric("kv_embed_texts_total") == texts + len(DOCS)
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = get(f"{server.url}/metrics").text
     for name in (
         'kv_embed_requests_total{route="/v1/embeddings",status="200"}',
         "kv_embed_texts_total",
@@ -256,9 +331,9 @@ def test_models_health_ready_metrics_and_docs(server):
 
 def test_long_text_is_truncated_with_the_count_in_a_header_or_refused(server):
     long_text = "word " * 2000
-    ok = httpx.post(f"{server.url}/v1/embeddings", json={"input": [long_text, "short"], "model": NAME}, headers=AUTH)
+    ok = post(f"{server.url}/v1/embeddings", json={"input": [long_text, "short"], "model": NAME}, headers=AUTH)
     assert ok.status_code == 200 and ok.headers["x-truncated-inputs"] == "1"
-    refused = httpx.post(f"{server.url}/embed", json={"inputs": ["short", long_text], "truncate": False}, headers=AUTH)
+    refused = post(f"{server.url}/embed", json={"inputs": ["short", long_text], "truncate": False}, headers=AUTH)
     assert refused.status_code == 413
     assert "input 1 is longer than the model's max_length (256 tokens" in refused.json()["error"]["message"]
 
@@ -302,9 +377,7 @@ ERRORS = [
 def test_errors_are_openai_shaped_with_the_right_status(strict, case):
     _, path, headers, body, status, words, param = case
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    response = httpx.post(
-        f"{strict.url}{path}", content=content, headers={**headers, "Content-Type": "application/json"}
-    )
+    response = post(f"{strict.url}{path}", content=content, headers={**headers, "Content-Type": "application/json"})
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -313,7 +386,7 @@ def test_errors_are_openai_shaped_with_the_right_status(strict, case):
 
 
 def test_key_is_checked_before_the_body(strict):
-    response = httpx.post(
+    response = post(
         f"{strict.url}/v1/embeddings",
         content=b"{not json",
         headers={"Authorization": "Bearer nope", "Content-Type": "application/json"},
@@ -324,7 +397,7 @@ def test_key_is_checked_before_the_body(strict):
 def test_unencodable_text_is_repaired_not_a_500(strict):
     # A lone surrogate (JSON can carry one; UTF-8 cannot), also on the no-truncation path.
     for body in ({"inputs": ["a \ud800 b"], "truncate": False}, {"inputs": "\udfff"}):
-        response = httpx.post(f"{strict.url}/embed", content=json.dumps(body).encode(), headers=JSON)
+        response = post(f"{strict.url}/embed", content=json.dumps(body).encode(), headers=JSON)
         assert response.status_code == 200, response.text
 
 
@@ -350,24 +423,28 @@ def test_token_ids_without_tiktoken_name_the_client_setting(strict, model_dir, m
     assert caught.value.status == 400
 
 
-def test_too_many_concurrent_requests_get_429_with_retry_after(strict):
-    body = {"input": ["word " * 200] * 4, "model": NAME}
-    statuses, retry_after, messages = [], set(), set()
-
-    def call():
-        response = httpx.post(f"{strict.url}/v1/embeddings", json=body, headers=AUTH, timeout=60)
-        statuses.append(response.status_code)
-        if response.status_code == 429:
-            retry_after.add(response.headers.get("retry-after"))
-            messages.add("--max-concurrent-requests 2" in response.json()["error"]["message"])
-
-    threads = [threading.Thread(target=call) for _ in range(24)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
-    assert retry_after == {"1"} and messages == {True}
+def test_too_many_concurrent_requests_get_429_with_retry_after(gated):
+    # Two requests admitted (one in the held pass, one waiting behind it): the third is refused at once.
+    body = {"input": ["word " * 50] * 4, "model": NAME}
+    with ThreadPoolExecutor(2) as clients:
+        first = clients.submit(post, f"{gated.url}/v1/embeddings", json=body, headers=AUTH)
+        assert gated.next_pass() == 4
+        second = clients.submit(post, f"{gated.url}/v1/embeddings", json=body, headers=AUTH)
+        wait_until(lambda: gated.metric("kv_embed_queue_depth") == 2, "the second request to be admitted")
+        refused = post(f"{gated.url}/v1/embeddings", json=body, headers=AUTH)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert "--max-concurrent-requests 2" in refused.json()["error"]["message"]
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        gated.step()
+        assert gated.next_pass() == 4  # the waiting one's own pass
+        gated.step()
+        assert [first.result().status_code, second.result().status_code] == [200, 200]
+    # Room again once they are answered.
+    with ThreadPoolExecutor(1) as clients:
+        again = clients.submit(post, f"{gated.url}/v1/embeddings", json=body, headers=AUTH)
+        assert gated.next_pass() == 4
+        gated.step()
+        assert again.result().status_code == 200
 
 
 # -- fuzzing ---------------------------------------------------------------------------------------
@@ -397,7 +474,7 @@ _FUZZ_STATUSES: set[int] = set()
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=_bodies, path=st.sampled_from(["/v1/embeddings", "/embed"]))
 def test_fuzzed_bodies_never_get_a_500(strict, body, path):
-    response = httpx.post(f"{strict.url}{path}", content=json.dumps(body).encode(), headers=JSON, timeout=60)
+    response = post(f"{strict.url}{path}", content=json.dumps(body).encode(), headers=JSON)
     _FUZZ_STATUSES.add(response.status_code)
     assert response.status_code in (200, 400, 413, 429), (response.status_code, response.text)
     if response.status_code != 200:
@@ -407,74 +484,93 @@ def test_fuzzed_bodies_never_get_a_500(strict, body, path):
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=st.binary(max_size=200))
 def test_fuzzed_bytes_never_get_a_500(strict, raw):
-    response = httpx.post(f"{strict.url}/v1/embeddings", content=raw, headers=JSON, timeout=60)
+    response = post(f"{strict.url}/v1/embeddings", content=raw, headers=JSON)
     assert response.status_code in (400, 413), (response.status_code, response.text)
 
 
 def test_server_still_answers_after_the_fuzzing(strict):
     # The fuzzing reached both the embedding path and the refusals.
     assert {200, 400} <= _FUZZ_STATUSES or not _FUZZ_STATUSES, _FUZZ_STATUSES
-    response = httpx.post(f"{strict.url}/v1/embeddings", json={"input": "still here", "model": NAME}, headers=AUTH)
+    response = post(f"{strict.url}/v1/embeddings", json={"input": "still here", "model": NAME}, headers=AUTH)
     assert response.status_code == 200 and strict.process.poll() is None
 
 
 # -- faults ----------------------------------------------------------------------------------------
 
 
-def test_client_that_disconnects_is_withdrawn_and_breaks_nothing(server):
-    busy = {"input": ["word " * 250] * 64, "model": NAME}
-    embedded_before = server.metric("kv_embed_batch_texts_sum")
-    result = {}
-    worker = threading.Thread(
-        target=lambda: result.update(r=httpx.post(f"{server.url}/v1/embeddings", json=busy, headers=AUTH, timeout=120))
-    )
-    worker.start()
-    time.sleep(0.05)
-    # A second client sends its request and hangs up while it waits behind the first.
-    payload = json.dumps({"input": ["word " * 250] * 16, "model": NAME}).encode()
+@contextlib.contextmanager
+def _raw_request(server: Server, texts: list[str]):
+    """A client that sends an embeddings request over a plain socket, then hangs up on leaving."""
+    payload = json.dumps({"input": texts, "model": NAME}).encode()
     head = (
         f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head + payload)
-        time.sleep(0.05)
-    worker.join()
-    assert result["r"].status_code == 200 and len(result["r"].json()["data"]) == 64
-    deadline = time.monotonic() + 30
-    while server.metric('kv_embed_requests_total{route="/v1/embeddings",status="499"}') < 1:
-        assert time.monotonic() < deadline, "the disconnected request was never withdrawn"
-        time.sleep(0.1)
-    # The 16 texts of the withdrawn request never reached a forward pass.
-    assert server.metric("kv_embed_batch_texts_sum") == embedded_before + 64
-    ok = httpx.post(f"{server.url}/v1/embeddings", json={"input": DOCS, "model": NAME}, headers=AUTH)
-    assert ok.status_code == 200
+        yield
 
 
-def test_sigterm_during_a_burst_finishes_in_flight_requests(model_dir, env):
-    server = Server(str(model_dir), "--layers", LAYERS, "--postprocess", "none", env=env)
-    body = {"input": ["word " * 400] * 48, "model": NAME}
-    statuses = []
+GONE = 'kv_embed_requests_total{route="/v1/embeddings",status="499"}'
 
-    def call():
-        response = httpx.post(f"{server.url}/v1/embeddings", json=body, headers=AUTH, timeout=120)
-        statuses.append((response.status_code, len(response.json().get("data", []))))
 
-    threads = [threading.Thread(target=call) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 30
-    while server.metric("kv_embed_queue_depth") < 6:
-        assert time.monotonic() < deadline, "the burst never arrived"
-        time.sleep(0.01)
-    server.process.send_signal(signal.SIGTERM)
-    for thread in threads:
-        thread.join()
-    assert statuses == [(200, 48)] * 6
-    server.process.wait(60)
+def _embeds_alone(server: Server, texts: list[str]) -> None:
+    """A request after the others: its pass holds its own texts only, and it is answered."""
+    with ThreadPoolExecutor(1) as clients:
+        answer = clients.submit(post, f"{server.url}/v1/embeddings", json={"input": texts, "model": NAME}, headers=AUTH)
+        assert server.next_pass() == len(texts)
+        server.step()
+        assert answer.result().status_code == 200 and len(answer.result().json()["data"]) == len(texts)
+
+
+def test_a_waiting_request_whose_client_hangs_up_is_withdrawn_and_never_embedded(gated):
+    embedded, gone = gated.metric("kv_embed_batch_texts_sum"), gated.metric(GONE)
+    with ThreadPoolExecutor(1) as clients:
+        first = clients.submit(post, f"{gated.url}/v1/embeddings", json={"input": DOCS, "model": NAME}, headers=AUTH)
+        assert gated.next_pass() == len(DOCS)  # held inside its pass
+        # A second client queues behind that pass, then hangs up while it waits.
+        with _raw_request(gated, ["word " * 40] * 5):
+            wait_until(lambda: gated.metric("kv_embed_queue_depth") == 2, "the second request to be queued")
+        wait_until(lambda: gated.metric(GONE) == gone + 1, "the hung-up request to be logged as 499")
+        gated.step()
+        assert first.result().status_code == 200 and len(first.result().json()["data"]) == len(DOCS)
+    # The next pass holds the next request's 3 texts, not the 5 withdrawn ones (they would have
+    # gone first, into the same pass): they were taken off the queue, never embedded.
+    _embeds_alone(gated, DOCS[:3])
+    assert gated.metric("kv_embed_batch_texts_sum") == embedded + len(DOCS) + 3
+
+
+def test_a_request_whose_client_hangs_up_inside_its_pass_is_finished_and_dropped(gated):
+    # Too late to withdraw: once its pass has started, the pass runs to its end, the texts are
+    # embedded (and counted), the answer has no one to go to, and the server carries on.
+    embedded, passes, gone = (gated.metric(m) for m in ("kv_embed_batch_texts_sum", "kv_embed_batch_texts_count", GONE))
+    with _raw_request(gated, ["word " * 40] * 5):
+        assert gated.next_pass() == 5
+    wait_until(lambda: gated.metric(GONE) == gone + 1, "the hung-up request to be logged as 499")
+    gated.step()
+    wait_until(lambda: gated.metric("kv_embed_batch_texts_count") == passes + 1, "the held pass to finish")
+    assert gated.metric("kv_embed_batch_texts_sum") == embedded + 5
+    _embeds_alone(gated, DOCS)
+    assert "Traceback" not in gated.output() and "internal error" not in gated.output()
+
+
+def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(model_dir, env):
+    server = Server(str(model_dir), "--layers", LAYERS, "--postprocess", "none", env=env, gated=True)
+    body = {"input": ["word " * 100] * 12, "model": NAME}
+    with ThreadPoolExecutor(6) as clients:
+        calls = [clients.submit(post, f"{server.url}/v1/embeddings", json=body, headers=AUTH) for _ in range(6)]
+        server.next_pass()  # one pass is held...
+        # ...and all six requests are in: one or more in that pass, the others waiting.
+        wait_until(lambda: server.metric("kv_embed_queue_depth") == 6, "all six requests to be admitted")
+        server.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "Waiting for connections to close" in server.output(), "the graceful shutdown to begin")
+        with pytest.raises(httpx.ConnectError):  # the listening socket is closed: new clients are refused
+            httpx.get(f"{server.url}/health", timeout=2)
+        server.open()  # now let every pass run: all six must still be answered in full
+        answers = [call.result() for call in calls]
+    assert [(a.status_code, len(a.json()["data"])) for a in answers] == [(200, 12)] * 6
+    server.process.wait(HANG)
     assert server.stopped_gracefully(), server.output()
-    with pytest.raises(httpx.ConnectError):  # the socket is closed: new requests are refused
-        httpx.get(f"{server.url}/health", timeout=2)
 
 
 # -- the bundled model, end to end -----------------------------------------------------------------

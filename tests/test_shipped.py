@@ -1,0 +1,129 @@
+"""Results shipped with the package: found before anything is computed, keyed exactly like the user
+cache, and (slow) equal to what a first load of the bundled model computes today."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from helpers import CORPUS, TEXTS, make_model
+from safetensors import safe_open
+
+from kv_embeddings_integrations import KVEmbedder, caches, layer_selection, postprocessing
+from kv_embeddings_integrations.bundled import bundled_model_dir
+from kv_embeddings_integrations.layer_selection import auto_select_layers, builtin_calibration_texts
+
+TEXTS_40 = [f"{a} {b}" for a in CORPUS for b in TEXTS]
+OPTIONS = dict(method="kv_pcot", calibration_texts=TEXTS_40, postprocess="center", postprocess_texts=TEXTS_40)
+
+
+def _files(folder) -> list:
+    return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("computed although a shipped result exists")
+
+
+def test_a_shipped_result_is_read_before_anything_is_computed(tokenizer, tmp_path, monkeypatch):
+    model = make_model("llama")
+    # What a first load computes, in one cache, becomes the "shipped" folder...
+    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "first"))
+    first = KVEmbedder(model, tokenizer, **OPTIONS)
+    shutil.copytree(tmp_path / "first", tmp_path / "shipped")
+    monkeypatch.setattr(caches, "shipped_dir", lambda: tmp_path / "shipped")
+    # ...and a first load in an empty cache reads it, computes nothing and writes nothing.
+    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "empty"))
+    with monkeypatch.context() as patches:
+        patches.setattr(layer_selection, "layerwise_dimensions", _refuse)
+        patches.setattr(postprocessing, "fit", _refuse)
+        again = KVEmbedder(model, tokenizer, **OPTIONS)
+    assert again.layer_selection.origin == "shipped" and again.layers == first.layers
+    np.testing.assert_array_equal(again.postprocessor.mean, first.postprocessor.mean)
+    assert not (tmp_path / "empty").exists()
+    np.testing.assert_array_equal(again.encode(TEXTS), first.encode(TEXTS))
+    # The user's own cache comes first; KV_EMBEDDINGS_SHIPPED=0 ignores the shipped files.
+    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "first"))
+    assert KVEmbedder(model, tokenizer, **OPTIONS).layer_selection.origin == "cache"
+    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "other"))
+    monkeypatch.setenv(caches.SHIPPED_ENV, "0")
+    assert KVEmbedder(model, tokenizer, **OPTIONS).layer_selection.origin == "computed"
+    assert _files(tmp_path / "other") == _files(tmp_path / "first")
+
+
+def test_results_carry_over_to_the_same_weights_in_another_folder(tokenizer, tmp_path, monkeypatch):
+    # A bundled model lives in each user's own cache folder: where it was loaded from is not part
+    # of the key, the weights are (so shipped results match every user's copy).
+    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "cache"))
+    model = make_model("llama")
+    for folder in ("a", "b"):
+        model.save_pretrained(tmp_path / folder)
+        tokenizer.save_pretrained(tmp_path / folder)
+    first = KVEmbedder.from_pretrained(str(tmp_path / "a"), **OPTIONS)
+    with monkeypatch.context() as patches:
+        patches.setattr(layer_selection, "layerwise_dimensions", _refuse)
+        patches.setattr(postprocessing, "fit", _refuse)
+        moved = KVEmbedder.from_pretrained(str(tmp_path / "b"), **OPTIONS)
+    assert moved.layer_selection.origin == "cache" and moved.layers == first.layers
+    other = make_model("llama", seed=1)
+    other.save_pretrained(tmp_path / "c")
+    tokenizer.save_pretrained(tmp_path / "c")
+    assert KVEmbedder.from_pretrained(str(tmp_path / "c"), **OPTIONS).layer_selection.origin == "computed"
+
+
+def _manifest() -> list[dict]:
+    return json.loads((caches.shipped_dir() / "manifest.json").read_text())
+
+
+def _shipped_key(path) -> dict:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["key"]
+    with safe_open(str(path), framework="numpy") as f:
+        return json.loads(f.metadata()["key"])
+
+
+def test_every_shipped_file_is_listed_named_by_its_key_and_readable():
+    entries = _manifest()
+    folder = caches.shipped_dir()
+    assert sorted(e["file"] for e in entries) == [p.as_posix() for p in _files(folder) if p.name != "manifest.json"]
+    # The bundled models, in both dtypes, for the default (layers and centering) and the paper preset.
+    for model in ("smollm2-135m", "gemma3-270m"):
+        for dtype in ("float32", "bfloat16"):
+            kinds = {(e["preset"], e["kind"]) for e in entries if e["model"] == model and e["dtype"] == dtype}
+            assert {
+                ("default", "layer_selection"),
+                ("default", "postprocessing"),
+                ("paper", "layer_selection"),
+            } <= kinds
+    for entry in entries:
+        path = folder / entry["file"]
+        key = _shipped_key(path)
+        assert path.stem == caches.key_digest(key)  # found by the same digest as the user cache
+        assert key["dtype"] == f"torch.{entry['dtype']}"
+        if entry["kind"] == "layer_selection":
+            layers = json.loads(path.read_text())["layers"]
+            assert layers == entry["layers"]
+        else:
+            assert key["layers"] == entry["layers"] and postprocessing.load(path, key) is not None
+
+
+@pytest.mark.slow
+def test_the_shipped_layers_and_centering_of_the_default_equal_a_recomputation(tmp_path, monkeypatch):
+    # A first load in an empty cache reads both from the package: nothing computed, nothing written.
+    # (The converted model is the user cache's, as the other slow tests use it.)
+    (tmp_path / "models").symlink_to(bundled_model_dir("smollm2-135m").parent, target_is_directory=True)
+    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path))
+    embedder = KVEmbedder.from_pretrained("smollm2-135m", dtype="float32")
+    assert embedder.layer_selection.origin == "shipped"
+    assert not (tmp_path / "layer_selection").exists() and not (tmp_path / "postprocessing").exists()
+    shipped_mean = embedder.postprocessor.mean
+    # Recomputed now, by the same code a load without the shipped files runs.
+    selection = auto_select_layers(embedder, recompute=True, last_layer=embedder.output_layer)
+    assert selection.key == embedder.layer_selection.key
+    assert selection.layers == embedder.layers
+    # float32 sums may round differently on another CPU: close, not bit for bit.
+    np.testing.assert_allclose(selection.dimensions, embedder.layer_selection.dimensions, rtol=1e-3)
+    vectors = embedder.embed(builtin_calibration_texts(), postprocess=False).vectors
+    np.testing.assert_allclose(postprocessing.fit(vectors, "center").mean, shipped_mean, rtol=0, atol=2e-5)
