@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # The CPU build: a bare `torch` requirement pulls several GB of CUDA wheels. On a GPU machine,
 # install the torch build you want into $(VENV) first (or set TORCH=torch); an installed torch is kept.
 TORCH ?= torch==2.13.0
+# make test: pytest worker processes (pytest-xdist), each with its share of the cores.
+TEST_WORKERS ?= 2
 # make test-stress: background processes keeping the cores busy (default: one per core).
 LOAD ?= $(shell nproc 2>/dev/null || echo 2)
 
@@ -43,8 +45,9 @@ lint: install-dev
 	# The layering contracts in pyproject.toml: the core imports no front end, no import cycles.
 	$(BIN)/lint-imports
 
+# Whole test files go to a worker (--dist loadfile), so a module's server or Ray starts once.
 test: lint
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile
 
 # The timing-sensitive tests (threads, servers, worker processes, Ray) while $(LOAD) processes
 # keep the cores busy: what a loaded CI machine does to them. Any other selection: pytest --cpu-load N.

@@ -18,6 +18,7 @@ from corpus import ANSWERS, QUERIES, load_sections, parse_args
 from langchain_core.documents import Document
 from langchain_core.vectorstores import InMemoryVectorStore, VectorStore
 from langchain_text_splitters import RecursiveCharacterTextSplitter
+from progress import show_loading_steps
 
 from kv_embeddings_integrations import KVEmbeddings
 from kv_embeddings_integrations.extras import require
@@ -75,6 +76,7 @@ def cosine_hits(store: VectorStore, query: str, k: int) -> list[tuple[Document, 
 
 def main() -> None:
     args = parse_args(__doc__)
+    show_loading_steps()
 
     start = time.perf_counter()
     embeddings = KVEmbeddings(model=args.model, method=args.method)  # the one-line swap-in

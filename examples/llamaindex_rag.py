@@ -17,6 +17,7 @@ import time
 from corpus import ANSWERS, QUERIES, load_sections, parse_args
 from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex
 from llama_index.core.node_parser import SentenceSplitter
+from progress import show_loading_steps
 
 from kv_embeddings_integrations import KVEmbedding
 from kv_embeddings_integrations.extras import require
@@ -69,6 +70,7 @@ def persistent_index(folder: str) -> VectorStoreIndex:
 
 def main() -> None:
     args = parse_args(__doc__)
+    show_loading_steps()
 
     start = time.perf_counter()
     Settings.embed_model = KVEmbedding(model=args.model, method=args.method)  # the one-line swap-in

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from progress import show_loading_steps
+
 from kv_embeddings_integrations import DEFAULT_MODEL, EmbedderConfig, KVEmbedder
 
 DOCUMENTS = [
@@ -44,6 +46,7 @@ def main() -> None:
         help="comma-separated methods to compare: the default, the paper's, PromptEOL (default: %(default)s)",
     )
     args = parser.parse_args()
+    show_loading_steps()
 
     start = time.perf_counter()
     base = KVEmbedder.from_pretrained(args.model)

@@ -141,7 +141,7 @@ def _convert(gguf_path: Path, target: Path) -> None:
 
     if not gguf_path.is_file():
         raise FileNotFoundError(f"{gguf_path} is missing; reinstall the package that provides it")
-    logger.info("converting the bundled %s once into %s (de-quantizing to float32)", gguf_path.name, target)
+    logger.info("converting the bundled %s once (de-quantizing it to float32 safetensors)", gguf_path.name)
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
@@ -161,6 +161,6 @@ def _convert(gguf_path: Path, target: Path) -> None:
         except OSError:
             if not (target / "config.json").is_file():  # not a concurrent writer that won: a real failure
                 raise
-        logger.info("converted in %.1f s; later loads read %s", time.perf_counter() - started, target)
+        logger.info("converted in %.1f s into %s; later loads read it", time.perf_counter() - started, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -267,13 +267,13 @@ class KVEmbedder:
                 f"got {len(set(texts))}"
             )
         key = self._postprocess_key(texts)
-        cached = postprocessing.lookup(key)
+        cached = postprocessing.lookup(key, self.name)
         if cached is not None:
             return cached
         logger.info(
-            "fitting %s post-processing for %s on %d texts (once, then cached)",
-            self.config.postprocess,
+            "%s: fitting the %s post-processing on %d texts (once, then cached)",
             self.name,
+            self.config.postprocess,
             len(texts),
         )
         vectors = self.embed(texts, postprocess=False).vectors

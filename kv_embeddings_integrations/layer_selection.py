@@ -303,12 +303,11 @@ def auto_select_layers(
         for path, origin in candidate_files("layer_selection", key, ".json"):
             if (cached := _read_cache(path, key, embedder.num_layers, origin)) is not None:
                 where = "shipped with the package" if origin == "shipped" else "cached"
-                logger.info(
-                    "re-routing layers %s for %s: the choice %s (%s)", cached.layers, embedder.name, where, path
-                )
+                logger.info("%s: re-routing layers %s, the choice %s", embedder.name, cached.layers, where)
+                logger.debug("layer selection read from %s", path)
                 return cached
     logger.info(
-        "choosing the layers to re-route for %s: intrinsic dimension of %d texts at every layer (once, then cached)",
+        "%s: choosing the layers to re-route by the intrinsic dimension of %d texts (once, then cached)",
         embedder.name,
         len(texts),
     )

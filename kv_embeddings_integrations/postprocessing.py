@@ -104,13 +104,14 @@ def cache_path(key: dict[str, Any]) -> Path:
     return cached_file("postprocessing", key, ".safetensors")
 
 
-def lookup(key: dict[str, Any]) -> PostProcessor | None:
+def lookup(key: dict[str, Any], name: str = "the model") -> PostProcessor | None:
     """The transform fitted for exactly ``key``: the user's cached one, else the package's shipped
-    one, else ``None`` (to be fitted)."""
+    one, else ``None`` (to be fitted). ``name`` names the model in the log."""
     for path, origin in candidate_files("postprocessing", key, ".safetensors"):
         if (processor := load(path, key)) is not None:
             where = "shipped with the package" if origin == "shipped" else "cached"
-            logger.info("%s post-processing: the fit %s (%s)", processor.kind, where, path)
+            logger.info("%s: %s post-processing, the fit %s", name, processor.kind, where)
+            logger.debug("post-processing read from %s", path)
             return processor
     return None
 

@@ -4,7 +4,8 @@ A first ``KVEmbedder.from_pretrained("smollm2-135m")`` would otherwise spend min
 cores choosing the re-routed layers (intrinsic dimension over 1000 texts) and fitting the
 centering (1000 more). Both are deterministic for a checkpoint, configuration, dtype and text set,
 so the package ships them for each bundled model, in float32 (the CPU default) and bfloat16 (the
-GPU default), for the configurations a user tries first (``PRESETS``: ``default`` and ``paper``):
+GPU default), for the configurations a user tries first (``CONFIGURATIONS`` below: the default,
+the paper's recipe, and the two other methods ``make compare`` shows):
 
     kv_embeddings_integrations/data/precomputed/
         layer_selection/<key digest>.json          named and keyed exactly like the user cache,
@@ -34,6 +35,14 @@ import time
 from pathlib import Path
 
 KINDS = ("layer_selection", "postprocessing")
+# name -> from_pretrained options. "default" and "paper" are the package's PRESETS; "kv" is the
+# compression prompt with the default centering, "prompteol" PromptEOL with it (make compare).
+CONFIGURATIONS = {
+    "default": {"method": "kv_pcot", "postprocess": "center"},
+    "paper": {"method": "kv", "postprocess": "none"},
+    "kv": {"method": "kv", "postprocess": "center"},
+    "prompteol": {"method": "prompteol", "postprocess": "center"},
+}
 
 
 def _files(cache: Path) -> set[Path]:
@@ -44,7 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--presets", nargs="+", default=["default", "paper"])
+    parser.add_argument("--presets", nargs="+", choices=sorted(CONFIGURATIONS), default=list(CONFIGURATIONS))
     args = parser.parse_args()
 
     cache = Path(tempfile.mkdtemp(prefix="kv-precompute-"))
@@ -52,6 +61,10 @@ def main() -> int:
     os.environ["KV_EMBEDDINGS_SHIPPED"] = "0"  # recompute, never read the files being replaced
     from kv_embeddings_integrations import PRESETS, KVEmbedder
     from kv_embeddings_integrations.caches import shipped_dir
+
+    for name in ("default", "paper"):
+        if PRESETS[name] != CONFIGURATIONS[name]:  # the files must be what the presets load
+            raise SystemExit(f"PRESETS[{name!r}] is {PRESETS[name]}, not {CONFIGURATIONS[name]}: update this script")
 
     target = shipped_dir()
     manifest_path = target / "manifest.json"
@@ -66,7 +79,7 @@ def main() -> int:
                 for preset in args.presets:
                     before = _files(cache)
                     started = time.perf_counter()
-                    embedder = KVEmbedder.from_pretrained(model, dtype=dtype, **PRESETS[preset])
+                    embedder = KVEmbedder.from_pretrained(model, dtype=dtype, **CONFIGURATIONS[preset])
                     new = sorted(_files(cache) - before)
                     print(
                         f"{model} {dtype} {preset}: layers {embedder.layers}, {len(new)} files, "
