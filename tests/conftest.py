@@ -78,15 +78,16 @@ def pytest_configure(config):
         # Ray starts its workers at niceness 15, so spinners at 0 would starve them for minutes:
         # under load they compete on equal terms, like every other process of the tests.
         os.environ.setdefault("RAY_worker_niceness", "0")
-    config._cpu_load = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(count)]
+    # Only the main process spins up the load, not each pytest-xdist worker again.
+    spinners = count if not hasattr(config, "workerinput") else 0
+    config._cpu_load = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(spinners)]
 
 
 def pytest_report_header(config):
     lines = [
         f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores"
     ]
-    count = len(getattr(config, "_cpu_load", []))
-    if count:
+    if count := config.getoption("--cpu-load"):
         lines.append(f"cpu load: {count} spinning processes")
     return lines
 
