@@ -25,3 +25,4 @@ run memory benchmarks/bench_memory.py --docs 256 --budgets 2048 8192 32768
 run pool benchmarks/bench_pool.py --devices cpu cpu --docs 128 --repeats 2
 run ray benchmarks/bench_ray.py --actors 1 2 --batch-size 128
 run stores benchmarks/bench_stores.py --docs 500
+run first-run benchmarks/bench_first_run.py --runs 2 --without-shipped
