@@ -45,6 +45,10 @@ def cached_file(kind: str, key: dict[str, Any], suffix: str) -> Path:
     return cache_dir() / kind / f"{key_digest(key)}{suffix}"
 
 
+# How a log line says where a result came from (see candidate_files).
+ORIGIN_WORDS = {"cache": "cached", "shipped": "shipped with the package"}
+
+
 def candidate_files(kind: str, key: dict[str, Any], suffix: str) -> Iterator[tuple[Path, str]]:
     """The files that may hold the result for ``key``, in the order to try them, each with where it
     comes from: ``"cache"`` (the user's, written by an earlier run) then ``"shipped"``."""

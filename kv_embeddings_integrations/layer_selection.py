@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .atomic import write_atomically
-from .caches import cached_file, candidate_files
+from .caches import ORIGIN_WORDS, cached_file, candidate_files
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def auto_select_layers(
     if not recompute:
         for path, origin in candidate_files("layer_selection", key, ".json"):
             if (cached := _read_cache(path, key, embedder.num_layers, origin)) is not None:
-                where = "shipped with the package" if origin == "shipped" else "cached"
+                where = ORIGIN_WORDS[origin]
                 logger.info("%s: re-routing layers %s, the choice %s", embedder.name, cached.layers, where)
                 logger.debug("layer selection read from %s", path)
                 return cached

@@ -21,7 +21,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save as save_bytes
 
 from .atomic import write_atomically
-from .caches import cached_file, candidate_files
+from .caches import ORIGIN_WORDS, cached_file, candidate_files
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,7 @@ def lookup(key: dict[str, Any], name: str = "the model") -> PostProcessor | None
     one, else ``None`` (to be fitted). ``name`` names the model in the log."""
     for path, origin in candidate_files("postprocessing", key, ".safetensors"):
         if (processor := load(path, key)) is not None:
-            where = "shipped with the package" if origin == "shipped" else "cached"
-            logger.info("%s: %s post-processing, the fit %s", name, processor.kind, where)
+            logger.info("%s: %s post-processing, the fit %s", name, processor.kind, ORIGIN_WORDS[origin])
             logger.debug("post-processing read from %s", path)
             return processor
     return None
