@@ -97,7 +97,7 @@ def add_field_option(
 EVAL_METHODS = _literal_choices(EmbedderConfig.model_fields["method"].annotation)
 # The embedder options every embedding command takes, in this order.
 MODEL_OPTIONS = (
-    "method", "prompt_family", "layers", "bias", "pooling", "output_layer", "postprocess", "dimensions",
+    "task", "method", "prompt_family", "layers", "bias", "pooling", "output_layer", "postprocess", "dimensions",
     "max_length", "long_text", "empty_text",
 )  # fmt: skip
 
@@ -234,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_option(evaluate, LoadOptions, "device")
     add_field_option(evaluate, LoadOptions, "dtype")
     evaluate.add_argument("--no-cache", action="store_true", help="embed everything afresh, store nothing")
+    evaluate.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="retrieval: also score each method's sparse lexical vectors (same forward pass) and dense+sparse, "
+        "dense+BM25 fusions",
+    )
+    evaluate.add_argument(
+        "--no-bm25", action="store_true", help="leave out the BM25 reference row of retrieval tasks (bm25s)"
+    )
 
     serve = commands.add_parser(
         "serve", help="serve embeddings over HTTP: OpenAI's /v1/embeddings and TEI's /embed (the serve extra)"
@@ -407,7 +416,15 @@ def _evaluate(args) -> None:
         encoders += [evaluation.SentenceTransformerReference(name, device=args.device) for name in args.reference]
     except (OSError, ModuleNotFoundError, ValueError) as e:
         raise CLIError(f"cannot load a model: {e}") from None
-    report = evaluation.run_evaluation(encoders, tasks, cache_directory=None if args.no_cache else "default")
+    if args.retrieval and not args.no_bm25:
+        try:
+            require("eval", "the BM25 reference row (--no-bm25 leaves it out)", ("bm25s", "Stemmer"))
+        except MissingExtraError as e:
+            raise CLIError(str(e)) from None
+        encoders.append(evaluation.BM25Reference())
+    report = evaluation.run_evaluation(
+        encoders, tasks, cache_directory=None if args.no_cache else "default", hybrid=args.hybrid
+    )
     report.environment.update(
         model=args.model, dtype=args.dtype or "default", max_length=args.max_length, command=" ".join(sys.argv)
     )

@@ -22,8 +22,9 @@ from .results import EmbedResult
 
 _KEPT_SIZES = 10_000
 
-# Embeds (texts, prompt_type, normalize): one result row per text, sliced back per request.
-EncodeFn = Callable[[list[str], str, bool], EmbedResult]
+# Embeds (texts, prompt_type, normalize[, sparse]): one result row per text, sliced back per
+# request. ``sparse`` is passed (as True) only for requests that ask for sparse vectors too.
+EncodeFn = Callable[..., EmbedResult]
 
 
 @dataclass
@@ -31,11 +32,12 @@ class _Request:
     texts: list[str]
     prompt_type: str
     normalize: bool
+    sparse: bool = False
     future: Future = field(default_factory=Future)
 
     @property
-    def kind(self) -> tuple[str, bool]:
-        return self.prompt_type, self.normalize
+    def kind(self) -> tuple:
+        return (self.prompt_type, self.normalize, True) if self.sparse else (self.prompt_type, self.normalize)
 
 
 class RequestCoalescer:
@@ -78,10 +80,10 @@ class RequestCoalescer:
         # Sizes (in texts) of the latest coalesced calls (at most _KEPT_SIZES); for benchmarks and tests.
         self.batch_sizes: list[int] = []
 
-    def submit(self, texts: list[str], prompt_type: str, normalize: bool = True) -> Future:
+    def submit(self, texts: list[str], prompt_type: str, normalize: bool = True, sparse: bool = False) -> Future:
         """Queue ``texts``; the returned future gives their own :class:`EmbedResult` (vectors, token
-        counts, truncation), whatever else shared the forward pass."""
-        request = _Request(list(texts), prompt_type, normalize)
+        counts, truncation, and sparse vectors if ``sparse``), whatever else shared the forward pass."""
+        request = _Request(list(texts), prompt_type, normalize, sparse)
         with self._condition:
             self._pending.append(request)
             if self._worker is None:

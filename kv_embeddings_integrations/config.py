@@ -18,6 +18,14 @@ MethodName = Literal[
     "kv_prompteol", "kv_pcot", "kv_ke", "kv_metaeol",
 ]  # fmt: skip
 FamilyName = Literal["compress", "prompteol", "pcot", "ke", "metaeol", "echo", "none"]
+TaskName = Literal["retrieval", "similarity", "classification"]
+
+# What each task embeds with when no method is named, chosen on the dev data (docs/results.md,
+# "Defaults"): the compression prompt retrieves best of the re-routed methods on both bundled
+# models; Pretended CoT leads STS and classification.
+TASK_METHODS: dict[str, str] = {"retrieval": "kv", "similarity": "kv_pcot", "classification": "kv_pcot"}
+# Tasks whose two sides are alike: queries get the document prompt.
+SYMMETRIC_TASKS = frozenset({"similarity", "classification"})
 
 SELECTION_OPTIONS = frozenset({"skip_fraction", "window", "last_layer"})
 
@@ -32,7 +40,13 @@ class EmbedderConfig(BaseModel):
     """Every option that decides what vector a text gets (and how batches are formed).
 
     Attributes:
-        method: a named preset (prompt family + re-routing on/off + Token Prepending on/off):
+        task: what the vectors are for, which picks the method when ``method`` is not given:
+            ``"retrieval"`` (queries against documents: ``kv``, the compression prompt, with its
+            query and document prompts), ``"similarity"`` (symmetric: STS, clustering, dedup) or
+            ``"classification"`` (both ``kv_pcot``, Pretended CoT; queries get the document
+            prompt, as the two sides are alike). See ``TASK_METHODS``.
+        method: ``None`` (the task's method) or a named preset (prompt family + re-routing on/off +
+            Token Prepending on/off):
             ``"kv"`` (KV-Embedding as the paper describes it: compression prompt, mean+last pooling,
             re-routing), ``"prompt"`` (the same without re-routing), ``"kv_prompteol"``,
             ``"kv_pcot"``, ``"kv_ke"``, ``"kv_metaeol"`` (re-routing on those families),
@@ -94,10 +108,15 @@ class EmbedderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
 
-    method: MethodName = Field(
-        default="kv_pcot",
-        description="embedding method, a preset of prompt family + re-routing: kv (compression prompt + "
-        "re-routing), kv_prompteol, kv_pcot, kv_ke, kv_metaeol, prompt, prompteol, pcot, ke, metaeol, echo, "
+    task: TaskName = Field(
+        default="retrieval",
+        description="what the vectors are for: retrieval (method kv), similarity or classification (kv_pcot, "
+        "queries get the document prompt); picks the method when none is given",
+    )
+    method: MethodName | None = Field(
+        default=None,
+        description="embedding method (None: the task's), a preset of prompt family + re-routing: kv (compression "
+        "prompt + re-routing), kv_prompteol, kv_pcot, kv_ke, kv_metaeol, prompt, prompteol, pcot, ke, metaeol, echo, "
         "tp (Token Prepending), mean, last",
     )
     prompt_family: FamilyName | None = Field(
@@ -190,6 +209,27 @@ class EmbedderConfig(BaseModel):
             )
         return self
 
+    @property
+    def resolved_method(self) -> str:
+        """The method that runs: ``method``, or the task's when it is ``None``."""
+        return self.method or TASK_METHODS[self.task]
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether queries get the document prompt (a symmetric task)."""
+        return self.task in SYMMETRIC_TASKS
+
+    def vector_options(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the method resolved and the task dropped: the options as they decide
+        a vector (what caches key on; ``task="similarity"`` and ``method="kv_pcot"`` share entries),
+        and whether queries get the document prompt when that is not the default."""
+        options = self.to_dict()
+        options["method"] = self.resolved_method
+        task = options.pop("task")
+        if task in SYMMETRIC_TASKS:
+            options["symmetric"] = True
+        return options
+
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-serialisable dict of the options (only these, also on the adapters)."""
         return copy.deepcopy({name: getattr(self, name) for name in EmbedderConfig.model_fields})
@@ -223,6 +263,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # KV-Embedding exactly as method.md describes it: compression prompt, re-routing, mean+last
     # pooling of the last layer, no post-processing.
     "paper": {"method": "kv", "postprocess": "none"},
-    # The package's default (chosen on dev data, docs/results.md).
-    "default": {"method": EmbedderConfig.model_fields["method"].default, "postprocess": "center"},
+    # The package's default (chosen on dev data, docs/results.md): the retrieval task's method.
+    "default": {"method": TASK_METHODS["retrieval"], "postprocess": "center"},
+    # The symmetric tasks' (STS, classification).
+    "similarity": {"method": TASK_METHODS["similarity"], "postprocess": "center"},
 }

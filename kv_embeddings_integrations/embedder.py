@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from . import postprocessing, rerouting, token_prepending
+from . import sparse as sparse_vectors
 from .batching import plan_batches
 from .coalescing import RequestCoalescer
 from .config import EmbedderConfig
@@ -38,6 +39,7 @@ from .pooling import pool_hidden_states
 from .postprocessing import PostProcessor
 from .prompts import FAMILIES, METHODS, PROMPT_TYPES, MethodSpec, PromptFamily
 from .results import EmbedResult
+from .sparse import SparseVectors
 from .tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ def _average(passes: list[EmbedResult]) -> EmbedResult:
         tuple(int(sum(c)) for c in zip(*(p.token_counts for p in passes), strict=True)),
         tuple(any(t) for t in zip(*(p.truncated for p in passes), strict=True)),
         tuple(max(n) for n in zip(*(p.pieces for p in passes), strict=True)),
+        None if passes[0].sparse is None else sparse_vectors.mean_of([p.sparse for p in passes]),
     )
 
 
@@ -241,9 +244,11 @@ class KVEmbedder:
         self.layers = layers
 
     def _postprocess_key(self, texts: list[str]) -> dict[str, Any]:
-        config = self.config.to_dict()
+        # Fitted on the document prompt: which side queries take does not enter.
+        config = self.config.vector_options()
         for name in ("batch_size", "max_tokens_per_batch", "calibration_texts", "selection", "postprocess_texts"):
             config.pop(name)
+        config.pop("symmetric", None)
         return {
             "version": postprocessing.FIT_VERSION,
             "kind": self.config.postprocess,
@@ -356,7 +361,7 @@ class KVEmbedder:
 
     @property
     def spec(self) -> MethodSpec:
-        return METHODS[self.config.method]
+        return METHODS[self.config.resolved_method]
 
     @property
     def family(self) -> PromptFamily:
@@ -413,6 +418,8 @@ class KVEmbedder:
         (MetaEOL has several: each text is embedded with each, and the vectors averaged)."""
         if prompt_type not in PROMPT_TYPES:
             raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
+        if self.config.symmetric:
+            prompt_type = "document"  # a symmetric task's two sides are alike
         override = (self.config.prompts or {}).get(prompt_type)
         return (override,) if override else self.family.templates[prompt_type]
 
@@ -437,7 +444,8 @@ class KVEmbedder:
     def __repr__(self) -> str:
         family = self.config.prompt_family or self.spec.family
         return (
-            f"KVEmbedder(model={self.name!r}, method={self.config.method!r}, family={family!r}, "
+            f"KVEmbedder(model={self.name!r}, task={self.config.task!r}, method={self.config.resolved_method!r}, "
+            f"family={family!r}, "
             f"layers={self.layers}, bias={self.config.bias}, pooling={self.pooling!r}, "
             f"output_layer={self.output_layer}, postprocess={self.config.postprocess!r})"
         )
@@ -453,6 +461,7 @@ class KVEmbedder:
         show_progress_bar: bool | None = None,
         normalize: bool = True,
         postprocess: bool = True,
+        sparse: bool = False,
     ) -> EmbedResult:
         """Embed texts and report what the model saw of each: the call every front end builds on.
 
@@ -465,6 +474,9 @@ class KVEmbedder:
             normalize: L2-normalise each vector (cosine similarity becomes a dot product).
             postprocess: apply the fitted post-processing (``False``: the vectors before it, of
                 ``hidden_size``, normalised as ``normalize`` says).
+            sparse: also compute each text's sparse lexical vector in the same forward pass
+                (:mod:`~kv_embeddings_integrations.sparse`: the next-token logits at the prompt's
+                end, ``log(1 + relu(z))``, kept for the text's own token ids), as ``result.sparse``.
 
         Returns:
             an :class:`~kv_embeddings_integrations.results.EmbedResult`: ``(n, dimension)``
@@ -472,7 +484,34 @@ class KVEmbedder:
             it was truncated or split. Nothing is warned: the caller decides how to report truncation.
         """
         items, _ = texts_to_embed(texts, self.config.empty_text)
-        return self._embed_items(items, prompt_type, batch_size, show_progress_bar, normalize, postprocess)
+        return self._embed_items(items, prompt_type, batch_size, show_progress_bar, normalize, postprocess, sparse)
+
+    def encode_sparse(
+        self,
+        texts: str | Iterable[str],
+        *,
+        prompt_type: str = "document",
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> SparseVectors:
+        """Sparse lexical vectors of texts (PromptReps-style), from the same pass as :meth:`encode`'s.
+
+        Each text's weights cover only its own token ids. Score a query against documents by the dot
+        product of their weights (:func:`~kv_embeddings_integrations.fusion.sparse_scores`); fuse with
+        the dense scores through :mod:`~kv_embeddings_integrations.fusion`. A pass that needs both
+        should call :meth:`embed` with ``sparse=True`` instead: one forward pass gives both.
+
+        Args:
+            texts: one string, or an iterable of strings.
+            prompt_type: ``"document"`` or ``"query"``, as for :meth:`encode`.
+            batch_size: overrides the config's ``batch_size`` for this call.
+            show_progress_bar: ``None`` shows one only for jobs of more than 10 batches.
+        """
+        result = self.embed(
+            texts, prompt_type=prompt_type, batch_size=batch_size, show_progress_bar=show_progress_bar, sparse=True
+        )
+        self._warn_truncated(result, stacklevel=3)
+        return result.sparse
 
     def encode(
         self,
@@ -528,13 +567,17 @@ class KVEmbedder:
         show: bool | None,
         normalize: bool,
         postprocess: bool = True,
+        sparse: bool = False,
     ) -> EmbedResult:
         templates = self.templates(prompt_type)
         check_positive_int("batch_size", batch_size)
         rows = batch_size or self.batch_size
         processor = self.postprocessor if postprocess else None
+        if sparse:
+            self._lm_head()  # no head: say so before any pass
         if not items:
-            return EmbedResult.empty(processor.dimensions if processor else self.hidden_size)
+            empty = EmbedResult.empty(processor.dimensions if processor else self.hidden_size)
+            return dataclasses.replace(empty, sparse=SparseVectors.empty(self.vocab_size)) if sparse else empty
         # One pass per template (MetaEOL has several); their pooled vectors are averaged.
         passes = []
         with self._progress(len(items) * len(templates), rows, show) as bar:
@@ -542,7 +585,7 @@ class KVEmbedder:
                 parts = []
                 # Chunks bound the token ids held at once, whatever the number of texts.
                 for start in range(0, len(items), ENCODE_CHUNK):
-                    parts.append(self._embed_texts(items[start : start + ENCODE_CHUNK], template, rows, bar))
+                    parts.append(self._embed_texts(items[start : start + ENCODE_CHUNK], template, rows, bar, sparse))
                 passes.append(EmbedResult.concatenate(parts))
         result = passes[0] if len(passes) == 1 else _average(passes)
         if not (normalize or processor):
@@ -550,7 +593,7 @@ class KVEmbedder:
         vectors = torch.nn.functional.normalize(torch.from_numpy(result.vectors), dim=-1).numpy()
         if processor is not None:
             vectors = processor.apply(vectors, normalize=normalize)
-        return EmbedResult(vectors, result.token_counts, result.truncated, result.pieces)
+        return dataclasses.replace(result, vectors=vectors)
 
     def start_pool(self, devices: Sequence[str | torch.device]):
         """Start one worker process per device holding a replica of this embedder (data parallel).
@@ -570,7 +613,7 @@ class KVEmbedder:
     # -- concurrent requests ---------------------------------------------------------------------
 
     def submit_embed(
-        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True
+        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True, sparse: bool = False
     ) -> Future:
         """Queue texts to be embedded together with other concurrent requests.
 
@@ -585,9 +628,14 @@ class KVEmbedder:
         # Bad input fails here, in the caller, not in the worker.
         items, _ = texts_to_embed(texts, self.config.empty_text)
         self.template(prompt_type)
+        if sparse:
+            self._lm_head()
         if not items:
             done: Future = Future()
-            done.set_result(EmbedResult.empty(self.dimension))
+            empty = EmbedResult.empty(self.dimension)
+            done.set_result(
+                dataclasses.replace(empty, sparse=SparseVectors.empty(self.vocab_size)) if sparse else empty
+            )
             return done
         with self._coalescer_lock:
             if self._coalescer is None:
@@ -597,7 +645,7 @@ class KVEmbedder:
                     listeners=self.batch_listeners,
                     start_listeners=self.batch_start_listeners,
                 )
-            return self._coalescer.submit(items, prompt_type, normalize)
+            return self._coalescer.submit(items, prompt_type, normalize, sparse)
 
     def submit(self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True) -> Future:
         """:meth:`submit_embed`, for the array :meth:`encode` would return.
@@ -620,11 +668,12 @@ class KVEmbedder:
         return vectors
 
     async def aembed(
-        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True
+        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True, sparse: bool = False
     ) -> EmbedResult:
         """:meth:`embed` for asyncio: awaits a coalesced request (see :meth:`submit_embed`) without
         blocking the event loop; a cancelled task withdraws its request if it has not started."""
-        return await asyncio.wrap_future(self.submit_embed(texts, prompt_type=prompt_type, normalize=normalize))
+        future = self.submit_embed(texts, prompt_type=prompt_type, normalize=normalize, sparse=sparse)
+        return await asyncio.wrap_future(future)
 
     async def aencode(
         self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True
@@ -636,8 +685,10 @@ class KVEmbedder:
         self._warn_truncated(result, stacklevel=3)
         return result.vectors[0] if single else result.vectors
 
-    def _embed_coalesced(self, texts: list[str], prompt_type: str, normalize: bool) -> EmbedResult:
-        return self.embed(texts, prompt_type=prompt_type, normalize=normalize, show_progress_bar=False)
+    def _embed_coalesced(
+        self, texts: list[str], prompt_type: str, normalize: bool, sparse: bool = False
+    ) -> EmbedResult:
+        return self.embed(texts, prompt_type=prompt_type, normalize=normalize, show_progress_bar=False, sparse=sparse)
 
     # -- the model, one level down: tokens, batches, forward passes ------------------------------
 
@@ -713,8 +764,19 @@ class KVEmbedder:
         for indices in plan_batches([len(e) for e in encoded], batch_size, self.config.max_tokens_per_batch):
             yield indices, self.collate([encoded[i] for i in indices])
 
-    def _embed_texts(self, items: list[str], template: str, batch_size: int | None, bar: tqdm) -> EmbedResult:
-        """Pooled, unnormalised float32 vectors of ``items`` with their token counts and truncation."""
+    def _lm_head(self) -> torch.Tensor:
+        return sparse_vectors.lm_head_weight(self.model)
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the LM head: the width of the sparse vectors."""
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
+    def _embed_texts(
+        self, items: list[str], template: str, batch_size: int | None, bar: tqdm, sparse: bool = False
+    ) -> EmbedResult:
+        """Pooled, unnormalised float32 vectors of ``items`` with their token counts and truncation
+        (and their sparse vectors, with ``sparse``)."""
         chunk_mean = self.config.long_text == "chunk_mean"
         encoded = self._prompt_tokenizer.encode(items, template, truncate=not chunk_mean)
         long = [i for i, e in enumerate(encoded) if e.truncated]
@@ -737,14 +799,28 @@ class KVEmbedder:
                 owners += [i] * (len(split) - 1)
                 weights += piece_weights[1:]
         vectors = torch.empty((len(encoded), self.hidden_size), dtype=torch.float32)
+        lexical: list[tuple[np.ndarray, np.ndarray]] = [None] * len(encoded)  # type: ignore[list-item]
         for indices, batch in self._batches(encoded, batch_size):
-            vectors[indices] = self._embed_finite(batch, [items[owners[r]] for r in indices])
+            batch = dataclasses.replace(batch, lexical=sparse)
+            out = self._embed_finite(batch, [items[owners[r]] for r in indices])
+            vectors[indices] = out[:, : self.hidden_size]
+            if sparse:
+                rows = sparse_vectors.rows_to_sparse(batch.input_ids, out[:, self.hidden_size :], batch.text_mask)
+                for r, row in zip(indices, rows, strict=True):
+                    lexical[r] = row
             bar.update(sum(r < len(items) for r in indices))  # each text once, by its first row
         if len(encoded) != len(items):
             weight, index = torch.tensor(weights), torch.tensor(owners)
             sums = torch.zeros((len(items), self.hidden_size)).index_add_(0, index, vectors * weight[:, None])
             vectors = sums / torch.zeros(len(items)).index_add_(0, index, weight)[:, None]
-        return EmbedResult(vectors.numpy(), tuple(counts), tuple(truncated), tuple(pieces))
+        lexical_vectors = None
+        if sparse:
+            by_text: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in items]
+            for r, row in enumerate(lexical):
+                by_text[owners[r]].append(row)
+            merged = [sparse_vectors.merge_max(parts) for parts in by_text]
+            lexical_vectors = SparseVectors(tuple(m[0] for m in merged), tuple(m[1] for m in merged), self.vocab_size)
+        return EmbedResult(vectors.numpy(), tuple(counts), tuple(truncated), tuple(pieces), lexical_vectors)
 
     def _embed_finite(self, batch: TokenBatch, texts: list[str]) -> torch.Tensor:
         """:meth:`_embed_splitting` as float32 on the CPU, never with a NaN or infinite value.
@@ -809,17 +885,32 @@ class KVEmbedder:
         return torch.cat([self._embed_splitting(batch.rows(0, half)), self._embed_splitting(batch.rows(half, rows))])
 
     def _embed_batch(self, batch: TokenBatch) -> torch.Tensor:
+        """Pooled vectors ``(rows, hidden_size)``; with ``batch.lexical``, each position's lexical
+        weight follows as ``seq`` more columns, so the OOM split, the float32 retry and the
+        finiteness check handle both without knowing of them."""
         if self.output_layer == self.num_layers - 1:
-            hidden = self.forward(batch).last_hidden_state
+            out = self.forward(batch)
+            hidden = out.last_hidden_state
         else:
             # hidden_states[0] is the embedding output; [l + 1] is layer l's (no final norm).
-            hidden = self.forward(batch, output_hidden_states=True).hidden_states[self.output_layer + 1]
+            out = self.forward(batch, output_hidden_states=True)
+            hidden = out.hidden_states[self.output_layer + 1]
         mean_mask = batch.attention_mask.bool()
         if self.mean_scope == "text":
             # An empty text has no text tokens; its mean falls back to the whole prompt.
             has_text = batch.text_mask.any(dim=1, keepdim=True)
             mean_mask = torch.where(has_text, batch.text_mask, mean_mask)
-        return pool_hidden_states(hidden, mean_mask.to(hidden.device), self.pooling)
+        pooled = pool_hidden_states(hidden, mean_mask.to(hidden.device), self.pooling)
+        if not batch.lexical:
+            return pooled
+        head = self._lm_head()
+        softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        state = out.last_hidden_state[:, -1].to(head.device)
+        with torch.inference_mode():
+            weights = sparse_vectors.lexical_weights(
+                state, head, batch.input_ids.to(head.device), batch.text_mask.to(head.device), softcap
+            )
+        return torch.cat([pooled, weights.to(pooled.device)], dim=1)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cosine similarity matrix between two sets of vectors (any normalisation)."""

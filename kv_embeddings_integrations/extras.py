@@ -33,8 +33,13 @@ EXTRAS: dict[str, Extra] = {
     for extra in (
         Extra(
             "eval",
-            ("scipy", "sklearn", "pytrec_eval", "matplotlib", "sentence_transformers"),
-            "kv-embed eval and kv_embeddings_integrations.evaluation",
+            ("scipy", "sklearn", "pytrec_eval", "matplotlib", "sentence_transformers", "bm25s", "Stemmer"),
+            "kv-embed eval and kv_embeddings_integrations.evaluation (BM25 rows: bm25s, PyStemmer)",
+        ),
+        Extra(
+            "hybrid",
+            ("qdrant_client", "langchain_qdrant", "llama_index.vector_stores.qdrant", "scipy"),
+            "hybrid dense + sparse search in Qdrant (kv_embeddings_integrations.hybrid)",
         ),
         Extra("mteb", ("mteb",), "kv_embeddings_integrations.mteb (MTEB 2.x encoder)"),
         Extra("plot", ("matplotlib",), "charts (kv-embed select-layers --plot)"),

@@ -77,7 +77,7 @@ def embedder_identity(embedder: Any, *, normalize: bool = True) -> dict[str, Any
         "model_class": type(embedder.model).__name__,
         # The decoder, not the wrapper: a *ForCausalLM and its base *Model make the same vectors.
         "weights": weights_fingerprint(embedder.decoder),
-        "method": config.method,
+        "method": config.resolved_method,
         "prompt_family": config.prompt_family or embedder.spec.family,
         "templates": {kind: list(embedder.templates(kind)) for kind in ("document", "query")},
         "layers": list(embedder.layers),

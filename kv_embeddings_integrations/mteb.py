@@ -183,7 +183,7 @@ class KVMTEBEncoder(AbsEncoder):
         embedder = self.embedder
         source = embedder.name
         hub_id = None if _is_local(source) or "/" not in source else source
-        loader_kwargs: dict[str, Any] = {"model": source, "method": embedder.config.method, **load_kwargs}
+        loader_kwargs: dict[str, Any] = {"model": source, "method": embedder.config.resolved_method, **load_kwargs}
         dtype = _dtype_name(embedder.model)
         if dtype is not None:
             loader_kwargs.setdefault("dtype", dtype)
@@ -201,7 +201,7 @@ class KVMTEBEncoder(AbsEncoder):
         return ModelMeta(
             loader=load_mteb_encoder,
             loader_kwargs=loader_kwargs,
-            name=name or _default_name(source, embedder.config.method),
+            name=name or _default_name(source, embedder.config.resolved_method),
             revision=revision or DEFAULT_REVISION,
             release_date=None,
             languages=None,  # those of the underlying LLM

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .sparse import SparseVectors
+
 
 @dataclass(frozen=True, eq=False)  # arrays have no single truth value: compare fields yourself
 class EmbedResult:
@@ -22,12 +24,15 @@ class EmbedResult:
             piece of it still had to be cut).
         pieces: forward-pass rows each text took: 1, or the number of pieces ``chunk_mean`` split
             it into.
+        sparse: the texts' sparse lexical vectors from the same pass, when asked
+            (``embed(..., sparse=True)``), else ``None``.
     """
 
     vectors: np.ndarray
     token_counts: tuple[int, ...]
     truncated: tuple[bool, ...]
     pieces: tuple[int, ...]
+    sparse: SparseVectors | None = None
 
     def __post_init__(self) -> None:
         rows = self.vectors.shape[0]
@@ -36,6 +41,8 @@ class EmbedResult:
                 f"an EmbedResult needs one count, flag and piece count per vector row: vectors {self.vectors.shape}, "
                 f"{len(self.token_counts)} counts, {len(self.truncated)} flags, {len(self.pieces)} piece counts"
             )
+        if self.sparse is not None and len(self.sparse) != rows:
+            raise ValueError(f"{rows} vectors but {len(self.sparse)} sparse vectors")
 
     @classmethod
     def empty(cls, hidden_size: int) -> EmbedResult:
@@ -52,6 +59,7 @@ class EmbedResult:
             tuple(c for r in results for c in r.token_counts),
             tuple(t for r in results for t in r.truncated),
             tuple(p for r in results for p in r.pieces),
+            None if any(r.sparse is None for r in results) else SparseVectors.concatenate([r.sparse for r in results]),
         )
 
     def __len__(self) -> int:
@@ -61,7 +69,8 @@ class EmbedResult:
         """The rows ``rows`` (a slice) as a result of their own, e.g. one request's share of a batch."""
         if not isinstance(rows, slice):
             raise TypeError(f"an EmbedResult is sliced by a slice of rows, got {type(rows).__name__}")
-        return EmbedResult(self.vectors[rows], self.token_counts[rows], self.truncated[rows], self.pieces[rows])
+        sparse = None if self.sparse is None else self.sparse[rows]
+        return EmbedResult(self.vectors[rows], self.token_counts[rows], self.truncated[rows], self.pieces[rows], sparse)
 
     @property
     def total_tokens(self) -> int:

@@ -39,12 +39,14 @@ class TokenBatch:
     text_mask: torch.Tensor
     # (batch,) column of each row's Token Prepending placeholder, or None.
     marker_index: torch.Tensor | None = None
+    # Whether the pass also computes each position's lexical weight (sparse vectors).
+    lexical: bool = False
 
     def rows(self, start: int, stop: int) -> TokenBatch:
         """Rows ``start:stop``, at the same padded width."""
         tensors = (self.input_ids, self.attention_mask, self.position_ids, self.text_mask)
         marker = None if self.marker_index is None else self.marker_index[start:stop]
-        return TokenBatch(*(t[start:stop] for t in tensors), marker_index=marker)
+        return TokenBatch(*(t[start:stop] for t in tensors), marker_index=marker, lexical=self.lexical)
 
 
 def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:

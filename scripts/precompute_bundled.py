@@ -35,12 +35,12 @@ import time
 from pathlib import Path
 
 KINDS = ("layer_selection", "postprocessing")
-# name -> from_pretrained options. "default" and "paper" are the package's PRESETS; "kv" is the
-# compression prompt with the default centering, "prompteol" PromptEOL with it (make compare).
+# name -> from_pretrained options. "default" (the retrieval task's), "similarity" (the symmetric
+# tasks') and "paper" are the package's PRESETS; "prompteol" is PromptEOL with centering (make compare).
 CONFIGURATIONS = {
-    "default": {"method": "kv_pcot", "postprocess": "center"},
+    "default": {"method": "kv", "postprocess": "center"},
+    "similarity": {"method": "kv_pcot", "postprocess": "center"},
     "paper": {"method": "kv", "postprocess": "none"},
-    "kv": {"method": "kv", "postprocess": "center"},
     "prompteol": {"method": "prompteol", "postprocess": "center"},
 }
 
@@ -62,7 +62,7 @@ def main() -> int:
     from kv_embeddings_integrations import PRESETS, KVEmbedder
     from kv_embeddings_integrations.caches import shipped_dir
 
-    for name in ("default", "paper"):
+    for name in ("default", "similarity", "paper"):
         if PRESETS[name] != CONFIGURATIONS[name]:  # the files must be what the presets load
             raise SystemExit(f"PRESETS[{name!r}] is {PRESETS[name]}, not {CONFIGURATIONS[name]}: update this script")
 

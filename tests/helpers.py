@@ -155,6 +155,17 @@ def tiny_model_dir() -> str:
     return path
 
 
+@functools.cache
+def tied_model_dir() -> str:
+    """A tiny Llama whose LM head is its word embeddings, saved as a model directory: a base-model
+    load (``KVEmbedder.from_pretrained``) keeps its head, so it gives sparse vectors."""
+    path = tempfile.mkdtemp(prefix="tiny-tied-llama-")
+    atexit.register(shutil.rmtree, path, True)
+    make_model("llama", tie_word_embeddings=True).save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
 # Seconds a test waits for something that must happen: reached only when something hangs, so
 # generous (a loaded 2-core machine may be slow, never this slow). Never the thing asserted.
 HANG = 60

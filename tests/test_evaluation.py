@@ -393,3 +393,86 @@ def test_post_processed_variants_share_the_cached_vectors(model_dir, tmp_path):
     expected = sts_spearman(core.encode(TEXTS[:4]), core.encode(TEXTS[1:5]), [4.0, 1.0, 2.5, 0.5])
     assert centered.main_score == pytest.approx(expected, abs=1e-3)
     assert "center to 64" in centered.description
+
+
+def test_retrieval_rows_bm25_sparse_and_fusions_from_the_same_pass(tmp_path):
+    from helpers import tied_model_dir
+
+    from kv_embeddings_integrations import fusion
+    from kv_embeddings_integrations.evaluation import BM25Reference, evaluate_task_rows
+
+    retrieval = _tasks()[1]
+    (encoder,) = kv_variants(tied_model_dir(), parse_variants("kv(layers=1;postprocess=none)"))
+    rows = evaluate_task_rows(encoder, retrieval, tmp_path / "cache", hybrid=True, bm25={})
+    labels = [r.label for r in rows]
+    suffixes = ("", " [sparse]", " [dense+sparse]", " [dense+sparse RRF]", " [dense+BM25]")
+    assert labels == [f"kv(layers=1;postprocess=none){s}" for s in suffixes]
+    # Every row is the metric of the exact scores computed here from the core's own vectors.
+    core = KVEmbedder.from_pretrained(tied_model_dir(), method="kv", layers=[1], postprocess="none")
+    doc_ids, query_ids = list(retrieval.corpus), list(retrieval.queries)
+    docs = core.embed([retrieval.corpus[d] for d in doc_ids], sparse=True)
+    queries = core.embed([retrieval.queries[q] for q in query_ids], prompt_type="query", sparse=True)
+    dense = fusion.dense_scores(queries.vectors, docs.vectors)
+    sparse = fusion.sparse_scores(queries.sparse, docs.sparse)
+    bm25 = fusion.bm25_scores([retrieval.queries[q] for q in query_ids], [retrieval.corpus[d] for d in doc_ids])
+    expected = [dense, sparse, fusion.minmax_fusion(dense, sparse), fusion.reciprocal_rank_fusion(dense, sparse),
+                fusion.minmax_fusion(dense, bm25)]  # fmt: skip
+    for row, scores in zip(rows, expected, strict=True):
+        best = fusion.top_k(scores, len(doc_ids))
+        run = {q: {doc_ids[j]: float(scores[i, j]) for j in best[i]} for i, q in enumerate(query_ids)}
+        assert row.metrics == pytest.approx(retrieval_scores(retrieval.qrels, run))
+    # The second time, dense and sparse vectors both come from the cache.
+    assert evaluate_task_rows(encoder, retrieval, tmp_path / "cache", hybrid=True)[0].texts_embedded == 0
+    # BM25 scores retrieval tasks only.
+    (bm25_row,) = evaluate_task_rows(BM25Reference(), retrieval)
+    assert bm25_row.label == "BM25 (reference)" and 0 < bm25_row.main_score <= 100
+    assert evaluate_task_rows(BM25Reference(), _tasks()[0]) == []
+
+
+def test_post_processing_fitted_on_the_task(model_dir, tmp_path):
+    from kv_embeddings_integrations.evaluation import evaluate_task_rows
+
+    # A fit needs 20 texts at least: 25 documents, 20 queries.
+    docs = {f"d{i}": f"{text} ({i})" for i, text in enumerate(TEXTS * 5)}
+    queries = {f"q{i}": f"about {text} {i}" for i, text in enumerate(TEXTS * 4)}
+    retrieval = RetrievalTask("ret", docs, queries, {q: {f"d{i}": 1} for i, q in enumerate(queries)})
+    builtin, corpus, sides = kv_variants(
+        str(model_dir),
+        parse_variants("kv(layers=1),kv(layers=1;fit=corpus),kv(layers=1;fit=sides)"),
+    )
+    assert (corpus.fit, sides.fit) == ("corpus", "sides")
+    sides_texts = {"document": list(retrieval.corpus.values()), "query": list(retrieval.queries.values())}
+    raw = {p: builtin.embedder.embed(t, prompt_type=p, postprocess=False).vectors for p, t in sides_texts.items()}
+    for variant, query_mean in ((corpus, raw["document"].mean(0)), (sides, raw["query"].mean(0))):
+        result = evaluate_task_rows(variant, retrieval, tmp_path / "cache")[0]
+        unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+        docs, queries = unit(raw["document"] - raw["document"].mean(0)), unit(raw["query"] - query_mean)
+        run = exact_search(queries, docs, list(retrieval.corpus), list(retrieval.queries))
+        assert result.metrics == pytest.approx(retrieval_scores(retrieval.qrels, run))
+        assert "fitted on" in result.description
+    with pytest.raises(ValueError, match="fit='everything'"):
+        parse_variants("kv(fit=everything)")
+
+
+def test_cli_eval_adds_the_bm25_row_to_retrieval(model_dir, tmp_path, capsys):
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    retrieval = _tasks()[1]
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in retrieval.corpus.items())
+    )
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in retrieval.queries.items())
+    )
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n"
+        + "".join(f"{q}\t{d}\t{g}\n" for q, r in retrieval.qrels.items() for d, g in r.items())
+    )
+    out = tmp_path / "report"
+    assert main(["eval", "--model", str(model_dir), "--methods", "kv(layers=1)", "--retrieval", str(folder),
+                 "--output-dir", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "| kv(layers=1) |" in printed and "| BM25 (reference) |" in printed and "Snowball" in printed
+    assert main(["eval", "--model", str(model_dir), "--methods", "kv(layers=1)", "--retrieval", str(folder),
+                 "--no-bm25", "--output-dir", str(out)]) == 0  # fmt: skip
+    assert "BM25" not in capsys.readouterr().out

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from helpers import HANG, wait_until
+from helpers import HANG, tied_model_dir, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -302,6 +302,36 @@ def test_tei_embed_route_normalize_prompt_name_and_root(server, local):
     raw = post(f"{server.url}/", json={"inputs": DOCS[0], "normalize": False}, headers=AUTH).json()
     assert abs(np.linalg.norm(raw[0]) - 1) > 1e-3  # not normalised
     assert _cosines(raw, local.embed(DOCS[:1]).vectors)[0] >= 0.9999
+
+
+@pytest.fixture(scope="module")
+def sparse_server(env):
+    """A model whose LM head survives a base-model load (tied word embeddings)."""
+    server = Server(tied_model_dir(), "--method", "kv", "--layers", "1", "--postprocess", "none", env=env)
+    yield server
+    server.stop()
+
+
+def test_tei_embed_sparse_route_gives_the_cores_sparse_vectors(sparse_server, server):
+    local = KVEmbedder.from_pretrained(tied_model_dir(), method="kv", layers=[1], postprocess="none")
+    for prompt_name in (None, "query"):
+        body = {"inputs": DOCS[:3]} | ({"prompt_name": prompt_name} if prompt_name else {})
+        response = post(f"{sparse_server.url}/embed_sparse", json=body, headers=AUTH)
+        assert response.status_code == 200, response.text
+        expected = local.encode_sparse(DOCS[:3], prompt_type=prompt_name or "document").to_dicts()
+        got = response.json()
+        # TEI's shape: per input, a list of {"index", "value"}.
+        assert all(set(item) == {"index", "value"} for row in got for item in row)
+        assert [[item["index"] for item in row] for row in got] == [sorted(row) for row in expected]
+        for row, want in zip(got, expected, strict=True):
+            np.testing.assert_allclose([i["value"] for i in row], [want[i["index"]] for i in row], rtol=1e-4)
+    one = post(f"{sparse_server.url}/embed_sparse", json={"inputs": DOCS[0]}, headers=AUTH).json()
+    assert len(one) == 1
+    # A model without its LM head (an untied base model) cannot: a clear 400, not a 500.
+    refused = post(f"{server.url}/embed_sparse", json={"inputs": "a"}, headers=AUTH)
+    assert refused.status_code == 400 and "LM head" in refused.json()["error"]["message"]
+    bad = post(f"{sparse_server.url}/embed_sparse", json={"inputs": "a", "prompt_name": "x"}, headers=AUTH)
+    assert bad.status_code == 400 and "prompt_name" in bad.json()["error"]["message"]
 
 
 def test_models_health_ready_metrics_and_docs(server):

@@ -17,16 +17,19 @@ from .data import (
 from .metrics import classification_accuracy, exact_search, mrr_at_k, retrieval_scores, sts_spearman, undersample
 from .report import plot, to_markdown, write_json, write_report
 from .runner import (
+    BM25Reference,
     Evaluation,
     SentenceTransformerReference,
     TaskResult,
     evaluate_task,
+    evaluate_task_rows,
     kv_variants,
     parse_variants,
     run_evaluation,
 )
 
 __all__ = [
+    "BM25Reference",
     "ClassificationTask",
     "DataFormatError",
     "EmbeddingCache",
@@ -38,6 +41,7 @@ __all__ = [
     "cached_encode",
     "classification_accuracy",
     "evaluate_task",
+    "evaluate_task_rows",
     "exact_search",
     "kv_variants",
     "load_classification",

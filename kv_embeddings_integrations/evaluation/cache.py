@@ -43,6 +43,10 @@ class EmbeddingCache:
         self._connection = sqlite3.connect(self.path, timeout=60)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("CREATE TABLE IF NOT EXISTS vectors (text_sha256 TEXT PRIMARY KEY, vector BLOB)")
+        # Sparse lexical vectors from the same passes: token ids (int64) and weights (float32).
+        self._connection.execute(
+            "CREATE TABLE IF NOT EXISTS sparse (text_sha256 TEXT PRIMARY KEY, ids BLOB, weights BLOB)"
+        )
 
     def get(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Cached vectors of those ``texts`` that have one."""
@@ -64,6 +68,30 @@ class EmbeddingCache:
         rows = [(_text_key(t), v.tobytes()) for t, v in zip(texts, vectors, strict=True)]
         with self._connection:
             self._connection.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
+
+    def get_sparse(self, texts: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Cached sparse vectors ``(ids, weights)`` of those ``texts`` that have one."""
+        keys = {_text_key(t): t for t in texts}
+        found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        items = list(keys)
+        for start in range(0, len(items), 500):
+            chunk = items[start : start + 500]
+            rows = self._connection.execute(
+                f"SELECT text_sha256, ids, weights FROM sparse WHERE text_sha256 IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for key, ids, weights in rows:
+                found[keys[key]] = (np.frombuffer(ids, dtype=np.int64), np.frombuffer(weights, dtype=np.float32))
+        return found
+
+    def put_sparse(self, texts: Sequence[str], rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Store one sparse vector per text (one transaction)."""
+        values = [
+            (_text_key(t), np.asarray(i, np.int64).tobytes(), np.asarray(w, np.float32).tobytes())
+            for t, (i, w) in zip(texts, rows, strict=True)
+        ]
+        with self._connection:
+            self._connection.executemany("INSERT OR REPLACE INTO sparse VALUES (?, ?, ?)", values)
 
     def close(self) -> None:
         self._connection.close()
@@ -89,3 +117,26 @@ def cached_encode(
             cache.put(missing, fresh)
         known.update(zip(missing, fresh, strict=True))
     return np.stack([known[t] for t in texts]), len(missing)
+
+
+def cached_encode_sparse(
+    encode: Callable[[list[str]], tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]],
+    texts: Sequence[str],
+    cache: EmbeddingCache | None,
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], int]:
+    """:func:`cached_encode` for dense and sparse vectors together: a text missing either is embedded
+    again (one pass gives both). Returns the vectors, the ``(ids, weights)`` rows and how many texts
+    were embedded."""
+    unique = list(dict.fromkeys(texts))
+    dense = cache.get(unique) if cache is not None else {}
+    sparse = cache.get_sparse(unique) if cache is not None else {}
+    missing = [t for t in unique if t not in dense or t not in sparse]
+    if missing:
+        vectors, rows = encode(missing)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if cache is not None:
+            cache.put(missing, vectors)
+            cache.put_sparse(missing, rows)
+        dense.update(zip(missing, vectors, strict=True))
+        sparse.update(zip(missing, rows, strict=True))
+    return np.stack([dense[t] for t in texts]), [sparse[t] for t in texts], len(missing)

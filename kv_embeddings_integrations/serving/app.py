@@ -1,6 +1,7 @@
 """The HTTP layer: FastAPI routes in OpenAI's and text-embeddings-inference's shapes over an engine.
 
-Routes: ``POST /v1/embeddings`` (OpenAI), ``POST /embed`` and ``POST /`` (TEI), ``GET /v1/models``,
+Routes: ``POST /v1/embeddings`` (OpenAI), ``POST /embed``, ``POST /`` and ``POST /embed_sparse`` (TEI),
+``GET /v1/models``,
 ``GET /health`` (liveness), ``GET /ready`` (readiness: 503 once shutdown begins), ``GET /metrics``
 (Prometheus) and FastAPI's ``/docs`` and ``/openapi.json``. Every error is OpenAI-shaped. With an
 API key, the embedding and model routes need ``Authorization: Bearer <key>``; health, readiness,
@@ -25,7 +26,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..version import __version__
 from .engine import Embedded, EmbeddingEngine, encode_base64
 from .errors import APIError, error_body
-from .schemas import EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList, TEIEmbedRequest
+from .schemas import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+    SparseValue,
+    TEIEmbedRequest,
+    TEIEmbedSparseRequest,
+)
 
 logger = logging.getLogger("kv_embeddings_integrations.serving")
 TRUNCATED_HEADER = "X-Truncated-Inputs"
@@ -82,7 +91,7 @@ class BodyLimit:
 
 
 # Routes that need the API key when one is set; health, readiness, metrics and docs stay open.
-PROTECTED = frozenset({"/v1/embeddings", "/embed", "/", "/v1/models"})
+PROTECTED = frozenset({"/v1/embeddings", "/embed", "/embed_sparse", "/", "/v1/models"})
 
 
 class APIKeyGuard:
@@ -233,10 +242,14 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
 
         return await _json_response(render, embedded)
 
-    async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
-        prompt_type = body.prompt_name or "document"
+    def prompt_type_of(prompt_name: str | None) -> str:
+        prompt_type = prompt_name or "document"
         if prompt_type not in ("query", "document"):
             raise APIError(400, f"prompt_name must be 'query' or 'document', got {prompt_type!r}", param="prompt_name")
+        return prompt_type
+
+    async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
+        prompt_type = prompt_type_of(body.prompt_name)
         texts = engine.texts_of(body.inputs, "inputs")
         truncate = True if body.truncate is None else body.truncate
         work = engine.embed(texts, prompt_type=prompt_type, normalize=body.normalize, truncate=truncate)
@@ -247,6 +260,28 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
     tei_options = dict(response_model=list[list[float]])
     app.post("/embed", summary="Embed (text-embeddings-inference's shape)", **tei_options)(tei_embed)
     app.post("/", summary="Embed (TEI's root route, for clients that post to the base URL)", **tei_options)(tei_embed)
+
+    @app.post(
+        "/embed_sparse",
+        response_model=list[list[SparseValue]],
+        summary="Sparse lexical vectors (text-embeddings-inference's shape), from the dense vectors' pass",
+    )
+    async def tei_embed_sparse(body: TEIEmbedSparseRequest, request: Request) -> Response:
+        prompt_type = prompt_type_of(body.prompt_name)
+        engine.check_sparse()
+        texts = engine.texts_of(body.inputs, "inputs")
+        truncate = True if body.truncate is None else body.truncate
+        work = engine.embed(texts, prompt_type=prompt_type, truncate=truncate, sparse=True)
+        embedded = await until_answered(request, work)
+        note(request, len(texts), embedded)
+
+        def render() -> list[list[dict[str, Any]]]:
+            return [
+                [{"index": i, "value": v} for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+                for ids, values in zip(embedded.sparse.indices, embedded.sparse.values, strict=True)
+            ]
+
+        return await _json_response(render, embedded)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:

@@ -19,6 +19,7 @@ import numpy as np
 from ..embedder import KVEmbedder
 from ..inputs import repair_surrogates
 from ..results import EmbedResult
+from ..sparse import SparseVectors, lm_head_weight
 from .errors import APIError
 from .metrics import ServerMetrics
 from .settings import ServeSettings
@@ -34,11 +35,13 @@ TOKEN_IDS_HELP = (
 
 @dataclass(frozen=True)
 class Embedded:
-    """One request's result: its vectors (as asked), their token counts, and how many were cut."""
+    """One request's result: its vectors (as asked), their token counts, and how many were cut
+    (and its sparse vectors, when asked)."""
 
     vectors: np.ndarray
     token_counts: tuple[int, ...]
     num_truncated: int
+    sparse: SparseVectors | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -115,9 +118,16 @@ class EmbeddingEngine:
     # -- embedding -------------------------------------------------------------------------------
 
     async def embed(
-        self, texts: list[str], *, prompt_type: str = "document", normalize: bool = True, truncate: bool = True
+        self,
+        texts: list[str],
+        *,
+        prompt_type: str = "document",
+        normalize: bool = True,
+        truncate: bool = True,
+        sparse: bool = False,
     ) -> Embedded:
-        """Embed ``texts`` (already checked) in shared forward passes with concurrent requests.
+        """Embed ``texts`` (already checked) in shared forward passes with concurrent requests
+        (with ``sparse``, their sparse lexical vectors too, from the same passes).
 
         Raises:
             APIError: 429 when ``max_concurrent_requests`` are already admitted; 413 when
@@ -139,14 +149,23 @@ class EmbeddingEngine:
         try:
             if not truncate and self.embedder.config.long_text == "truncate":
                 await asyncio.to_thread(self._refuse_too_long, texts, prompt_type)
-            result: EmbedResult = await self.embedder.aembed(texts, prompt_type=prompt_type, normalize=normalize)
+            result: EmbedResult = await self.embedder.aembed(
+                texts, prompt_type=prompt_type, normalize=normalize, sparse=sparse
+            )
         finally:
             self.admitted -= 1
             self.metrics.queue_depth.set(self.admitted)
         self.metrics.texts.inc(len(texts))
         self.metrics.tokens.inc(result.total_tokens)
         self.metrics.request_texts.observe(len(texts))
-        return Embedded(result.vectors, result.token_counts, result.num_truncated)
+        return Embedded(result.vectors, result.token_counts, result.num_truncated, result.sparse)
+
+    def check_sparse(self) -> None:
+        """400 unless the model can give sparse vectors (it needs its LM head)."""
+        try:
+            lm_head_weight(self.embedder.model)
+        except ValueError as error:
+            raise APIError(400, f"this server cannot give sparse vectors: {error}", code="sparse_unavailable") from None
 
     def _refuse_too_long(self, texts: list[str], prompt_type: str) -> None:
         # Every template a text is embedded with (MetaEOL has several): none may cut it.

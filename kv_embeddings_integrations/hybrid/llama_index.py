@@ -1,0 +1,54 @@
+"""The ``sparse_doc_fn`` / ``sparse_query_fn`` of LlamaIndex's Qdrant store, from a KV embedder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..embedder import KVEmbedder
+from ..llama_index import KVEmbedding
+
+BatchSparseEncoding = tuple[list[list[int]], list[list[float]]]
+
+
+def sparse_functions(
+    embedding: KVEmbedding | KVEmbedder,
+) -> tuple[Callable[[list[str]], BatchSparseEncoding], Callable[[list[str]], BatchSparseEncoding]]:
+    """``(sparse_doc_fn, sparse_query_fn)`` for ``QdrantVectorStore(enable_hybrid=True, ...)``.
+
+    Args:
+        embedding: the dense :class:`KVEmbedding` (its loaded model and options are used) or a
+            core :class:`KVEmbedder`.
+
+    Documents get the document prompt, queries the query prompt. LlamaIndex fuses the two
+    searches by relative score fusion (``alpha``: the dense share). The store calls the dense and
+    sparse encoders apart, so a text costs two forward passes.
+
+    Example:
+        .. code-block:: python
+
+            from llama_index.vector_stores.qdrant import QdrantVectorStore
+            from kv_embeddings_integrations import KVEmbedding
+            from kv_embeddings_integrations.hybrid.llama_index import sparse_functions
+
+            embed_model = KVEmbedding()
+            doc_fn, query_fn = sparse_functions(embed_model)
+            store = QdrantVectorStore("docs", client=client, enable_hybrid=True,
+                                      sparse_doc_fn=doc_fn, sparse_query_fn=query_fn)
+    """
+    if isinstance(embedding, KVEmbedding):
+        embedder = embedding.client
+    elif isinstance(embedding, KVEmbedder):
+        embedder = embedding
+    else:
+        raise TypeError(f"embedding must be a KVEmbedding or a KVEmbedder, got {type(embedding).__name__}")
+
+    def encoder(prompt_type: str) -> Callable[[list[str]], BatchSparseEncoding]:
+        def encode(texts: list[str]) -> BatchSparseEncoding:
+            if isinstance(texts, str):
+                raise TypeError("expected a list of strings, got one str")
+            vectors = embedder.encode_sparse(list(texts), prompt_type=prompt_type)
+            return [i.tolist() for i in vectors.indices], [v.tolist() for v in vectors.values]
+
+        return encode
+
+    return encoder("document"), encoder("query")
