@@ -33,7 +33,9 @@ def parse_args(description: str) -> argparse.Namespace:
     """The RAG examples' shared options: ``--model``, ``--method``, ``--k``, ``--persist``."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--method", default=EmbedderConfig().method, help="(default: %(default)s)")
+    parser.add_argument(
+        "--method", default=None, help=f"(default: the retrieval task's, {EmbedderConfig().resolved_method})"
+    )
     parser.add_argument("--k", type=int, default=2, help="hits per query")
     parser.add_argument(
         "--persist",

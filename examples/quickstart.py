@@ -13,7 +13,7 @@ import time
 
 from progress import show_loading_steps
 
-from kv_embeddings_integrations import DEFAULT_MODEL, EmbedderConfig, KVEmbedder
+from kv_embeddings_integrations import DEFAULT_MODEL, EmbedderConfig, KVEmbedder, fusion
 
 DOCUMENTS = [
     "To change your card PIN, insert the card at any of our ATMs and choose 'PIN services'.",
@@ -39,11 +39,12 @@ QUERIES = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    default = EmbedderConfig().method
+    retrieval, similarity = EmbedderConfig().resolved_method, EmbedderConfig(task="similarity").resolved_method
     parser.add_argument(
         "--methods",
-        default=f"{default},kv,prompteol",
-        help="comma-separated methods to compare: the default, the paper's, PromptEOL (default: %(default)s)",
+        default=f"{retrieval},{similarity},prompteol",
+        help="comma-separated methods to compare: the retrieval default, the similarity default, PromptEOL "
+        "(default: %(default)s)",
     )
     args = parser.parse_args()
     show_loading_steps()
@@ -56,8 +57,12 @@ def main() -> None:
         # Every method wraps the same loaded model: one load, many methods.
         embedder = KVEmbedder(base.model, base.tokenizer, name=args.model, method=method)
         start = time.perf_counter()
-        documents = embedder.encode(DOCUMENTS, prompt_type="document")
-        scores = embedder.encode(queries, prompt_type="query") @ documents.T  # unit vectors: dot = cosine
+        # One pass gives each text its dense vector and its sparse lexical one.
+        documents = embedder.embed(DOCUMENTS, prompt_type="document", sparse=True)
+        asked = embedder.embed(queries, prompt_type="query", sparse=True)
+        scores = asked.vectors @ documents.vectors.T  # unit vectors: dot = cosine
+        lexical = fusion.sparse_scores(asked.sparse, documents.sparse, fusion.idf(documents.sparse))
+        hybrid = fusion.minmax_fusion(scores, lexical).argmax(axis=1)
         seconds = time.perf_counter() - start
         hits = 0
         print(f"{embedder}  ({len(DOCUMENTS) + len(queries)} texts in {seconds:.2f} s)")
@@ -66,7 +71,8 @@ def main() -> None:
             hits += best == answer
             mark = "ok  " if best == answer else "MISS"
             print(f"  {mark} {query!r:36} -> [{row[best]:.3f}] {DOCUMENTS[best][:60]}...")
-        print(f"  top-1 correct: {hits}/{len(QUERIES)}\n")
+        hybrid_hits = sum(int(best == answer) for best, (_, answer) in zip(hybrid, QUERIES, strict=True))
+        print(f"  top-1 correct: {hits}/{len(QUERIES)} (dense + sparse, fused: {hybrid_hits}/{len(QUERIES)})\n")
 
 
 if __name__ == "__main__":

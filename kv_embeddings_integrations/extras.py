@@ -38,7 +38,7 @@ EXTRAS: dict[str, Extra] = {
         ),
         Extra(
             "hybrid",
-            ("qdrant_client", "langchain_qdrant", "llama_index.vector_stores.qdrant", "scipy"),
+            ("qdrant_client", "langchain_qdrant", "llama_index.vector_stores.qdrant"),
             "hybrid dense + sparse search in Qdrant (kv_embeddings_integrations.hybrid)",
         ),
         Extra("mteb", ("mteb",), "kv_embeddings_integrations.mteb (MTEB 2.x encoder)"),

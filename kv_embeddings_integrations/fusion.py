@@ -23,15 +23,45 @@ def dense_scores(queries: np.ndarray, documents: np.ndarray) -> np.ndarray:
     return np.asarray(queries, dtype=np.float32) @ np.asarray(documents, dtype=np.float32).T
 
 
-def sparse_scores(queries: SparseVectors, documents: SparseVectors) -> np.ndarray:
-    """Dot products of sparse lexical vectors: ``(len(queries), len(documents))`` float32 (needs SciPy)."""
-    require("eval", "sparse scores", ("scipy",))
+def idf(documents: SparseVectors) -> np.ndarray:
+    """Each token's inverse document frequency over ``documents``: ``ln(1 + (N - n + 0.5) / (n + 0.5))``
+    (BM25's, and what Qdrant's ``Modifier.IDF`` computes over a collection), ``(vocab_size,)``."""
+    frequency = np.zeros(documents.vocab_size, dtype=np.float64)
+    for ids in documents.indices:
+        frequency[ids] += 1
+    total = len(documents)
+    return np.log(1 + (total - frequency + 0.5) / (frequency + 0.5))
+
+
+def sparse_scores(queries: SparseVectors, documents: SparseVectors, weights: np.ndarray | None = None) -> np.ndarray:
+    """Dot products of sparse lexical vectors: ``(len(queries), len(documents))`` float32.
+
+    Args:
+        queries: the queries' sparse vectors.
+        documents: the documents'.
+        weights: per-token factors on the query side, e.g. :func:`idf` of the documents (the
+            model's weights say which words of a text matter; the corpus says which words are rare).
+    """
     if queries.vocab_size != documents.vocab_size:
         raise ValueError(
             f"queries index a vocabulary of {queries.vocab_size} tokens, documents one of "
             f"{documents.vocab_size}: they come from different models"
         )
-    return np.asarray((queries.to_csr() @ documents.to_csr().T).todense(), dtype=np.float32)
+    scores = np.zeros((len(queries), len(documents)), dtype=np.float64)
+    if not len(documents):
+        return scores.astype(np.float32)
+    # An inverted index: every (token, document, weight), sorted by token.
+    tokens = np.concatenate(documents.indices)
+    rows = np.repeat(np.arange(len(documents)), [len(i) for i in documents.indices])
+    values = np.concatenate(documents.values).astype(np.float64)
+    order = np.argsort(tokens, kind="stable")
+    tokens, rows, values = tokens[order], rows[order], values[order]
+    for q, (ids, query_values) in enumerate(zip(queries.indices, queries.values, strict=True)):
+        factors = query_values.astype(np.float64) * (weights[ids] if weights is not None else 1.0)
+        starts, stops = np.searchsorted(tokens, ids, "left"), np.searchsorted(tokens, ids, "right")
+        for start, stop, factor in zip(starts, stops, factors, strict=True):
+            np.add.at(scores[q], rows[start:stop], factor * values[start:stop])
+    return scores.astype(np.float32)
 
 
 def bm25_scores(queries: Sequence[str], documents: Sequence[str]) -> np.ndarray:

@@ -405,7 +405,8 @@ def test_retrieval_rows_bm25_sparse_and_fusions_from_the_same_pass(tmp_path):
     (encoder,) = kv_variants(tied_model_dir(), parse_variants("kv(layers=1;postprocess=none)"))
     rows = evaluate_task_rows(encoder, retrieval, tmp_path / "cache", hybrid=True, bm25={})
     labels = [r.label for r in rows]
-    suffixes = ("", " [sparse]", " [dense+sparse]", " [dense+sparse RRF]", " [dense+BM25]")
+    suffixes = ("", " [sparse]", " [sparse IDF]", " [dense+sparse]", " [dense+sparse IDF]", " [dense+sparse IDF RRF]",
+                " [dense+BM25]")  # fmt: skip
     assert labels == [f"kv(layers=1;postprocess=none){s}" for s in suffixes]
     # Every row is the metric of the exact scores computed here from the core's own vectors.
     core = KVEmbedder.from_pretrained(tied_model_dir(), method="kv", layers=[1], postprocess="none")
@@ -415,8 +416,16 @@ def test_retrieval_rows_bm25_sparse_and_fusions_from_the_same_pass(tmp_path):
     dense = fusion.dense_scores(queries.vectors, docs.vectors)
     sparse = fusion.sparse_scores(queries.sparse, docs.sparse)
     bm25 = fusion.bm25_scores([retrieval.queries[q] for q in query_ids], [retrieval.corpus[d] for d in doc_ids])
-    expected = [dense, sparse, fusion.minmax_fusion(dense, sparse), fusion.reciprocal_rank_fusion(dense, sparse),
-                fusion.minmax_fusion(dense, bm25)]  # fmt: skip
+    # IDF by hand: ln(1 + (N - n + 0.5) / (n + 0.5)), n the documents holding the token.
+    holding = {t: sum(t in row for row in docs.sparse.to_dicts()) for t in range(docs.sparse.vocab_size)}
+    idf = np.array([np.log(1 + (len(doc_ids) - holding[t] + 0.5) / (holding[t] + 0.5)) for t in sorted(holding)])
+    rare = np.array([[sum(w * idf[t] * d.get(t, 0.0) for t, w in q.items()) for d in docs.sparse.to_dicts()]
+                     for q in queries.sparse.to_dicts()])  # fmt: skip
+    np.testing.assert_allclose(
+        fusion.sparse_scores(queries.sparse, docs.sparse, fusion.idf(docs.sparse)), rare, rtol=1e-5
+    )
+    expected = [dense, sparse, rare, fusion.minmax_fusion(dense, sparse), fusion.minmax_fusion(dense, rare),
+                fusion.reciprocal_rank_fusion(dense, rare), fusion.minmax_fusion(dense, bm25)]  # fmt: skip
     for row, scores in zip(rows, expected, strict=True):
         best = fusion.top_k(scores, len(doc_ids))
         run = {q: {doc_ids[j]: float(scores[i, j]) for j in best[i]} for i, q in enumerate(query_ids)}

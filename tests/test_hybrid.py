@@ -46,10 +46,14 @@ def _in_new_process(code: str, args: dict) -> dict:
 
 
 def _exact_scores(embedder: KVEmbedder) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine of the dense vectors and dot product of the sparse ones, every query x document."""
+    """Cosine of the dense vectors, and dot product of the sparse ones with the query's weights
+    times the documents' IDF (the stores are made with Qdrant's ``Modifier.IDF``), every query x
+    document; a sparse search finds only documents sharing a token with the query (-inf: not found)."""
     docs = embedder.embed(DOCS, sparse=True)
     queries = embedder.embed(QUERIES, prompt_type="query", sparse=True)
-    return fusion.dense_scores(queries.vectors, docs.vectors), fusion.sparse_scores(queries.sparse, docs.sparse)
+    sparse = fusion.sparse_scores(queries.sparse, docs.sparse, fusion.idf(docs.sparse))
+    shares = fusion.sparse_scores(queries.sparse, docs.sparse) > 0
+    return fusion.dense_scores(queries.vectors, docs.vectors), np.where(shares, sparse, -np.inf)
 
 
 def _check_hits(hits: list[tuple[str, float]], expected: np.ndarray) -> None:
@@ -85,6 +89,7 @@ print(json.dumps({"hits": hits}))
 
 def test_langchain_qdrant_hybrid_reloads_and_fuses_exactly(tied_model_dir, embedder, tmp_path):
     from langchain_qdrant import QdrantVectorStore, RetrievalMode
+    from qdrant_client import models
     from qdrant_client.hybrid.fusion import DEFAULT_RANKING_CONSTANT_K
 
     from kv_embeddings_integrations import KVEmbeddings
@@ -104,15 +109,14 @@ def test_langchain_qdrant_hybrid_reloads_and_fuses_exactly(tied_model_dir, embed
         path=str(tmp_path / "qdrant"),
         collection_name="docs",
         metadatas=[{"row": str(i)} for i in range(len(DOCS))],
+        sparse_vector_params={"modifier": models.Modifier.IDF},
     )
     store.client.close()  # the local store is one process's at a time
     args = {"model": tied_model_dir, "options": OPTIONS, "path": str(tmp_path / "qdrant"), "queries": QUERIES, "k": K}
     reloaded = _in_new_process(LANGCHAIN_RELOAD, args)["hits"]
     dense_scores, sparse_scores = _exact_scores(embedder)
     # langchain-qdrant fetches k from each search and fuses them by Qdrant's RRF: 1 / (rank + k - 1).
-    # A sparse search finds only documents sharing a token with the query.
-    found = np.where(sparse_scores > 0, sparse_scores, -np.inf)
-    expected = fusion.reciprocal_rank_fusion(dense_scores, found, k=DEFAULT_RANKING_CONSTANT_K - 1, depth=K)
+    expected = fusion.reciprocal_rank_fusion(dense_scores, sparse_scores, k=DEFAULT_RANKING_CONSTANT_K - 1, depth=K)
     for row, hits in enumerate(reloaded):
         _check_hits([tuple(hit) for hit in hits], expected[row])
 
@@ -158,7 +162,7 @@ def test_llama_index_qdrant_hybrid_reloads_and_fuses_exactly(tied_model_dir, emb
     from llama_index.core import StorageContext, VectorStoreIndex
     from llama_index.core.schema import TextNode
     from llama_index.vector_stores.qdrant import QdrantVectorStore
-    from qdrant_client import QdrantClient
+    from qdrant_client import QdrantClient, models
 
     from kv_embeddings_integrations import KVEmbedding
     from kv_embeddings_integrations.hybrid.llama_index import sparse_functions
@@ -168,7 +172,14 @@ def test_llama_index_qdrant_hybrid_reloads_and_fuses_exactly(tied_model_dir, emb
     ids, values = doc_fn(DOCS[:2])
     assert ids == [i.tolist() for i in embedder.encode_sparse(DOCS[:2]).indices] and len(values) == 2
     client = QdrantClient(path=str(tmp_path / "qdrant"))
-    store = QdrantVectorStore("docs", client=client, enable_hybrid=True, sparse_doc_fn=doc_fn, sparse_query_fn=query_fn)
+    store = QdrantVectorStore(
+        "docs",
+        client=client,
+        enable_hybrid=True,
+        sparse_doc_fn=doc_fn,
+        sparse_query_fn=query_fn,
+        sparse_config=models.SparseVectorParams(modifier=models.Modifier.IDF),
+    )
     # The row number is kept out of what is embedded (LlamaIndex embeds metadata with the text).
     nodes = [
         TextNode(text=text, metadata={"row": str(i)}, excluded_embed_metadata_keys=["row"])
@@ -183,8 +194,7 @@ def test_llama_index_qdrant_hybrid_reloads_and_fuses_exactly(tied_model_dir, emb
     }  # fmt: skip
     reloaded = _in_new_process(LLAMA_INDEX_RELOAD, args)["hits"]
     dense_scores, sparse_scores = _exact_scores(embedder)
-    # A sparse search finds only documents sharing a token with the query.
-    expected = _relative_score_fusion(dense_scores, np.where(sparse_scores > 0, sparse_scores, -np.inf), alpha, K)
+    expected = _relative_score_fusion(dense_scores, sparse_scores, alpha, K)
     for row, hits in enumerate(reloaded):
         _check_hits([tuple(hit) for hit in hits], expected[row])
 

@@ -236,7 +236,7 @@ def test_llama_index_chroma_and_lancedb_reload_in_a_new_process(model_dir, tmp_p
         {
             "model": str(model_dir),
             "options": OPTIONS,
-            "changed": {"method": "kv"},
+            "changed": {"method": "kv_pcot"},
             "chroma": str(chroma_dir),
             "lancedb": str(lance_dir),
             "queries": QUERIES,
@@ -257,7 +257,7 @@ def test_llama_index_chroma_and_lancedb_reload_in_a_new_process(model_dir, tmp_p
             _same_hits(got["lancedb" + label][query], expected, lambda c: np.exp(-(2 - 2 * c)))
     for name in ("chroma", "lancedb"):
         message = got["mismatch_" + name]
-        # kv_pcot -> kv: another prompt and pooling (the preset's name itself is not compared).
+        # kv -> kv_pcot: another prompt and pooling (the preset's name itself is not compared).
         assert message is not None and "templates['document']: stored" in message and "pooling: stored" in message
 
 
@@ -274,7 +274,7 @@ def test_identity_tells_apart_what_changes_the_vectors(model_dir, tmp_path):
         "bias": {"bias": 0.5},
         "pooling": {"pooling": "mean"},
         "mean_scope": {"pooling": "mean", "mean_scope": "text"},
-        "output_layer": {"output_layer": -1, "layers": [1]},
+        "output_layer": {"output_layer": -2, "layers": [1]},
         "token_prepending": {"token_prepending": True},
         "postprocess": {"postprocess": "none"},
         "dimension": {"postprocess": "pca", "dimensions": 16},

@@ -397,11 +397,18 @@ def evaluate_task_rows(
             unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)  # noqa: E731
             dense = fusion.dense_scores(unit(queries), unit(docs))
             lexical = fusion.sparse_scores(query_sparse, doc_sparse)
+            rare = fusion.sparse_scores(query_sparse, doc_sparse, fusion.idf(doc_sparse))
             lexical_bm25 = _bm25(task, bm25)
             extra = [
-                ("sparse", "its sparse vectors alone (same pass)", lexical),
+                ("sparse", "its sparse vectors alone (same pass), dot product", lexical),
+                ("sparse IDF", "its sparse vectors, query weights times the corpus's IDF", rare),
                 ("dense+sparse", "min-max fusion, equal weights", fusion.minmax_fusion(dense, lexical)),
-                ("dense+sparse RRF", "reciprocal-rank fusion, k 60", fusion.reciprocal_rank_fusion(dense, lexical)),
+                ("dense+sparse IDF", "min-max fusion with the IDF sparse scores", fusion.minmax_fusion(dense, rare)),
+                (
+                    "dense+sparse IDF RRF",
+                    "reciprocal-rank fusion (k 60) with the IDF sparse scores",
+                    fusion.reciprocal_rank_fusion(dense, rare),
+                ),
                 ("dense+BM25", "min-max fusion with BM25, equal weights", fusion.minmax_fusion(dense, lexical_bm25)),
             ]
             extra = [(name, how, _scored(task, scores, doc_ids, query_ids)) for name, how, scores in extra]
