@@ -4,6 +4,7 @@ an explicit computation written here or in ``reference.py``."""
 from __future__ import annotations
 
 import copy
+import typing
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from reference import reference_hidden_states, token_prepending_hidden_states
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations import token_prepending as tp
-from kv_embeddings_integrations.config import EmbedderConfig
+from kv_embeddings_integrations.config import EmbedderConfig, MethodName
 from kv_embeddings_integrations.layer_selection import select_layers
 from kv_embeddings_integrations.prompts import FAMILIES, KE_PROMPT, METAEOL_PROMPTS, METHODS, PCOT_PROMPT
 
@@ -66,7 +67,7 @@ def test_templates_are_the_papers():
 
 
 def test_every_method_is_a_config_choice_and_every_family_is_used():
-    assert set(METHODS) == set(EmbedderConfig.model_fields["method"].annotation.__args__)
+    assert set(METHODS) == set(typing.get_args(MethodName))
     assert {spec.family for spec in METHODS.values()} == set(FAMILIES)
 
 
@@ -247,7 +248,9 @@ def test_presets_are_valid_and_paper_is_the_method_md_recipe(model, tokenizer):
 
     for options in PRESETS.values():
         EmbedderConfig(**options)
-    assert EmbedderConfig(**PRESETS["default"]) == EmbedderConfig()
+    # The default preset is what the default config runs (the retrieval task's method, centered).
+    assert EmbedderConfig(**PRESETS["default"]).vector_options() == EmbedderConfig().vector_options()
+    assert EmbedderConfig(**PRESETS["similarity"]).resolved_method == EmbedderConfig(task="similarity").resolved_method
     paper = KVEmbedder(model, tokenizer, layers=[1], **PRESETS["paper"])
     assert (paper.config.method, paper.pooling, paper.output_layer, paper.postprocessor) == ("kv", "mean_last", 3, None)
     assert paper.template() == '"Context: {text}" Compress the Context in one word:'
