@@ -25,7 +25,7 @@ from ..sparse import SparseVectors
 from ..version import __version__
 from .cache import EmbeddingCache, cached_encode, cached_encode_sparse
 from .data import ClassificationTask, RetrievalTask, STSTask
-from .metrics import classification_accuracy, exact_search, retrieval_scores, sts_spearman, undersample
+from .metrics import _unit, classification_accuracy, exact_search, retrieval_scores, sts_spearman, undersample
 
 Task = STSTask | RetrievalTask | ClassificationTask
 MAIN_SCORE = {"sts": "spearman", "retrieval": "ndcg_at_10", "classification": "accuracy"}
@@ -394,8 +394,7 @@ def evaluate_task_rows(
         queries = embed.finish(queries, queries if fit == "sides" else raw_docs)
         metrics = retrieval_scores(task.qrels, exact_search(queries, docs, doc_ids, query_ids, top_k=100))
         if sparse:
-            unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)  # noqa: E731
-            dense = fusion.dense_scores(unit(queries), unit(docs))
+            dense = fusion.dense_scores(_unit(queries), _unit(docs))  # the cosines exact_search ranks by
             lexical = fusion.sparse_scores(query_sparse, doc_sparse)
             rare = fusion.sparse_scores(query_sparse, doc_sparse, fusion.idf(doc_sparse))
             lexical_bm25 = _bm25(task, bm25)

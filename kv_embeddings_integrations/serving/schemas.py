@@ -93,39 +93,27 @@ def _check_tei_inputs(value: Any) -> Any:
     return value
 
 
-class TEIEmbedRequest(BaseModel):
+class TEIEmbedSparseRequest(BaseModel):
+    """text-embeddings-inference's ``/embed_sparse`` request (``/embed``'s, less ``normalize``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: str | list[str] = Field(description=TEI_INPUT)
+    truncate: bool | None = Field(
+        default=None, description="cut texts over the model's max_length (default); false: 413 instead"
+    )
+    truncation_direction: Literal["right", "Right"] = Field(
+        default="right", description="only right truncation (the end of the text is cut)"
+    )
+    prompt_name: str | None = Field(default=None, description="query or document (default: document)")
+
+    _check_inputs = field_validator("inputs", mode="before")(_check_tei_inputs)
+
+
+class TEIEmbedRequest(TEIEmbedSparseRequest):
     """text-embeddings-inference's ``/embed`` request."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    inputs: str | list[str] = Field(description=TEI_INPUT)
     normalize: bool = Field(default=True, description="L2-normalise the vectors")
-    truncate: bool | None = Field(
-        default=None, description="cut texts over the model's max_length (default); false: 413 instead"
-    )
-    truncation_direction: Literal["right", "Right"] = Field(
-        default="right", description="only right truncation (the end of the text is cut)"
-    )
-    prompt_name: str | None = Field(default=None, description="query or document (default: document)")
-
-    _check_inputs = field_validator("inputs", mode="before")(_check_tei_inputs)
-
-
-class TEIEmbedSparseRequest(BaseModel):
-    """text-embeddings-inference's ``/embed_sparse`` request."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    inputs: str | list[str] = Field(description=TEI_INPUT)
-    truncate: bool | None = Field(
-        default=None, description="cut texts over the model's max_length (default); false: 413 instead"
-    )
-    truncation_direction: Literal["right", "Right"] = Field(
-        default="right", description="only right truncation (the end of the text is cut)"
-    )
-    prompt_name: str | None = Field(default=None, description="query or document (default: document)")
-
-    _check_inputs = field_validator("inputs", mode="before")(_check_tei_inputs)
 
 
 class SparseValue(BaseModel):
