@@ -65,13 +65,25 @@ for model in "$@"; do
         run --model "$model" --dtype bfloat16 --sample 40 --retrieval "$E/scifact-train" --split train --hybrid \
             --methods "kv(postprocess=center;max_length=256),kv(postprocess=center;max_length=512),kv(postprocess=center;max_length=4096)" \
             --title "$model, SciFact, judged documents only, by input length" --output-dir "$OUT/$model-lengths" ;;
-    rerouting)  # does re-routing earn its keep? the compression prompt: layer windows, bias, off;
-        # the judged-documents corpus (565) and STS-B dev (500 pairs)
+    rerouting)  # does re-routing earn its keep? FAMILY=kv (the compression prompt, default) or
+        # kv_pcot (Pretended CoT): the automatic layers, bias 0/2/4, early / middle / late windows,
+        # and the same prompt without re-routing; the judged-documents corpus (565) and STS-B dev (500)
+        family=${FAMILY:-kv}; plain=${family#kv_}; [ "$family" = kv ] && plain=prompt
+        case $model in
+            smollm2-135m) windows="6-8 14-16 26-28" ;;   # 30 layers
+            gemma3-270m) windows="3-5 8-10 14-16" ;;     # 18 layers
+            *) windows=${WINDOWS:?set WINDOWS for $model, e.g. WINDOWS="3-5 8-10 14-16"} ;;
+        esac
+        c="postprocess=center"
+        methods="$family($c),$family($c;bias=0),$family($c;bias=2),$family($c;bias=4),$plain($c)"
+        for w in $windows; do methods+=",$family($c;layers=$w)"; done
+        methods=${REROUTE_METHODS:-$methods}
+        suffix=""; [ "$family" = kv ] || suffix="-${plain}"
         run --model "$model" --dtype bfloat16 --max-length 256 --sample 40 --retrieval "$E/scifact-train" --split train \
-            --methods "${REROUTE_METHODS:?set REROUTE_METHODS}" --no-bm25 \
-            --title "$model, re-routing sweep, SciFact judged documents" --output-dir "$OUT/$model-rerouting-scifact"
+            --methods "$methods" --no-bm25 \
+            --title "$model, re-routing sweep ($family), SciFact judged documents" --output-dir "$OUT/$model-rerouting$suffix-scifact"
         run --model "$model" --dtype bfloat16 --max-length 256 --sample 500 --sts "$E/stsbenchmark/sts-dev.csv" \
-            --methods "$REROUTE_METHODS" \
-            --title "$model, re-routing sweep, STS-B dev (500 pairs)" --output-dir "$OUT/$model-rerouting-sts" ;;
+            --methods "$methods" \
+            --title "$model, re-routing sweep ($family), STS-B dev (500 pairs)" --output-dir "$OUT/$model-rerouting$suffix-sts" ;;
     esac
 done
