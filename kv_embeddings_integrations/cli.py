@@ -437,6 +437,7 @@ def _evaluate(args) -> None:
 def _embed_file(args) -> None:
     import contextlib
 
+    from .identity import compared_fields
     from .inputs import prepare_texts
     from .parallel.checkpoint import CheckpointError, ChunkedRun
 
@@ -446,14 +447,13 @@ def _embed_file(args) -> None:
     except ValueError as e:
         raise CLIError(f"{args.input}: {e}") from None
     embedder = _embedder(args)
-    # What decides the vectors (batching does not): a resumed run must match it.
+    # What decides the vectors, from the one identity the stores use (the weights' fingerprint,
+    # not the model's name; batching does not count): a resumed run must match it.
     identity = {
-        "model": args.model,
-        "options": embedder.config.model_dump(exclude={"calibration_texts", "batch_size", "max_tokens_per_batch"}),
-        "layers": embedder.layers,
-        "dtype": str(embedder.dtype),
+        **compared_fields(
+            embedder.identity(normalize=not args.no_normalize), also=("dtype", "max_length", "long_text")
+        ),
         "prompt_type": args.prompt_type,
-        "normalize": not args.no_normalize,
     }
     try:
         run = ChunkedRun(args.output, texts, args.chunk_size, identity, resume=args.resume)

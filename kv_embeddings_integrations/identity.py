@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -99,10 +99,19 @@ def embedder_identity(embedder: Any, *, normalize: bool = True) -> dict[str, Any
     return identity
 
 
+def compared_fields(identity: Mapping[str, Any], *, also: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields of ``identity`` that decide a vector (not :data:`INFORMATIONAL`), plus ``also``.
+
+    A store compares these; one output file of a resumed run (``kv-embed embed --resume``) also
+    keeps the dtype and the length limits equal, so its rows are not even rounded differently.
+    """
+    keep = set(also)
+    return {k: v for k, v in identity.items() if k not in INFORMATIONAL or k in keep}
+
+
 def identity_fingerprint(identity: Mapping[str, Any]) -> str:
     """A short hash of the compared fields: equal fingerprints, interchangeable vectors."""
-    compared = {k: v for k, v in identity.items() if k not in INFORMATIONAL}
-    return hashlib.sha256(json.dumps(compared, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(compared_fields(identity), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def field_metadata(identity: Mapping[str, Any]) -> dict[bytes, bytes]:

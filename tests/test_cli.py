@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import PAPER, PAPER_ARGS, TEXTS
+from helpers import PAPER, PAPER_ARGS, TEXTS, tiny_model_dir
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.cli import main
@@ -184,10 +184,48 @@ def test_resume_refuses_another_run(model_dir, tmp_path, monkeypatch, capsys):
         main([*args, "--chunk-size", "2"])
     monkeypatch.undo()
     assert main([*args, "--chunk-size", "2", "--resume", "--layers", "1"]) == 2
-    assert "differs in layers, options" in capsys.readouterr().err
+    assert "differs in layers" in capsys.readouterr().err
     source.write_text("\n".join(TEXTS[::-1]), encoding="utf-8")
     assert main([*args, "--chunk-size", "2", "--resume"]) == 2
     assert "differs in sha256" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_weights_under_the_same_name(tmp_path, monkeypatch, capsys):
+    # A checkpoint overwritten in place (a fine-tune saved over the folder) keeps the name the run
+    # was started with; resuming would mix two models' vectors in one file.
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir(), model_dir)
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(TEXTS), encoding="utf-8")
+    out = tmp_path / "out.npy"
+    args = _embed_argv(model_dir, "--layers", "1,2", "--input", str(source), "--output", str(out), "--chunk-size", "2")
+    original, calls = KVEmbedder.embed, []
+
+    def stop_after_one_chunk(self, chunk, **kwargs):
+        calls.append(len(chunk))
+        if len(calls) == 2:
+            raise RuntimeError("stop")
+        return original(self, chunk, **kwargs)
+
+    monkeypatch.setattr(KVEmbedder, "embed", stop_after_one_chunk)
+    with pytest.raises(RuntimeError, match="stop"):
+        main(args)
+    monkeypatch.undo()
+    partial = tmp_path / "out.npy.partial"
+    assert [p.name for p in partial.glob("chunk-*.npy")] == ["chunk-000000.npy"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+    model.save_pretrained(model_dir)
+    assert main([*args, "--resume"]) == 2
+    assert "differs in weights" in capsys.readouterr().err
+    assert not out.exists()
+    assert [p.name for p in partial.glob("chunk-*.npy")] == ["chunk-000000.npy"]  # kept, nothing mixed in
 
 
 def test_option_choices_and_defaults_come_from_the_config():
