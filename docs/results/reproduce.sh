@@ -16,4 +16,8 @@ DEFAULT=kv_pcot bash $S dims smollm2-135m          # PCA to 512 / 256 / 128 dime
 SCIFACT_METHODS="$(both $ALL)" bash $S scifact smollm2-135m gemma3-270m   # 1000-document SciFact
 bash $S scifact-full smollm2-135m                  # all 5183 documents: the default and `pcot`
 bash $S selection smollm2-135m gemma3-270m         # the per-model family-selection probe (STS-B train)
+bash $S retrieval smollm2-135m gemma3-270m         # the retrieval task: dense / sparse / hybrid / BM25, full corpus
+bash $S lengths smollm2-135m gemma3-270m           # the retrieval default at 256 / 512 / 4096 tokens
+bash $S rerouting smollm2-135m gemma3-270m         # re-routing sweep, compression prompt (kv)
+FAMILY=kv_pcot bash $S rerouting smollm2-135m gemma3-270m   # re-routing sweep, Pretended CoT
 python docs/results/dev/summarize.py               # the tables

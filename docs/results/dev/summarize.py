@@ -98,6 +98,61 @@ def four_tasks(per_model: dict[str, dict], scifact: dict[str, dict]) -> None:
     print()
 
 
+ROLES = [
+    "automatic layers, bias 1",
+    "bias 0",
+    "bias 2",
+    "bias 4",
+    "no re-routing (same prompt)",
+    "early window",
+    "middle window",
+    "late window",
+]
+
+
+def rerouting_sweep() -> None:
+    """sweep.sh rerouting: rows by role (the layer windows differ per model), both models, both tasks."""
+    for family, suffix in (("kv", ""), ("kv_pcot", "-pcot")):
+        runs = {m: (load(m, f"rerouting{suffix}-scifact"), load(m, f"rerouting{suffix}-sts")) for m in MODELS}
+        if not any(a or b for a, b in runs.values()):
+            continue
+        print(f"### Re-routing sweep, `{family}` (SciFact judged documents nDCG@10 / STS-B dev 500 pairs Spearman)\n")
+        print("| configuration | " + " | ".join(f"{n} SciFact | {n} STS-B" for n in MODELS.values()) + " |")
+        print("|---|" + "---:|" * (2 * len(MODELS)))
+        labels = {m: list(dict.fromkeys(label for label, _ in scifact)) for m, (scifact, _) in runs.items()}
+        for i, role in enumerate(ROLES):
+            cells = []
+            for m, (scifact, sts) in runs.items():
+                label = labels[m][i] if i < len(labels[m]) else None
+                cells += [cell(scifact.get((label, "scifact-train"))), cell(sts.get((label, "sts-dev")))]
+            names = sorted({labels[m][i] for m in MODELS if i < len(labels[m])})
+            print(f"| {role} (" + ", ".join(f"`{n}`" for n in names) + ") | " + " | ".join(cells) + " |")
+        print()
+
+
+def lengths() -> None:
+    """sweep.sh lengths: the retrieval default's rows at 256 / 512 / 4096 tokens, both models."""
+    runs = {m: load(m, "lengths") for m in MODELS}
+    if not any(runs.values()):
+        return
+    print("### SciFact judged documents (565) by input length, `kv` centered, nDCG@10\n")
+    print("| system | " + " | ".join(f"{n} {t}" for n in MODELS.values() for t in (256, 512, "4096 (full)")) + " |")
+    print("|---|" + "---:|" * (3 * len(MODELS)))
+    rows = ["", " [sparse]", " [sparse IDF]", " [dense+sparse IDF]", " [dense+BM25]"]
+    for row in rows:
+        cells = []
+        for scores in runs.values():
+            for n in (256, 512, 4096):
+                cells.append(cell(scores.get((f"kv(postprocess=center;max_length={n}){row}", "scifact-train"))))
+        print(f"| {row.strip(' []') or 'dense'} | " + " | ".join(cells) + " |")
+    print(
+        "| BM25 | "
+        + " | ".join(cell(s.get(("BM25 (reference)", "scifact-train"))) for s in runs.values() for _ in range(3))
+        + " |"
+    )
+    print()
+
+
 def selection_probe() -> None:
     """Could a train split choose the family per model? (sweep.sh selection)"""
     scores = {model: load(model, "selection") for model in MODELS}
@@ -134,6 +189,8 @@ if __name__ == "__main__":
     print()
     four_tasks(per_model, scifact)
     selection_probe()
+    rerouting_sweep()
+    lengths()
     dims = {model: load(model, "dims") for model in MODELS}
     for model, scores in dims.items():
         labels = list(dict.fromkeys(label for label, _ in scores))
