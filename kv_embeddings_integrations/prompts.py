@@ -15,7 +15,38 @@ from dataclasses import dataclass
 
 PLACEHOLDER = "{text}"
 PROMPT_TYPES = ("document", "query")
+# Other providers' names for the two prompt types, so a client written for one of them works
+# unchanged. Symmetric tasks (classification, clustering, matching) take the document prompt, as a
+# symmetric task does here.
+INPUT_TYPES: dict[str, str] = {
+    "document": "document",
+    "query": "query",
+    # Cohere (embed v3+, ``input_type``)
+    "search_document": "document",
+    "search_query": "query",
+    "classification": "document",
+    "clustering": "document",
+    # NVIDIA NIM / NeMo Retriever (``input_type``)
+    "passage": "document",
+    # Jina embeddings v3 (``task``)
+    "retrieval.passage": "document",
+    "retrieval.query": "query",
+    "text-matching": "document",
+    "separation": "document",
+}
 POOLINGS = ("mean_last", "mean", "last")
+
+
+def prompt_type_of(name: str | None, field: str = "input_type") -> str:
+    """The prompt type (``"query"`` or ``"document"``) a provider's ``input_type`` value names;
+    ``None`` is ``"document"``. An unknown value is a ``ValueError`` that lists the known ones."""
+    if name is None:
+        return "document"
+    if not isinstance(name, str) or name not in INPUT_TYPES:
+        known = ", ".join(repr(k) for k in INPUT_TYPES)
+        raise ValueError(f"{field} must be one of {known}; got {name!r}")
+    return INPUT_TYPES[name]
+
 
 # method.md, step 1: the compression prompts (exact punctuation of the paper unconfirmed).
 DOCUMENT_PROMPT = '"Context: {text}" Compress the Context in one word:'

@@ -304,6 +304,33 @@ def test_tei_embed_route_normalize_prompt_name_and_root(server, local):
     assert _cosines(raw, local.embed(DOCS[:1]).vectors)[0] >= 0.9999
 
 
+# Cohere's, NVIDIA's and Jina's names for the two prompts, as their clients send them.
+PROVIDER_INPUT_TYPES = {
+    "search_query": "query",
+    "search_document": "document",
+    "classification": "document",
+    "clustering": "document",
+    "passage": "document",
+    "retrieval.query": "query",
+    "retrieval.passage": "document",
+    "text-matching": "document",
+}
+
+
+def test_other_providers_input_types_pick_the_prompt_they_name(server, local):
+    expected = {kind: local.embed([QUERY], prompt_type=kind).vectors for kind in ("query", "document")}
+    assert _cosines(expected["query"], expected["document"])[0] < 0.9999  # the two prompts differ here
+    for name, kind in PROVIDER_INPUT_TYPES.items():
+        body = {"input": [QUERY], "model": NAME, "input_type": name}
+        openai_shape = post(f"{server.url}/v1/embeddings", json=body, headers=AUTH)
+        assert openai_shape.status_code == 200, (name, openai_shape.text)
+        got = [openai_shape.json()["data"][0]["embedding"]]
+        assert _cosines(got, expected[kind])[0] >= 0.9999, name
+        tei_shape = post(f"{server.url}/embed", json={"inputs": [QUERY], "prompt_name": name}, headers=AUTH)
+        assert tei_shape.status_code == 200, (name, tei_shape.text)
+        assert _cosines(tei_shape.json(), expected[kind])[0] >= 0.9999, name
+
+
 @pytest.fixture(scope="module")
 def sparse_server(env):
     """A model whose LM head survives a base-model load (tied word embeddings)."""
@@ -396,8 +423,12 @@ ERRORS = [
     ("too many inputs", "/v1/embeddings", AUTH, {"input": ["a"] * 5, "model": NAME}, 413, "at most 4", "input"),
     ("body too large", "/v1/embeddings", AUTH, {"input": ["x" * 30000], "model": NAME}, 413,
      "over this server's 20000 bytes", None),
-    ("TEI prompt name", "/embed", AUTH, {"inputs": "a", "prompt_name": "passage"}, 400, "prompt_name must be",
-     "prompt_name"),
+    ("TEI prompt name", "/embed", AUTH, {"inputs": "a", "prompt_name": "summary"}, 400,
+     "prompt_name must be one of 'document', 'query', 'search_document'", "prompt_name"),
+    ("input type", "/v1/embeddings", AUTH, {"input": "a", "model": NAME, "input_type": "search"}, 400,
+     "input_type must be one of 'document', 'query', 'search_document'", "input_type"),
+    ("input type not a string", "/v1/embeddings", AUTH, {"input": "a", "model": NAME, "input_type": 1}, 400,
+     "input_type", "input_type"),
     ("TEI inputs type", "/embed", AUTH, {"inputs": [["a"]]}, 400, "inputs[0] is list", "inputs"),
     ("unknown route", "/v2/embeddings", AUTH, {"input": "a"}, 404, "Not Found", None),
 ]  # fmt: skip

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import prompts
 from ..version import __version__
 from .engine import Embedded, EmbeddingEngine, encode_base64
 from .errors import APIError, error_body
@@ -224,7 +225,8 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
         check_model(body.model)
         texts = engine.texts_of(body.input, "input")
         engine.check_dimensions(body.dimensions)  # before a forward pass is spent on it
-        embedded = await until_answered(request, engine.embed(texts, prompt_type=body.input_type))
+        prompt_type = prompt_type_of(body.input_type, "input_type")
+        embedded = await until_answered(request, engine.embed(texts, prompt_type=prompt_type))
         note(request, len(texts), embedded)
 
         def render() -> dict[str, Any]:
@@ -242,11 +244,11 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
 
         return await _json_response(render, embedded)
 
-    def prompt_type_of(prompt_name: str | None) -> str:
-        prompt_type = prompt_name or "document"
-        if prompt_type not in ("query", "document"):
-            raise APIError(400, f"prompt_name must be 'query' or 'document', got {prompt_type!r}", param="prompt_name")
-        return prompt_type
+    def prompt_type_of(name: str | None, field: str = "prompt_name") -> str:
+        try:
+            return prompts.prompt_type_of(name, field)
+        except ValueError as e:
+            raise APIError(400, str(e), param=field) from None
 
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
         prompt_type = prompt_type_of(body.prompt_name)

@@ -25,7 +25,6 @@ from .metrics import ServerMetrics
 from .settings import ServeSettings
 from .token_ids import cl100k
 
-PROMPT_TYPES = ("query", "document")
 TOKEN_IDS_HELP = (
     "this server decodes token ids with tiktoken's cl100k_base, which is not available here; send text "
     "instead (LangChain OpenAIEmbeddings: check_embedding_ctx_length=False; LlamaIndex / other clients: "

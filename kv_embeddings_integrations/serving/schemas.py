@@ -55,8 +55,10 @@ class EmbeddingRequest(BaseModel):
         description="the vectors' dimension; other values only where the server reduces by PCA or whitening",
     )
     user: str | None = Field(default=None, description="accepted and ignored")
-    input_type: Literal["query", "document"] = Field(
-        default="document", description="extension: which prompt embeds the input (retrieval queries: query)"
+    input_type: str = Field(
+        default="document",
+        description="extension: which prompt embeds the input: query or document, or Cohere's, NVIDIA's or "
+        "Jina's names for them (search_query, passage, retrieval.query, ...)",
     )
 
     _check_input = field_validator("input", mode="before")(_check_openai_input)
@@ -105,7 +107,9 @@ class TEIEmbedSparseRequest(BaseModel):
     truncation_direction: Literal["right", "Right"] = Field(
         default="right", description="only right truncation (the end of the text is cut)"
     )
-    prompt_name: str | None = Field(default=None, description="query or document (default: document)")
+    prompt_name: str | None = Field(
+        default=None, description="query or document (default: document), or another provider's name for them"
+    )
 
     _check_inputs = field_validator("inputs", mode="before")(_check_tei_inputs)
 
