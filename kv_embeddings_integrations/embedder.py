@@ -699,6 +699,11 @@ class KVEmbedder:
         ``prompt_type``'s (first) template or the given one of :meth:`templates`."""
         return self._prompt_tokenizer.encode(list(texts), template or self.template(prompt_type))
 
+    def tokenize_strings(self, strings: Sequence[str], *, add_special_tokens: bool = True):
+        """The tokenizer's output for whole strings (no prompt, no cut): ids, character offsets and
+        the special-token mask; safe beside embedding calls in other threads."""
+        return self._prompt_tokenizer.tokenize_strings(list(strings), add_special_tokens)
+
     def collate(self, encoded: Sequence[EncodedText]) -> TokenBatch:
         """Left-pad tokenized texts into one batch on the model's input device."""
         return collate(list(encoded), self._pad_token_id, self.device)

@@ -95,6 +95,18 @@ class PromptTokenizer:
             out = self.tokenizer(strings, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
         return out["input_ids"], [[tuple(o) for o in row] for row in out["offset_mapping"]]
 
+    def tokenize_strings(self, strings: list[str], add_special_tokens: bool = True):
+        """The tokenizer's own output for whole strings, with character offsets and the special-token
+        mask (what a server's ``/tokenize`` shows), taken under the same lock as :meth:`encode`."""
+        with self._lock:
+            return self.tokenizer(
+                strings,
+                add_special_tokens=add_special_tokens,
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+                truncation=False,
+            )
+
     def encode(self, texts: list[str], template: str, truncate: bool = True) -> list[EncodedText]:
         """Prompted token ids of ``texts``; over-long ones are cut to ``max_length`` (or, with
         ``truncate=False``, left whole and only flagged ``truncated``, for the caller to split)."""

@@ -331,6 +331,69 @@ def test_other_providers_input_types_pick_the_prompt_they_name(server, local):
         assert _cosines(tei_shape.json(), expected[kind])[0] >= 0.9999, name
 
 
+def test_tei_info_route_reports_the_model_limits_and_method(server, local):
+    info = get(f"{server.url}/info", headers=AUTH)
+    assert info.status_code == 200
+    body = info.json()
+    # TEI's fields (router/src/http/types.rs Info), then this server's own under kv_embed.
+    assert body["model_id"] == local.name and body["model_dtype"] == "float32"
+    assert body["model_sha"] is None  # a local folder, not a hub download
+    assert body["max_input_length"] == 256 == local.max_length
+    assert body["max_client_batch_size"] == 2048 and body["max_concurrent_requests"] == 512
+    assert body["max_batch_tokens"] is None and body["auto_truncate"] is True
+    assert body["model_type"] == {"embedding": {"pooling": local.pooling}}
+    assert isinstance(body["version"], str) and body["version"]
+    assert body["kv_embed"]["layers"] == [1, 2] and body["kv_embed"]["method"] == local.config.resolved_method
+    assert body["kv_embed"]["identity"] == local.identity()["fingerprint"]
+    assert get(f"{server.url}/info").status_code == 401  # behind the key, as the embedding routes
+
+
+def test_tei_tokenize_and_decode_show_what_the_model_sees(server, local):
+    text = "Café au lait, naïve — 東京 <bos> done"
+    response = post(f"{server.url}/tokenize", json={"inputs": [text, DOCS[0]]}, headers=AUTH)
+    assert response.status_code == 200
+    rows = response.json()
+    assert len(rows) == 2
+    reference = local.tokenizer([text, DOCS[0]], return_special_tokens_mask=True)
+    for row, ids, mask, string in zip(
+        rows, reference["input_ids"], reference["special_tokens_mask"], [text, DOCS[0]], strict=True
+    ):
+        assert [t["id"] for t in row] == ids
+        assert [t["special"] for t in row] == [bool(m) for m in mask]
+        for token in row:
+            assert set(token) == {"id", "text", "special", "start", "stop"}
+            if token["special"]:
+                assert token["start"] is token["stop"] is None
+                assert token["text"] == local.tokenizer.convert_ids_to_tokens(token["id"])
+            else:
+                # UTF-8 byte offsets into the input, as TEI's; the text is that slice.
+                assert string.encode()[token["start"] : token["stop"]].decode() == token["text"]
+    # As TEI (the tokenizer's special-token mask): a special token typed in the text is the text's.
+    bos = next(t for t in rows[0] if t["text"] == "<bos>")
+    assert bos["id"] == local.tokenizer.convert_tokens_to_ids("<bos>") and not bos["special"]
+    assert "".join(t["text"] for t in rows[1]) == DOCS[0]
+    # Inside the query prompt: exactly the ids the model is given.
+    prompted = post(f"{server.url}/tokenize", json={"inputs": QUERY, "prompt_name": "query"}, headers=AUTH).json()
+    assert [t["id"] for t in prompted[0]] == local.tokenize([QUERY], "query")[0].input_ids
+    assert QUERY in "".join(t["text"] for t in prompted[0])
+    # /decode inverts it, one string per array of ids (a single array is one text).
+    decoded = post(f"{server.url}/decode", json={"ids": [t["id"] for t in rows[1]]}, headers=AUTH)
+    assert decoded.status_code == 200 and decoded.json() == [DOCS[0]]
+    both = post(
+        f"{server.url}/decode", json={"ids": reference["input_ids"], "skip_special_tokens": False}, headers=AUTH
+    )
+    assert both.json() == local.tokenizer.batch_decode(reference["input_ids"], skip_special_tokens=False)
+    for body, field in (
+        ({"ids": [[1, 10**9]]}, "ids"),
+        ({"ids": "abc"}, "ids"),
+        ({"ids": []}, "ids"),
+    ):
+        refused = post(f"{server.url}/decode", json=body, headers=AUTH)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text
+    bad = post(f"{server.url}/tokenize", json={"inputs": "a", "prompt_name": "summary"}, headers=AUTH)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt_name"
+
+
 @pytest.fixture(scope="module")
 def sparse_server(env):
     """A model whose LM head survives a base-model load (tied word embeddings)."""
@@ -651,3 +714,25 @@ def test_bundled_model_end_to_end(tmp_path):
         assert response.usage.prompt_tokens == local.embed(DOCS).total_tokens
     finally:
         assert server.stopped_gracefully(), server.output()
+
+
+def test_tokenize_marks_the_tokens_the_tokenizer_adds_as_special():
+    # A tokenizer that adds BOS (Gemma's, Llama's): TEI gives such a token no offsets.
+    from helpers import make_model, make_tokenizer
+    from tokenizers import processors
+
+    from kv_embeddings_integrations.serving.engine import EmbeddingEngine
+    from kv_embeddings_integrations.serving.settings import ServeSettings
+
+    tokenizer = make_tokenizer()
+    bos = tokenizer.convert_tokens_to_ids("<bos>")
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", bos)]
+    )
+    embedder = KVEmbedder(make_model("llama"), tokenizer, layers=[1], postprocess="none")
+    engine = EmbeddingEngine(embedder, ServeSettings(served_model_name="x"))
+    with_bos = engine.tokens(["Paris is big"], add_special_tokens=True, prompt_type=None)[0]
+    assert with_bos[0] == {"id": bos, "text": "<bos>", "special": True, "start": None, "stop": None}
+    assert [t["special"] for t in with_bos[1:]] == [False] * (len(with_bos) - 1)
+    without = engine.tokens(["Paris is big"], add_special_tokens=False, prompt_type=None)[0]
+    assert without == with_bos[1:]

@@ -1,7 +1,7 @@
 """The HTTP layer: FastAPI routes in OpenAI's and text-embeddings-inference's shapes over an engine.
 
-Routes: ``POST /v1/embeddings`` (OpenAI), ``POST /embed``, ``POST /`` and ``POST /embed_sparse`` (TEI),
-``GET /v1/models``,
+Routes: ``POST /v1/embeddings`` (OpenAI), ``POST /embed``, ``POST /``, ``POST /embed_sparse``,
+``POST /tokenize``, ``POST /decode`` and ``GET /info`` (TEI), ``GET /v1/models``,
 ``GET /health`` (liveness), ``GET /ready`` (readiness: 503 once shutdown begins), ``GET /metrics``
 (Prometheus) and FastAPI's ``/docs`` and ``/openapi.json``. Every error is OpenAI-shaped. With an
 API key, the embedding and model routes need ``Authorization: Bearer <key>``; health, readiness,
@@ -32,9 +32,12 @@ from .schemas import (
     EmbeddingResponse,
     ModelCard,
     ModelList,
+    SimpleToken,
     SparseValue,
+    TEIDecodeRequest,
     TEIEmbedRequest,
     TEIEmbedSparseRequest,
+    TEITokenizeRequest,
 )
 
 logger = logging.getLogger("kv_embeddings_integrations.serving")
@@ -92,7 +95,7 @@ class BodyLimit:
 
 
 # Routes that need the API key when one is set; health, readiness, metrics and docs stay open.
-PROTECTED = frozenset({"/v1/embeddings", "/embed", "/embed_sparse", "/", "/v1/models"})
+PROTECTED = frozenset({"/v1/embeddings", "/embed", "/embed_sparse", "/", "/v1/models", "/info", "/tokenize", "/decode"})
 
 
 class APIKeyGuard:
@@ -284,6 +287,27 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
             ]
 
         return await _json_response(render, embedded)
+
+    @app.get("/info", summary="Server and model information (text-embeddings-inference's shape)")
+    async def info() -> dict[str, Any]:
+        return engine.info()
+
+    @app.post(
+        "/tokenize",
+        response_model=list[list[SimpleToken]],
+        summary="Tokens of each input, optionally inside a prompt (text-embeddings-inference's shape)",
+    )
+    async def tokenize(body: TEITokenizeRequest) -> Response:
+        prompt_type = prompt_type_of(body.prompt_name) if body.prompt_name is not None else None
+        texts = engine.texts_of(body.inputs, "inputs")
+        tokens = await asyncio.to_thread(
+            engine.tokens, texts, add_special_tokens=body.add_special_tokens, prompt_type=prompt_type
+        )
+        return JSONResponse(tokens)
+
+    @app.post("/decode", response_model=list[str], summary="Text of token ids (text-embeddings-inference's shape)")
+    async def decode(body: TEIDecodeRequest) -> Response:
+        return JSONResponse(engine.decode(body.ids, skip_special_tokens=body.skip_special_tokens))
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:

@@ -13,13 +13,16 @@ import asyncio
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..embedder import KVEmbedder
 from ..inputs import repair_surrogates
+from ..prompts import render
 from ..results import EmbedResult
 from ..sparse import SparseVectors, lm_head_weight
+from ..version import __version__
 from .errors import APIError
 from .metrics import ServerMetrics
 from .settings import ServeSettings
@@ -158,6 +161,76 @@ class EmbeddingEngine:
         self.metrics.tokens.inc(result.total_tokens)
         self.metrics.request_texts.observe(len(texts))
         return Embedded(result.vectors, result.token_counts, result.num_truncated, result.sparse)
+
+    # -- tokens (TEI's /tokenize, /decode, /info) -------------------------------------------------
+
+    def tokens(self, texts: list[str], *, add_special_tokens: bool, prompt_type: str | None) -> list[list[dict]]:
+        """TEI's ``/tokenize`` answer: each text's tokens, in the prompt when ``prompt_type`` is given
+        (what the model sees, before any cut to ``max_length``), else the bare text."""
+        template = self.embedder.template(prompt_type) if prompt_type else None
+        strings = [render(template, text)[0] if template else text for text in texts]
+        tokenizer = self.embedder.tokenizer
+        out = self.embedder.tokenize_strings(strings, add_special_tokens=add_special_tokens)
+        answer = []
+        rows = zip(strings, out["input_ids"], out["offset_mapping"], out["special_tokens_mask"], strict=True)
+        for string, ids, offsets, special in rows:
+            # TEI's offsets index the UTF-8 bytes of the tokenized string (the tokenizer's: characters).
+            sizes = [len(c.encode("utf-8", "surrogatepass")) for c in string]
+            bytes_before = np.cumsum([0, *sizes]).tolist()
+            row = []
+            for token_id, (start, stop), is_special in zip(ids, offsets, special, strict=True):
+                if is_special:  # as TEI: the token's own string, no offsets
+                    text, start_byte, stop_byte = tokenizer.convert_ids_to_tokens(token_id), None, None
+                else:
+                    text, start_byte, stop_byte = string[start:stop], bytes_before[start], bytes_before[stop]
+                row.append({"id": token_id, "text": text, "special": bool(is_special), "start": start_byte,
+                            "stop": stop_byte})  # fmt: skip
+            answer.append(row)
+        return answer
+
+    def decode(self, ids: list[int] | list[list[int]], *, skip_special_tokens: bool) -> list[str]:
+        """TEI's ``/decode`` answer: the text of each array of this model's token ids."""
+        rows = ids if ids and isinstance(ids[0], list) else [ids]
+        vocabulary = len(self.embedder.tokenizer)
+        for index, row in enumerate(rows):
+            bad = next((i for i in row if not 0 <= i < vocabulary), None)  # type: ignore[operator]
+            if bad is not None:
+                raise APIError(
+                    400, f"ids[{index}] holds token id {bad}, outside this model's vocabulary (0..{vocabulary - 1})",
+                    param="ids",
+                )  # fmt: skip
+        return self.embedder.tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens)
+
+    def info(self) -> dict[str, Any]:
+        """TEI's ``/info`` fields, and this server's method and layers under ``kv_embed``."""
+        e, settings = self.embedder, self.settings
+        return {
+            "model_id": str(e.name),
+            "model_sha": getattr(e.model.config, "_commit_hash", None),  # set by a hub download
+            "model_dtype": str(e.dtype).removeprefix("torch."),
+            "model_type": {"embedding": {"pooling": e.pooling}},
+            "max_concurrent_requests": settings.max_concurrent_requests,
+            "max_input_length": e.max_length,
+            "max_batch_tokens": e.config.max_tokens_per_batch,
+            "max_batch_requests": None,
+            "max_client_batch_size": settings.max_client_batch_size,
+            "auto_truncate": True,
+            "tokenization_workers": 1,
+            "version": __version__,
+            "sha": None,
+            "docker_label": None,
+            "kv_embed": {
+                "served_model_name": settings.served_model_name,
+                "task": e.config.task,
+                "method": e.config.resolved_method,
+                "layers": list(e.layers),
+                "bias": e.config.bias if e.layers else None,
+                "output_layer": e.output_layer,
+                "postprocess": e.config.postprocess,
+                "dimension": e.dimension,
+                "identity": e.identity()["fingerprint"],
+            },
+        }
 
     def check_sparse(self) -> None:
         """400 unless the model can give sparse vectors (it needs its LM head)."""

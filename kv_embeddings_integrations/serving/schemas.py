@@ -120,6 +120,54 @@ class TEIEmbedRequest(TEIEmbedSparseRequest):
     normalize: bool = Field(default=True, description="L2-normalise the vectors")
 
 
+class TEITokenizeRequest(BaseModel):
+    """text-embeddings-inference's ``/tokenize`` request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: str | list[str] = Field(description=TEI_INPUT)
+    add_special_tokens: bool = Field(default=True, description="the tokenizer's own special tokens (BOS, ...)")
+    prompt_name: str | None = Field(
+        default=None,
+        description="tokenize the text inside that prompt, as the model sees it (default: the bare text)",
+    )
+
+    _check_inputs = field_validator("inputs", mode="before")(_check_tei_inputs)
+
+
+def _check_decode_ids(value: Any) -> Any:
+    if not isinstance(value, list) or not value:
+        raise ValueError("'ids' must be a non-empty array of token ids, or an array of such arrays")
+    rows = value if isinstance(value[0], list) else [value]
+    for index, row in enumerate(rows):
+        if not isinstance(row, list) or not all(map(_is_token_id, row)):
+            raise ValueError(f"'ids' must be an array of token ids, or an array of such arrays; ids[{index}] is not")
+    return value
+
+
+class TEIDecodeRequest(BaseModel):
+    """text-embeddings-inference's ``/decode`` request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ids: list[int] | list[list[int]] = Field(description="token ids of this model, or one array of them per text")
+    skip_special_tokens: bool = Field(default=True, description="leave special tokens out of the text")
+
+    _check_ids = field_validator("ids", mode="before")(_check_decode_ids)
+
+
+class SimpleToken(BaseModel):
+    """One token as TEI's ``/tokenize`` returns it: ``start`` / ``stop`` are UTF-8 byte offsets into
+    the tokenized string (the input, or the prompted input with ``prompt_name``); a special token
+    has none."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
 class SparseValue(BaseModel):
     """One weight of a sparse vector, as TEI returns it."""
 
