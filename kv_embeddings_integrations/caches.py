@@ -20,14 +20,25 @@ from typing import Any
 
 import platformdirs
 
-CACHE_ENV = "KV_EMBEDDINGS_CACHE"
+# Every variable of the package starts with KV_EMBED_; the earlier KV_EMBEDDINGS_ names still work
+# (the new name wins where both are set).
+CACHE_ENV = "KV_EMBED_CACHE"
+LEGACY_CACHE_ENV = "KV_EMBEDDINGS_CACHE"
 # Set to "0" to ignore the shipped results (scripts/precompute_bundled.py recomputes them so).
-SHIPPED_ENV = "KV_EMBEDDINGS_SHIPPED"
+SHIPPED_ENV = "KV_EMBED_SHIPPED"
+LEGACY_SHIPPED_ENV = "KV_EMBEDDINGS_SHIPPED"
+
+
+def environment(name: str, legacy: str) -> str | None:
+    """``$name``, else the same setting under its earlier name ``$legacy`` (empty: unset)."""
+    return os.environ.get(name) or os.environ.get(legacy) or None
 
 
 def cache_dir() -> Path:
-    """The package's cache root: ``$KV_EMBEDDINGS_CACHE`` or the platform's user cache directory."""
-    return Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("kv_embeddings_integrations"))
+    """The package's cache root: ``$KV_EMBED_CACHE`` (or ``$KV_EMBEDDINGS_CACHE``), else the
+    platform's user cache directory."""
+    root = environment(CACHE_ENV, LEGACY_CACHE_ENV)
+    return Path(root or platformdirs.user_cache_dir("kv_embeddings_integrations"))
 
 
 def shipped_dir() -> Path:
@@ -53,5 +64,5 @@ def candidate_files(kind: str, key: dict[str, Any], suffix: str) -> Iterator[tup
     """The files that may hold the result for ``key``, in the order to try them, each with where it
     comes from: ``"cache"`` (the user's, written by an earlier run) then ``"shipped"``."""
     yield cached_file(kind, key, suffix), "cache"
-    if os.environ.get(SHIPPED_ENV, "1") != "0":
+    if (environment(SHIPPED_ENV, LEGACY_SHIPPED_ENV) or "1") != "0":
         yield shipped_dir() / kind / f"{key_digest(key)}{suffix}", "shipped"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from pathlib import Path
@@ -70,7 +71,7 @@ def _scalar_type(annotation: Any) -> type | None:
 
 
 def add_field_option(
-    parser: argparse.ArgumentParser, model: type[BaseModel], name: str, **overrides: Any
+    parser: argparse.ArgumentParser, model: type[BaseModel], name: str, *aliases: str, **overrides: Any
 ) -> argparse.Action:
     """``--<name>`` for a field of a pydantic model: choices, type, default and help from the field.
 
@@ -90,7 +91,7 @@ def add_field_option(
     suffix = "" if default is None else f" (default: {default})"
     options["help"] = f"{field.description}{suffix}".replace("%", "%%")
     options.update(overrides)
-    return parser.add_argument("--" + name.replace("_", "-"), **options)
+    return parser.add_argument("--" + name.replace("_", "-"), *aliases, **options)
 
 
 # Every method, for `kv-embed eval` by default.
@@ -102,8 +103,21 @@ MODEL_OPTIONS = (
 )  # fmt: skip
 
 
+def _add_load_options(parser: argparse.ArgumentParser) -> None:
+    """What every command that loads a model takes: which model, which revision, remote code."""
+    add_field_option(parser, LoadOptions, "model", "--model-id", default=DEFAULT_MODEL)  # --model-id: TEI's
+    add_field_option(parser, LoadOptions, "revision")
+    add_field_option(
+        parser,
+        LoadOptions,
+        "trust_remote_code",
+        action="store_true",
+        help="run the model repository's own Python code (some hub models need it; off by default)",
+    )
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    add_field_option(parser, LoadOptions, "model", default=DEFAULT_MODEL)
+    _add_load_options(parser)
     for name in MODEL_OPTIONS:
         overrides = {"type": _layers, "metavar": "auto|none|10,11,12"} if name == "layers" else {}
         add_field_option(parser, EmbedderConfig, name, **overrides)
@@ -131,6 +145,36 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-type", choices=PROMPT_TYPES, default="document")
     add_field_option(parser, EmbedderConfig, "max_tokens_per_batch")
     parser.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
+
+
+ENV_PREFIX = "KV_EMBED_"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def environment_defaults(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """Each ``--some-option`` of ``parser`` takes its default from ``$<prefix>SOME_OPTION`` when that
+    is set: a flag still wins, then the variable, then the built-in default. A value the flag would
+    refuse is refused here too, naming the variable."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        variable = prefix + action.dest.upper()
+        raw = os.environ.get(variable)
+        if raw is None:
+            continue
+        if action.nargs == 0:  # a switch such as --trust-remote-code
+            if raw.strip().lower() not in _TRUE + _FALSE:
+                raise CLIError(f"${variable}={raw!r}: expected one of {', '.join(_TRUE + _FALSE[:-1])}")
+            action.default = raw.strip().lower() in _TRUE
+            continue
+        try:
+            value = action.type(raw) if action.type else raw
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+            raise CLIError(f"${variable}={raw!r} is not a valid {action.option_strings[0]}: {e}") from None
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise CLIError(f"${variable}={raw!r}: {action.option_strings[0]} takes one of {choices}")
+        action.default = value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--batch-size", type=int, default=DEFAULT_DATASET_BATCH, help="rows per actor call")
 
     select = commands.add_parser("select-layers", help="pick the layers to re-route by intrinsic dimension")
-    add_field_option(select, LoadOptions, "model", default=DEFAULT_MODEL)
+    _add_load_options(select)
     select.add_argument(
         "--texts", type=Path, default=None, help="calibration texts (.txt or .jsonl); default: built-in"
     )
@@ -198,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval", help="score methods on STS / retrieval / classification data (Markdown, JSON, PNG)"
     )
-    add_field_option(evaluate, LoadOptions, "model", default=DEFAULT_MODEL)
+    _add_load_options(evaluate)
     evaluate.add_argument(
         "--methods",
         default=",".join(EVAL_METHODS),
@@ -248,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve embeddings over HTTP: OpenAI's /v1/embeddings and TEI's /embed (the serve extra)"
     )
     _add_model_options(serve)
-    add_field_option(serve, EmbedderConfig, "max_tokens_per_batch")
+    add_field_option(serve, EmbedderConfig, "max_tokens_per_batch", "--max-batch-tokens")  # TEI's name
     add_field_option(serve, EmbedderConfig, "batch_size")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
@@ -261,12 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="key clients must send as 'Authorization: Bearer KEY' (default: the KV_EMBED_API_KEY environment "
         "variable, which keeps it out of ps; neither: no key)",
     )
-    for name in ("max_client_batch_size", "max_request_bytes", "max_concurrent_requests"):
-        add_field_option(serve, ServeSettings, name)
+    add_field_option(serve, ServeSettings, "max_client_batch_size")
+    add_field_option(serve, ServeSettings, "max_request_bytes", "--payload-limit")  # TEI's name
+    add_field_option(serve, ServeSettings, "max_concurrent_requests")
+    serve.add_argument(
+        "--auto-truncate",
+        action="store_true",
+        help="accepted for TEI's command lines: over-long inputs are already cut unless a request says truncate=false",
+    )
     serve.add_argument(
         "--graceful-timeout", type=float, default=30.0, help="seconds in-flight requests get after SIGTERM (default 30)"
     )
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    # Containers and orchestrators configure servers by environment, as TEI's and infinity's.
+    environment_defaults(serve, ENV_PREFIX)
 
     similarity = commands.add_parser("similarity", help="cosine similarity of two texts")
     _add_model_options(similarity)
@@ -292,6 +344,7 @@ def _config(args, *names: str) -> EmbedderConfig:
 def _load_options(args, **changes: Any) -> LoadOptions:
     """How to load ``--model``: the command line's loading options (and ``changes``), validated."""
     options = {"model": args.model, "device": args.device, "dtype": args.dtype}
+    options |= {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
     options["device_map"] = getattr(args, "device_map", None)
     try:
         return LoadOptions(**{**options, **changes})

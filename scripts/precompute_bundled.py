@@ -57,8 +57,8 @@ def main() -> int:
     args = parser.parse_args()
 
     cache = Path(tempfile.mkdtemp(prefix="kv-precompute-"))
-    os.environ["KV_EMBEDDINGS_CACHE"] = str(cache)
-    os.environ["KV_EMBEDDINGS_SHIPPED"] = "0"  # recompute, never read the files being replaced
+    os.environ["KV_EMBED_CACHE"] = str(cache)
+    os.environ["KV_EMBED_SHIPPED"] = "0"  # recompute, never read the files being replaced
     from kv_embeddings_integrations import PRESETS, KVEmbedder
     from kv_embeddings_integrations.caches import shipped_dir
 

@@ -50,7 +50,7 @@ def model_dir() -> Path:
 def _isolated_cache(request, monkeypatch, tmp_path_factory):
     """Tests never write the user's cache, except the slow ones that use the real bundled model."""
     if request.node.get_closest_marker("slow") is None:
-        monkeypatch.setenv("KV_EMBEDDINGS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        monkeypatch.setenv("KV_EMBED_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 # --cpu-load N: N processes spin on the CPU for the whole session (bounded: each stops by itself

@@ -299,3 +299,45 @@ def test_select_layers_measures_the_method_and_stops_at_its_pooled_layer(model_d
     chosen = [int(line.split()[0]) for line in out.splitlines() if "re-routed" in line]
     assert chosen and max(chosen) <= 2  # pcot pools layer 2 of the tiny model's 4
     assert KVEmbedder.from_pretrained(str(model_dir), method="kv_pcot").layers == chosen
+
+
+def test_serve_options_come_from_the_environment_below_the_flags(monkeypatch):
+    from kv_embeddings_integrations.cli import build_parser
+
+    monkeypatch.setenv("KV_EMBED_PORT", "9000")
+    monkeypatch.setenv("KV_EMBED_MAX_CLIENT_BATCH_SIZE", "16")
+    monkeypatch.setenv("KV_EMBED_DTYPE", "bfloat16")
+    monkeypatch.setenv("KV_EMBED_LAYERS", "1,2")
+    monkeypatch.setenv("KV_EMBED_TRUST_REMOTE_CODE", "true")
+    args = build_parser().parse_args(["serve"])
+    assert (args.port, args.max_client_batch_size, args.dtype, args.layers) == (9000, 16, "bfloat16", [1, 2])
+    assert args.trust_remote_code is True
+    args = build_parser().parse_args(["serve", "--port", "9001", "--dtype", "float32"])  # a flag wins
+    assert (args.port, args.dtype, args.max_client_batch_size) == (9001, "float32", 16)
+    monkeypatch.delenv("KV_EMBED_PORT")
+    assert build_parser().parse_args(["serve"]).port == 8080  # then the default
+
+
+def test_tei_flag_names_are_aliases():
+    from kv_embeddings_integrations.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["serve", "--model-id", "m", "--max-batch-tokens", "4096", "--payload-limit", "100", "--auto-truncate"]
+    )
+    assert (args.model, args.max_tokens_per_batch, args.max_request_bytes) == ("m", 4096, 100)
+    assert args.revision is None and args.trust_remote_code is False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("KV_EMBED_PORT", "eighty", "$KV_EMBED_PORT='eighty' is not a valid --port"),
+        ("KV_EMBED_POSTPROCESS", "zca", "$KV_EMBED_POSTPROCESS='zca': --postprocess takes one of none, center"),
+        ("KV_EMBED_TRUST_REMOTE_CODE", "maybe", "$KV_EMBED_TRUST_REMOTE_CODE='maybe': expected one of"),
+        ("KV_EMBED_LAYERS", "1,x", "$KV_EMBED_LAYERS='1,x' is not a valid --layers"),
+    ],
+)
+def test_a_bad_environment_value_is_a_clear_error(monkeypatch, capsys, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    assert main(["serve"]) == 2
+    assert message in capsys.readouterr().err

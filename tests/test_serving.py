@@ -348,6 +348,20 @@ def test_tei_info_route_reports_the_model_limits_and_method(server, local):
     assert get(f"{server.url}/info").status_code == 401  # behind the key, as the embedding routes
 
 
+def test_a_server_configured_by_environment_variables(model_dir, env):
+    # As a container would start it: options from KV_EMBED_*, a flag still above them.
+    variables = {"KV_EMBED_LAYERS": "1", "KV_EMBED_MAX_CLIENT_BATCH_SIZE": "3", "KV_EMBED_MAX_CONCURRENT_REQUESTS": "9"}
+    server = Server(str(model_dir), "--max-concurrent-requests", "7", env={**env, **variables})
+    try:
+        info = get(f"{server.url}/info", headers=AUTH).json()
+        assert info["kv_embed"]["layers"] == [1]
+        assert (info["max_client_batch_size"], info["max_concurrent_requests"]) == (3, 7)
+        refused = post(f"{server.url}/embed", json={"inputs": ["a"] * 4}, headers=AUTH)
+        assert refused.status_code == 413 and "at most 3" in refused.json()["error"]["message"]
+    finally:
+        server.stop()
+
+
 def test_tei_tokenize_and_decode_show_what_the_model_sees(server, local):
     text = "Café au lait, naïve — 東京 <bos> done"
     response = post(f"{server.url}/tokenize", json={"inputs": [text, DOCS[0]]}, headers=AUTH)
