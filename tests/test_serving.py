@@ -507,6 +507,8 @@ ERRORS = [
     ("input type not a string", "/v1/embeddings", AUTH, {"input": "a", "model": NAME, "input_type": 1}, 400,
      "input_type", "input_type"),
     ("TEI inputs type", "/embed", AUTH, {"inputs": [["a"]]}, 400, "inputs[0] is list", "inputs"),
+    ("TEI dimensions", "/embed", AUTH, {"inputs": "a", "dimensions": 16}, 400, "not trained for truncation",
+     "dimensions"),
     ("unknown route", "/v2/embeddings", AUTH, {"input": "a"}, 404, "Not Found", None),
 ]  # fmt: skip
 
@@ -750,3 +752,22 @@ def test_tokenize_marks_the_tokens_the_tokenizer_adds_as_special():
     assert [t["special"] for t in with_bos[1:]] == [False] * (len(with_bos) - 1)
     without = engine.tokens(["Paris is big"], add_special_tokens=False, prompt_type=None)[0]
     assert without == with_bos[1:]
+
+
+def test_dimensions_cut_pca_vectors_and_renormalise_only_normalised_ones():
+    from helpers import make_model, make_tokenizer
+
+    from kv_embeddings_integrations.serving.engine import EmbeddingEngine
+    from kv_embeddings_integrations.serving.settings import ServeSettings
+
+    fit_on = [f"{d} ({i})" for i in range(8) for d in DOCS]
+    embedder = KVEmbedder(
+        make_model("llama"), make_tokenizer(), layers=[1], postprocess="pca", postprocess_texts=fit_on
+    )
+    engine = EmbeddingEngine(embedder, ServeSettings(served_model_name="x"))
+    full = embedder.encode(DOCS, normalize=False)
+    cut = engine.with_dimensions(full, 4, normalize=False)
+    np.testing.assert_array_equal(cut, full[:, :4])  # the leading (largest-variance) components
+    unit = engine.with_dimensions(embedder.encode(DOCS), 4)
+    np.testing.assert_allclose(unit, full[:, :4] / np.linalg.norm(full[:, :4], axis=1, keepdims=True), atol=1e-5)
+    assert engine.with_dimensions(full, None, normalize=False) is full

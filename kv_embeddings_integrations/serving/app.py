@@ -256,11 +256,13 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
         prompt_type = prompt_type_of(body.prompt_name)
         texts = engine.texts_of(body.inputs, "inputs")
+        engine.check_dimensions(body.dimensions)  # before a forward pass is spent on it
         truncate = True if body.truncate is None else body.truncate
         work = engine.embed(texts, prompt_type=prompt_type, normalize=body.normalize, truncate=truncate)
         embedded = await until_answered(request, work)
         note(request, len(texts), embedded)
-        return await _json_response(embedded.vectors.tolist, embedded)
+        vectors = engine.with_dimensions(embedded.vectors, body.dimensions, normalize=body.normalize)
+        return await _json_response(vectors.tolist, embedded)
 
     tei_options = dict(response_model=list[list[float]])
     app.post("/embed", summary="Embed (text-embeddings-inference's shape)", **tei_options)(tei_embed)

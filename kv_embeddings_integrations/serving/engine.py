@@ -273,14 +273,15 @@ class EmbeddingEngine:
                 param="dimensions",
             )
 
-    def with_dimensions(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    def with_dimensions(self, vectors: np.ndarray, dimensions: int | None, normalize: bool = True) -> np.ndarray:
         """``vectors`` at ``dimensions``: as they are, or fewer leading components where the
-        server's post-processing (PCA / whitening) orders them by variance (renormalised)."""
+        server's post-processing (PCA / whitening) orders them by variance (renormalised, unless
+        the request asked for raw vectors)."""
         self.check_dimensions(dimensions)
         if dimensions is None or dimensions == vectors.shape[1]:
             return vectors
         cut = vectors[:, :dimensions]
-        return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+        return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12) if normalize else cut
 
 
 def encode_base64(vector: np.ndarray) -> str:

@@ -118,6 +118,11 @@ class TEIEmbedRequest(TEIEmbedSparseRequest):
     """text-embeddings-inference's ``/embed`` request."""
 
     normalize: bool = Field(default=True, description="L2-normalise the vectors")
+    dimensions: int | None = Field(
+        default=None,
+        description="the vectors' dimension (TEI's Matryoshka cut); other values only where the server reduces "
+        "by PCA or whitening",
+    )
 
 
 class TEITokenizeRequest(BaseModel):

@@ -125,8 +125,12 @@ def rerouting_sweep() -> None:
             for m, (scifact, sts) in runs.items():
                 label = labels[m][i] if i < len(labels[m]) else None
                 cells += [cell(scifact.get((label, "scifact-train"))), cell(sts.get((label, "sts-dev")))]
-            names = sorted({labels[m][i] for m in MODELS if i < len(labels[m])})
-            print(f"| {role} (" + ", ".join(f"`{n}`" for n in names) + ") | " + " | ".join(cells) + " |")
+            names = {MODELS[m]: labels[m][i] for m in MODELS if i < len(labels[m])}
+            if len(set(names.values())) == 1:
+                what = f"`{next(iter(names.values()))}`"
+            else:  # the windows differ per model: say each
+                what = "; ".join(f"{n}: layers {label.split('layers=')[-1].rstrip(')')}" for n, label in names.items())
+            print(f"| {role} ({what}) | " + " | ".join(cells) + " |")
         print()
 
 
