@@ -1,6 +1,6 @@
 """The first load of a bundled model in a fresh user cache: what a newcomer waits for.
 
-Each run is a new Python process with an empty cache (``$KV_EMBEDDINGS_CACHE`` in a temporary
+Each run is a new Python process with an empty cache (``$KV_EMBED_CACHE`` in a temporary
 folder), so nothing converted or cached earlier is reused; it reports the import, the GGUF
 conversion, and the whole first ``from_pretrained`` (conversion, load, layer choice, centering),
 then a second ``from_pretrained`` in the same cache.
@@ -8,7 +8,7 @@ then a second ``from_pretrained`` in the same cache.
     python benchmarks/bench_first_run.py [--model smollm2-135m] [--runs 3] [--without-shipped]
 
 ``--without-shipped`` also times the first load with the shipped layer choice and centering
-ignored (``KV_EMBEDDINGS_SHIPPED=0``): what every first load cost before they were shipped.
+ignored (``KV_EMBED_SHIPPED=0``): what every first load cost before they were shipped.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ print(json.dumps({"import": imported - started, "convert": converted - imported,
 
 def _run(model: str, shipped: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="kv-first-run-") as cache:
-        env = {**os.environ, "KV_EMBEDDINGS_CACHE": cache, "KV_EMBEDDINGS_SHIPPED": "1" if shipped else "0"}
+        env = {**os.environ, "KV_EMBED_CACHE": cache, "KV_EMBED_SHIPPED": "1" if shipped else "0"}
         done = subprocess.run(
             [sys.executable, "-c", _CHILD, model], capture_output=True, text=True, env=env, check=True
         )

@@ -53,3 +53,13 @@ def test_real_model_ranks_paraphrase_above_unrelated():
     q = embedder.encode("reset card PIN", prompt_type="query")
     docs = embedder.encode(["To change your PIN, visit any ATM and choose PIN services.", "Mitosis splits a cell."])
     assert np.argmax(docs @ q) == 0
+
+
+def test_the_cache_root_reads_the_new_variable_then_the_earlier_one(monkeypatch, tmp_path):
+    from kv_embeddings_integrations import caches
+
+    monkeypatch.delenv(caches.CACHE_ENV, raising=False)
+    monkeypatch.setenv(caches.LEGACY_CACHE_ENV, str(tmp_path / "earlier"))
+    assert caches.cache_dir() == tmp_path / "earlier"  # KV_EMBEDDINGS_CACHE still works
+    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "new"))
+    assert caches.cache_dir() == tmp_path / "new"  # KV_EMBED_CACHE wins where both are set

@@ -47,7 +47,7 @@ def test_command_line_embeds_a_directory_in_order(model_dir, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "kv_embeddings_integrations.cli", "embed-dataset", "--model", str(model_dir)]
     command += ["--input", str(source), "--output", str(out), "--layers", "1,2", "--concurrency", "2", *PAPER_ARGS]
-    env = {**os.environ, "KV_EMBEDDINGS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "KV_EMBED_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"wrote embeddings to {out}" in done.stderr
@@ -130,7 +130,7 @@ def local_ray(tmp_path_factory):
         num_cpus=3,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"KV_EMBEDDINGS_CACHE": cache, "OMP_NUM_THREADS": "1"}},
+        runtime_env={"env_vars": {"KV_EMBED_CACHE": cache, "OMP_NUM_THREADS": "1"}},
     )
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
@@ -168,7 +168,7 @@ def test_files_in_and_out_with_automatic_layers(local_ray, model_dir, tmp_path, 
     assert pa.types.is_fixed_size_list(column) and column.list_size == 64, column
     assert column.value_type == pa.float32()
     rows = ray.data.read_parquet(str(tmp_path / "out")).take_all()
-    monkeypatch.setenv("KV_EMBEDDINGS_CACHE", ray.get_runtime_context().runtime_env["env_vars"]["KV_EMBEDDINGS_CACHE"])
+    monkeypatch.setenv("KV_EMBED_CACHE", ray.get_runtime_context().runtime_env["env_vars"]["KV_EMBED_CACHE"])
     local = KVEmbedder.from_pretrained(str(model_dir), **PAPER)  # reads the selection the Ray task cached
     assert local.layer_selection.from_cache
     _check(rows, docs, local.encode([d["text"] for d in docs], prompt_type="query"))

@@ -120,7 +120,7 @@ def test_layerwise_dimensions_use_all_layers_of_one_pass(tokenizer):
 
 @pytest.fixture
 def cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("KV_EMBEDDINGS_CACHE", str(tmp_path))
+    monkeypatch.setenv("KV_EMBED_CACHE", str(tmp_path))
     return tmp_path / "layer_selection"
 
 

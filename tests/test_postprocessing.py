@@ -22,7 +22,7 @@ def model():
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KV_EMBEDDINGS_CACHE", str(tmp_path))
+    monkeypatch.setenv("KV_EMBED_CACHE", str(tmp_path))
     return tmp_path
 
 

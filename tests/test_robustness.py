@@ -136,7 +136,7 @@ def test_remote_code_runs_only_when_asked(model_dir, monkeypatch):
 
 def test_loading_and_the_layer_cache_never_unpickle(model_dir, tmp_path, monkeypatch):
     assert (model_dir / "model.safetensors").exists()
-    monkeypatch.setenv("KV_EMBEDDINGS_CACHE", str(tmp_path))
+    monkeypatch.setenv("KV_EMBED_CACHE", str(tmp_path))
     KVEmbedder.from_pretrained(str(model_dir), **PAPER)  # computes and caches the layer selection
 
     def refuse(*args, **kwargs):

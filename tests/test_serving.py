@@ -172,7 +172,7 @@ def env(tmp_path_factory) -> dict[str, str]:
     # The autouse fixture's isolated cache (shared with in-process embedders, so centering is fitted
     # once) and a private tiktoken cache.
     base = tmp_path_factory.getbasetemp()
-    return {"KV_EMBEDDINGS_CACHE": str(base / "cache"), "TIKTOKEN_CACHE_DIR": str(base / "tiktoken")}
+    return {"KV_EMBED_CACHE": str(base / "cache"), "TIKTOKEN_CACHE_DIR": str(base / "tiktoken")}
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def gated(model_dir, env):
 
 @pytest.fixture
 def local(model_dir, env, monkeypatch):
-    monkeypatch.setenv("KV_EMBEDDINGS_CACHE", env["KV_EMBEDDINGS_CACHE"])
+    monkeypatch.setenv("KV_EMBED_CACHE", env["KV_EMBED_CACHE"])
     return KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], max_length=256)
 
 

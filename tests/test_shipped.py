@@ -44,7 +44,7 @@ def test_a_shipped_result_is_read_before_anything_is_computed(tokenizer, tmp_pat
     np.testing.assert_array_equal(again.postprocessor.mean, first.postprocessor.mean)
     assert not (tmp_path / "empty").exists()
     np.testing.assert_array_equal(again.encode(TEXTS), first.encode(TEXTS))
-    # The user's own cache comes first; KV_EMBEDDINGS_SHIPPED=0 ignores the shipped files.
+    # The user's own cache comes first; KV_EMBED_SHIPPED=0 ignores the shipped files.
     monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "first"))
     assert KVEmbedder(model, tokenizer, **OPTIONS).layer_selection.origin == "cache"
     monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "other"))

@@ -367,7 +367,7 @@ def _example(name: str, *args: str, env: dict[str, str] | None = None) -> str:
 @pytest.mark.parametrize("example,bundled", [("langchain_rag.py", True), ("llamaindex_rag.py", False)])
 def test_example_persists_then_reloads_instead_of_embedding(example, bundled, model_dir, tmp_path):
     model = [] if bundled else ["--model", str(model_dir)]
-    env = None if bundled else {"KV_EMBEDDINGS_CACHE": str(tmp_path / "cache")}
+    env = None if bundled else {"KV_EMBED_CACHE": str(tmp_path / "cache")}
     first = _example(example, *model, "--persist", str(tmp_path / "store"), env=env)
     second = _example(example, *model, "--persist", str(tmp_path / "store"), env=env)
     assert "saved to" in first and "reloaded" not in first
