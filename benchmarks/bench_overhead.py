@@ -21,9 +21,11 @@ import torch
 from common import machine, markdown_table, rerouted_kernels, scifact_documents, side_by_side
 from models import load_backbone
 
-from kv_embeddings_integrations import KVEmbedder, rerouting
+from kv_embeddings_integrations import KVEmbedder
 
 # Rows per batch at each length: about the same number of tokens per forward.
+from kv_embeddings_integrations.core.method import rerouting
+
 DEFAULT_ROWS = {128: 32, 512: 8, 2048: 2, 4096: 1}
 KERNEL_OPS = ("attention", "softmax", "bmm", "baddbmm")
 

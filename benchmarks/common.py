@@ -55,7 +55,7 @@ def scifact_documents(path: Path | str = DEFAULT_SCIFACT, limit: int | None = No
 def rerouted_kernels(run: Callable[[], object]) -> dict[int, str]:
     """``{layer: kernel}`` of the re-routed layers in one call of ``run`` (rerouting's own record:
     "flash", "efficient", "cudnn", "cpu_flash" or "concat")."""
-    from kv_embeddings_integrations import rerouting
+    from kv_embeddings_integrations.core.method import rerouting
 
     with rerouting.observe_plans() as plans:
         run()

@@ -25,7 +25,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from progress import show_loading_steps
 
 from kv_embeddings_integrations import KVEmbeddings
-from kv_embeddings_integrations.extras import require
+from kv_embeddings_integrations.core.extras import require
 
 
 def chunks_of_sections() -> tuple[list[Document], int]:
@@ -78,7 +78,7 @@ def hybrid_stores(embeddings: KVEmbeddings, chunks: list[Document]) -> tuple[Vec
     from langchain_qdrant import QdrantVectorStore, RetrievalMode
     from qdrant_client import models
 
-    from kv_embeddings_integrations.hybrid.langchain import KVSparseEmbeddings
+    from kv_embeddings_integrations.integrations.hybrid.langchain import KVSparseEmbeddings
 
     hybrid = QdrantVectorStore.from_documents(
         chunks,

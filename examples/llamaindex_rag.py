@@ -20,7 +20,7 @@ from llama_index.core.node_parser import SentenceSplitter
 from progress import show_loading_steps
 
 from kv_embeddings_integrations import KVEmbedding
-from kv_embeddings_integrations.extras import require
+from kv_embeddings_integrations.core.extras import require
 
 
 def documents_of_sections() -> list[Document]:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .bundled import BUNDLED_MODELS, DEFAULT_MODEL
-from .config import PRESETS, EmbedderConfig
-from .embedder import KVEmbedder
-from .loading import LoadOptions
-from .parallel import pool as _pool  # noqa: F401  (registers the pool behind KVEmbedder.start_pool)
-from .rerouting import UnsupportedModelError
-from .results import EmbedResult
+from .core.bundled import BUNDLED_MODELS, DEFAULT_MODEL
+from .core.config import PRESETS, EmbedderConfig
+from .core.embedder import KVEmbedder
+from .core.loading import LoadOptions
+from .core.method.rerouting import UnsupportedModelError
+from .core.results import EmbedResult
 from .version import __version__ as __version__
 
 if TYPE_CHECKING:
-    from .langchain import KVEmbeddings
-    from .llama_index import KVEmbedding
+    from .integrations.langchain import KVEmbeddings
+    from .integrations.llama_index import KVEmbedding
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -31,7 +30,7 @@ __all__ = [
 ]
 
 # The adapters import their frameworks (seconds of import time), so they load on first use.
-_ADAPTERS = {"KVEmbeddings": ".langchain", "KVEmbedding": ".llama_index"}
+_ADAPTERS = {"KVEmbeddings": ".integrations.langchain", "KVEmbedding": ".integrations.llama_index"}
 
 
 def __getattr__(name: str) -> Any:

@@ -60,7 +60,7 @@ def main() -> int:
     os.environ["KV_EMBED_CACHE"] = str(cache)
     os.environ["KV_EMBED_SHIPPED"] = "0"  # recompute, never read the files being replaced
     from kv_embeddings_integrations import PRESETS, KVEmbedder
-    from kv_embeddings_integrations.caches import shipped_dir
+    from kv_embeddings_integrations.core.cache import shipped_dir
 
     for name in ("default", "similarity", "paper"):
         if PRESETS[name] != CONFIGURATIONS[name]:  # the files must be what the presets load

@@ -14,8 +14,8 @@ from helpers import PAPER, TEXTS, make_model
 from transformers import PreTrainedTokenizerFast
 
 from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
-from kv_embeddings_integrations import embedder as embedder_module
-from kv_embeddings_integrations.inputs import repair_surrogates
+from kv_embeddings_integrations.core import embedder as embedder_module
+from kv_embeddings_integrations.core.inputs import repair_surrogates
 
 LONG = " ".join(TEXTS) * 40  # about 14k characters, far over max_length
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from helpers import PAPER
 
-from kv_embeddings_integrations import KVEmbedder, bundled
-from kv_embeddings_integrations.bundled import BUNDLED_MODELS, bundled_model_dir
+from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations.core import bundled, cache
+from kv_embeddings_integrations.core.bundled import BUNDLED_MODELS, bundled_model_dir
 
 
 @pytest.mark.parametrize(
@@ -25,8 +26,8 @@ def test_missing_package_gives_the_install_command(monkeypatch, alias, command):
 
 
 def test_cache_dir_override(monkeypatch, tmp_path):
-    monkeypatch.setenv(bundled.CACHE_ENV, str(tmp_path))
-    assert bundled.cache_dir() == tmp_path
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
+    assert cache.cache_dir() == tmp_path
 
 
 @pytest.mark.slow
@@ -56,10 +57,10 @@ def test_real_model_ranks_paraphrase_above_unrelated():
 
 
 def test_the_cache_root_reads_the_new_variable_then_the_earlier_one(monkeypatch, tmp_path):
-    from kv_embeddings_integrations import caches
+    from kv_embeddings_integrations.core import cache
 
-    monkeypatch.delenv(caches.CACHE_ENV, raising=False)
-    monkeypatch.setenv(caches.LEGACY_CACHE_ENV, str(tmp_path / "earlier"))
-    assert caches.cache_dir() == tmp_path / "earlier"  # KV_EMBEDDINGS_CACHE still works
-    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "new"))
-    assert caches.cache_dir() == tmp_path / "new"  # KV_EMBED_CACHE wins where both are set
+    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
+    monkeypatch.setenv(cache.LEGACY_CACHE_ENV, str(tmp_path / "earlier"))
+    assert cache.cache_dir() == tmp_path / "earlier"  # KV_EMBEDDINGS_CACHE still works
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "new"))
+    assert cache.cache_dir() == tmp_path / "new"  # KV_EMBED_CACHE wins where both are set

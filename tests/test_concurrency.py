@@ -12,7 +12,7 @@ import pytest
 from helpers import HANG, PAPER, TEXTS, PassGate, make_model
 
 from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
-from kv_embeddings_integrations.coalescing import RequestCoalescer
+from kv_embeddings_integrations.core.coalescing import RequestCoalescer
 
 pytestmark = pytest.mark.timing
 

@@ -16,7 +16,10 @@ import tomllib
 import torch
 from helpers import PAPER, TEXTS, make_model, tiny_model_dir
 
-from kv_embeddings_integrations import EmbedResult, KVEmbedder, LoadOptions, extras, layer_selection, shared
+from kv_embeddings_integrations import EmbedResult, KVEmbedder, LoadOptions
+from kv_embeddings_integrations.core import extras
+from kv_embeddings_integrations.core.method import layer_selection
+from kv_embeddings_integrations.integrations import adapter
 
 LONG = " ".join(TEXTS * 6)
 
@@ -171,12 +174,12 @@ def test_load_options_reject_bad_values(bad, message):
 
 def test_equivalent_spellings_share_one_model_and_others_do_not():
     path = tiny_model_dir()
-    first = shared.shared_embedder(LoadOptions(model=path, dtype="float32", device="cpu"), _config())
-    same = shared.shared_embedder(path, _config(), {"dtype": torch.float32, "device": torch.device("cpu")})
+    first = adapter.shared_embedder(LoadOptions(model=path, dtype="float32", device="cpu"), _config())
+    same = adapter.shared_embedder(path, _config(), {"dtype": torch.float32, "device": torch.device("cpu")})
     assert same is first  # same weights, same options: one embedder
-    other_options = shared.shared_embedder(path, _config(bias=0.5), {"dtype": "float32", "device": "cpu"})
+    other_options = adapter.shared_embedder(path, _config(bias=0.5), {"dtype": "float32", "device": "cpu"})
     assert other_options is not first and other_options.model is first.model  # still one model
-    other_dtype = shared.shared_embedder(path, _config(), {"dtype": "bfloat16", "device": "cpu"})
+    other_dtype = adapter.shared_embedder(path, _config(), {"dtype": "bfloat16", "device": "cpu"})
     assert other_dtype.model is not first.model and other_dtype.dtype == torch.bfloat16
     assert first.load_options == LoadOptions(model=path, dtype="float32", device="cpu")
 
@@ -241,24 +244,5 @@ def test_ray_missing_gives_the_same_format(monkeypatch):
         ray_data.require_ray()
 
 
-@pytest.mark.parametrize(
-    "old,new,name",
-    [
-        ("kv_embeddings_integrations.pool", "kv_embeddings_integrations.parallel.pool", "EmbeddingPool"),
-        ("kv_embeddings_integrations.pool", "kv_embeddings_integrations.parallel.pool", "MAX_CHUNK_SIZE"),
-        ("kv_embeddings_integrations.checkpoint", "kv_embeddings_integrations.parallel.checkpoint", "MANIFEST"),
-        ("kv_embeddings_integrations.distributed", "kv_embeddings_integrations.parallel.ray_data", "embed_dataset"),
-        ("kv_embeddings_integrations.checkpoint", "kv_embeddings_integrations.parallel.checkpoint", "ChunkedRun"),
-        ("kv_embeddings_integrations.layers", "kv_embeddings_integrations.layer_selection", "resolve_layers"),
-        ("kv_embeddings_integrations.pooling", "kv_embeddings_integrations.pooling", "pool"),
-    ],
-)
-def test_old_import_paths_keep_working(old, new, name):
-    assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), name)
-
-
-def test_start_pool_uses_the_registered_pool():
-    from kv_embeddings_integrations.parallel.pool import EmbeddingPool
-
-    assert KVEmbedder.pool_class is EmbeddingPool
+def test_resolve_layers_without_layers_is_empty():
     assert layer_selection.resolve_layers(None, 4) == []

@@ -19,7 +19,7 @@ from helpers import PAPER, PAPER_ARGS
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.cli import main
-from kv_embeddings_integrations.distributed import embed_dataset
+from kv_embeddings_integrations.parallel.ray_data import embed_dataset
 
 pytestmark = [pytest.mark.ray, pytest.mark.timing]
 
@@ -175,7 +175,7 @@ def test_files_in_and_out_with_automatic_layers(local_ray, model_dir, tmp_path, 
 
 
 def test_a_cpu_actor_runs_one_torch_thread_per_reserved_cpu(local_ray, model_dir):
-    from kv_embeddings_integrations.distributed import DatasetEmbedder
+    from kv_embeddings_integrations.parallel.ray_data import DatasetEmbedder
 
     threads = {}
     for cpus in (1, 2):

@@ -8,8 +8,8 @@ import torch
 from helpers import PAPER, TEXTS, make_model
 
 from kv_embeddings_integrations import EmbedderConfig, KVEmbedder
-from kv_embeddings_integrations.batching import plan_batches
-from kv_embeddings_integrations.layers import resolve_layers
+from kv_embeddings_integrations.core.batching import plan_batches
+from kv_embeddings_integrations.core.method.layer_selection import resolve_layers
 
 
 # Function scope: an embedder keeps a request queue and worker thread that a test could leave busy.

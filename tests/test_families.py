@@ -13,10 +13,10 @@ from helpers import TEXTS, make_model
 from reference import reference_hidden_states, token_prepending_hidden_states
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations import token_prepending as tp
-from kv_embeddings_integrations.config import EmbedderConfig, MethodName
-from kv_embeddings_integrations.layer_selection import select_layers
-from kv_embeddings_integrations.prompts import FAMILIES, KE_PROMPT, METAEOL_PROMPTS, METHODS, PCOT_PROMPT
+from kv_embeddings_integrations.core.config import EmbedderConfig, MethodName
+from kv_embeddings_integrations.core.method import token_prepending as tp
+from kv_embeddings_integrations.core.method.layer_selection import select_layers
+from kv_embeddings_integrations.core.prompts import FAMILIES, KE_PROMPT, METAEOL_PROMPTS, METHODS, PCOT_PROMPT
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from haystack.components.writers import DocumentWriter
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.haystack import KVDocumentEmbedder, KVTextEmbedder
+from kv_embeddings_integrations.integrations.haystack import KVDocumentEmbedder, KVTextEmbedder
 
 QUERY = "Which city is the capital of France?"
 OPTIONS = {"layers": [1, 2], "postprocess": "none"}  # no centering fit: the logic is the core's
@@ -83,7 +83,7 @@ def test_pipelines_round_trip_through_yaml(model_dir):
     data = query.to_dict()
     assert data["components"]["embedder"]["init_parameters"]["layers"] == [1, 2]
     # Haystack 3 loads only allowlisted modules' classes: the user says this one is trusted.
-    trust = {"allowed_modules": ["kv_embeddings_integrations.haystack"]}
+    trust = {"allowed_modules": ["kv_embeddings_integrations.integrations.haystack"]}
     reloaded = Pipeline.loads(
         query.dumps(), **(trust if "allowed_modules" in signature(Pipeline.loads).parameters else {})
     )

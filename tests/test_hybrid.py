@@ -17,7 +17,8 @@ from helpers import CORPUS, TEXTS
 
 pytest.importorskip("qdrant_client")
 
-from kv_embeddings_integrations import KVEmbedder, fusion  # noqa: E402
+from kv_embeddings_integrations import KVEmbedder  # noqa: E402
+from kv_embeddings_integrations.core import fusion
 
 DOCS = CORPUS + TEXTS
 QUERIES = ["a cat on a mat", "stock markets", "the weather today", "fox"]
@@ -72,7 +73,7 @@ from langchain_qdrant import QdrantVectorStore, RetrievalMode
 from qdrant_client import QdrantClient
 
 from kv_embeddings_integrations import KVEmbeddings
-from kv_embeddings_integrations.hybrid.langchain import KVSparseEmbeddings
+from kv_embeddings_integrations.integrations.hybrid.langchain import KVSparseEmbeddings
 
 dense = KVEmbeddings(model=ARGS["model"], **ARGS["options"])
 store = QdrantVectorStore(
@@ -93,7 +94,7 @@ def test_langchain_qdrant_hybrid_reloads_and_fuses_exactly(tied_model_dir, embed
     from qdrant_client.hybrid.fusion import DEFAULT_RANKING_CONSTANT_K
 
     from kv_embeddings_integrations import KVEmbeddings
-    from kv_embeddings_integrations.hybrid.langchain import KVSparseEmbeddings
+    from kv_embeddings_integrations.integrations.hybrid.langchain import KVSparseEmbeddings
 
     dense = KVEmbeddings(model=tied_model_dir, **OPTIONS)
     sparse = KVSparseEmbeddings(dense)
@@ -127,7 +128,7 @@ from llama_index.vector_stores.qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient
 
 from kv_embeddings_integrations import KVEmbedding
-from kv_embeddings_integrations.hybrid.llama_index import sparse_functions
+from kv_embeddings_integrations.integrations.hybrid.llama_index import sparse_functions
 
 embed_model = KVEmbedding(model=ARGS["model"], **ARGS["options"])
 doc_fn, query_fn = sparse_functions(embed_model)
@@ -165,7 +166,7 @@ def test_llama_index_qdrant_hybrid_reloads_and_fuses_exactly(tied_model_dir, emb
     from qdrant_client import QdrantClient, models
 
     from kv_embeddings_integrations import KVEmbedding
-    from kv_embeddings_integrations.hybrid.llama_index import sparse_functions
+    from kv_embeddings_integrations.integrations.hybrid.llama_index import sparse_functions
 
     embed_model = KVEmbedding(model=tied_model_dir, **OPTIONS)
     doc_fn, query_fn = sparse_functions(embed_model)
@@ -200,8 +201,8 @@ def test_llama_index_qdrant_hybrid_reloads_and_fuses_exactly(tied_model_dir, emb
 
 
 def test_sparse_adapters_reject_what_they_cannot_embed(embedder):
-    from kv_embeddings_integrations.hybrid.langchain import KVSparseEmbeddings
-    from kv_embeddings_integrations.hybrid.llama_index import sparse_functions
+    from kv_embeddings_integrations.integrations.hybrid.langchain import KVSparseEmbeddings
+    from kv_embeddings_integrations.integrations.hybrid.llama_index import sparse_functions
 
     with pytest.raises(TypeError, match="KVEmbeddings or a KVEmbedder"):
         KVSparseEmbeddings("smollm2-135m")

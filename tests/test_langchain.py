@@ -14,7 +14,7 @@ from langchain_tests.unit_tests import EmbeddingsUnitTests
 from pydantic import ValidationError
 
 from kv_embeddings_integrations import KVEmbedder, KVEmbeddings
-from kv_embeddings_integrations.langchain import KVEmbeddings as KVEmbeddingsFromModule
+from kv_embeddings_integrations.integrations.langchain import KVEmbeddings as KVEmbeddingsFromModule
 
 PARAMS = {"layers": [1, 2], **PAPER}
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from helpers import CORPUS, PAPER, TEXTS, make_model
 
-from kv_embeddings_integrations import KVEmbedder, layer_selection
-from kv_embeddings_integrations.layer_selection import (
+from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations.core.method import layer_selection
+from kv_embeddings_integrations.core.method.layer_selection import (
     builtin_calibration_texts,
     layerwise_dimensions,
     select_layers,

@@ -15,7 +15,7 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.node_parser import SentenceSplitter
 
 from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
-from kv_embeddings_integrations.llama_index import KVEmbedding as KVEmbeddingFromModule
+from kv_embeddings_integrations.integrations.llama_index import KVEmbedding as KVEmbeddingFromModule
 
 PARAMS = {"layers": [1, 2], **PAPER}
 

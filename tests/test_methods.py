@@ -11,7 +11,7 @@ from helpers import PAPER, TEXTS, make_model
 from reference import reference_hidden_states
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.prompts import DOCUMENT_PROMPT, QUERY_PROMPT
+from kv_embeddings_integrations.core.prompts import DOCUMENT_PROMPT, QUERY_PROMPT
 
 
 @pytest.fixture(scope="module")

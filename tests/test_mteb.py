@@ -23,7 +23,7 @@ from mteb.models.model_meta import ScoringFunction  # noqa: E402
 from mteb.types import PromptType  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from kv_embeddings_integrations.mteb import (  # noqa: E402
+from kv_embeddings_integrations.integrations.mteb import (  # noqa: E402
     DEFAULT_REVISION,
     KVMTEBEncoder,
     _default_name,
@@ -202,9 +202,9 @@ def test_bad_arguments(embedder):
 def test_clear_error_without_mteb(monkeypatch):
     for name in [m for m in sys.modules if m == "mteb" or m.startswith("mteb.")]:
         monkeypatch.setitem(sys.modules, name, None)  # as if mteb were not installed
-    monkeypatch.delitem(sys.modules, "kv_embeddings_integrations.mteb")
+    monkeypatch.delitem(sys.modules, "kv_embeddings_integrations.integrations.mteb")
     with pytest.raises(ImportError, match=r"pip install 'kv-embeddings-integrations\[mteb\]'"):
-        importlib.import_module("kv_embeddings_integrations.mteb")
+        importlib.import_module("kv_embeddings_integrations.integrations.mteb")
 
 
 def test_post_processing_and_family_reach_the_meta_and_its_loader():

@@ -12,7 +12,7 @@ import torch
 from helpers import CORPUS, HANG, HANGS, PAPER, REJECTED, TEXTS, make_model, make_rejecting_tokenizer, wait_until
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.pool import EmbeddingPool
+from kv_embeddings_integrations.core.pool import EmbeddingPool
 
 pytestmark = pytest.mark.timing
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from helpers import TEXTS, make_model
 
-from kv_embeddings_integrations import KVEmbedder, postprocessing
-from kv_embeddings_integrations.config import EmbedderConfig
+from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations.core.config import EmbedderConfig
+from kv_embeddings_integrations.core.method import postprocessing
 
 FIT_TEXTS = [f"sentence number {i} talks about {topic}" for i in range(12) for topic in ("cats", "rain", "code")]
 
@@ -128,8 +129,8 @@ def test_recipe_carries_the_fitted_transform(model, tokenizer, monkeypatch):
 def test_adapters_take_postprocessing(tokenizer):
     from helpers import tiny_model_dir
 
-    from kv_embeddings_integrations.langchain import KVEmbeddings
-    from kv_embeddings_integrations.llama_index import KVEmbedding
+    from kv_embeddings_integrations.integrations.langchain import KVEmbeddings
+    from kv_embeddings_integrations.integrations.llama_index import KVEmbedding
 
     options = dict(method="prompteol", postprocess="pca", dimensions=8, postprocess_texts=FIT_TEXTS)
     lc = KVEmbeddings(model=tiny_model_dir(), model_kwargs={"device": "cpu"}, **options)

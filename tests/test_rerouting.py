@@ -9,7 +9,8 @@ import torch
 from helpers import FAMILIES, PAPER, TEXTS, make_model
 from reference import reference_hidden_states
 
-from kv_embeddings_integrations import KVEmbedder, UnsupportedModelError, rerouting
+from kv_embeddings_integrations import KVEmbedder, UnsupportedModelError
+from kv_embeddings_integrations.core.method import rerouting
 
 
 def _batch_hidden(embedder: KVEmbedder, texts: list[str], output_hidden_states: bool = False):

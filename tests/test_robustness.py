@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.layer_selection import LayerSelection, _write_cache
+from kv_embeddings_integrations.core.method.layer_selection import LayerSelection, _write_cache
 
 pytestmark = pytest.mark.timing
 

@@ -11,9 +11,11 @@ import pytest
 from helpers import CORPUS, TEXTS, make_model
 from safetensors import safe_open
 
-from kv_embeddings_integrations import KVEmbedder, caches, layer_selection, postprocessing
-from kv_embeddings_integrations.bundled import bundled_model_dir
-from kv_embeddings_integrations.layer_selection import builtin_calibration_texts
+from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations.core import cache
+from kv_embeddings_integrations.core.bundled import bundled_model_dir
+from kv_embeddings_integrations.core.calibration import builtin_calibration_texts
+from kv_embeddings_integrations.core.method import layer_selection, postprocessing
 
 TEXTS_40 = [f"{a} {b}" for a in CORPUS for b in TEXTS]
 OPTIONS = dict(method="kv_pcot", calibration_texts=TEXTS_40, postprocess="center", postprocess_texts=TEXTS_40)
@@ -30,12 +32,12 @@ def _refuse(*args, **kwargs):
 def test_a_shipped_result_is_read_before_anything_is_computed(tokenizer, tmp_path, monkeypatch):
     model = make_model("llama")
     # What a first load computes, in one cache, becomes the "shipped" folder...
-    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "first"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "first"))
     first = KVEmbedder(model, tokenizer, **OPTIONS)
     shutil.copytree(tmp_path / "first", tmp_path / "shipped")
-    monkeypatch.setattr(caches, "shipped_dir", lambda: tmp_path / "shipped")
+    monkeypatch.setattr(cache, "shipped_dir", lambda: tmp_path / "shipped")
     # ...and a first load in an empty cache reads it, computes nothing and writes nothing.
-    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "empty"))
     with monkeypatch.context() as patches:
         patches.setattr(layer_selection, "layerwise_dimensions", _refuse)
         patches.setattr(postprocessing, "fit", _refuse)
@@ -45,10 +47,10 @@ def test_a_shipped_result_is_read_before_anything_is_computed(tokenizer, tmp_pat
     assert not (tmp_path / "empty").exists()
     np.testing.assert_array_equal(again.encode(TEXTS), first.encode(TEXTS))
     # The user's own cache comes first; KV_EMBED_SHIPPED=0 ignores the shipped files.
-    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "first"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "first"))
     assert KVEmbedder(model, tokenizer, **OPTIONS).layer_selection.origin == "cache"
-    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "other"))
-    monkeypatch.setenv(caches.SHIPPED_ENV, "0")
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "other"))
+    monkeypatch.setenv(cache.SHIPPED_ENV, "0")
     assert KVEmbedder(model, tokenizer, **OPTIONS).layer_selection.origin == "computed"
     assert _files(tmp_path / "other") == _files(tmp_path / "first")
 
@@ -56,7 +58,7 @@ def test_a_shipped_result_is_read_before_anything_is_computed(tokenizer, tmp_pat
 def test_results_carry_over_to_the_same_weights_in_another_folder(tokenizer, tmp_path, monkeypatch):
     # A bundled model lives in each user's own cache folder: where it was loaded from is not part
     # of the key, the weights are (so shipped results match every user's copy).
-    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
     model = make_model("llama")
     for folder in ("a", "b"):
         model.save_pretrained(tmp_path / folder)
@@ -74,7 +76,7 @@ def test_results_carry_over_to_the_same_weights_in_another_folder(tokenizer, tmp
 
 
 def _manifest() -> list[dict]:
-    return json.loads((caches.shipped_dir() / "manifest.json").read_text())
+    return json.loads((cache.shipped_dir() / "manifest.json").read_text())
 
 
 def _shipped_key(path) -> dict:
@@ -86,7 +88,7 @@ def _shipped_key(path) -> dict:
 
 def test_every_shipped_file_is_listed_named_by_its_key_and_readable():
     entries = _manifest()
-    folder = caches.shipped_dir()
+    folder = cache.shipped_dir()
     assert {e["file"] for e in entries} == {p.as_posix() for p in _files(folder) if p.name != "manifest.json"}
     # The bundled models, in both dtypes, for the default (layers and centering) and the paper preset.
     for model in ("smollm2-135m", "gemma3-270m"):
@@ -100,7 +102,7 @@ def test_every_shipped_file_is_listed_named_by_its_key_and_readable():
     for entry in entries:
         path = folder / entry["file"]
         key = _shipped_key(path)
-        assert path.stem == caches.key_digest(key)  # found by the same digest as the user cache
+        assert path.stem == cache.key_digest(key)  # found by the same digest as the user cache
         assert key["dtype"] == f"torch.{entry['dtype']}"
         if entry["kind"] == "layer_selection":
             layers = json.loads(path.read_text())["layers"]
@@ -115,7 +117,7 @@ def test_the_shipped_centering_of_the_default_equals_a_recomputation(tmp_path, m
     # nothing computed, nothing written. (The converted model is the user cache's, as the other
     # slow tests use it.)
     (tmp_path / "models").symlink_to(bundled_model_dir("smollm2-135m").parent, target_is_directory=True)
-    monkeypatch.setenv(caches.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
     embedder = KVEmbedder.from_pretrained("smollm2-135m", dtype="float32")
     assert embedder.layer_selection.origin == "shipped"
     assert not (tmp_path / "layer_selection").exists() and not (tmp_path / "postprocessing").exists()

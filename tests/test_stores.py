@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.identity import EmbedderMismatchError, check_identity, identity_fingerprint
+from kv_embeddings_integrations.core.identity import EmbedderMismatchError, check_identity, identity_fingerprint
 from kv_embeddings_integrations.stores import (
     IDENTITY_FILE,
     MissingIdentityError,

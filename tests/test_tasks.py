@@ -7,8 +7,8 @@ import pytest
 from helpers import TEXTS, make_model
 
 from kv_embeddings_integrations import PRESETS, EmbedderConfig, KVEmbedder
-from kv_embeddings_integrations.config import TASK_METHODS
-from kv_embeddings_integrations.prompts import FAMILIES
+from kv_embeddings_integrations.core.config import TASK_METHODS
+from kv_embeddings_integrations.core.prompts import FAMILIES
 
 
 def test_the_task_picks_the_method_and_the_default_is_retrieval():

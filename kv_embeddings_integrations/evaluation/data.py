@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..jsonl import iter_jsonl
+from ..core.jsonl import iter_jsonl
 
 # Sentences in STS files can be long and contain quotes; read fields verbatim.
 csv.field_size_limit(1 << 24)

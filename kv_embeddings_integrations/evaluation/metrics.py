@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..extras import require
+from ..core.extras import require
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..extras import require
+from ..core.extras import require
 from .runner import MAIN_SCORE, Evaluation
 
 _SCORE_NAMES = {"spearman": "Spearman", "ndcg_at_10": "nDCG@10", "accuracy": "accuracy"}

@@ -16,12 +16,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .. import fusion
-from ..bundled import cache_dir
-from ..config import EmbedderConfig
-from ..extras import require
-from ..loading import LoadOptions
-from ..sparse import SparseVectors
+from ..core import fusion
+from ..core.cache import cache_dir
+from ..core.config import EmbedderConfig
+from ..core.extras import require
+from ..core.loading import LoadOptions
+from ..core.sparse import SparseVectors
 from ..version import __version__
 from .cache import EmbeddingCache, cached_encode, cached_encode_sparse
 from .data import ClassificationTask, RetrievalTask, STSTask
@@ -164,7 +164,7 @@ class KVVariant:
     def finish(self, vectors: np.ndarray, fit_on: np.ndarray | None = None) -> np.ndarray:
         """The post-processing, applied to (cached) :meth:`encode` vectors: the embedder's fitted
         one, or (``fit_on``, with ``fit`` other than builtin) the same kind fitted on those vectors."""
-        from ..postprocessing import fit
+        from ..core.method.postprocessing import fit
 
         processor = self.embedder.postprocessor
         if processor is None:
@@ -187,8 +187,8 @@ def kv_variants(
 
     ``model`` is a name (loaded with ``dtype`` and ``device``) or :class:`LoadOptions` (which hold them).
     """
-    from ..embedder import KVEmbedder
-    from ..layer_selection import model_fingerprint
+    from ..core.cache import model_fingerprint
+    from ..core.embedder import KVEmbedder
 
     load_options = LoadOptions.of(model, dtype=dtype, device=device)
     common = {k: v for k, v in (("max_length", max_length), ("batch_size", batch_size)) if v is not None}
@@ -223,7 +223,7 @@ class SentenceTransformerReference:
         require("eval", "a sentence-transformers reference row", ("sentence_transformers",))
         from sentence_transformers import SentenceTransformer
 
-        from ..layer_selection import model_fingerprint
+        from ..core.cache import model_fingerprint
 
         path = model
         package = REFERENCE_PACKAGES.get(model)

@@ -10,7 +10,6 @@ file and a rename) and the folder is removed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -19,24 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import write_atomically
-from ..inputs import check_positive_int
+from ..core.cache import texts_digest, write_atomically
+from ..core.inputs import check_positive_int
 
 MANIFEST = "manifest.json"
 
 
 class CheckpointError(Exception):
     """The run cannot start or resume as asked (the message says why and what to do)."""
-
-
-def texts_digest(texts: Sequence[str]) -> str:
-    """A hash of the texts in order (lengths included, so no two lists share one by joining)."""
-    digest = hashlib.sha256()
-    for text in texts:
-        data = text.encode("utf-8", "surrogatepass")
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
-    return digest.hexdigest()
 
 
 class ChunkedRun:

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from ..bundled import DEFAULT_MODEL
-from ..config import EmbedderConfig
-from ..extras import import_extra, missing_error
-from ..identity import field_metadata
-from ..inputs import check_positive_int
-from ..loading import LoadOptions
-from ..prompts import METHODS, PROMPT_TYPES
+from ..core.bundled import DEFAULT_MODEL
+from ..core.config import EmbedderConfig
+from ..core.extras import import_extra, missing_error
+from ..core.identity import field_metadata
+from ..core.inputs import check_positive_int
+from ..core.loading import LoadOptions
+from ..core.prompts import METHODS, PROMPT_TYPES
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -44,7 +44,7 @@ def _load(model: str | dict[str, Any], options: dict[str, Any]):
     """The embedder for ``model`` (a name, or :class:`LoadOptions` fields) and ``options``
     (:class:`EmbedderConfig` fields, and with a name, loading arguments too)."""
     # The core is imported where it runs (in an actor or task), not when this module loads.
-    from ..embedder import KVEmbedder
+    from ..core.embedder import KVEmbedder
 
     config, load = EmbedderConfig.split_options(options)
     load_options = LoadOptions(**model, **load) if isinstance(model, dict) else LoadOptions(model=model, **load)

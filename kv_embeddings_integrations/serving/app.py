@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import prompts
+from ..core import prompts
 from ..version import __version__
 from .engine import Embedded, EmbeddingEngine, encode_base64
 from .errors import APIError, error_body

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ..embedder import KVEmbedder
-from ..inputs import repair_surrogates
-from ..prompts import render
-from ..results import EmbedResult
-from ..sparse import SparseVectors, lm_head_weight
+from ..core.embedder import KVEmbedder
+from ..core.inputs import repair_surrogates
+from ..core.loading import dtype_name
+from ..core.prompts import render
+from ..core.results import EmbedResult
+from ..core.sparse import SparseVectors, lm_head_weight
 from ..version import __version__
 from .errors import APIError
 from .metrics import ServerMetrics
@@ -207,7 +208,7 @@ class EmbeddingEngine:
         return {
             "model_id": str(e.name),
             "model_sha": getattr(e.model.config, "_commit_hash", None),  # set by a hub download
-            "model_dtype": str(e.dtype).removeprefix("torch."),
+            "model_dtype": dtype_name(e.dtype),
             "model_type": {"embedding": {"pooling": e.pooling}},
             "max_concurrent_requests": settings.max_concurrent_requests,
             "max_input_length": e.max_length,

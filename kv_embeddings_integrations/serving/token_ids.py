@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_atomically
+from ..core.cache import write_atomically
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 # tiktoken_ext.openai_public's expected hash of that file.

@@ -6,7 +6,7 @@ Chroma, FAISS, LanceDB and DuckDB end to end.
 
 from __future__ import annotations
 
-from ..identity import EmbedderMismatchError
+from ..core.identity import EmbedderMismatchError
 from .guard import (
     IDENTITY_FILE,
     METADATA_KEY,

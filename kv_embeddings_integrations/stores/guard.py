@@ -9,7 +9,7 @@ Three places a record can live, by what the store offers:
 - **a small JSON file beside the store** (FAISS ``save_local`` folders, LanceDB directories,
   LlamaIndex persist directories): :func:`save_identity`, :func:`verify_identity`.
 
-Every ``verify_*`` raises :class:`~kv_embeddings_integrations.identity.EmbedderMismatchError`
+Every ``verify_*`` raises :class:`~kv_embeddings_integrations.core.identity.EmbedderMismatchError`
 naming what differs when the querying embedder would not make the stored vectors.
 """
 
@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_atomically
-from ..identity import METADATA_KEY, EmbedderMismatchError, check_identity, field_metadata
+from ..core.cache import write_atomically
+from ..core.identity import METADATA_KEY, EmbedderMismatchError, check_identity, field_metadata
 
 # Leading underscore: Arrow, Spark and Ray dataset readers skip it as not data.
 IDENTITY_FILE = "_kv_embed_identity.json"

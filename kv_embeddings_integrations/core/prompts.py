@@ -5,7 +5,7 @@ A template is a plain string with one or more ``{text}`` placeholders, filled by
 
 A *family* is a prompt and how its paper reads an embedding out of it; a *method* is a named
 preset: a family, whether re-routing is on, and optionally Token Prepending. Re-routing and Token
-Prepending compose with any family through :class:`~kv_embeddings_integrations.config.EmbedderConfig`
+Prepending compose with any family through :class:`~kv_embeddings_integrations.core.config.EmbedderConfig`
 (``prompt_family``, ``reroute``, ``token_prepending``).
 """
 
@@ -34,7 +34,6 @@ INPUT_TYPES: dict[str, str] = {
     "text-matching": "document",
     "separation": "document",
 }
-POOLINGS = ("mean_last", "mean", "last")
 
 
 def prompt_type_of(name: str | None, field: str = "input_type") -> str:

@@ -7,9 +7,9 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import BaseModel, Field, PrivateAttr
 
-from .bundled import DEFAULT_MODEL
-from .embedder import KVEmbedder
-from .shared import AdapterConfig
+from ..core.bundled import DEFAULT_MODEL
+from ..core.embedder import KVEmbedder
+from .adapter import AdapterConfig
 
 DEFAULT_EMBED_BATCH_SIZE = 32
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..embedder import KVEmbedder
-from ..extras import require
+from ...core.embedder import KVEmbedder
+from ...core.extras import require
 from ..langchain import KVEmbeddings
 
 require("hybrid", "KVSparseEmbeddings (langchain-qdrant hybrid search)", ("langchain_qdrant",))
@@ -27,7 +27,7 @@ class KVSparseEmbeddings(SparseEmbeddings):
 
             from langchain_qdrant import QdrantVectorStore, RetrievalMode
             from kv_embeddings_integrations import KVEmbeddings
-            from kv_embeddings_integrations.hybrid.langchain import KVSparseEmbeddings
+            from kv_embeddings_integrations.integrations.hybrid.langchain import KVSparseEmbeddings
 
             dense = KVEmbeddings()
             store = QdrantVectorStore.from_texts(

@@ -22,15 +22,18 @@ import time
 import traceback
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..embedder import EmbedderRecipe, KVEmbedder
-from ..inputs import check_positive_int, texts_to_embed
-from ..results import EmbedResult
+from .inputs import check_positive_int, texts_to_embed
+from .recipe import EmbedderRecipe
+from .results import EmbedResult
+
+if TYPE_CHECKING:
+    from .embedder import KVEmbedder
 
 # Default chunking: about this many chunks per worker, so a slow worker (or a chunk of long texts)
 # does not leave the others idle at the end of a job...
@@ -177,7 +180,8 @@ class EmbeddingPool:
     def __init__(self, embedder: KVEmbedder, devices: Sequence[str | torch.device]) -> None:
         self._closed = True  # until the queues exist, so close() and __del__ of a half-built pool are no-ops
         self._close_lock = threading.Lock()
-        if not isinstance(embedder, KVEmbedder):
+        # Duck-typed: this module sits below the embedder, which imports it for start_pool().
+        if not callable(getattr(embedder, "recipe", None)):
             raise TypeError(f"embedder must be a KVEmbedder, got {type(embedder).__name__}")
         if isinstance(devices, (str, torch.device)) or not isinstance(devices, Iterable):
             raise TypeError(f"devices must be a sequence of devices such as ['cuda:0', 'cuda:1'], got {devices!r}")
@@ -311,7 +315,7 @@ class EmbeddingPool:
                 chunks.
 
         Returns:
-            an :class:`~kv_embeddings_integrations.results.EmbedResult` in input order: float32
+            an :class:`~kv_embeddings_integrations.core.results.EmbedResult` in input order: float32
             vectors ``(len(texts), hidden_size)`` (one string is one row), token counts and truncation.
 
         Raises:
@@ -449,7 +453,3 @@ class EmbeddingPool:
             # Workers are gone: whatever is still buffered has no reader, so do not wait to flush it.
             channel.cancel_join_thread()
             channel.close()
-
-
-# KVEmbedder.start_pool() and encode(devices=...) use this class; the core never imports this module.
-KVEmbedder.pool_class = EmbeddingPool

@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
-from .layer_selection import builtin_calibration_texts, joined_texts_digest, model_fingerprint
-from .version import __version__
+from ..version import __version__
+from .cache import model_fingerprint, texts_digest
+from .calibration import builtin_calibration_texts
+from .loading import dtype_name
 
 # Bump when the record's meaning changes, or a compared field is added: a record of another
 # format is refused with a clear message rather than compared field by field.
@@ -58,6 +60,20 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return model_fingerprint(model, round_to=torch.bfloat16)
 
 
+def model_identity(model: torch.nn.Module) -> dict[str, Any]:
+    """Which weights a cache entry was computed with (class, hub revision, fingerprint, dtype).
+
+    Not where they were loaded from: the same checkpoint in another folder (a bundled model in
+    another user's cache) is the same model, so its results carry over, shipped ones included.
+    """
+    return {
+        "model_class": type(model).__name__,
+        "revision": getattr(model.config, "_commit_hash", None),
+        "weights": model_fingerprint(model),
+        "dtype": str(next(model.parameters()).dtype),
+    }
+
+
 def embedder_identity(embedder: Any, *, normalize: bool = True) -> dict[str, Any]:
     """The record of what decides a :class:`~kv_embeddings_integrations.KVEmbedder`'s vectors,
     JSON-serialisable.
@@ -70,7 +86,7 @@ def embedder_identity(embedder: Any, *, normalize: bool = True) -> dict[str, Any
     fit_texts = None
     if config.postprocess != "none":
         texts = config.postprocess_texts if config.postprocess_texts is not None else builtin_calibration_texts()
-        fit_texts = joined_texts_digest(list(texts))
+        fit_texts = texts_digest(list(texts))
     identity: dict[str, Any] = {
         "format": IDENTITY_FORMAT,
         "model": str(embedder.name),
@@ -90,7 +106,7 @@ def embedder_identity(embedder: Any, *, normalize: bool = True) -> dict[str, Any
         "postprocess_fit_texts": fit_texts,
         "dimension": int(embedder.dimension),
         "normalize": bool(normalize),
-        "dtype": str(embedder.dtype).removeprefix("torch."),
+        "dtype": dtype_name(embedder.dtype),
         "max_length": int(embedder.max_length),
         "long_text": config.long_text,
         "package_version": __version__,

@@ -12,32 +12,29 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from . import postprocessing, rerouting, token_prepending
 from . import sparse as sparse_vectors
 from .batching import plan_batches
+from .cache import texts_digest
+from .calibration import builtin_calibration_texts
 from .coalescing import RequestCoalescer
 from .config import EmbedderConfig
-from .identity import embedder_identity
+from .identity import embedder_identity, model_identity
 from .inputs import check_positive_int, texts_to_embed
-from .layer_selection import (
-    LayerSelection,
-    auto_select_layers,
-    builtin_calibration_texts,
-    joined_texts_digest,
-    model_identity,
-    resolve_layers,
-)
 from .loading import LoadOptions
+from .method import postprocessing, rerouting, token_prepending
+from .method.layer_selection import LayerSelection, auto_select_layers, resolve_layers
+from .method.postprocessing import PostProcessor
+from .pool import EmbeddingPool
 from .pooling import pool_hidden_states
-from .postprocessing import PostProcessor
 from .prompts import FAMILIES, METHODS, PROMPT_TYPES, MethodSpec, PromptFamily
+from .recipe import EmbedderRecipe
 from .results import EmbedResult
 from .sparse import SparseVectors
 from .tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
@@ -92,38 +89,6 @@ def _chain(source: Future, target: Future, transform) -> None:
 _PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "_float32_lock", "batch_listeners", "batch_start_listeners")
 
 
-@dataclasses.dataclass
-class EmbedderRecipe:
-    """What another process needs to rebuild an embedder, with its layers already chosen.
-
-    Sent to data-parallel workers and similar instead of the embedder itself, so nothing else it
-    holds (a request queue, locks) has to pickle, and no worker re-runs layer selection.
-    """
-
-    model: PreTrainedModel
-    tokenizer: Any
-    config: EmbedderConfig
-    name: str
-    layers: list[int]
-    postprocessor: PostProcessor | None = None
-
-    def build(self) -> KVEmbedder:
-        """The embedder, re-routing exactly :attr:`layers`, with the fitted post-processing."""
-        # An empty list is not a valid `layers` option; None means "no re-routing", which is what
-        # an empty selection means too (or the method does not re-route and ignores it anyway).
-        embedder = KVEmbedder(
-            self.model,
-            self.tokenizer,
-            self.config,
-            name=self.name,
-            postprocessor=self.postprocessor,
-            layers=self.layers or None,
-        )
-        if embedder.layers != self.layers:
-            raise RuntimeError(f"the rebuilt embedder re-routes layers {embedder.layers}, not {self.layers}")
-        return embedder
-
-
 class KVEmbedder:
     """Text embeddings from a frozen decoder-only LLM by KV re-routing (arXiv 2601.01046).
 
@@ -142,15 +107,10 @@ class KVEmbedder:
             ``layers``, ``bias``, ``pooling``, ``output_layer``, ``postprocess``, ``max_length``, ...
 
     With ``layers="auto"``, the layers are selected (or read from the cache) at the end of
-    construction, by :func:`~kv_embeddings_integrations.layer_selection.auto_select_layers` on
+    construction, by :func:`~kv_embeddings_integrations.core.method.layer_selection.auto_select_layers` on
     this fully built embedder; :attr:`layer_selection` holds the outcome. Post-processing, if
     any, is fitted (or read from the cache) after that.
     """
-
-    # The data-parallel pool is a front end (kv_embeddings_integrations.parallel.pool), which the
-    # core must not import: that module registers its class here when imported (the package's
-    # __init__ imports it), so start_pool() and encode(devices=...) need no import of it.
-    pool_class: ClassVar[type | None] = None
 
     def __init__(
         self,
@@ -260,7 +220,7 @@ class KVEmbedder:
             "layers": self.layers,
             "max_length": self.max_length,
             "num_texts": len(texts),
-            "texts_sha256": joined_texts_digest(texts),
+            "texts_sha256": texts_digest(texts),
         }
 
     def _fit_postprocessor(self) -> PostProcessor:
@@ -318,7 +278,7 @@ class KVEmbedder:
         Args:
             model: a model-hub id (``"Qwen/Qwen3-4B"``), a local directory, a bundled alias
                 (``"smollm2-135m"``, converted once into the user cache), or a
-                :class:`~kv_embeddings_integrations.loading.LoadOptions` holding all of the
+                :class:`~kv_embeddings_integrations.core.loading.LoadOptions` holding all of the
                 loading arguments below (then none of them may be given separately).
             dtype: weights' dtype (``torch.bfloat16``, ``"float32"``, ``"auto"``...). ``None``:
                 bfloat16 on a CUDA GPU that supports it, float32 otherwise.
@@ -430,7 +390,7 @@ class KVEmbedder:
     def identity(self, *, normalize: bool = True) -> dict[str, Any]:
         """What decides this embedder's vectors (model weights, prompts, layers, pooling,
         post-processing), as a JSON-able record to keep with stored vectors; see
-        :mod:`~kv_embeddings_integrations.identity`.
+        :mod:`~kv_embeddings_integrations.core.identity`.
 
         Args:
             normalize: whether the stored vectors are L2-normalised.
@@ -439,7 +399,9 @@ class KVEmbedder:
 
     def recipe(self) -> EmbedderRecipe:
         """What another process needs to rebuild this embedder (model, tokenizer, config, layers)."""
-        return EmbedderRecipe(self.model, self.tokenizer, self.config, self.name, list(self.layers), self.postprocessor)
+        return EmbedderRecipe(
+            type(self), self.model, self.tokenizer, self.config, self.name, list(self.layers), self.postprocessor
+        )
 
     def __repr__(self) -> str:
         family = self.config.prompt_family or self.spec.family
@@ -475,11 +437,11 @@ class KVEmbedder:
             postprocess: apply the fitted post-processing (``False``: the vectors before it, of
                 ``hidden_size``, normalised as ``normalize`` says).
             sparse: also compute each text's sparse lexical vector in the same forward pass
-                (:mod:`~kv_embeddings_integrations.sparse`: the next-token logits at the prompt's
+                (:mod:`~kv_embeddings_integrations.core.sparse`: the next-token logits at the prompt's
                 end, ``log(1 + relu(z))``, kept for the text's own token ids), as ``result.sparse``.
 
         Returns:
-            an :class:`~kv_embeddings_integrations.results.EmbedResult`: ``(n, dimension)``
+            an :class:`~kv_embeddings_integrations.core.results.EmbedResult`: ``(n, dimension)``
             float32 vectors in input order, each text's token count (prompt included) and whether
             it was truncated or split. Nothing is warned: the caller decides how to report truncation.
         """
@@ -497,8 +459,8 @@ class KVEmbedder:
         """Sparse lexical vectors of texts (PromptReps-style), from the same pass as :meth:`encode`'s.
 
         Each text's weights cover only its own token ids. Score a query against documents by the dot
-        product of their weights (:func:`~kv_embeddings_integrations.fusion.sparse_scores`); fuse with
-        the dense scores through :mod:`~kv_embeddings_integrations.fusion`. A pass that needs both
+        product of their weights (:func:`~kv_embeddings_integrations.core.fusion.sparse_scores`); fuse with
+        the dense scores through :mod:`~kv_embeddings_integrations.core.fusion`. A pass that needs both
         should call :meth:`embed` with ``sparse=True`` instead: one forward pass gives both.
 
         Args:
@@ -535,7 +497,7 @@ class KVEmbedder:
             devices: data parallel: run one replica of the model per device (``["cuda:0",
                 "cuda:1"]``, or ``["cpu", "cpu"]`` for CPU worker processes) for this call, in
                 worker processes started and stopped around it. For repeated calls keep an
-                :class:`~kv_embeddings_integrations.parallel.pool.EmbeddingPool` open instead
+                :class:`~kv_embeddings_integrations.core.pool.EmbeddingPool` open instead
                 (:meth:`start_pool`).
 
         Returns:
@@ -602,13 +564,11 @@ class KVEmbedder:
             devices: one entry per replica: ``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]``.
 
         Returns:
-            an :class:`~kv_embeddings_integrations.parallel.pool.EmbeddingPool`; use it as a context
+            an :class:`~kv_embeddings_integrations.core.pool.EmbeddingPool`; use it as a context
             manager or call ``close()``. Its ``encode`` has this method's signature and splits the
             texts across the replicas, keeping their order.
         """
-        if self.pool_class is None:
-            raise RuntimeError("no data-parallel pool registered: import kv_embeddings_integrations.parallel.pool")
-        return self.pool_class(self, devices)
+        return EmbeddingPool(self, devices)
 
     # -- concurrent requests ---------------------------------------------------------------------
 
@@ -622,7 +582,7 @@ class KVEmbedder:
 
         Returns:
             a ``concurrent.futures.Future`` of this request's own
-            :class:`~kv_embeddings_integrations.results.EmbedResult` (its texts' vectors, token
+            :class:`~kv_embeddings_integrations.core.results.EmbedResult` (its texts' vectors, token
             counts and truncation, whatever else shared the forward pass).
         """
         # Bad input fails here, in the caller, not in the worker.

@@ -29,7 +29,3 @@ def pool_hidden_states(hidden: torch.Tensor, mean_mask: torch.Tensor, pooling: s
     if pooling == "mean_last":
         return (mean + last) / 2
     raise ValueError(f"unknown pooling {pooling!r}")
-
-
-# The name before 0.2: kept for code that imported it.
-pool = pool_hidden_states

@@ -47,7 +47,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None) 
     return resolved
 
 
-def _dtype_name(dtype: torch.dtype | str) -> str:
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """``"bfloat16"`` for ``torch.bfloat16`` (or its string): the name options and records use."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -141,7 +142,7 @@ class LoadOptions(BaseModel):
     @field_validator("dtype", mode="before")
     @classmethod
     def _check_dtype(cls, dtype: Any) -> str | None:
-        return None if dtype is None else _dtype_name(resolve_dtype(dtype, None))
+        return None if dtype is None else dtype_name(resolve_dtype(dtype, None))
 
     @field_validator("device", mode="before")
     @classmethod
@@ -197,7 +198,7 @@ class LoadOptions(BaseModel):
             resolved["model"] = str(Path(self.model).expanduser().resolve())  # ./m and /abs/m are one model
         target = self.target_device()
         resolved["device"] = _device_name(target) if target is not None else None
-        resolved["dtype"] = _dtype_name(resolve_dtype(self.dtype, target))
+        resolved["dtype"] = dtype_name(resolve_dtype(self.dtype, target))
         return json.dumps(_with_string_keys(resolved), sort_keys=True, default=repr)
 
     def __hash__(self) -> int:

@@ -39,9 +39,9 @@ EXTRAS: dict[str, Extra] = {
         Extra(
             "hybrid",
             ("qdrant_client", "langchain_qdrant", "llama_index.vector_stores.qdrant"),
-            "hybrid dense + sparse search in Qdrant (kv_embeddings_integrations.hybrid)",
+            "hybrid dense + sparse search in Qdrant (kv_embeddings_integrations.integrations.hybrid)",
         ),
-        Extra("mteb", ("mteb",), "kv_embeddings_integrations.mteb (MTEB 2.x encoder)"),
+        Extra("mteb", ("mteb",), "kv_embeddings_integrations.integrations.mteb (MTEB 2.x encoder)"),
         Extra("plot", ("matplotlib",), "charts (kv-embed select-layers --plot)"),
         Extra("ray", ("ray",), "Ray Data batch embedding (embed_dataset, kv-embed embed-dataset)"),
         Extra(

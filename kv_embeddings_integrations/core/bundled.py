@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .caches import CACHE_ENV, cache_dir
+from .cache import cache_dir
 
-__all__ = ["BUNDLED_MODELS", "CACHE_ENV", "DEFAULT_MODEL", "BundledModel", "bundled_model_dir", "cache_dir"]
+__all__ = ["BUNDLED_MODELS", "DEFAULT_MODEL", "BundledModel", "bundled_model_dir"]
 
 logger = logging.getLogger(__name__)
 

@@ -4,27 +4,26 @@ The intrinsic dimension (ID) of the last-token representation of prompted texts 
 every layer with TwoNN (Facco et al. 2017, Sci. Rep. 7:12140); the re-routed window starts at
 the layer of minimum ID past the first 20% of the network and spans ``floor(L / 10)`` more layers.
 The choice is computed once per model and cached as JSON in the user cache; the package ships
-the choices for its bundled models (see :mod:`~kv_embeddings_integrations.caches`).
+the choices for its bundled models (see :mod:`~kv_embeddings_integrations.core.cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from .atomic import write_atomically
-from .caches import ORIGIN_WORDS, cached_file, candidate_files
+from ..cache import ORIGIN_WORDS, cached_file, candidate_files, texts_digest, write_atomically
+from ..calibration import builtin_calibration_texts
+from ..identity import model_identity
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,6 @@ MIN_POINTS = 20
 DEFAULT_SKIP_FRACTION = 0.2
 # Bump when the estimator or the points change, so old cache entries stop matching.
 ESTIMATOR_VERSION = 1
-CALIBRATION_FILES = ("image_captions.txt", "banking_queries.txt", "python_reference.txt")
 
 
 class SelectableEmbedder(Protocol):
@@ -58,15 +56,6 @@ def resolve_layers(layers: list[int] | None, num_layers: int) -> list[int]:
     if bad:
         raise ValueError(f"layers {bad} out of range: the model has {num_layers} layers (0..{num_layers - 1})")
     return list(layers)
-
-
-def builtin_calibration_texts() -> list[str]:
-    """The 1000 texts shipped with the package (see ``data/calibration/README.md`` for sources)."""
-    folder = resources.files("kv_embeddings_integrations") / "data" / "calibration"
-    texts: list[str] = []
-    for name in CALIBRATION_FILES:
-        texts += [line for line in (folder / name).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return texts
 
 
 def twonn_dimension(points, *, discard_fraction: float = 0.1) -> float:
@@ -153,36 +142,6 @@ def layerwise_dimensions(
     return [twonn_dimension(states[:, layer]) for layer in range(states.shape[1])]
 
 
-def model_fingerprint(model: torch.nn.Module, *, round_to: torch.dtype | None = None) -> str:
-    """A cheap hash of a model's weights: shape, dtype and up to 128 sampled values of each tensor.
-
-    Reading every weight of an 8B model would cost seconds; a sample tells checkpoints apart.
-
-    Args:
-        model: the module whose ``state_dict`` is hashed.
-        round_to: round sampled floating-point values to this dtype and leave the tensors' dtypes
-            out, so loads of one checkpoint in float32 and in ``round_to`` hash alike; ``None``
-            hashes the values and dtypes as loaded.
-    """
-    digest = hashlib.sha256()
-    for name, param in model.state_dict().items():
-        dtype = "" if round_to is not None else f":{param.dtype}"
-        digest.update(f"{name}:{tuple(param.shape)}{dtype}".encode())
-        if param.device.type == "meta" or param.numel() == 0:
-            continue
-        flat = param.detach().reshape(-1)
-        step = max(1, flat.numel() // 64)
-        sample = torch.cat([flat[:64], flat[::step][:64]]).to("cpu")
-        if round_to is None:
-            sample = sample.to(torch.float64)
-        elif sample.is_floating_point():
-            sample = sample.to(round_to).to(torch.float32)
-        else:  # quantized integer weights: as stored, they do not depend on a load dtype
-            sample = sample.to(torch.int64)
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()
-
-
 @dataclass
 class LayerSelection:
     """The outcome of automatic selection, as stored in the cache."""
@@ -198,25 +157,6 @@ class LayerSelection:
     origin: str = "computed"
 
 
-def model_identity(model: torch.nn.Module) -> dict[str, Any]:
-    """Which weights a cache entry was computed with (class, hub revision, fingerprint, dtype).
-
-    Not where they were loaded from: the same checkpoint in another folder (a bundled model in
-    another user's cache) is the same model, so its results carry over, shipped ones included.
-    """
-    return {
-        "model_class": type(model).__name__,
-        "revision": getattr(model.config, "_commit_hash", None),
-        "weights": model_fingerprint(model),
-        "dtype": str(next(model.parameters()).dtype),
-    }
-
-
-def joined_texts_digest(texts: Sequence[str]) -> str:
-    """SHA-256 of the texts joined by NUL: which sample a cache entry was computed on."""
-    return hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
-
-
 def selection_key(embedder: SelectableEmbedder, texts: Sequence[str], rule: dict[str, Any]) -> dict[str, Any]:
     """Everything the selection depends on."""
     return {
@@ -225,7 +165,7 @@ def selection_key(embedder: SelectableEmbedder, texts: Sequence[str], rule: dict
         "template": embedder.template("document"),
         "max_length": embedder.max_length,
         "num_texts": len(texts),
-        "texts_sha256": joined_texts_digest(texts),
+        "texts_sha256": texts_digest(texts),
         "rule": _rule(rule, embedder.num_layers),
     }
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
 
-from .bundled import DEFAULT_MODEL
-from .embedder import KVEmbedder
-from .prompts import prompt_type_of
-from .shared import AdapterConfig
+from ..core.bundled import DEFAULT_MODEL
+from ..core.embedder import KVEmbedder
+from ..core.prompts import prompt_type_of
+from .adapter import AdapterConfig
 
 
 class _KVComponent:
@@ -55,7 +55,7 @@ class _KVComponent:
         return self._embedder
 
     def identity(self) -> dict[str, Any]:
-        """What decides the vectors (see :mod:`~kv_embeddings_integrations.identity`)."""
+        """What decides the vectors (see :mod:`~kv_embeddings_integrations.core.identity`)."""
         return self.embedder.identity(normalize=self.normalize)
 
     def _init_parameters(self) -> dict[str, Any]:
@@ -93,17 +93,17 @@ class KVTextEmbedder(_KVComponent):
 
     Args:
         model: hub id, local directory or bundled alias (default: the bundled SmolLM2-135M).
-        model_kwargs: how to load it (:class:`~kv_embeddings_integrations.loading.LoadOptions`
+        model_kwargs: how to load it (:class:`~kv_embeddings_integrations.core.loading.LoadOptions`
             fields: ``dtype``, ``device``, ``device_map``, ``revision``, ``trust_remote_code``, ...).
         input_type: which prompt embeds the text: ``"query"`` (default), ``"document"``, or another
             provider's name for them (``search_query``, ``passage``, ...; see
-            :data:`~kv_embeddings_integrations.prompts.INPUT_TYPES`).
+            :data:`~kv_embeddings_integrations.core.prompts.INPUT_TYPES`).
         normalize: L2-normalise the vector (default True).
         prefix: a string put before the text (the prompt already frames it; rarely needed).
         suffix: a string put after the text.
         batch_size: texts per forward pass (None: the embedder's).
         progress_bar: show a progress bar.
-        **options: any :class:`~kv_embeddings_integrations.config.EmbedderConfig` option (``task``,
+        **options: any :class:`~kv_embeddings_integrations.core.config.EmbedderConfig` option (``task``,
             ``method``, ``layers``, ``postprocess``, ``max_length``, ...).
     """
 
@@ -156,7 +156,7 @@ class KVDocumentEmbedder(_KVComponent):
 
     Args:
         model: hub id, local directory or bundled alias (default: the bundled SmolLM2-135M).
-        model_kwargs: how to load it (:class:`~kv_embeddings_integrations.loading.LoadOptions` fields).
+        model_kwargs: how to load it (:class:`~kv_embeddings_integrations.core.loading.LoadOptions` fields).
         normalize: L2-normalise the vectors (default True).
         prefix: a string put before each text.
         suffix: a string put after each text.
@@ -165,7 +165,7 @@ class KVDocumentEmbedder(_KVComponent):
         meta_fields_to_embed: meta fields embedded with the content, before it (as Haystack's own
             embedders do).
         embedding_separator: what joins the meta fields and the content (default a newline).
-        **options: any :class:`~kv_embeddings_integrations.config.EmbedderConfig` option.
+        **options: any :class:`~kv_embeddings_integrations.core.config.EmbedderConfig` option.
     """
 
     def __init__(

@@ -9,7 +9,7 @@ Example:
     .. code-block:: python
 
         import mteb
-        from kv_embeddings_integrations.mteb import mteb_encoder
+        from kv_embeddings_integrations.integrations.mteb import mteb_encoder
 
         encoder = mteb_encoder("Qwen/Qwen3-4B", method="kv")
         results = mteb.evaluate(encoder, mteb.get_tasks(tasks=["STSBenchmark", "SciFact"]))
@@ -33,23 +33,24 @@ try:
 except ModuleNotFoundError as e:  # only a missing mteb; a broken mteb install raises as it is
     if e.name is None or e.name.split(".")[0] != "mteb":
         raise
-    from .extras import missing_error
+    from ..core.extras import missing_error
 
-    raise missing_error("mteb", "kv_embeddings_integrations.mteb (an MTEB 2.x encoder)", ["mteb"]) from e
+    raise missing_error("mteb", "kv_embeddings_integrations.integrations.mteb (an MTEB 2.x encoder)", ["mteb"]) from e
 
 if "experiment_kwargs" not in ModelMeta.model_fields:  # ModelMeta forbids unknown fields
     from mteb import __version__ as _mteb_version
 
     raise ImportError(
-        f"kv_embeddings_integrations.mteb needs mteb>=2.10 (ModelMeta.experiment_kwargs), found {_mteb_version}. "
+        f"kv_embeddings_integrations.integrations.mteb needs mteb>=2.10 (ModelMeta.experiment_kwargs), "
+        f"found {_mteb_version}. "
         "Upgrade with:  pip install -U 'kv-embeddings-integrations[mteb]'"
     )
 
-from .bundled import DEFAULT_MODEL
-from .config import EmbedderConfig
-from .embedder import KVEmbedder
-from .loading import LoadOptions
-from .version import __version__
+from ..core.bundled import DEFAULT_MODEL
+from ..core.config import EmbedderConfig
+from ..core.embedder import KVEmbedder
+from ..core.loading import LoadOptions, dtype_name
+from ..version import __version__
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -79,7 +80,7 @@ def _default_name(source: str, method: str) -> str:
 
 def _dtype_name(model: torch.nn.Module) -> str | None:
     param = next(model.parameters(), None)
-    return str(param.dtype).removeprefix("torch.") if param is not None else None
+    return dtype_name(param.dtype) if param is not None else None
 
 
 def _experiment_kwargs(embedder: KVEmbedder) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..embedder import KVEmbedder
+from ...core.embedder import KVEmbedder
 from ..llama_index import KVEmbedding
 
 BatchSparseEncoding = tuple[list[list[int]], list[list[float]]]
@@ -28,7 +28,7 @@ def sparse_functions(
 
             from llama_index.vector_stores.qdrant import QdrantVectorStore
             from kv_embeddings_integrations import KVEmbedding
-            from kv_embeddings_integrations.hybrid.llama_index import sparse_functions
+            from kv_embeddings_integrations.integrations.hybrid.llama_index import sparse_functions
 
             embed_model = KVEmbedding()
             doc_fn, query_fn = sparse_functions(embed_model)

@@ -7,8 +7,8 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from pydantic import Field, PrivateAttr, model_validator
 
-from .embedder import KVEmbedder
-from .shared import AdapterConfig
+from ..core.embedder import KVEmbedder
+from .adapter import AdapterConfig
 
 
 class KVEmbeddings(AdapterConfig, Embeddings):

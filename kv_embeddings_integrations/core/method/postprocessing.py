@@ -4,7 +4,7 @@ LLM hidden states are strongly anisotropic (every pair of texts has a cosine nea
 the common mean direction spreads them out, and PCA drops dimensions the data barely uses
 (cheaper vector stores). Fitted once, without labels, on sample texts embedded with the document
 prompt, then cached as a safetensors file (no pickle) keyed like the layer selection; the package
-ships the default's fit for its bundled models (see :mod:`~kv_embeddings_integrations.caches`).
+ships the default's fit for its bundled models (see :mod:`~kv_embeddings_integrations.core.cache`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 from safetensors.numpy import save as save_bytes
 
-from .atomic import write_atomically
-from .caches import ORIGIN_WORDS, cached_file, candidate_files
+from ..cache import ORIGIN_WORDS, cached_file, candidate_files, write_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .inputs import check_positive_int
 from .prompts import PROMPT_TYPES, check_template
 
 MethodName = Literal[
@@ -28,12 +29,6 @@ TASK_METHODS: dict[str, str] = {"retrieval": "kv", "similarity": "kv_pcot", "cla
 SYMMETRIC_TASKS = frozenset({"similarity", "classification"})
 
 SELECTION_OPTIONS = frozenset({"skip_fraction", "window", "last_layer"})
-
-
-def _positive(name: str, value: int | None) -> int | None:
-    if value is not None and (isinstance(value, bool) or value < 1):
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return value
 
 
 class EmbedderConfig(BaseModel):
@@ -191,7 +186,8 @@ class EmbedderConfig(BaseModel):
     @field_validator("max_length", "batch_size", "max_tokens_per_batch", "dimensions")
     @classmethod
     def _check_positive(cls, value, info):
-        return _positive(info.field_name, value)
+        check_positive_int(info.field_name, value)
+        return value
 
     @field_validator("selection")
     @classmethod

@@ -1,6 +1,6 @@
 """One loaded model per process, however many embedders and adapters use it.
 
-Front ends built with equivalent :class:`~kv_embeddings_integrations.loading.LoadOptions` share
+Front ends built with equivalent :class:`~kv_embeddings_integrations.core.loading.LoadOptions` share
 one model in memory (the key is :meth:`LoadOptions.sharing_key`, so ``dtype="bfloat16"`` and
 ``dtype=torch.bfloat16`` are one model), and the same embedder options share one
 :class:`KVEmbedder`. Entries are weak: a model is freed once nothing uses it.
@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
-from .bundled import DEFAULT_MODEL
-from .config import EmbedderConfig
-from .embedder import KVEmbedder
-from .loading import LoadOptions
+from ..core.bundled import DEFAULT_MODEL
+from ..core.config import EmbedderConfig
+from ..core.embedder import KVEmbedder
+from ..core.loading import LoadOptions
 
 _lock = threading.Lock()
 _models: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()

@@ -11,15 +11,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .bundled import DEFAULT_MODEL
-from .config import EmbedderConfig
-from .extras import MissingExtraError, require
-from .jsonl import iter_jsonl
-from .loading import LoadOptions
-from .parallel.ray_data import DEFAULT_BATCH_SIZE as DEFAULT_DATASET_BATCH
-from .parallel.ray_data import FORMATS
-from .prompts import PROMPT_TYPES
-from .serving.settings import ServeSettings
+from ..core.bundled import DEFAULT_MODEL
+from ..core.config import EmbedderConfig
+from ..core.extras import MissingExtraError, require
+from ..core.jsonl import iter_jsonl
+from ..core.loading import LoadOptions
+from ..core.prompts import PROMPT_TYPES
+from ..parallel.ray_data import DEFAULT_BATCH_SIZE as DEFAULT_DATASET_BATCH
+from ..parallel.ray_data import FORMATS
+from ..serving.settings import ServeSettings
 
 
 class CLIError(Exception):
@@ -355,8 +355,8 @@ def _load_options(args, **changes: Any) -> LoadOptions:
 def _embedder(args):
     import torch
 
-    from .embedder import KVEmbedder
-    from .loading import resolve_dtype
+    from ..core.embedder import KVEmbedder
+    from ..core.loading import resolve_dtype
 
     config = _config(args, "batch_size", "max_tokens_per_batch")
     changes = {}
@@ -376,8 +376,8 @@ def _embedder(args):
 
 
 def _select_layers(args) -> None:
-    from .embedder import KVEmbedder
-    from .layer_selection import auto_select_layers
+    from ..core.embedder import KVEmbedder
+    from ..core.method.layer_selection import auto_select_layers
 
     texts = read_texts(args.texts, args.text_field) if args.texts is not None else None
     if args.plot is not None:
@@ -439,7 +439,7 @@ def _evaluate(args) -> None:
     except MissingExtraError as e:
         raise CLIError(str(e)) from None
 
-    from . import evaluation
+    from .. import evaluation
 
     if not (args.sts or args.retrieval or args.classification):
         raise CLIError("give at least one task: --sts, --retrieval or --classification")
@@ -490,9 +490,9 @@ def _evaluate(args) -> None:
 def _embed_file(args) -> None:
     import contextlib
 
-    from .identity import compared_fields
-    from .inputs import prepare_texts
-    from .parallel.checkpoint import CheckpointError, ChunkedRun
+    from ..core.identity import compared_fields
+    from ..core.inputs import prepare_texts
+    from ..parallel.checkpoint import CheckpointError, ChunkedRun
 
     texts = read_texts(args.input, args.text_field)
     try:
@@ -545,7 +545,7 @@ def _embed_dataset(args) -> None:
     import os
     import time
 
-    from .parallel import ray_data
+    from ..parallel import ray_data
 
     try:
         ray = ray_data.require_ray()
@@ -599,9 +599,9 @@ def _serve(args) -> None:
         require("serve", "kv-embed serve")
     except MissingExtraError as e:
         raise CLIError(str(e)) from None
-    from .serving import API_KEY_ENV, EmbeddingEngine, create_app
-    from .serving.server import run_server
-    from .serving.token_ids import cl100k
+    from ..serving import API_KEY_ENV, EmbeddingEngine, create_app
+    from ..serving.server import run_server
+    from ..serving.token_ids import cl100k
 
     name = args.served_model_name or args.model
     try:

@@ -1,0 +1,57 @@
+"""What another process needs to rebuild an embedder (data-parallel workers, Ray actors)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from transformers import PreTrainedModel
+
+from .config import EmbedderConfig
+from .method.postprocessing import PostProcessor
+
+if TYPE_CHECKING:
+    from .embedder import KVEmbedder
+
+
+@dataclasses.dataclass
+class EmbedderRecipe:
+    """What another process needs to rebuild an embedder, with its layers already chosen.
+
+    Sent to data-parallel workers and similar instead of the embedder itself, so nothing else it
+    holds (a request queue, locks) has to pickle, and no worker re-runs layer selection.
+
+    Attributes:
+        embedder_class: the class to rebuild (:class:`~kv_embeddings_integrations.KVEmbedder` or a
+            subclass); a class pickles by name, so this module needs no import of it.
+        model: the loaded causal LM.
+        tokenizer: its tokenizer.
+        config: the embedder's options.
+        name: the model's name, for messages and the identity record.
+        layers: the re-routed layers, already selected.
+        postprocessor: the fitted post-processing, if any.
+    """
+
+    embedder_class: type[KVEmbedder]
+    model: PreTrainedModel
+    tokenizer: Any
+    config: EmbedderConfig
+    name: str
+    layers: list[int]
+    postprocessor: PostProcessor | None = None
+
+    def build(self) -> KVEmbedder:
+        """The embedder, re-routing exactly :attr:`layers`, with the fitted post-processing."""
+        # An empty list is not a valid `layers` option; None means "no re-routing", which is what
+        # an empty selection means too (or the method does not re-route and ignores it anyway).
+        embedder = self.embedder_class(
+            self.model,
+            self.tokenizer,
+            self.config,
+            name=self.name,
+            postprocessor=self.postprocessor,
+            layers=self.layers or None,
+        )
+        if embedder.layers != self.layers:
+            raise RuntimeError(f"the rebuilt embedder re-routes layers {embedder.layers}, not {self.layers}")
+        return embedder
