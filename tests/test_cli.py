@@ -232,12 +232,13 @@ def test_option_choices_and_defaults_come_from_the_config():
     import typing
 
     from kv_embeddings_integrations import EmbedderConfig
-    from kv_embeddings_integrations.cli import MODEL_OPTIONS, _config, build_parser
+    from kv_embeddings_integrations.cli import build_parser
+    from kv_embeddings_integrations.cli.options import MODEL_OPTIONS, embedder_config
 
     parser = build_parser()
     args = parser.parse_args(["embed", "--input", "x.txt", "--output", "x.npy"])
     # No option given: exactly the config's defaults.
-    assert _config(args) == EmbedderConfig()
+    assert embedder_config(args) == EmbedderConfig()
     embed = next(a for a in parser._actions if a.dest == "command").choices["embed"]  # argparse's own, on purpose
     actions = {a.dest: a for a in embed._actions}
     for name in MODEL_OPTIONS:

@@ -210,6 +210,46 @@ def test_from_pretrained_takes_load_options(model_dir):
     assert by_path.load_options.extra["config"] is config and by_path.name == str(model_dir)
 
 
+def test_from_pretrained_sorts_options_and_names_an_unknown_one(model_dir):
+    embedder = KVEmbedder.from_pretrained(
+        str(model_dir), device="cpu", extra={"low_cpu_mem_usage": True}, layers=[1], bias=0.5, **PAPER
+    )
+    assert embedder.load_options == LoadOptions(model=str(model_dir), device="cpu", low_cpu_mem_usage=True)
+    assert embedder.config.bias == 0.5 and embedder.layers == [1]
+    # A misspelt option fails before anything loads, naming it and both kinds of valid options.
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['methd'\].*'dtype'.*'method'.*extra="):
+        KVEmbedder.from_pretrained("no/such-model", methd="kv")
+
+
+def test_the_method_is_resolved_once_into_one_frozen_value(tokenizer):
+    import dataclasses
+
+    embedder = KVEmbedder(
+        make_model("llama"), tokenizer, method="tp", prompts={"query": "Q: {text}"}, postprocess="none"
+    )
+    resolved = embedder.resolved
+    assert (resolved.method, resolved.family, resolved.reroute, resolved.token_prepending) == (
+        "tp",
+        "prompteol",
+        False,
+        True,
+    )
+    assert resolved.query_templates == ("Q: {text}",) and resolved.document_templates == embedder.templates()
+    # The embedder's properties, repr and identity all read it.
+    assert (embedder.pooling, embedder.output_layer, embedder.prepend_layers) == (
+        resolved.pooling,
+        resolved.output_layer,
+        resolved.prepend_layers,
+    )
+    assert f"family={resolved.family!r}" in repr(embedder)
+    assert embedder.identity()["prompt_family"] == "prompteol" and embedder.identity()["output_layer"] == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        resolved.pooling = "mean"  # type: ignore[misc]
+    # A bad option fails while resolving, before anything runs.
+    with pytest.raises(ValueError, match="layers \\[3\\] come after output_layer 1"):
+        KVEmbedder(make_model("llama"), tokenizer, output_layer=1, layers=[3], **PAPER)
+
+
 def _config(**options):
     from kv_embeddings_integrations import EmbedderConfig
 

@@ -18,15 +18,15 @@ def model():
 
 
 def _spy_forwards(embedder, monkeypatch) -> list[tuple[int, int]]:
-    """Record (rows, padded width) of every forward pass."""
+    """Record (rows, padded width) of every forward pass, through the runner's seam."""
     shapes: list[tuple[int, int]] = []
-    original = embedder._embed_batch
+    original = embedder.runner.forward
 
     def spy(batch):
         shapes.append(tuple(batch.input_ids.shape))
         return original(batch)
 
-    monkeypatch.setattr(embedder, "_embed_batch", spy)
+    monkeypatch.setattr(embedder.runner, "forward", spy)
     return shapes
 
 
@@ -45,7 +45,7 @@ def test_token_budget_caps_every_forward(model, tokenizer, budget, monkeypatch):
 def _oom_above(embedder, monkeypatch, max_rows: int) -> list[int]:
     """Make forwards of more than ``max_rows`` rows fail as CUDA would; returns the rows tried."""
     tried: list[int] = []
-    original = embedder._embed_batch
+    original = embedder.runner.forward
 
     def limited(batch):
         rows = batch.input_ids.shape[0]
@@ -54,7 +54,7 @@ def _oom_above(embedder, monkeypatch, max_rows: int) -> list[int]:
             raise torch.OutOfMemoryError(f"CUDA out of memory (simulated: {rows} rows)")
         return original(batch)
 
-    monkeypatch.setattr(embedder, "_embed_batch", limited)
+    monkeypatch.setattr(embedder.runner, "forward", limited)
     return tried
 
 

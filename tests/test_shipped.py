@@ -12,7 +12,7 @@ from helpers import CORPUS, TEXTS, make_model
 from safetensors import safe_open
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core import cache
+from kv_embeddings_integrations.core import cache, identity
 from kv_embeddings_integrations.core.bundled import bundled_model_dir
 from kv_embeddings_integrations.core.calibration import builtin_calibration_texts
 from kv_embeddings_integrations.core.method import layer_selection, postprocessing
@@ -73,6 +73,30 @@ def test_results_carry_over_to_the_same_weights_in_another_folder(tokenizer, tmp
     other.save_pretrained(tmp_path / "c")
     tokenizer.save_pretrained(tmp_path / "c")
     assert KVEmbedder.from_pretrained(str(tmp_path / "c"), **OPTIONS).layer_selection.origin == "computed"
+
+
+def test_the_cache_keys_are_built_by_identity_with_the_shipped_fields(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
+    embedder = KVEmbedder(make_model("llama"), tokenizer, **OPTIONS)
+    selection_key = identity.layer_selection_key(embedder, TEXTS_40, embedder.resolved.selection_rule)
+    assert embedder.layer_selection.key == selection_key
+    fit_key = identity.postprocessing_key(embedder, TEXTS_40)
+    assert postprocessing.load(postprocessing.cache_path(fit_key), fit_key) is not None
+    # Shipped files are found by the digest of these fields: renaming or adding one orphans them.
+    model = ["dtype", "model_class", "revision", "weights"]
+    texts = ["num_texts", "texts_sha256"]
+    assert sorted(selection_key) == sorted(["estimator_version", *model, "template", "max_length", *texts, "rule"])
+    assert sorted(fit_key) == sorted(
+        ["version", "kind", "dimensions", *model, "config", "templates", "layers", "max_length", *texts]
+    )
+    assert set(fit_key["config"]) == set(embedder.config.to_dict()) - {
+        "task",
+        "batch_size",
+        "max_tokens_per_batch",
+        "calibration_texts",
+        "selection",
+        "postprocess_texts",
+    }
 
 
 def _manifest() -> list[dict]:

@@ -8,6 +8,7 @@ from helpers import TEXTS, make_model
 
 from kv_embeddings_integrations import PRESETS, EmbedderConfig, KVEmbedder
 from kv_embeddings_integrations.core.config import TASK_METHODS
+from kv_embeddings_integrations.core.identity import postprocessing_key
 from kv_embeddings_integrations.core.prompts import FAMILIES
 
 
@@ -43,7 +44,7 @@ def test_a_task_and_its_method_share_the_cached_fit_and_identity(tokenizer):
     by_task = KVEmbedder(model, tokenizer, task="similarity", layers=[1])
     by_method = KVEmbedder(model, tokenizer, method="kv_pcot", layers=[1])
     texts = [f"text {i}" for i in range(30)]
-    assert by_task._postprocess_key(texts) == by_method._postprocess_key(texts)
+    assert postprocessing_key(by_task, texts) == postprocessing_key(by_method, texts)
     assert by_task.postprocessor is not None
     np.testing.assert_array_equal(by_task.postprocessor.mean, by_method.postprocessor.mean)
     # Pretended CoT has one prompt for both sides: the same vectors and identity either way.

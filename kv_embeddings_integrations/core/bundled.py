@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .cache import cache_dir
 
@@ -116,7 +117,7 @@ def _gguf_read_once() -> Iterator[None]:
     read_metadata = gguf_utils.load_gguf_checkpoint
     metadata = functools.lru_cache(maxsize=2)(lambda path: read_metadata(path, return_tensors=False))
 
-    def load_gguf_checkpoint(path, return_tensors=False, **kwargs):
+    def load_gguf_checkpoint(path: str, return_tensors: bool = False, **kwargs: Any) -> Any:
         if return_tensors or kwargs:
             return read_metadata(path, return_tensors=return_tensors, **kwargs)
         return copy.deepcopy(metadata(path))  # callers may change what they get
@@ -151,7 +152,8 @@ def _convert(gguf_path: Path, target: Path) -> None:
             tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype="float32", **kwargs)
         # The weights are already de-quantized; drop the GGUF "quantizer" so they save as plain safetensors.
-        model.hf_quantizer = None
+        # (torch types the values of Module.__setattr__ as Tensor | Module.)
+        model.hf_quantizer = None  # type: ignore[assignment]
         model.config.quantization_config = None
         del model.config.quantization_config
         model.save_pretrained(work)

@@ -33,10 +33,10 @@ class _Request:
     prompt_type: str
     normalize: bool
     sparse: bool = False
-    future: Future = field(default_factory=Future)
+    future: Future[EmbedResult] = field(default_factory=Future)
 
     @property
-    def kind(self) -> tuple:
+    def kind(self) -> tuple[str, bool] | tuple[str, bool, bool]:
         return (self.prompt_type, self.normalize, True) if self.sparse else (self.prompt_type, self.normalize)
 
 
@@ -80,7 +80,9 @@ class RequestCoalescer:
         # Sizes (in texts) of the latest coalesced calls (at most _KEPT_SIZES); for benchmarks and tests.
         self.batch_sizes: list[int] = []
 
-    def submit(self, texts: list[str], prompt_type: str, normalize: bool = True, sparse: bool = False) -> Future:
+    def submit(
+        self, texts: list[str], prompt_type: str, normalize: bool = True, sparse: bool = False
+    ) -> Future[EmbedResult]:
         """Queue ``texts``; the returned future gives their own :class:`EmbedResult` (vectors, token
         counts, truncation, and sparse vectors if ``sparse``), whatever else shared the forward pass."""
         request = _Request(list(texts), prompt_type, normalize, sparse)
@@ -110,7 +112,9 @@ class RequestCoalescer:
             if not self._pending:
                 return []
             kind = self._pending[0].kind
-            group, rest, count = [], [], 0
+            group: list[_Request] = []
+            rest: list[_Request] = []
+            count = 0
             for request in self._pending:
                 fits = not group or count + len(request.texts) <= self.max_texts
                 if request.kind == kind and fits:
@@ -122,7 +126,7 @@ class RequestCoalescer:
         return group
 
     def _run(self) -> None:
-        group: list[_Request] = []
+        group: list[_Request] | None = []
         try:
             while (group := self._take()) is not None:
                 self._serve(group)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .inputs import check_positive_int
 from .prompts import PROMPT_TYPES, check_template
@@ -29,6 +29,8 @@ TASK_METHODS: dict[str, str] = {"retrieval": "kv", "similarity": "kv_pcot", "cla
 SYMMETRIC_TASKS = frozenset({"similarity", "classification"})
 
 SELECTION_OPTIONS = frozenset({"skip_fraction", "window", "last_layer"})
+# The fraction of early layers automatic selection never picks, unless ``selection`` says otherwise.
+DEFAULT_SKIP_FRACTION = 0.2
 
 
 class EmbedderConfig(BaseModel):
@@ -167,7 +169,7 @@ class EmbedderConfig(BaseModel):
 
     @field_validator("layers")
     @classmethod
-    def _check_layers(cls, layers):
+    def _check_layers(cls, layers: Literal["auto"] | list[int] | None) -> Literal["auto"] | list[int] | None:
         if isinstance(layers, list):
             if not layers or any(i < 0 for i in layers):
                 raise ValueError(f"layers must be a non-empty list of non-negative ints, got {layers!r}")
@@ -176,7 +178,7 @@ class EmbedderConfig(BaseModel):
 
     @field_validator("prompts")
     @classmethod
-    def _check_prompts(cls, prompts):
+    def _check_prompts(cls, prompts: dict[str, str] | None) -> dict[str, str] | None:
         for key, template in (prompts or {}).items():
             if key not in PROMPT_TYPES:
                 raise ValueError(f"prompts keys must be in {PROMPT_TYPES}, got {key!r}")
@@ -185,20 +187,20 @@ class EmbedderConfig(BaseModel):
 
     @field_validator("max_length", "batch_size", "max_tokens_per_batch", "dimensions")
     @classmethod
-    def _check_positive(cls, value, info):
-        check_positive_int(info.field_name, value)
+    def _check_positive(cls, value: int | None, info: ValidationInfo) -> int | None:
+        check_positive_int(str(info.field_name), value)
         return value
 
     @field_validator("selection")
     @classmethod
-    def _check_selection(cls, selection):
+    def _check_selection(cls, selection: dict[str, Any] | None) -> dict[str, Any] | None:
         unknown = set(selection or {}) - SELECTION_OPTIONS
         if unknown:
             raise ValueError(f"selection keys must be among {sorted(SELECTION_OPTIONS)}, got {sorted(unknown)}")
         return selection
 
     @model_validator(mode="after")
-    def _check_dimensions(self):
+    def _check_dimensions(self) -> EmbedderConfig:
         if self.dimensions is not None and self.postprocess not in ("pca", "whiten"):
             raise ValueError(
                 f"dimensions={self.dimensions} needs postprocess='pca' or 'whiten', not {self.postprocess!r}"
@@ -240,6 +242,7 @@ class EmbedderConfig(BaseModel):
 
     @classmethod
     def option_names(cls) -> frozenset[str]:
+        """The names of the options (the fields)."""
         return frozenset(EmbedderConfig.model_fields)
 
     @classmethod

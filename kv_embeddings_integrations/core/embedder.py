@@ -4,57 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
 import logging
 import os
 import threading
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import sparse as sparse_vectors
-from .batching import plan_batches
-from .cache import texts_digest
-from .calibration import builtin_calibration_texts
 from .coalescing import RequestCoalescer
 from .config import EmbedderConfig
-from .identity import embedder_identity, model_identity
+from .identity import embedder_identity
 from .inputs import check_positive_int, texts_to_embed
-from .loading import LoadOptions
-from .method import postprocessing, rerouting, token_prepending
-from .method.layer_selection import LayerSelection, auto_select_layers, resolve_layers
-from .method.postprocessing import PostProcessor
+from .loading import LoadOptions, split_options
+from .method import rerouting, token_prepending
+from .method.layer_selection import LayerSelection, layers_for
+from .method.postprocessing import PostProcessor, processor_for
 from .pool import EmbeddingPool
-from .pooling import pool_hidden_states
-from .prompts import FAMILIES, METHODS, PROMPT_TYPES, MethodSpec, PromptFamily
+from .prompts import FAMILIES, METHODS, MethodSpec, PromptFamily
 from .recipe import EmbedderRecipe
+from .resolved import ResolvedMethod
 from .results import EmbedResult
+from .runner import DEFAULT_BATCH_SIZE, BatchRunner
 from .sparse import SparseVectors
 from .tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_MAX_LENGTH = 4096
-# A progress bar is shown (when not asked either way) for jobs of more batches than this.
-PROGRESS_BAR_MIN_BATCHES = 10
 # Texts tokenized at once by encode: bounds the token ids held for very large inputs.
 ENCODE_CHUNK = 16384
 # Most texts embedded in one coalesced call of concurrent requests (bounds one call's latency).
 COALESCE_MAX_TEXTS = 512
-
-
-def _release_memory() -> None:
-    # Every GPU, not only the input device: with a device map the failing layer may sit elsewhere.
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 def _average(passes: list[EmbedResult]) -> EmbedResult:
@@ -85,8 +71,9 @@ def _chain(source: Future, target: Future, transform) -> None:
             target.set_result(value)
 
 
-# State that belongs to this process: not pickled (the pool sends embedders to workers).
-_PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "_float32_lock", "batch_listeners", "batch_start_listeners")
+# State that belongs to this process: not pickled (the pool sends embedders to workers); the
+# runner (with its lock) is rebuilt on unpickling.
+_PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "runner", "batch_listeners", "batch_start_listeners")
 
 
 class KVEmbedder:
@@ -106,16 +93,20 @@ class KVEmbedder:
         **options: any :class:`EmbedderConfig` field: ``method``, ``prompt_family``, ``reroute``,
             ``layers``, ``bias``, ``pooling``, ``output_layer``, ``postprocess``, ``max_length``, ...
 
-    With ``layers="auto"``, the layers are selected (or read from the cache) at the end of
-    construction, by :func:`~kv_embeddings_integrations.core.method.layer_selection.auto_select_layers` on
-    this fully built embedder; :attr:`layer_selection` holds the outcome. Post-processing, if
-    any, is fitted (or read from the cache) after that.
+    The options are resolved once for the model into :attr:`resolved` (a
+    :class:`~kv_embeddings_integrations.core.resolved.ResolvedMethod`), which everything that
+    decides a vector reads. With ``layers="auto"``, the layers are selected (or read from the
+    cache) at the end of construction, by
+    :func:`~kv_embeddings_integrations.core.method.layer_selection.layers_for` on this otherwise
+    built embedder; :attr:`layer_selection` holds the outcome. Post-processing, if any, is fitted
+    (or read from the cache) after that, by
+    :func:`~kv_embeddings_integrations.core.method.postprocessing.processor_for`.
     """
 
     def __init__(
         self,
         model: PreTrainedModel,
-        tokenizer,
+        tokenizer: PreTrainedTokenizerBase,
         config: EmbedderConfig | None = None,
         *,
         name: str | None = None,
@@ -135,116 +126,33 @@ class KVEmbedder:
         text_config = model.config.get_text_config()
         self.hidden_size: int = text_config.hidden_size
         self.num_layers: int = text_config.num_hidden_layers
+        # Every choice that decides a vector, resolved once: a bad option fails here, before any work.
         context = getattr(text_config, "max_position_embeddings", None)
-        if self.config.max_length is not None and context is not None and self.config.max_length > context:
-            raise ValueError(
-                f"max_length={self.config.max_length} exceeds the model's context length of {context} tokens"
-            )
-        self.max_length = self.config.max_length or min(context or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
-        self.output_layer: int = self._resolve_output_layer()
-        self.prepend_layers: tuple[int, int] | None = None
+        self.resolved = ResolvedMethod.resolve(self.config, self.num_layers, context)
         placeholder = None
-        if self.token_prepending:
+        if self.resolved.token_prepending:
             token_prepending.install(self.decoder)
-            self.prepend_layers = token_prepending.scaled_layers(self.num_layers)
             placeholder = token_prepending.placeholder_id(tokenizer)
         self._prompt_tokenizer = PromptTokenizer(tokenizer, self.max_length, placeholder)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_token_id = pad if pad is not None else 0
         self._coalescer: RequestCoalescer | None = None
         self._coalescer_lock = threading.Lock()
-        self._float32_lock = threading.Lock()
+        # The batched forward passes (and their seam, runner.forward); layer selection below runs them.
+        self.runner = self._make_runner()
         # Called with the number of texts of each coalesced forward pass once it ran (a server's
         # metrics), and just before it runs (a blocking one holds the pass: how tests order events).
         self.batch_listeners: list[Callable[[int], None]] = []
         self.batch_start_listeners: list[Callable[[int], None]] = []
-        # Nothing re-routed until the layers are known; selection below runs on the built embedder.
+        # Nothing re-routed and no post-processing until chosen: both choices embed through this
+        # otherwise built embedder.
         self.layers: list[int] = []
         self.layer_selection: LayerSelection | None = None
-        # None until fitted (below): the fit embeds through this embedder without it.
         self.postprocessor: PostProcessor | None = None
-        if self.reroutes:
-            self._select_layers()
-        if self.config.postprocess != "none":
-            if postprocessor is not None and postprocessor.kind != self.config.postprocess:
-                raise ValueError(
-                    f"postprocessor is {postprocessor.kind!r}, the config asks {self.config.postprocess!r}"
-                )
-            self.postprocessor = postprocessor or self._fit_postprocessor()
-
-    def _resolve_output_layer(self) -> int:
-        layer = self.config.output_layer
-        if layer is None:
-            if self.token_prepending:
-                return token_prepending.scaled_output_layer(self.num_layers)
-            layer = self.family.output_layer
-        if not -self.num_layers <= layer < self.num_layers:
-            raise ValueError(
-                f"output_layer={layer} out of range: the model has {self.num_layers} layers "
-                f"({-self.num_layers}..{self.num_layers - 1})"
-            )
-        return layer % self.num_layers
-
-    def _select_layers(self) -> None:
-        if self.config.layers == "auto":
-            # Layers after the pooled one cannot change its output: never chosen.
-            rule = {"last_layer": self.output_layer, **(self.config.selection or {})}
-            self.layer_selection = auto_select_layers(self, self.config.calibration_texts, **rule)
-            layers = self.layer_selection.layers
-        else:
-            layers = resolve_layers(self.config.layers, self.num_layers)
-            late = [i for i in layers if i > self.output_layer]
-            if late:
-                raise ValueError(
-                    f"layers {late} come after output_layer {self.output_layer}: re-routing them cannot change "
-                    "the pooled hidden states"
-                )
-        if layers:
+        self.layers, self.layer_selection = layers_for(self)
+        if self.layers:
             rerouting.install(self.model)
-        self.layers = layers
-
-    def _postprocess_key(self, texts: list[str]) -> dict[str, Any]:
-        # Fitted on the document prompt: which side queries take does not enter.
-        config = self.config.vector_options()
-        for name in ("batch_size", "max_tokens_per_batch", "calibration_texts", "selection", "postprocess_texts"):
-            config.pop(name)
-        config.pop("symmetric", None)
-        return {
-            "version": postprocessing.FIT_VERSION,
-            "kind": self.config.postprocess,
-            "dimensions": self.config.dimensions,
-            **model_identity(self.model),
-            "config": config,
-            # The prompts as written, not only the method's name: a changed template refits.
-            "templates": list(self.templates("document")),
-            "layers": self.layers,
-            "max_length": self.max_length,
-            "num_texts": len(texts),
-            "texts_sha256": texts_digest(texts),
-        }
-
-    def _fit_postprocessor(self) -> PostProcessor:
-        texts = self.config.postprocess_texts
-        texts = list(texts) if texts is not None else builtin_calibration_texts()
-        if len(set(texts)) < postprocessing.MIN_TEXTS:
-            raise ValueError(
-                f"post-processing needs at least {postprocessing.MIN_TEXTS} distinct texts to fit, "
-                f"got {len(set(texts))}"
-            )
-        key = self._postprocess_key(texts)
-        cached = postprocessing.lookup(key, self.name)
-        if cached is not None:
-            return cached
-        logger.info(
-            "%s: fitting the %s post-processing on %d texts (once, then cached)",
-            self.name,
-            self.config.postprocess,
-            len(texts),
-        )
-        vectors = self.embed(texts, postprocess=False).vectors
-        processor = postprocessing.fit(vectors, self.config.postprocess, self.config.dimensions)
-        postprocessing.save(postprocessing.cache_path(key), key, processor)
-        return processor
+        self.postprocessor = processor_for(self, postprocessor)
 
     def __getstate__(self) -> dict[str, Any]:
         # The request queue and its thread belong to this process.
@@ -254,102 +162,116 @@ class KVEmbedder:
         self.__dict__.update(state)
         self._coalescer = None
         self._coalescer_lock = threading.Lock()
-        self._float32_lock = threading.Lock()
+        self.runner = self._make_runner()
         self.batch_listeners = []
         self.batch_start_listeners = []
+
+    def _make_runner(self) -> BatchRunner:
+        """The runner of this embedder's forward passes (one per process: it holds a lock)."""
+        # Weak, so no reference cycle keeps a dropped embedder's model alive until a GC pass;
+        # looked up at each pass, so a wrapped or patched ``forward`` sees every pass.
+        owner = weakref.proxy(self)
+        return BatchRunner(
+            self.model,
+            self._prompt_tokenizer,
+            model_forward=lambda batch, **kwargs: owner.forward(batch, **kwargs),
+            collate=lambda encoded: owner.collate(encoded),
+            float32_twin=lambda model: dataclasses.replace(owner.recipe(), model=model).build(),
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            output_layer=self.output_layer,
+            pooling=self.pooling,
+            mean_scope=self.mean_scope,
+            max_length=self.max_length,
+            max_tokens_per_batch=self.config.max_tokens_per_batch,
+            chunk_mean=self.config.long_text == "chunk_mean",
+        )
 
     @classmethod
     def from_pretrained(
         cls,
-        model: str | os.PathLike | LoadOptions,
+        model: str | os.PathLike[str] | LoadOptions,
         *,
-        dtype: str | torch.dtype | None = None,
-        device: str | torch.device | None = None,
-        device_map: str | dict | None = None,
-        max_memory: dict | None = None,
-        trust_remote_code: bool = False,
-        revision: str | None = None,
-        attn_implementation: str | None = None,
-        config: EmbedderConfig | None = None,
-        **kwargs: Any,
+        config: EmbedderConfig | PretrainedConfig | None = None,
+        **options: Any,
     ) -> KVEmbedder:
         """Load a model by hub id, local directory or bundled alias, and wrap it.
 
         Args:
             model: a model-hub id (``"Qwen/Qwen3-4B"``), a local directory, a bundled alias
                 (``"smollm2-135m"``, converted once into the user cache), or a
-                :class:`~kv_embeddings_integrations.core.loading.LoadOptions` holding all of the
-                loading arguments below (then none of them may be given separately).
-            dtype: weights' dtype (``torch.bfloat16``, ``"float32"``, ``"auto"``...). ``None``:
-                bfloat16 on a CUDA GPU that supports it, float32 otherwise.
-            device: where to put the whole model (``"cpu"``, ``"cuda:1"``...); ``None`` picks CUDA,
-                then MPS, then CPU. Ignored when ``device_map`` is given.
-            device_map: accelerate placement across devices (``"auto"``, ``"balanced"`` or a dict
-                of module name to device), for models larger than one GPU.
-            max_memory: per-device memory caps for ``device_map`` (implies ``device_map="auto"``).
-            trust_remote_code: allow the repository's own Python code to run. Off unless asked.
-            revision: the hub revision (branch, tag or commit) to load.
-            attn_implementation: ``"sdpa"`` or ``"eager"`` (re-routing runs through either);
-                ``None`` keeps transformers' choice for the model.
-            config: an :class:`EmbedderConfig`; option keywords in ``kwargs`` override its fields.
-                (Any other ``config``, such as a transformers ``PretrainedConfig``, goes to
-                ``AutoModel.from_pretrained``.)
-            **kwargs: :class:`EmbedderConfig` options (``method``, ``layers``, ``bias``, ``pooling``,
-                ``max_length``, ...); anything else goes to ``AutoModel.from_pretrained``.
+                :class:`~kv_embeddings_integrations.core.loading.LoadOptions` (then no loading
+                option may be given separately).
+            config: an :class:`EmbedderConfig`, whose fields the embedder options override. (A
+                transformers ``PretrainedConfig`` goes to ``AutoModel.from_pretrained`` instead.)
+            **options: how to load the model, any
+                :class:`~kv_embeddings_integrations.core.loading.LoadOptions` field (``dtype``,
+                ``device``, ``device_map``, ``trust_remote_code``...; other
+                ``AutoModel.from_pretrained`` arguments go in ``extra``), and what vectors to
+                make, any :class:`EmbedderConfig` field (``method``, ``layers``, ``postprocess``...).
+                Any other name is a ``TypeError`` that lists the valid ones.
+
+        Returns:
+            the embedder, its layers chosen and its post-processing fitted (or read from the cache).
         """
-        options, kwargs = EmbedderConfig.split_options(kwargs)
+        loading, embedding = split_options(options)
         if config is not None and not isinstance(config, EmbedderConfig):
-            # Not ours: a transformers config, for AutoModel.from_pretrained as before.
-            kwargs["config"], config = config, None
+            # Not ours: a transformers config, which LoadOptions hands to AutoModel.from_pretrained.
+            loading["config"], config = config, None
         # Bad options fail before a long load.
-        config = config.with_options(**options) if config is not None else EmbedderConfig(**options)
-        load = LoadOptions.of(
-            model,
-            dtype=dtype,
-            device=device,
-            device_map=device_map,
-            max_memory=max_memory,
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-            attn_implementation=attn_implementation,
-            **kwargs,
-        )
+        config = config.with_options(**embedding) if config is not None else EmbedderConfig(**embedding)
+        load = LoadOptions.of(model, **loading)
         hf_model, tokenizer = load.load()
         # A name as the caller wrote it (a relative directory stays relative in messages).
         name = load.model if isinstance(model, LoadOptions) else os.fspath(model)
         return cls(hf_model, tokenizer, config, name=name, load_options=load)
 
+    # What the method resolved to (see ResolvedMethod), under the names front ends use.
+
     @property
     def spec(self) -> MethodSpec:
-        return METHODS[self.config.resolved_method]
+        """The preset of the method that runs."""
+        return METHODS[self.resolved.method]
 
     @property
     def family(self) -> PromptFamily:
         """The prompt family: the config's ``prompt_family``, else the method's."""
-        return FAMILIES[self.config.prompt_family or self.spec.family]
+        return FAMILIES[self.resolved.family]
 
     @property
     def reroutes(self) -> bool:
         """Whether re-routing is on (the config's ``reroute``, else the method's)."""
-        return self.spec.reroute if self.config.reroute is None else self.config.reroute
+        return self.resolved.reroute
 
     @property
     def token_prepending(self) -> bool:
         """Whether Token Prepending is on (the config's, else the method's)."""
-        on = self.config.token_prepending
-        return self.spec.token_prepending if on is None else on
+        return self.resolved.token_prepending
+
+    @property
+    def prepend_layers(self) -> tuple[int, int] | None:
+        """``(start, stop)``: the layers whose input placeholder Token Prepending rewrites (``None``: off)."""
+        return self.resolved.prepend_layers
 
     @property
     def pooling(self) -> str:
-        if self.config.pooling:
-            return self.config.pooling
-        # A method's own pooling holds for its family; another family brings its own.
-        own = self.spec.pooling if self.config.prompt_family in (None, self.spec.family) else None
-        return own or self.family.pooling
+        """``"mean_last"``, ``"mean"`` or ``"last"``: the config's, else the method's or family's."""
+        return self.resolved.pooling
 
     @property
     def mean_scope(self) -> str:
-        return self.config.mean_scope or self.family.mean_scope
+        """Which tokens mean pooling averages, ``"all"`` or ``"text"``."""
+        return self.resolved.mean_scope
+
+    @property
+    def output_layer(self) -> int:
+        """The pooled decoder layer, 0-based."""
+        return self.resolved.output_layer
+
+    @property
+    def max_length(self) -> int:
+        """Longest input in tokens, prompt included: the config's, else the model's context (at most 4096)."""
+        return self.resolved.max_length
 
     @property
     def dimension(self) -> int:
@@ -375,13 +297,9 @@ class KVEmbedder:
 
     def templates(self, prompt_type: str = "document") -> tuple[str, ...]:
         """The prompt templates used for ``prompt_type``: the user's override, else the family's
-        (MetaEOL has several: each text is embedded with each, and the vectors averaged)."""
-        if prompt_type not in PROMPT_TYPES:
-            raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
-        if self.config.symmetric:
-            prompt_type = "document"  # a symmetric task's two sides are alike
-        override = (self.config.prompts or {}).get(prompt_type)
-        return (override,) if override else self.family.templates[prompt_type]
+        (MetaEOL has several: each text is embedded with each, and the vectors averaged); a
+        symmetric task's queries get the document ones."""
+        return self.resolved.templates(prompt_type)
 
     def template(self, prompt_type: str = "document") -> str:
         """The (first) prompt template used for ``prompt_type``; layer selection measures this one."""
@@ -404,12 +322,11 @@ class KVEmbedder:
         )
 
     def __repr__(self) -> str:
-        family = self.config.prompt_family or self.spec.family
+        method = self.resolved
         return (
-            f"KVEmbedder(model={self.name!r}, task={self.config.task!r}, method={self.config.resolved_method!r}, "
-            f"family={family!r}, "
-            f"layers={self.layers}, bias={self.config.bias}, pooling={self.pooling!r}, "
-            f"output_layer={self.output_layer}, postprocess={self.config.postprocess!r})"
+            f"KVEmbedder(model={self.name!r}, task={self.config.task!r}, method={method.method!r}, "
+            f"family={method.family!r}, layers={self.layers}, bias={method.bias}, pooling={method.pooling!r}, "
+            f"output_layer={method.output_layer}, postprocess={method.postprocess!r})"
         )
 
     # -- embedding -------------------------------------------------------------------------------
@@ -542,12 +459,12 @@ class KVEmbedder:
             return dataclasses.replace(empty, sparse=SparseVectors.empty(self.vocab_size)) if sparse else empty
         # One pass per template (MetaEOL has several); their pooled vectors are averaged.
         passes = []
-        with self._progress(len(items) * len(templates), rows, show) as bar:
+        with self.runner.progress(len(items) * len(templates), rows, show) as bar:
             for template in templates:
                 parts = []
                 # Chunks bound the token ids held at once, whatever the number of texts.
                 for start in range(0, len(items), ENCODE_CHUNK):
-                    parts.append(self._embed_texts(items[start : start + ENCODE_CHUNK], template, rows, bar, sparse))
+                    parts.append(self.runner.run(items[start : start + ENCODE_CHUNK], template, rows, bar, sparse))
                 passes.append(EmbedResult.concatenate(parts))
         result = passes[0] if len(passes) == 1 else _average(passes)
         if not (normalize or processor):
@@ -710,24 +627,13 @@ class KVEmbedder:
         """
         encoded = self.tokenize(texts, prompt_type)
         states = torch.empty((len(encoded), self.num_layers, self.hidden_size), dtype=torch.float32)
-        with self._progress(len(encoded), self.batch_size, show_progress_bar, "Layer states") as bar:
-            for indices, batch in self._batches(encoded, self.batch_size):
+        with self.runner.progress(len(encoded), self.batch_size, show_progress_bar, "Layer states") as bar:
+            for indices, batch in self.runner.batches(encoded, self.batch_size):
                 out = self.forward(batch, output_hidden_states=True, layers=None if reroute else [])
                 # hidden_states[0] is the embedding output; [l + 1] is layer l's output.
                 states[indices] = torch.stack([h[:, -1].float().cpu() for h in out.hidden_states[1:]], dim=1)
                 bar.update(len(indices))
         return states
-
-    def _progress(self, total: int, rows: int | None, show: bool | None, desc: str = "Embedding") -> tqdm:
-        """A progress bar over ``total`` texts; by default shown only for jobs of many batches."""
-        if show is None:
-            show = total > PROGRESS_BAR_MIN_BATCHES * (rows or DEFAULT_BATCH_SIZE)
-        return tqdm(total=total, desc=desc, unit="text", disable=not show)
-
-    def _batches(self, encoded: list[EncodedText], batch_size: int | None) -> Iterator[tuple[list[int], TokenBatch]]:
-        """Length-sorted, padded batches with their indices into ``encoded``."""
-        for indices in plan_batches([len(e) for e in encoded], batch_size, self.config.max_tokens_per_batch):
-            yield indices, self.collate([encoded[i] for i in indices])
 
     def _lm_head(self) -> torch.Tensor:
         return sparse_vectors.lm_head_weight(self.model)
@@ -735,147 +641,7 @@ class KVEmbedder:
     @property
     def vocab_size(self) -> int:
         """Rows of the LM head: the width of the sparse vectors."""
-        return int(self.model.get_input_embeddings().weight.shape[0])
-
-    def _embed_texts(
-        self, items: list[str], template: str, batch_size: int | None, bar: tqdm, sparse: bool = False
-    ) -> EmbedResult:
-        """Pooled, unnormalised float32 vectors of ``items`` with their token counts and truncation
-        (and their sparse vectors, with ``sparse``)."""
-        chunk_mean = self.config.long_text == "chunk_mean"
-        encoded = self._prompt_tokenizer.encode(items, template, truncate=not chunk_mean)
-        long = [i for i, e in enumerate(encoded) if e.truncated]
-        truncated = [e.truncated for e in encoded]
-        counts = [len(e) for e in encoded]
-        pieces = [1] * len(items)
-        # Row r of the forward passes belongs to text owners[r], with weight weights[r].
-        owners, weights = list(range(len(items))), [1.0] * len(items)
-        if long and chunk_mean:
-            # Each long text becomes pieces that fit: its first piece takes its row, the rest are
-            # appended; the text's vector is the pieces' mean weighted by their text tokens.
-            for i in long:
-                split = self._prompt_tokenizer.split(items[i], template)
-                piece_encoded = self._prompt_tokenizer.encode(split, template)
-                truncated[i] = any(e.truncated for e in piece_encoded)  # only if re-tokenizing grew a piece
-                counts[i], pieces[i] = sum(len(e) for e in piece_encoded), len(piece_encoded)
-                piece_weights = [float(max(1, e.text_end - e.text_start)) for e in piece_encoded]
-                encoded[i], weights[i] = piece_encoded[0], piece_weights[0]
-                encoded += piece_encoded[1:]
-                owners += [i] * (len(split) - 1)
-                weights += piece_weights[1:]
-        vectors = torch.empty((len(encoded), self.hidden_size), dtype=torch.float32)
-        lexical: list[tuple[np.ndarray, np.ndarray]] = [None] * len(encoded)  # type: ignore[list-item]
-        for indices, batch in self._batches(encoded, batch_size):
-            batch = dataclasses.replace(batch, lexical=sparse)
-            out = self._embed_finite(batch, [items[owners[r]] for r in indices])
-            vectors[indices] = out[:, : self.hidden_size]
-            if sparse:
-                rows = sparse_vectors.rows_to_sparse(batch.input_ids, out[:, self.hidden_size :], batch.text_mask)
-                for r, row in zip(indices, rows, strict=True):
-                    lexical[r] = row
-            bar.update(sum(r < len(items) for r in indices))  # each text once, by its first row
-        if len(encoded) != len(items):
-            weight, index = torch.tensor(weights), torch.tensor(owners)
-            sums = torch.zeros((len(items), self.hidden_size)).index_add_(0, index, vectors * weight[:, None])
-            vectors = sums / torch.zeros(len(items)).index_add_(0, index, weight)[:, None]
-        lexical_vectors = None
-        if sparse:
-            by_text: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in items]
-            for r, row in enumerate(lexical):
-                by_text[owners[r]].append(row)
-            merged = [sparse_vectors.merge_max(parts) for parts in by_text]
-            lexical_vectors = SparseVectors(tuple(m[0] for m in merged), tuple(m[1] for m in merged), self.vocab_size)
-        return EmbedResult(vectors.numpy(), tuple(counts), tuple(truncated), tuple(pieces), lexical_vectors)
-
-    def _embed_finite(self, batch: TokenBatch, texts: list[str]) -> torch.Tensor:
-        """:meth:`_embed_splitting` as float32 on the CPU, never with a NaN or infinite value.
-
-        A half-precision model whose activations overflow is re-run for that batch in a float32
-        copy; rows still not finite (or a float32 model's) raise ``FloatingPointError`` naming them.
-        """
-        vectors = self._embed_splitting(batch).float().cpu()
-        bad = ~torch.isfinite(vectors).all(dim=1)
-        if not bad.any():
-            return vectors
-        dtype = self.dtype
-        if dtype in (torch.float16, torch.bfloat16) and not getattr(self.model, "hf_device_map", None):
-            warnings.warn(
-                f"{int(bad.sum())} texts gave non-finite values in {dtype}; re-embedding their batch in float32",
-                stacklevel=5,  # _embed_texts, _embed_items, encode/embed, the caller
-            )
-            try:
-                vectors = self._in_float32(batch)
-            except torch.OutOfMemoryError:
-                pass  # no room for a float32 copy: the texts are named below
-            else:
-                bad = ~torch.isfinite(vectors).all(dim=1)
-                if not bad.any():
-                    return vectors
-        rows = bad.nonzero().flatten().tolist()
-        shown = "; ".join(f"{texts[r][:60]!r}" for r in rows[:3])
-        raise FloatingPointError(
-            f"{len(rows)} texts gave NaN or infinite embeddings in {dtype} (first: {shown}); "
-            "use float32 or bfloat16 weights, or check the model"
-        )
-
-    def _in_float32(self, batch: TokenBatch) -> torch.Tensor:
-        """The batch's vectors from a float32 copy of the model (made for this call, then dropped)."""
-        with self._float32_lock:
-            model = copy.deepcopy(self.model).float()
-            twin = dataclasses.replace(self.recipe(), model=model).build()
-            try:
-                return twin._embed_splitting(batch).float().cpu()
-            finally:
-                del twin, model
-
-    def _embed_splitting(self, batch: TokenBatch) -> torch.Tensor:
-        """:meth:`_embed_batch`, halving the batch on out-of-memory and retrying each half.
-
-        The halves keep the batch's padded width, so each row is computed exactly as it would
-        have been in the whole batch.
-        """
-        try:
-            return self._embed_batch(batch)
-        except torch.OutOfMemoryError:
-            pass  # retry outside the handler: its traceback pins the failed pass's activations
-        _release_memory()
-        rows = batch.input_ids.shape[0]
-        if rows == 1:
-            raise torch.OutOfMemoryError(
-                f"out of memory embedding a single text of {batch.input_ids.shape[1]} tokens after splitting "
-                f"its batch down to 1 row on {self.device}; lower max_length (now {self.max_length}) "
-                "or spread the model over more devices (device_map)"
-            )
-        half = rows // 2
-        return torch.cat([self._embed_splitting(batch.rows(0, half)), self._embed_splitting(batch.rows(half, rows))])
-
-    def _embed_batch(self, batch: TokenBatch) -> torch.Tensor:
-        """Pooled vectors ``(rows, hidden_size)``; with ``batch.lexical``, each position's lexical
-        weight follows as ``seq`` more columns, so the OOM split, the float32 retry and the
-        finiteness check handle both without knowing of them."""
-        if self.output_layer == self.num_layers - 1:
-            out = self.forward(batch)
-            hidden = out.last_hidden_state
-        else:
-            # hidden_states[0] is the embedding output; [l + 1] is layer l's (no final norm).
-            out = self.forward(batch, output_hidden_states=True)
-            hidden = out.hidden_states[self.output_layer + 1]
-        mean_mask = batch.attention_mask.bool()
-        if self.mean_scope == "text":
-            # An empty text has no text tokens; its mean falls back to the whole prompt.
-            has_text = batch.text_mask.any(dim=1, keepdim=True)
-            mean_mask = torch.where(has_text, batch.text_mask, mean_mask)
-        pooled = pool_hidden_states(hidden, mean_mask.to(hidden.device), self.pooling)
-        if not batch.lexical:
-            return pooled
-        head = self._lm_head()
-        softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
-        state = out.last_hidden_state[:, -1].to(head.device)
-        with torch.inference_mode():
-            weights = sparse_vectors.lexical_weights(
-                state, head, batch.input_ids.to(head.device), batch.text_mask.to(head.device), softcap
-            )
-        return torch.cat([pooled, weights.to(pooled.device)], dim=1)
+        return self.runner.vocab_size
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cosine similarity matrix between two sets of vectors (any normalisation)."""

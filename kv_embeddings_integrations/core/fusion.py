@@ -20,7 +20,8 @@ BM25_TOKENIZATION = "bm25s: lower-cased words of 2+ word characters, English sto
 
 def dense_scores(queries: np.ndarray, documents: np.ndarray) -> np.ndarray:
     """Dot products (cosine for normalised vectors): ``(len(queries), len(documents))`` float32."""
-    return np.asarray(queries, dtype=np.float32) @ np.asarray(documents, dtype=np.float32).T
+    scores: np.ndarray = np.asarray(queries, dtype=np.float32) @ np.asarray(documents, dtype=np.float32).T
+    return scores
 
 
 def idf(documents: SparseVectors) -> np.ndarray:

@@ -1,4 +1,9 @@
-"""What decides an embedder's vectors, as a small JSON record to keep beside stored vectors.
+"""What decides an embedder's vectors: the one definition, as a record and as cache keys.
+
+Three views of it live here, built from the same pieces (:func:`model_identity`, the resolved
+prompts, ``max_length``, a digest of the texts): :func:`embedder_identity`, the record kept beside
+stored vectors; :func:`layer_selection_key` and :func:`postprocessing_key`, the keys the cached
+(and shipped) layer choices and post-processing fits are found by.
 
 A vector store filled by one configuration and queried with another (another model, prompt,
 set of layers, post-processing...) returns neighbours that look plausible and are wrong. Storing
@@ -17,19 +22,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..version import __version__
 from .cache import model_fingerprint, texts_digest
 from .calibration import builtin_calibration_texts
+from .config import DEFAULT_SKIP_FRACTION, EmbedderConfig
 from .loading import dtype_name
+
+if TYPE_CHECKING:
+    from .embedder import KVEmbedder
+    from .method.layer_selection import SelectableEmbedder
 
 # Bump when the record's meaning changes, or a compared field is added: a record of another
 # format is refused with a clear message rather than compared field by field.
 IDENTITY_FORMAT = 1
+# Bump when the layer-selection estimator (TwoNN) or the points it measures change, so old
+# cache entries (and shipped ones) stop matching.
+ESTIMATOR_VERSION = 1
+# Bump when fitting the post-processing changes, so old cache entries stop matching.
+FIT_VERSION = 1
 # The key a record is stored under in a store's metadata (Chroma collection, Arrow field).
 METADATA_KEY = "kv_embed_identity"
 # Recorded, not compared: they do not change a vector (beyond rounding), name a preset whose
@@ -48,6 +63,17 @@ INFORMATIONAL = frozenset(
         "package_version",
         "fingerprint",
     }
+)
+# Options left out of the post-processing key: batching does not change a vector, the fitting
+# texts and the selected layers enter it by themselves, and the fit uses the document prompt
+# whichever side queries take.
+_NOT_IN_FIT_KEY = (
+    "batch_size",
+    "max_tokens_per_batch",
+    "calibration_texts",
+    "selection",
+    "postprocess_texts",
+    "symmetric",
 )
 
 
@@ -74,41 +100,120 @@ def model_identity(model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
-def embedder_identity(embedder: Any, *, normalize: bool = True) -> dict[str, Any]:
+def postprocess_texts(config: EmbedderConfig) -> list[str]:
+    """The texts post-processing is fitted on: the config's ``postprocess_texts``, else the built-in ones."""
+    texts = config.postprocess_texts
+    return list(texts) if texts is not None else builtin_calibration_texts()
+
+
+def _texts(texts: Sequence[str]) -> dict[str, Any]:
+    """Which sample a result was computed on, as a key records it."""
+    return {"num_texts": len(texts), "texts_sha256": texts_digest(texts)}
+
+
+def _selection_rule(rule: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
+    out = {"skip_fraction": rule.get("skip_fraction", DEFAULT_SKIP_FRACTION), "window": rule.get("window")}
+    # Only a bound short of the network enters the key: entries made before it existed still match.
+    if rule.get("last_layer") is not None and rule["last_layer"] != num_layers - 1:
+        out["last_layer"] = rule["last_layer"]
+    return out
+
+
+def layer_selection_key(embedder: SelectableEmbedder, texts: Sequence[str], rule: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything automatic layer selection depends on: the cache key of its result.
+
+    Shipped results are found by this key's digest: its fields and values must not change without
+    a new :data:`ESTIMATOR_VERSION` and new shipped files (``scripts/precompute_bundled.py``).
+
+    Args:
+        embedder: the embedder whose weights, document prompt and ``max_length`` are measured.
+        texts: the calibration texts.
+        rule: the selection rule's options (``skip_fraction``, ``window``, ``last_layer``).
+
+    Returns:
+        a JSON-serialisable dict.
+    """
+    resolved = embedder.resolved
+    return {
+        "estimator_version": ESTIMATOR_VERSION,
+        **model_identity(embedder.model),
+        # The first document template: the one selection measures.
+        "template": resolved.document_templates[0],
+        "max_length": resolved.max_length,
+        **_texts(texts),
+        "rule": _selection_rule(rule, embedder.num_layers),
+    }
+
+
+def postprocessing_key(embedder: KVEmbedder, texts: Sequence[str]) -> dict[str, Any]:
+    """Everything a post-processing fit depends on: the cache key of the fitted transform.
+
+    Shipped fits are found by this key's digest: its fields and values must not change without a
+    new :data:`FIT_VERSION` and new shipped files (``scripts/precompute_bundled.py``).
+
+    Args:
+        embedder: the embedder, its layers chosen, whose vectors are fitted on.
+        texts: the fitting texts.
+
+    Returns:
+        a JSON-serialisable dict.
+    """
+    resolved = embedder.resolved
+    # The options as given (not resolved): the shipped fits are keyed so.
+    options = embedder.config.vector_options()
+    for name in _NOT_IN_FIT_KEY:
+        options.pop(name, None)
+    return {
+        "version": FIT_VERSION,
+        "kind": resolved.postprocess,
+        "dimensions": resolved.dimensions,
+        **model_identity(embedder.model),
+        "config": options,
+        # The prompts as written, not only the method's name: a changed template refits.
+        "templates": list(resolved.document_templates),
+        "layers": list(embedder.layers),
+        "max_length": resolved.max_length,
+        **_texts(texts),
+    }
+
+
+def embedder_identity(embedder: KVEmbedder, *, normalize: bool = True) -> dict[str, Any]:
     """The record of what decides a :class:`~kv_embeddings_integrations.KVEmbedder`'s vectors,
     JSON-serialisable.
 
     Args:
         embedder: the core embedder.
         normalize: whether the vectors stored are L2-normalised (the adapters' ``normalize``).
+
+    Returns:
+        the record, its ``fingerprint`` (a hash of the compared fields) included.
     """
-    config = embedder.config
+    resolved = embedder.resolved
     fit_texts = None
-    if config.postprocess != "none":
-        texts = config.postprocess_texts if config.postprocess_texts is not None else builtin_calibration_texts()
-        fit_texts = texts_digest(list(texts))
+    if resolved.postprocess != "none":
+        fit_texts = texts_digest(postprocess_texts(embedder.config))
     identity: dict[str, Any] = {
         "format": IDENTITY_FORMAT,
         "model": str(embedder.name),
         "model_class": type(embedder.model).__name__,
         # The decoder, not the wrapper: a *ForCausalLM and its base *Model make the same vectors.
         "weights": weights_fingerprint(embedder.decoder),
-        "method": config.resolved_method,
-        "prompt_family": config.prompt_family or embedder.spec.family,
-        "templates": {kind: list(embedder.templates(kind)) for kind in ("document", "query")},
+        "method": resolved.method,
+        "prompt_family": resolved.family,
+        "templates": {kind: list(resolved.templates(kind)) for kind in ("document", "query")},
         "layers": list(embedder.layers),
-        "bias": float(config.bias) if embedder.layers else None,
-        "token_prepending": bool(embedder.token_prepending),
-        "pooling": embedder.pooling,
-        "mean_scope": embedder.mean_scope,
-        "output_layer": int(embedder.output_layer),
-        "postprocess": config.postprocess,
+        "bias": float(resolved.bias) if embedder.layers else None,
+        "token_prepending": resolved.token_prepending,
+        "pooling": resolved.pooling,
+        "mean_scope": resolved.mean_scope,
+        "output_layer": resolved.output_layer,
+        "postprocess": resolved.postprocess,
         "postprocess_fit_texts": fit_texts,
         "dimension": int(embedder.dimension),
         "normalize": bool(normalize),
         "dtype": dtype_name(embedder.dtype),
-        "max_length": int(embedder.max_length),
-        "long_text": config.long_text,
+        "max_length": resolved.max_length,
+        "long_text": resolved.long_text,
         "package_version": __version__,
     }
     identity["fingerprint"] = identity_fingerprint(identity)
@@ -152,11 +257,11 @@ def _difference(key: str, stored: Any, current: Any) -> str:
     return f"{key}: stored {_show(stored)}, now {_show(current)}"
 
 
-def check_identity(stored: Mapping[str, Any], current: Mapping[str, Any], *, where: str = "the store") -> None:
+def check_identity(stored: object, current: Mapping[str, Any], *, where: str = "the store") -> None:
     """Raise :class:`EmbedderMismatchError` unless ``current`` makes the same vectors as ``stored``.
 
     Args:
-        stored: the record kept with the vectors.
+        stored: the record kept with the vectors (anything read back; not a record is refused).
         current: :func:`embedder_identity` of the embedder about to query them.
         where: how to name the store in the message.
     """

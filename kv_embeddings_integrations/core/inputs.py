@@ -43,8 +43,9 @@ def check_texts(texts: Iterable[str]) -> list[str]:
 def texts_to_embed(texts: str | Iterable[str], empty_text: str = "embed") -> tuple[list[str], bool]:
     """What every ``encode`` entry point embeds: the checked, repaired texts, and whether one bare
     string was given (then the caller returns one vector, not a matrix)."""
-    single = isinstance(texts, str)
-    return prepare_texts([texts] if single else check_texts(texts), empty_text, stacklevel=4), single
+    if isinstance(texts, str):
+        return prepare_texts([texts], empty_text, stacklevel=4), True
+    return prepare_texts(check_texts(texts), empty_text, stacklevel=4), False
 
 
 def check_positive_int(name: str, value: int | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +165,11 @@ class LoadOptions(BaseModel):
         return extra
 
     @classmethod
-    def of(cls, model: str | os.PathLike | LoadOptions, **kwargs: Any) -> LoadOptions:
+    def of(cls, model: str | os.PathLike[str] | LoadOptions, **kwargs: Any) -> LoadOptions:
         """``model`` if it is already :class:`LoadOptions` (then every loading argument in ``kwargs``
         must be left at its default), else ``LoadOptions(model=model, **kwargs)``."""
         if not isinstance(model, LoadOptions):
-            return cls(model=model, **kwargs)
+            return cls.model_validate({"model": model, **kwargs})
         given = sorted(
             k
             for k, v in kwargs.items()
@@ -206,9 +207,9 @@ class LoadOptions(BaseModel):
         return hash(self.sharing_key())
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
-        """These options as ``KVEmbedder.from_pretrained`` keyword arguments (defaults left out)."""
-        fields = self.model_dump(exclude={"model", "extra"}, exclude_defaults=True)
-        return {**fields, **self.extra}
+        """These options as ``KVEmbedder.from_pretrained`` (or ``LoadOptions``) keyword arguments,
+        defaults left out; the ``AutoModel.from_pretrained`` arguments stay under ``extra``."""
+        return self.model_dump(exclude={"model"}, exclude_defaults=True)
 
     def load(self) -> tuple[Any, Any]:
         """Load ``(model, tokenizer)``: the base model (``AutoModel``) and its tokenizer."""
@@ -228,3 +229,30 @@ class LoadOptions(BaseModel):
         if target is not None:
             model.to(target)
         return model, tokenizer
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``options`` as (:class:`LoadOptions` fields, :class:`EmbedderConfig` fields): what
+    ``KVEmbedder.from_pretrained`` takes by keyword.
+
+    Args:
+        options: keyword arguments naming fields of either.
+
+    Returns:
+        the loading options and the embedder options; any other name is a ``TypeError`` that
+        names it and lists the valid ones (a misspelt option fails before a long load, rather
+        than reaching ``AutoModel.from_pretrained``, whose own arguments go in ``extra``).
+    """
+    loading = frozenset(LoadOptions.model_fields) - {"model"}
+    embedding = EmbedderConfig.option_names()
+    unknown = sorted(set(options) - loading - embedding)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown}. Loading options (LoadOptions): {sorted(loading)}; embedder "
+            f"options (EmbedderConfig): {sorted(embedding)}. Other AutoModel.from_pretrained arguments go in "
+            "extra={...}."
+        )
+    return (
+        {k: v for k, v in options.items() if k in loading},
+        {k: v for k, v in options.items() if k in embedding},
+    )

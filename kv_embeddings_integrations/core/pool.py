@@ -64,7 +64,7 @@ def _check_device(index: int, device: str | torch.device) -> torch.device:
             raise ValueError(f"devices[{index}] = {device!r}: MPS is not available on this machine")
         return parsed
     # CUDA and other accelerators with the same module API (torch.xpu, ...).
-    backend = getattr(torch, parsed.type, None)
+    backend: Any = getattr(torch, parsed.type, None)  # torch.cuda, torch.xpu, ...: one module API
     is_available = getattr(backend, "is_available", None)
     if is_available is None or not is_available():
         raise ValueError(f"devices[{index}] = {device!r}: {parsed.type!r} devices are not available on this machine")
@@ -383,13 +383,14 @@ class EmbeddingPool:
                     self._finished_job.value = job
         return EmbedResult(out, tuple(counts), tuple(truncated), tuple(pieces))
 
-    def _receive(self) -> tuple:
+    def _receive(self) -> tuple[Any, ...]:
         """The next message from the workers; raises (and closes the pool) if a worker died."""
         while True:
             if self._closed:
                 raise RuntimeError("the EmbeddingPool was closed while encoding")
             try:
-                return self._outputs.get(timeout=POLL_SECONDS)
+                message: tuple[Any, ...] = self._outputs.get(timeout=POLL_SECONDS)
+                return message
             except queue.Empty:
                 # A dead worker never answers: without this check the parent would wait forever.
                 self._check_alive()

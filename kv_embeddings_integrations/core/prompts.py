@@ -36,7 +36,7 @@ INPUT_TYPES: dict[str, str] = {
 }
 
 
-def prompt_type_of(name: str | None, field: str = "input_type") -> str:
+def prompt_type_of(name: object, field: str = "input_type") -> str:
     """The prompt type (``"query"`` or ``"document"``) a provider's ``input_type`` value names;
     ``None`` is ``"document"``. An unknown value is a ``ValueError`` that lists the known ones."""
     if name is None:

@@ -54,16 +54,17 @@ class EmbedResult:
         """The results of consecutive calls as one, rows in order."""
         if not results:
             raise ValueError("concatenate needs at least one result")
+        sparse = [r.sparse for r in results if r.sparse is not None]
         return cls(
             np.concatenate([r.vectors for r in results]),
             tuple(c for r in results for c in r.token_counts),
             tuple(t for r in results for t in r.truncated),
             tuple(p for r in results for p in r.pieces),
-            None if any(r.sparse is None for r in results) else SparseVectors.concatenate([r.sparse for r in results]),
+            None if len(sparse) < len(results) else SparseVectors.concatenate(sparse),
         )
 
     def __len__(self) -> int:
-        return self.vectors.shape[0]
+        return int(self.vectors.shape[0])
 
     def __getitem__(self, rows: slice) -> EmbedResult:
         """The rows ``rows`` (a slice) as a result of their own, e.g. one request's share of a batch."""

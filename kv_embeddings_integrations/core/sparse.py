@@ -11,9 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True, eq=False)  # arrays have no single truth value
@@ -49,7 +54,8 @@ class SparseVectors:
 
     @classmethod
     def from_dicts(cls, rows: Iterable[dict[int, float]], vocab_size: int) -> SparseVectors:
-        indices, values = [], []
+        indices: list[np.ndarray] = []
+        values: list[np.ndarray] = []
         for row in rows:
             ids = np.array(sorted(row), dtype=np.int64)
             indices.append(ids)
@@ -68,7 +74,7 @@ class SparseVectors:
         """``{token_id: weight}`` per text."""
         return [dict(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(self.indices, self.values, strict=True)]
 
-    def to_csr(self):
+    def to_csr(self) -> csr_matrix[np.float32]:
         """A SciPy CSR matrix of shape ``(len(self), vocab_size)`` (needs SciPy)."""
         from scipy.sparse import csr_matrix
 
@@ -79,12 +85,13 @@ class SparseVectors:
         values = np.concatenate(self.values) if len(self) else empty_values
         return csr_matrix((values, ids, pointers), shape=(len(self), self.vocab_size))
 
-    def decode(self, tokenizer, top: int | None = None) -> list[list[tuple[str, float]]]:
+    def decode(self, tokenizer: PreTrainedTokenizerBase, top: int | None = None) -> list[list[tuple[str, float]]]:
         """Each text's tokens as strings with their weights, heaviest first (for reading them)."""
         out = []
         for ids, values in zip(self.indices, self.values, strict=True):
             order = np.argsort(-values)[:top]
-            out.append([(tokenizer.convert_ids_to_tokens(int(ids[k])), float(values[k])) for k in order])
+            # One id in, one token out (transformers types the return as str | list[str] for both).
+            out.append([(cast(str, tokenizer.convert_ids_to_tokens(int(ids[k]))), float(values[k])) for k in order])
         return out
 
 
@@ -102,17 +109,17 @@ def mean_of(passes: Sequence[SparseVectors]) -> SparseVectors:
     return SparseVectors.from_dicts(rows, passes[0].vocab_size)
 
 
-def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
+def lm_head_weight(model: PreTrainedModel) -> torch.Tensor:
     """The ``(vocab, hidden)`` matrix that turns a final hidden state into next-token logits.
 
     A ``*ForCausalLM``'s output embeddings, or a base model's input embeddings when the model ties
     them (Gemma, SmolLM2, Qwen3 up to 4B); a base model with an untied head has none.
     """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head: torch.nn.Module | None = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
-        return head.weight
+        return _weight(head)
     if getattr(model.config.get_text_config(), "tie_word_embeddings", False):
-        return model.get_input_embeddings().weight
+        return _weight(model.get_input_embeddings())
     raise ValueError(
         f"sparse vectors need the model's LM head, and this {type(model).__name__} has none (its word "
         "embeddings are not tied): pass the *ForCausalLM model, e.g. "
@@ -120,8 +127,17 @@ def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
     )
 
 
+def _weight(embeddings: torch.nn.Module) -> torch.Tensor:
+    # An embedding or linear layer's weight (torch types a module's attributes as Tensor | Module).
+    return cast(torch.Tensor, embeddings.weight)
+
+
 def lexical_weights(
-    last_state: torch.Tensor, head: torch.Tensor, input_ids: torch.Tensor, text_mask: torch.Tensor, softcap=None
+    last_state: torch.Tensor,
+    head: torch.Tensor,
+    input_ids: torch.Tensor,
+    text_mask: torch.Tensor,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """PromptReps weights of each position's own token: ``(batch, seq)`` float32, 0 outside the text.
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .prompts import render
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 # Tokens kept spare in each piece of a split text (see PromptTokenizer.split).
 SPLIT_MARGIN = 4
@@ -46,7 +50,8 @@ class TokenBatch:
         """Rows ``start:stop``, at the same padded width."""
         tensors = (self.input_ids, self.attention_mask, self.position_ids, self.text_mask)
         marker = None if self.marker_index is None else self.marker_index[start:stop]
-        return TokenBatch(*(t[start:stop] for t in tensors), marker_index=marker, lexical=self.lexical)
+        input_ids, attention_mask, position_ids, text_mask = (t[start:stop] for t in tensors)
+        return TokenBatch(input_ids, attention_mask, position_ids, text_mask, marker_index=marker, lexical=self.lexical)
 
 
 def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
@@ -68,7 +73,7 @@ class PromptTokenizer:
     still bounds the whole sequence.
     """
 
-    def __init__(self, tokenizer, max_length: int, placeholder_id: int | None = None) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, placeholder_id: int | None = None) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise TypeError(
                 f"{type(tokenizer).__name__} is a slow tokenizer; a fast (Rust) tokenizer is needed for "
@@ -83,10 +88,10 @@ class PromptTokenizer:
         # A fast tokenizer mutates its truncation/padding state inside calls: one caller at a time.
         self._lock = threading.Lock()
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_lock"}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
@@ -95,29 +100,32 @@ class PromptTokenizer:
             out = self.tokenizer(strings, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
         return out["input_ids"], [[tuple(o) for o in row] for row in out["offset_mapping"]]
 
-    def tokenize_strings(self, strings: list[str], add_special_tokens: bool = True):
+    def tokenize_strings(self, strings: list[str], add_special_tokens: bool = True) -> BatchEncoding:
         """The tokenizer's own output for whole strings, with character offsets and the special-token
         mask (what a server's ``/tokenize`` shows), taken under the same lock as :meth:`encode`."""
         with self._lock:
-            return self.tokenizer(
+            out: BatchEncoding = self.tokenizer(
                 strings,
                 add_special_tokens=add_special_tokens,
                 return_offsets_mapping=True,
                 return_special_tokens_mask=True,
                 truncation=False,
             )
+        return out
 
     def encode(self, texts: list[str], template: str, truncate: bool = True) -> list[EncodedText]:
         """Prompted token ids of ``texts``; over-long ones are cut to ``max_length`` (or, with
         ``truncate=False``, left whole and only flagged ``truncated``, for the caller to split)."""
         encoded = self._encode(texts, template, truncate)
-        if self.placeholder_id is None:
+        placeholder_id = self.placeholder_id
+        if placeholder_id is None:
             return encoded
-        return [self._with_placeholder(e) for e in encoded]
+        return [self._with_placeholder(e, placeholder_id) for e in encoded]
 
-    def _with_placeholder(self, e: EncodedText) -> EncodedText:
+    @staticmethod
+    def _with_placeholder(e: EncodedText, placeholder_id: int) -> EncodedText:
         at = max(e.text_start - 1, 0)  # at or before the text: the text moves one token right
-        ids = e.input_ids[:at] + [self.placeholder_id] + e.input_ids[at:]
+        ids = e.input_ids[:at] + [placeholder_id] + e.input_ids[at:]
         return EncodedText(ids, e.text_start + 1, e.text_end + 1, e.truncated, marker=at)
 
     def _encode(self, texts: list[str], template: str, truncate: bool) -> list[EncodedText]:
@@ -201,7 +209,7 @@ def collate(encoded: list[EncodedText], pad_token_id: int, device: torch.device 
         input_ids[row, pad:] = torch.tensor(e.input_ids, dtype=torch.long)
         attention_mask[row, pad:] = 1
         text_mask[row, pad + e.text_start : pad + e.text_end] = True
-        if marker_index is not None:
+        if marker_index is not None and e.marker is not None:  # all rows have one (checked above)
             marker_index[row] = pad + e.marker
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     return TokenBatch(

@@ -219,6 +219,12 @@ def load_retrieval(path: str | Path, split: str = "test", name: str | None = Non
     return RetrievalTask(name or path.name, corpus, queries, qrels)
 
 
+def _column(path: Path, columns: list[str], role: str, column: str | None) -> str:
+    if column is None or column not in columns:
+        raise DataFormatError(f"{path}: no {role} column {column!r}; columns are {columns} (name it)")
+    return column
+
+
 def _read_table(path: Path, text_column: str | None, label_column: str | None) -> tuple[list[str], list[str], str, str]:
     delimiter = "\t" if path.suffix == ".tsv" else ","
     with path.open(encoding="utf-8", newline="") as f:
@@ -228,10 +234,10 @@ def _read_table(path: Path, text_column: str | None, label_column: str | None) -
         if label_column is None:
             others = [c for c in columns if c != text_column]
             label_column = "label" if "label" in columns else (others[0] if len(others) == 1 else None)
-        for role, column in (("text", text_column), ("label", label_column)):
-            if column not in columns:
-                raise DataFormatError(f"{path}: no {role} column {column!r}; columns are {columns} (name it)")
-        texts, labels = [], []
+        text_column = _column(path, columns, "text", text_column)
+        label_column = _column(path, columns, "label", label_column)
+        texts: list[str] = []
+        labels: list[str] = []
         for number, row in enumerate(reader, 2):
             if row[text_column] is None or row[label_column] is None:
                 raise DataFormatError(f"{path}:{number}: missing fields")
@@ -299,7 +305,7 @@ def subsample(task: STSTask | RetrievalTask | ClassificationTask, size: int, see
         judged = {d for docs in task.qrels.values() for d in docs}
         others = sorted(set(task.corpus) - judged)
         extra = rng.sample(others, max(0, min(len(others), size - len(judged))))
-        keep = judged | set(extra)
-        corpus = {d: text for d, text in task.corpus.items() if d in keep}
+        kept = judged | set(extra)
+        corpus = {d: text for d, text in task.corpus.items() if d in kept}
         return RetrievalTask(f"{task.name} ({len(corpus)} docs)", corpus, task.queries, task.qrels)
     raise TypeError(f"unknown task type {type(task).__name__}")

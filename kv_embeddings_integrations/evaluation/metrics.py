@@ -111,13 +111,13 @@ def classification_accuracy(
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score
 
-    train_labels = np.asarray(train_labels)
+    labels = np.asarray(train_labels)
     accuracies = []
     for picked in draws:
         classifier = LogisticRegression(max_iter=100)
         with warnings.catch_warnings():
             # MTEB's max_iter=100 often stops short of convergence; keep its setting, not its noise.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            classifier.fit(train_embeddings[picked], train_labels[picked])
+            classifier.fit(train_embeddings[picked], labels[picked])
         accuracies.append(100.0 * float(accuracy_score(test_labels, classifier.predict(test_embeddings))))
     return {"accuracy": float(np.mean(accuracies)), "accuracy_std": float(np.std(accuracies))}

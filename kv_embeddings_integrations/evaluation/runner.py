@@ -40,8 +40,11 @@ FITS = ("builtin", "corpus", "sides")
 class Encoder(Protocol):
     """What the runner needs of a method: a label, a cache namespace and ``encode``."""
 
-    label: str
-    description: str
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
 
     def namespace(self, prompt_type: str) -> dict[str, Any]: ...
 
@@ -191,7 +194,9 @@ def kv_variants(
     from ..core.embedder import KVEmbedder
 
     load_options = LoadOptions.of(model, dtype=dtype, device=device)
-    common = {k: v for k, v in (("max_length", max_length), ("batch_size", batch_size)) if v is not None}
+    common: dict[str, Any] = {
+        k: v for k, v in (("max_length", max_length), ("batch_size", batch_size)) if v is not None
+    }
     base = KVEmbedder.from_pretrained(load_options, layers=None, **common)
     weights = model_fingerprint(base.model)
     out = []
@@ -354,7 +359,7 @@ def evaluate_task(encoder: Encoder, task: Task, cache_directory: Path | None = N
 
 
 def evaluate_task_rows(
-    encoder: Encoder,
+    encoder: Encoder | BM25Reference,
     task: Task,
     cache_directory: Path | None = None,
     *,
@@ -398,7 +403,7 @@ def evaluate_task_rows(
             lexical = fusion.sparse_scores(query_sparse, doc_sparse)
             rare = fusion.sparse_scores(query_sparse, doc_sparse, fusion.idf(doc_sparse))
             lexical_bm25 = _bm25(task, bm25)
-            extra = [
+            systems = [
                 ("sparse", "its sparse vectors alone (same pass), dot product", lexical),
                 ("sparse IDF", "its sparse vectors, query weights times the corpus's IDF", rare),
                 ("dense+sparse", "min-max fusion, equal weights", fusion.minmax_fusion(dense, lexical)),
@@ -410,7 +415,7 @@ def evaluate_task_rows(
                 ),
                 ("dense+BM25", "min-max fusion with BM25, equal weights", fusion.minmax_fusion(dense, lexical_bm25)),
             ]
-            extra = [(name, how, _scored(task, scores, doc_ids, query_ids)) for name, how, scores in extra]
+            extra = [(name, how, _scored(task, scores, doc_ids, query_ids)) for name, how, scores in systems]
     elif isinstance(task, ClassificationTask):
         draws = undersample(task.train_labels)
         used = sorted(set().union(*draws))
@@ -425,9 +430,11 @@ def evaluate_task_rows(
         raise TypeError(f"unknown task type {type(task).__name__}")
     seconds = time.perf_counter() - start
     rows = [TaskResult(encoder.label, encoder.description, task.name, task.kind, metrics, embed.embedded, seconds)]
-    for name, how, scores in extra:
+    for name, how, extra_metrics in extra:
         rows.append(
-            TaskResult(f"{encoder.label} [{name}]", f"{encoder.label}: {how}", task.name, task.kind, scores, 0, 0.0)
+            TaskResult(
+                f"{encoder.label} [{name}]", f"{encoder.label}: {how}", task.name, task.kind, extra_metrics, 0, 0.0
+            )
         )
     return rows
 
@@ -443,7 +450,7 @@ def _bm25(task: RetrievalTask, cache: dict[str, np.ndarray] | None) -> np.ndarra
 
 
 def run_evaluation(
-    encoders: Sequence[Encoder],
+    encoders: Sequence[Encoder | BM25Reference],
     tasks: Sequence[Task],
     *,
     cache_directory: str | Path | None = "default",

@@ -19,7 +19,9 @@ def _reject_bare_string(texts: Any) -> None:
         raise TypeError("expected a list of strings, got one str; use get_text_embedding for one text")
 
 
-class KVEmbedding(AdapterConfig, BaseEmbedding):
+# [misc]: to_dict and from_dict are EmbedderConfig's (the options only, no class_name), by design,
+# not BaseComponent's (whose take **kwargs).
+class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
     """KV-Embedding as a LlamaIndex embedding model.
 
     Queries use the core's query prompt, texts (nodes) its document prompt. Every
@@ -60,7 +62,8 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):
             # The fields describe the embedder actually used.
             model, kwargs = embedder.name, {**embedder.config.to_dict(), **kwargs}
         kwargs.setdefault("model_name", model)
-        super().__init__(model=model, embed_batch_size=embed_batch_size, **kwargs)
+        # pydantic's typed __init__ is AdapterConfig's fields; at run time it takes all of this class's.
+        super().__init__(model=model, embed_batch_size=embed_batch_size, **kwargs)  # type: ignore[call-arg]
         self._given = embedder
         self._attach()
 
@@ -86,7 +89,7 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):
         return self._embedder
 
     def __getstate__(self) -> dict[str, Any]:
-        private = self.__pydantic_private__
+        private = self.__pydantic_private__ or {}  # (a dict: this model has private attributes)
         # The loaded model is re-attached on unpickling rather than copied (or test-pickled).
         embedder = private.pop("_embedder", None)
         try:

@@ -20,7 +20,7 @@ mteb is an optional dependency:  ``pip install 'kv-embeddings-integrations[mteb]
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -81,6 +81,12 @@ def _default_name(source: str, method: str) -> str:
 def _dtype_name(model: torch.nn.Module) -> str | None:
     param = next(model.parameters(), None)
     return dtype_name(param.dtype) if param is not None else None
+
+
+def _embedding_parameters(embedder: KVEmbedder) -> int:
+    # (torch types a module's attributes as Tensor | Module: the embeddings' weight is a tensor.)
+    embeddings: torch.nn.Module = embedder.decoder.get_input_embeddings()
+    return cast(torch.Tensor, embeddings.weight).numel()
 
 
 def _experiment_kwargs(embedder: KVEmbedder) -> dict[str, Any]:
@@ -165,7 +171,7 @@ class KVMTEBEncoder(AbsEncoder):
         elif isinstance(model, str):
             config_options, loading = EmbedderConfig.split_options(options)
             config = EmbedderConfig(**config_options)
-            load_options = LoadOptions(model=model, revision=revision, device=device, dtype=dtype, **loading)
+            load_options = LoadOptions.of(model, revision=revision, device=device, dtype=dtype, **loading)
             embedder = KVEmbedder.from_pretrained(load_options, config=config)
             # What the loader needs, besides the options kept in `experiment_kwargs`, to load it again.
             load_kwargs = load_options.from_pretrained_kwargs()
@@ -207,7 +213,7 @@ class KVMTEBEncoder(AbsEncoder):
             release_date=None,
             languages=None,  # those of the underlying LLM
             n_parameters=embedder.model.num_parameters(),
-            n_embedding_parameters=embedder.decoder.get_input_embeddings().weight.numel(),
+            n_embedding_parameters=_embedding_parameters(embedder),
             memory_usage_mb=round(sum(p.numel() * p.element_size() for p in parameters) / 2**20, 2),
             max_tokens=embedder.max_length,
             embed_dim=embedder.dimension,

@@ -219,8 +219,8 @@ _SUFFIX_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".c
 
 
 def _format_of(paths: list[str]) -> str:
-    formats = {_SUFFIX_FORMATS.get(os.path.splitext(p)[1].lower()) for p in paths}
-    if len(formats) != 1 or None in formats:
+    formats = {_SUFFIX_FORMATS.get(os.path.splitext(p)[1].lower(), "") for p in paths}
+    if len(formats) != 1 or "" in formats:
         names = ", ".join(sorted({os.path.basename(p) for p in paths})[:5])
         raise ValueError(
             f"cannot tell the input format from the file names ({names}); "

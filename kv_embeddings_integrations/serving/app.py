@@ -17,11 +17,11 @@ import secrets
 import time
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from ..core import prompts
 from ..version import __version__
@@ -236,10 +236,13 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
             # EmbeddingResponse's shape as plain data: validating every float through pydantic
             # would cost more than the JSON itself.
             vectors = engine.with_dimensions(embedded.vectors, body.dimensions)
-            encode = encode_base64 if body.encoding_format == "base64" else np.ndarray.tolist
+            as_base64 = body.encoding_format == "base64"
             payload = {
                 "object": "list",
-                "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": encode_base64(v) if as_base64 else v.tolist()}
+                    for i, v in enumerate(vectors)
+                ],
                 "model": body.model,
                 "usage": {"prompt_tokens": embedded.total_tokens, "total_tokens": embedded.total_tokens},
             }
@@ -264,9 +267,11 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
         vectors = engine.with_dimensions(embedded.vectors, body.dimensions, normalize=body.normalize)
         return await _json_response(vectors.tolist, embedded)
 
-    tei_options = dict(response_model=list[list[float]])
-    app.post("/embed", summary="Embed (text-embeddings-inference's shape)", **tei_options)(tei_embed)
-    app.post("/", summary="Embed (TEI's root route, for clients that post to the base URL)", **tei_options)(tei_embed)
+    tei_model = list[list[float]]
+    app.post("/embed", summary="Embed (text-embeddings-inference's shape)", response_model=tei_model)(tei_embed)
+    app.post("/", summary="Embed (TEI's root route, for clients that post to the base URL)", response_model=tei_model)(
+        tei_embed
+    )
 
     @app.post(
         "/embed_sparse",
@@ -356,7 +361,8 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
     # Outermost last: the log sees everything, the key is checked before the body is read.
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(APIKeyGuard, key=settings.api_key.get_secret_value() if settings.api_key else None)
-    app.add_middleware(AccessLog, metrics=metrics, routes=frozenset(r.path for r in app.routes))
+    paths = frozenset(r.path for r in app.routes if isinstance(r, (Route, WebSocketRoute, Mount)))
+    app.add_middleware(AccessLog, metrics=metrics, routes=paths)
     return app
 
 

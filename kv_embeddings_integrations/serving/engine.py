@@ -13,7 +13,7 @@ import asyncio
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -191,10 +191,10 @@ class EmbeddingEngine:
 
     def decode(self, ids: list[int] | list[list[int]], *, skip_special_tokens: bool) -> list[str]:
         """TEI's ``/decode`` answer: the text of each array of this model's token ids."""
-        rows = ids if ids and isinstance(ids[0], list) else [ids]
+        rows = cast("list[list[int]]", ids if ids and isinstance(ids[0], list) else [ids])
         vocabulary = len(self.embedder.tokenizer)
         for index, row in enumerate(rows):
-            bad = next((i for i in row if not 0 <= i < vocabulary), None)  # type: ignore[operator]
+            bad = next((i for i in row if not 0 <= i < vocabulary), None)
             if bad is not None:
                 raise APIError(
                     400, f"ids[{index}] holds token id {bad}, outside this model's vocabulary (0..{vocabulary - 1})",

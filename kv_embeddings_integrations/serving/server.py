@@ -38,7 +38,8 @@ def run_server(
         port=port,
         log_level=log_level,
         access_log=False,  # the app logs one line per request itself, with texts and tokens
-        timeout_graceful_shutdown=graceful_timeout,
+        # uvicorn annotates it int, and passes it to asyncio.timeout, which takes any float.
+        timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]
         workers=1,  # one process holds the model; concurrency comes from coalescing
     )
     _Server(config, app).run()

@@ -10,7 +10,7 @@ API_KEY_ENV = "KV_EMBED_API_KEY"
 class ServeSettings(BaseModel):
     """Settings of :func:`~kv_embeddings_integrations.serving.app.create_app`.
 
-    Args:
+    Attributes:
         served_model_name: the ``model`` clients name in requests and ``/v1/models`` lists.
         aliases: other names accepted as ``model`` (e.g. the model's path or bundled alias).
         api_key: the key clients must send as ``Authorization: Bearer <key>`` (None: no key).

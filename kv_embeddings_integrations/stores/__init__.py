@@ -1,7 +1,7 @@
 """Vector stores: keep the embedder's identity with the vectors, refuse a mismatched query.
 
-See :mod:`kv_embeddings_integrations.stores.guard`; the README's *Vector stores* section shows
-Chroma, FAISS, LanceDB and DuckDB end to end.
+See :mod:`kv_embeddings_integrations.stores.guard`; the documentation's *Vector stores* page
+(``docs/vector-stores.md``) shows Chroma, FAISS, LanceDB and DuckDB end to end.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..core.cache import write_atomically
 from ..core.identity import METADATA_KEY, EmbedderMismatchError, check_identity, field_metadata
@@ -32,7 +32,18 @@ class MissingIdentityError(LookupError):
     """The store holds no embedder record (made without one, or by another tool)."""
 
 
-def identity_of(embeddings: Any) -> dict[str, Any]:
+class HasIdentity(Protocol):
+    """What the guard needs of an embedder: a :class:`KVEmbedder`, ``KVEmbeddings`` (LangChain),
+    ``KVEmbedding`` (LlamaIndex) or the Haystack components."""
+
+    def identity(self) -> dict[str, Any]: ...
+
+
+# An embedder, or an identity record already made.
+IdentitySource = HasIdentity | Mapping[str, Any]
+
+
+def identity_of(embeddings: IdentitySource) -> dict[str, Any]:
     """The identity record of a :class:`KVEmbedder`, ``KVEmbeddings`` (LangChain) or ``KVEmbedding``
     (LlamaIndex), or a record already made."""
     if isinstance(embeddings, Mapping):
@@ -56,7 +67,7 @@ def _parse(text: str | bytes, where: str) -> dict[str, Any]:
     return record
 
 
-def _verify(record: dict[str, Any], embeddings: Any, where: str) -> dict[str, Any]:
+def _verify(record: dict[str, Any], embeddings: IdentitySource, where: str) -> dict[str, Any]:
     check_identity(record, identity_of(embeddings), where=where)
     return record
 
@@ -64,7 +75,7 @@ def _verify(record: dict[str, Any], embeddings: Any, where: str) -> dict[str, An
 # --- a JSON file beside the store -----------------------------------------------------------
 
 
-def save_identity(folder: str | os.PathLike, embeddings: Any, *, overwrite: bool = False) -> Path:
+def save_identity(folder: str | os.PathLike, embeddings: IdentitySource, *, overwrite: bool = False) -> Path:
     """Write the embedder's record into ``folder`` (created if needed); return the file's path.
 
     Args:
@@ -100,7 +111,7 @@ def read_identity(folder: str | os.PathLike) -> dict[str, Any]:
     return _parse(text, str(path))
 
 
-def verify_identity(folder: str | os.PathLike, embeddings: Any) -> dict[str, Any]:
+def verify_identity(folder: str | os.PathLike, embeddings: IdentitySource) -> dict[str, Any]:
     """Check that ``embeddings`` makes the vectors stored in ``folder``; return the stored record.
 
     Raises:
@@ -113,7 +124,7 @@ def verify_identity(folder: str | os.PathLike, embeddings: Any) -> dict[str, Any
 # --- collection metadata (Chroma) ----------------------------------------------------------
 
 
-def collection_metadata(embeddings: Any, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def collection_metadata(embeddings: IdentitySource, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``metadata`` plus the embedder's record (a JSON string: Chroma takes flat scalar values),
     for ``collection_metadata=`` (LangChain ``Chroma``) or ``get_or_create_collection(metadata=)``."""
     return {**(metadata or {}), METADATA_KEY: json.dumps(identity_of(embeddings), sort_keys=True)}
@@ -128,7 +139,7 @@ def _collection(store: Any) -> Any:
     return store
 
 
-def verify_collection(store: Any, embeddings: Any) -> dict[str, Any]:
+def verify_collection(store: Any, embeddings: IdentitySource) -> dict[str, Any]:
     """Check a Chroma collection's record against ``embeddings``; return the record.
 
     Args:
@@ -153,12 +164,12 @@ def verify_collection(store: Any, embeddings: Any) -> dict[str, Any]:
 # --- Arrow schema metadata (Parquet, LanceDB) ----------------------------------------------
 
 
-def arrow_field_metadata(embeddings: Any) -> dict[bytes, bytes]:
+def arrow_field_metadata(embeddings: IdentitySource) -> dict[bytes, bytes]:
     """Field metadata for the embedding column of an Arrow table (kept by Parquet and LanceDB)."""
     return field_metadata(identity_of(embeddings))
 
 
-def verify_arrow_schema(schema: Any, embeddings: Any, column: str = "embedding") -> dict[str, Any]:
+def verify_arrow_schema(schema: Any, embeddings: IdentitySource, column: str = "embedding") -> dict[str, Any]:
     """Check the record on ``column`` of a ``pyarrow.Schema`` (``pq.read_schema(path)``,
     ``lancedb_table.schema``) against ``embeddings``; return the record.
 

@@ -3,8 +3,9 @@
 The intrinsic dimension (ID) of the last-token representation of prompted texts is estimated at
 every layer with TwoNN (Facco et al. 2017, Sci. Rep. 7:12140); the re-routed window starts at
 the layer of minimum ID past the first 20% of the network and spans ``floor(L / 10)`` more layers.
-The choice is computed once per model and cached as JSON in the user cache; the package ships
-the choices for its bundled models (see :mod:`~kv_embeddings_integrations.core.cache`).
+The choice is computed once per model and cached as JSON in the user cache, keyed by
+:func:`~kv_embeddings_integrations.core.identity.layer_selection_key`; the package ships the choices
+for its bundled models (see :mod:`~kv_embeddings_integrations.core.cache`).
 """
 
 from __future__ import annotations
@@ -16,21 +17,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
-from ..cache import ORIGIN_WORDS, cached_file, candidate_files, texts_digest, write_atomically
+from ..cache import ORIGIN_WORDS, cached_file, candidate_files, write_atomically
 from ..calibration import builtin_calibration_texts
-from ..identity import model_identity
+from ..config import DEFAULT_SKIP_FRACTION, EmbedderConfig
+from ..identity import layer_selection_key
+
+if TYPE_CHECKING:
+    from ..resolved import ResolvedMethod
 
 logger = logging.getLogger(__name__)
 
 MIN_POINTS = 20
-DEFAULT_SKIP_FRACTION = 0.2
-# Bump when the estimator or the points change, so old cache entries stop matching.
-ESTIMATOR_VERSION = 1
+# A change to the estimator or to the points it measures must bump identity.ESTIMATOR_VERSION,
+# so the cached (and shipped) choices it made stop matching.
 
 
 class SelectableEmbedder(Protocol):
@@ -39,7 +44,8 @@ class SelectableEmbedder(Protocol):
     model: torch.nn.Module
     name: str
     num_layers: int
-    max_length: int
+    config: EmbedderConfig
+    resolved: ResolvedMethod
 
     def template(self, prompt_type: str = "document") -> str: ...
 
@@ -58,7 +64,7 @@ def resolve_layers(layers: list[int] | None, num_layers: int) -> list[int]:
     return list(layers)
 
 
-def twonn_dimension(points, *, discard_fraction: float = 0.1) -> float:
+def twonn_dimension(points: ArrayLike | torch.Tensor, *, discard_fraction: float = 0.1) -> float:
     """TwoNN intrinsic dimension of ``points`` (an ``(N, D)`` array or tensor).
 
     For each point, ``mu = r2 / r1`` (distances to its second and first nearest neighbours);
@@ -157,27 +163,6 @@ class LayerSelection:
     origin: str = "computed"
 
 
-def selection_key(embedder: SelectableEmbedder, texts: Sequence[str], rule: dict[str, Any]) -> dict[str, Any]:
-    """Everything the selection depends on."""
-    return {
-        "estimator_version": ESTIMATOR_VERSION,
-        **model_identity(embedder.model),
-        "template": embedder.template("document"),
-        "max_length": embedder.max_length,
-        "num_texts": len(texts),
-        "texts_sha256": texts_digest(texts),
-        "rule": _rule(rule, embedder.num_layers),
-    }
-
-
-def _rule(rule: dict[str, Any], num_layers: int) -> dict[str, Any]:
-    out = {"skip_fraction": rule.get("skip_fraction", DEFAULT_SKIP_FRACTION), "window": rule.get("window")}
-    # Only a bound short of the network enters the key: entries made before it existed still match.
-    if rule.get("last_layer") is not None and rule["last_layer"] != num_layers - 1:
-        out["last_layer"] = rule["last_layer"]
-    return out
-
-
 def _read_cache(path: Path, key: dict[str, Any], num_layers: int, origin: str = "cache") -> LayerSelection | None:
     """The cached selection if the file is intact and was made for exactly this key; else None."""
     try:
@@ -238,7 +223,7 @@ def auto_select_layers(
             raise ValueError(
                 f"layer selection needs at least {MIN_POINTS} distinct calibration texts, got {len(set(texts))}"
             )
-    key = selection_key(embedder, texts, rule)
+    key = layer_selection_key(embedder, texts, rule)
     if not recompute:
         for path, origin in candidate_files("layer_selection", key, ".json"):
             if (cached := _read_cache(path, key, embedder.num_layers, origin)) is not None:
@@ -260,3 +245,26 @@ def auto_select_layers(
     )
     _write_cache(cached_file("layer_selection", key, ".json"), selection)
     return selection
+
+
+def layers_for(embedder: SelectableEmbedder) -> tuple[list[int], LayerSelection | None]:
+    """The layers ``embedder`` re-routes, as its resolved method asks.
+
+    Runs on the otherwise built embedder (nothing re-routed yet): automatic selection embeds
+    through it.
+
+    Args:
+        embedder: the embedder; its ``resolved`` method says whether and which layers to re-route.
+
+    Returns:
+        ``(layers, selection)``: no layers when the method does not re-route; the given ones
+        (already checked against the model); or the automatic choice, with its
+        :class:`LayerSelection` (else ``None``).
+    """
+    resolved = embedder.resolved
+    if not resolved.reroute:
+        return [], None
+    if resolved.layers != "auto":
+        return list(resolved.layers), None
+    selection = auto_select_layers(embedder, embedder.config.calibration_texts, **resolved.selection_rule)
+    return selection.layers, selection

@@ -3,8 +3,9 @@
 LLM hidden states are strongly anisotropic (every pair of texts has a cosine near 0.9): removing
 the common mean direction spreads them out, and PCA drops dimensions the data barely uses
 (cheaper vector stores). Fitted once, without labels, on sample texts embedded with the document
-prompt, then cached as a safetensors file (no pickle) keyed like the layer selection; the package
-ships the default's fit for its bundled models (see :mod:`~kv_embeddings_integrations.core.cache`).
+prompt, then cached as a safetensors file (no pickle) keyed by
+:func:`~kv_embeddings_integrations.core.identity.postprocessing_key`; the package ships the
+default's fit for its bundled models (see :mod:`~kv_embeddings_integrations.core.cache`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors import safe_open
@@ -21,13 +22,16 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save as save_bytes
 
 from ..cache import ORIGIN_WORDS, cached_file, candidate_files, write_atomically
+from ..identity import postprocess_texts, postprocessing_key
+
+if TYPE_CHECKING:
+    from ..embedder import KVEmbedder
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("none", "center", "pca", "whiten")
 MIN_TEXTS = 20
-# Bump when fitting changes, so old cache entries stop matching.
-FIT_VERSION = 1
+# A change to fitting must bump identity.FIT_VERSION, so the cached (and shipped) fits stop matching.
 
 
 @dataclass
@@ -63,6 +67,7 @@ class PostProcessor:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def tensors(self) -> dict[str, np.ndarray]:
+        """The arrays to save, by name."""
         out = {"mean": self.mean}
         if self.components is not None:
             out["components"] = self.components
@@ -131,6 +136,39 @@ def load(path: Path, key: dict[str, Any]) -> PostProcessor | None:
 
 
 def save(path: Path, key: dict[str, Any], processor: PostProcessor) -> None:
+    """Write ``processor`` to ``path``, with ``key`` in the file's metadata (checked on reading)."""
     data = save_bytes(processor.tensors(), metadata={"key": json.dumps(key, sort_keys=True)})
     # A concurrent reader never sees a half-written file.
     write_atomically(path, lambda f: f.write(data))
+
+
+def processor_for(embedder: KVEmbedder, given: PostProcessor | None = None) -> PostProcessor | None:
+    """The post-processing ``embedder``'s resolved method asks for: fitted on its fitting texts
+    through the embedder itself (its layers chosen, no post-processing yet), or read from the cache.
+
+    Args:
+        embedder: the otherwise built embedder.
+        given: an already fitted post-processing to use instead (must be of the asked kind).
+
+    Returns:
+        the post-processing, or ``None`` when the method asks for none.
+    """
+    kind = embedder.resolved.postprocess
+    if kind == "none":
+        return None
+    if given is not None:
+        if given.kind != kind:
+            raise ValueError(f"postprocessor is {given.kind!r}, the config asks {kind!r}")
+        return given
+    texts = postprocess_texts(embedder.config)
+    if len(set(texts)) < MIN_TEXTS:
+        raise ValueError(f"post-processing needs at least {MIN_TEXTS} distinct texts to fit, got {len(set(texts))}")
+    key = postprocessing_key(embedder, texts)
+    cached = lookup(key, embedder.name)
+    if cached is not None:
+        return cached
+    logger.info("%s: fitting the %s post-processing on %d texts (once, then cached)", embedder.name, kind, len(texts))
+    vectors = embedder.embed(texts, postprocess=False).vectors
+    processor = fit(vectors, kind, embedder.resolved.dimensions)
+    save(cache_path(key), key, processor)
+    return processor

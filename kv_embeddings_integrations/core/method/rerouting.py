@@ -31,16 +31,20 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache, partial
+from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PREFIX = "kv_reroute_"
 SUPPORTED_BASES = ("sdpa", "eager")
+
+# transformers' attention interface: (module, query, key, value, mask, **kwargs) -> (output, weights or None).
+AttentionFunction = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @dataclass
@@ -67,9 +71,9 @@ class UnsupportedModelError(TypeError):
     """The model cannot be re-routed through transformers' attention interface."""
 
 
-def _eager_function(module: torch.nn.Module) -> Callable:
+def _eager_function(module: torch.nn.Module) -> AttentionFunction:
     # Each modeling file defines its own eager function (Gemma's adds soft-capping), not registered.
-    function = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    function: AttentionFunction | None = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if function is None:
         raise UnsupportedModelError(
             f"{type(module).__name__} has no eager_attention_forward in its modeling module; "
@@ -78,12 +82,18 @@ def _eager_function(module: torch.nn.Module) -> Callable:
     return function
 
 
-def _base_function(base: str, module: torch.nn.Module) -> Callable:
+def _base_function(base: str, module: torch.nn.Module) -> AttentionFunction:
     return sdpa_attention_forward if base == "sdpa" else _eager_function(module)
 
 
 def prefixed_mask(
-    attention_mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int, bias: float, dtype: torch.dtype, device
+    attention_mask: torch.Tensor | None,
+    batch: int,
+    q_len: int,
+    kv_len: int,
+    bias: float,
+    dtype: torch.dtype,
+    device: torch.device | str,
 ) -> torch.Tensor:
     """Additive mask ``(batch|1, 1, q_len, 1 + kv_len)``: column 0 (the prefix) holds ``bias``
     for every query; the rest is the model's own mask (causal when it passed none)."""
@@ -108,8 +118,8 @@ def kv_reroute_attention(
     attention_mask: torch.Tensor | None,
     *,
     base: str,
-    **kwargs,
-):
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention function registered as ``kv_reroute_<base>``; see the module docstring."""
     plan = _ACTIVE_PLAN.get()
     layer = getattr(module, "layer_idx", None)
@@ -151,7 +161,7 @@ def _kernel_device(tensor: torch.Tensor) -> str:
     return tensor.device.type
 
 
-def _can_merge(query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> bool:
+def _can_merge(query: torch.Tensor, key: torch.Tensor, kwargs: dict[str, Any]) -> bool:
     device = _kernel_device(query)
     return (
         ((device == "cpu" and _CPU_FLASH is not None) or (device == "cuda" and _CUDA_EFFICIENT is not None))
@@ -168,11 +178,11 @@ def _kernel_takes_grouped_heads(kernel: str = "cpu_flash", device: str = "cpu") 
     half = torch.bfloat16 if device != "cpu" else torch.float32
     query, key = torch.zeros(1, 2, 1, 8, dtype=half, device=device), torch.zeros(1, 1, 1, 8, dtype=half, device=device)
     try:
-        if kernel == "cpu_flash":
+        if kernel == "cpu_flash" and _CPU_FLASH is not None:
             _CPU_FLASH(query, key, key, 0.0, False)
-        elif kernel == "flash":
+        elif kernel == "flash" and _CUDA_FLASH is not None:
             _CUDA_FLASH(query, key, key, 0.0, False, False)
-        elif kernel == "cudnn":
+        elif kernel == "cudnn" and _CUDA_CUDNN is not None:
             _CUDA_CUDNN(query, key, key, None, True, 0.0, False, False)
         else:
             return False  # the memory-efficient kernel wants one key/value head per query head
@@ -193,14 +203,18 @@ _BACKENDS = {
 }
 
 
-def _sdpa_allows(kernel: str, query, key, value, mask, causal: bool) -> bool:
+def _sdpa_allows(
+    kernel: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, causal: bool
+) -> bool:
     """torch's own SDPA checks (dtype, head size, alignment, GPU) for ``kernel`` on these tensors."""
     grouped = key.shape[1] != query.shape[1]
     params = torch.backends.cuda.SDPAParams(query, key, value, mask, 0.0, causal, grouped)
     return bool(_CHECKS[kernel](params))
 
 
-def _sdpa_choice(query, key, value, mask, causal: bool) -> str:
+def _sdpa_choice(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, causal: bool
+) -> str:
     """The fused kernel SDPA would run for these tensors ("flash", "efficient" or "cudnn"; else "")."""
     grouped = key.shape[1] != query.shape[1]
     choice = torch._fused_sdp_choice(query, key, value, mask, 0.0, causal, enable_gqa=grouped)
@@ -244,6 +258,8 @@ def _attention_with_lse(
         return repeat_kv(key, heads // kv_heads), repeat_kv(value, heads // kv_heads)
 
     if _kernel_device(query) == "cpu":
+        if _CPU_FLASH is None:  # (_can_merge checked it is there)
+            return None
         full_key, full_value = full("cpu_flash")
         out, lse = _CPU_FLASH(query, full_key, full_value, 0.0, causal, attn_mask=mask, scale=scale)
         return out, lse, "cpu_flash"
@@ -251,7 +267,12 @@ def _attention_with_lse(
     # neighbours run), then the memory-efficient kernel should that one refuse them.
     for kernel in dict.fromkeys((_sdpa_choice(query, key, value, mask, causal), "efficient")):
         full_key, full_value = full(kernel)
-        if kernel == "flash" and mask is None and _sdpa_allows("flash", query, full_key, full_value, None, causal):
+        if (
+            kernel == "flash"
+            and _CUDA_FLASH is not None
+            and mask is None
+            and _sdpa_allows("flash", query, full_key, full_value, None, causal)
+        ):
             out, lse = _CUDA_FLASH(query, full_key, full_value, 0.0, causal, False, scale=scale)[:2]
             return out, lse, "flash"
         bias = None if mask is None else aligned_bias(mask, heads, length, key.shape[2])
@@ -266,7 +287,11 @@ def _attention_with_lse(
             except RuntimeError:  # cuDNN can refuse a graph its checks let through
                 continue
             return out, lse, "cudnn"
-        if kernel == "efficient" and _sdpa_allows("efficient", query, full_key, full_value, bias, causal):
+        if (
+            kernel == "efficient"
+            and _CUDA_EFFICIENT is not None
+            and _sdpa_allows("efficient", query, full_key, full_value, bias, causal)
+        ):
             out, lse = _CUDA_EFFICIENT(query, full_key, full_value, bias, True, 0.0, causal, scale=scale)[:2]
             return out, lse[..., :length], "efficient"  # the kernel pads lse's length to its block size
     return None
@@ -309,8 +334,8 @@ for _base, _mask in (("sdpa", sdpa_mask), ("eager", eager_mask)):
     ALL_MASK_ATTENTION_FUNCTIONS.register(PREFIX + _base, _mask)
 
 
-def _configs(model: PreTrainedModel):
-    seen = []
+def _configs(model: PreTrainedModel) -> list[PreTrainedConfig]:
+    seen: list[PreTrainedConfig] = []
     for module in model.modules():
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "_attn_implementation") and all(config is not c for c in seen):
@@ -329,7 +354,7 @@ def install(model: PreTrainedModel) -> str:
             "cannot be hooked into it. Use method='prompt' (no re-routing) or a supported decoder "
             "(Llama, Mistral, Qwen2/3, Gemma 2/3, ...)."
         )
-    current = model.config._attn_implementation
+    current: str = model.config._attn_implementation
     base = current.removeprefix(PREFIX)
     if base not in SUPPORTED_BASES:
         raise UnsupportedModelError(

@@ -19,11 +19,15 @@ so per thread and per asyncio task), so a plain forward is the model's own.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # The official setting for 32 layers: replace before layers 1..6, pool layer 26's output.
 REFERENCE_DEPTH = 32
@@ -56,7 +60,7 @@ def scaled_output_layer(num_layers: int) -> int:
     return min(num_layers - 1, max(0, round((REFERENCE_OUTPUT + 1) * num_layers / REFERENCE_DEPTH) - 1))
 
 
-def placeholder_id(tokenizer) -> int:
+def placeholder_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The token id used as the placeholder."""
     for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
         if token_id is not None:
@@ -74,8 +78,14 @@ def decoder_layers(decoder: torch.nn.Module) -> torch.nn.ModuleList:
     return layers
 
 
-def _pre_hook(index: int):
-    def hook(module, args, kwargs):
+# A forward pre-hook with kwargs: (module, args, kwargs) -> new (args, kwargs), or None to keep them.
+PreHook = Callable[[torch.nn.Module, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]] | None]
+
+
+def _pre_hook(index: int) -> PreHook:
+    def hook(
+        module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         plan = _ACTIVE.get()
         if plan is None or not plan.start <= index < plan.stop:
             return None
