@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
     except (evaluation.DataFormatError, ValueError) as e:
         raise CLIError(str(e)) from None
     try:
-        encoders: list[Encoder] = []
+        encoders: list[Encoder | evaluation.BM25Reference] = []
         if variants:
             encoders += evaluation.kv_variants(
                 load_options(args),

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
 import os
-import threading
-import weakref
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
-from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import BatchEncoding, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from . import fusion
 from . import sparse as sparse_vectors
-from .coalescing import RequestCoalescer
+from .concurrency import ConcurrentRequests
 from .config import EmbedderConfig
 from .identity import embedder_identity
 from .inputs import check_positive_int, texts_to_embed
@@ -31,7 +29,7 @@ from .prompts import FAMILIES, METHODS, MethodSpec, PromptFamily
 from .recipe import EmbedderRecipe
 from .resolved import ResolvedMethod
 from .results import EmbedResult
-from .runner import DEFAULT_BATCH_SIZE, BatchRunner
+from .runner import DEFAULT_BATCH_SIZE, runner_for
 from .sparse import SparseVectors
 from .tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
 
@@ -39,36 +37,6 @@ logger = logging.getLogger(__name__)
 
 # Texts tokenized at once by encode: bounds the token ids held for very large inputs.
 ENCODE_CHUNK = 16384
-# Most texts embedded in one coalesced call of concurrent requests (bounds one call's latency).
-COALESCE_MAX_TEXTS = 512
-
-
-def _average(passes: list[EmbedResult]) -> EmbedResult:
-    """Several templates' results for the same texts: mean vector, tokens summed, any truncation."""
-    return EmbedResult(
-        np.mean([p.vectors for p in passes], axis=0, dtype=np.float32),
-        tuple(int(sum(c)) for c in zip(*(p.token_counts for p in passes), strict=True)),
-        tuple(any(t) for t in zip(*(p.truncated for p in passes), strict=True)),
-        tuple(max(n) for n in zip(*(p.pieces for p in passes), strict=True)),
-        None if passes[0].sparse is None else sparse_vectors.mean_of([p.sparse for p in passes]),
-    )
-
-
-def _chain(source: Future, target: Future, transform) -> None:
-    """Complete ``target`` with ``transform`` of ``source``'s result, or its exception."""
-    if source.cancelled():
-        target.cancel()
-    elif not target.set_running_or_notify_cancel():
-        return  # the caller gave up (e.g. its asyncio task was cancelled)
-    elif (error := source.exception()) is not None:
-        target.set_exception(error)
-    else:
-        try:
-            value = transform(source.result())
-        except BaseException as failure:  # e.g. a warning turned into an error: never leave it pending
-            target.set_exception(failure)
-        else:
-            target.set_result(value)
 
 
 # State that belongs to this process: not pickled (the pool sends embedders to workers); the
@@ -76,7 +44,7 @@ def _chain(source: Future, target: Future, transform) -> None:
 _PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "runner", "batch_listeners", "batch_start_listeners")
 
 
-class KVEmbedder:
+class KVEmbedder(ConcurrentRequests):
     """Text embeddings from a frozen decoder-only LLM by KV re-routing (arXiv 2601.01046).
 
     Wraps an already-loaded model; use :meth:`from_pretrained` to load one by name.
@@ -136,14 +104,9 @@ class KVEmbedder:
         self._prompt_tokenizer = PromptTokenizer(tokenizer, self.max_length, placeholder)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_token_id = pad if pad is not None else 0
-        self._coalescer: RequestCoalescer | None = None
-        self._coalescer_lock = threading.Lock()
         # The batched forward passes (and their seam, runner.forward); layer selection below runs them.
-        self.runner = self._make_runner()
-        # Called with the number of texts of each coalesced forward pass once it ran (a server's
-        # metrics), and just before it runs (a blocking one holds the pass: how tests order events).
-        self.batch_listeners: list[Callable[[int], None]] = []
-        self.batch_start_listeners: list[Callable[[int], None]] = []
+        self.runner = runner_for(self, self._prompt_tokenizer)
+        self._init_requests()
         # Nothing re-routed and no post-processing until chosen: both choices embed through this
         # otherwise built embedder.
         self.layers: list[int] = []
@@ -160,32 +123,8 @@ class KVEmbedder:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._coalescer = None
-        self._coalescer_lock = threading.Lock()
-        self.runner = self._make_runner()
-        self.batch_listeners = []
-        self.batch_start_listeners = []
-
-    def _make_runner(self) -> BatchRunner:
-        """The runner of this embedder's forward passes (one per process: it holds a lock)."""
-        # Weak, so no reference cycle keeps a dropped embedder's model alive until a GC pass;
-        # looked up at each pass, so a wrapped or patched ``forward`` sees every pass.
-        owner = weakref.proxy(self)
-        return BatchRunner(
-            self.model,
-            self._prompt_tokenizer,
-            model_forward=lambda batch, **kwargs: owner.forward(batch, **kwargs),
-            collate=lambda encoded: owner.collate(encoded),
-            float32_twin=lambda model: dataclasses.replace(owner.recipe(), model=model).build(),
-            hidden_size=self.hidden_size,
-            num_layers=self.num_layers,
-            output_layer=self.output_layer,
-            pooling=self.pooling,
-            mean_scope=self.mean_scope,
-            max_length=self.max_length,
-            max_tokens_per_batch=self.config.max_tokens_per_batch,
-            chunk_mean=self.config.long_text == "chunk_mean",
-        )
+        self._init_requests()
+        self.runner = runner_for(self, self._prompt_tokenizer)
 
     @classmethod
     def from_pretrained(
@@ -288,12 +227,14 @@ class KVEmbedder:
     @property
     def device(self) -> torch.device:
         """Where inputs go: the device of the input embeddings."""
-        return self.decoder.get_input_embeddings().weight.device
+        embeddings: torch.nn.Module = self.decoder.get_input_embeddings()
+        return cast(torch.Tensor, embeddings.weight).device
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the model's weights."""
-        return next(self.model.parameters()).dtype
+        dtype: torch.dtype = next(self.model.parameters()).dtype
+        return dtype
 
     def templates(self, prompt_type: str = "document") -> tuple[str, ...]:
         """The prompt templates used for ``prompt_type``: the user's override, else the family's
@@ -390,6 +331,7 @@ class KVEmbedder:
             texts, prompt_type=prompt_type, batch_size=batch_size, show_progress_bar=show_progress_bar, sparse=True
         )
         self._warn_truncated(result, stacklevel=3)
+        assert result.sparse is not None  # asked for
         return result.sparse
 
     def encode(
@@ -423,13 +365,14 @@ class KVEmbedder:
         """
         if devices is not None:
             with self.start_pool(devices) as workers:
-                return workers.encode(
+                vectors: np.ndarray = workers.encode(
                     texts,
                     prompt_type=prompt_type,
                     batch_size=batch_size,
                     normalize=normalize,
                     show_progress_bar=show_progress_bar,
                 )
+                return vectors
         items, single = texts_to_embed(texts, self.config.empty_text)
         result = self._embed_items(items, prompt_type, batch_size, show_progress_bar, normalize)
         self._warn_truncated(result, stacklevel=3)
@@ -457,16 +400,8 @@ class KVEmbedder:
         if not items:
             empty = EmbedResult.empty(processor.dimensions if processor else self.hidden_size)
             return dataclasses.replace(empty, sparse=SparseVectors.empty(self.vocab_size)) if sparse else empty
-        # One pass per template (MetaEOL has several); their pooled vectors are averaged.
-        passes = []
-        with self.runner.progress(len(items) * len(templates), rows, show) as bar:
-            for template in templates:
-                parts = []
-                # Chunks bound the token ids held at once, whatever the number of texts.
-                for start in range(0, len(items), ENCODE_CHUNK):
-                    parts.append(self.runner.run(items[start : start + ENCODE_CHUNK], template, rows, bar, sparse))
-                passes.append(EmbedResult.concatenate(parts))
-        result = passes[0] if len(passes) == 1 else _average(passes)
+        # ENCODE_CHUNK read at call time: tests shrink it.
+        result = self.runner.run_templates(items, templates, rows, show, sparse, ENCODE_CHUNK)
         if not (normalize or processor):
             return result
         vectors = torch.nn.functional.normalize(torch.from_numpy(result.vectors), dim=-1).numpy()
@@ -474,7 +409,7 @@ class KVEmbedder:
             vectors = processor.apply(vectors, normalize=normalize)
         return dataclasses.replace(result, vectors=vectors)
 
-    def start_pool(self, devices: Sequence[str | torch.device]):
+    def start_pool(self, devices: Sequence[str | torch.device]) -> EmbeddingPool:
         """Start one worker process per device holding a replica of this embedder (data parallel).
 
         Args:
@@ -487,86 +422,6 @@ class KVEmbedder:
         """
         return EmbeddingPool(self, devices)
 
-    # -- concurrent requests ---------------------------------------------------------------------
-
-    def submit_embed(
-        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True, sparse: bool = False
-    ) -> Future:
-        """Queue texts to be embedded together with other concurrent requests.
-
-        Requests submitted from many threads (or tasks) while a forward pass runs are coalesced
-        into the next one, instead of each running alone. Arguments as in :meth:`embed`.
-
-        Returns:
-            a ``concurrent.futures.Future`` of this request's own
-            :class:`~kv_embeddings_integrations.core.results.EmbedResult` (its texts' vectors, token
-            counts and truncation, whatever else shared the forward pass).
-        """
-        # Bad input fails here, in the caller, not in the worker.
-        items, _ = texts_to_embed(texts, self.config.empty_text)
-        self.template(prompt_type)
-        if sparse:
-            self._lm_head()
-        if not items:
-            done: Future = Future()
-            empty = EmbedResult.empty(self.dimension)
-            done.set_result(
-                dataclasses.replace(empty, sparse=SparseVectors.empty(self.vocab_size)) if sparse else empty
-            )
-            return done
-        with self._coalescer_lock:
-            if self._coalescer is None:
-                self._coalescer = RequestCoalescer(
-                    self._embed_coalesced,
-                    max_texts=COALESCE_MAX_TEXTS,
-                    listeners=self.batch_listeners,
-                    start_listeners=self.batch_start_listeners,
-                )
-            return self._coalescer.submit(items, prompt_type, normalize, sparse)
-
-    def submit(self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True) -> Future:
-        """:meth:`submit_embed`, for the array :meth:`encode` would return.
-
-        Returns:
-            a ``concurrent.futures.Future`` of what :meth:`encode` would return (truncation is
-            warned when the result arrives).
-        """
-        single = isinstance(texts, str)
-        future = self.submit_embed(texts, prompt_type=prompt_type, normalize=normalize)
-        vectors: Future = Future()
-        # A cancelled caller withdraws its request if it has not started yet.
-        vectors.add_done_callback(lambda f: f.cancelled() and future.cancel())
-
-        def transform(result: EmbedResult) -> np.ndarray:
-            self._warn_truncated(result, stacklevel=2)
-            return result.vectors[0] if single else result.vectors
-
-        future.add_done_callback(lambda f: _chain(f, vectors, transform))
-        return vectors
-
-    async def aembed(
-        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True, sparse: bool = False
-    ) -> EmbedResult:
-        """:meth:`embed` for asyncio: awaits a coalesced request (see :meth:`submit_embed`) without
-        blocking the event loop; a cancelled task withdraws its request if it has not started."""
-        future = self.submit_embed(texts, prompt_type=prompt_type, normalize=normalize, sparse=sparse)
-        return await asyncio.wrap_future(future)
-
-    async def aencode(
-        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True
-    ) -> np.ndarray:
-        """:meth:`encode` for asyncio: awaits a coalesced request (see :meth:`submit_embed`) without
-        blocking the event loop, and warns in the caller about its own truncated texts."""
-        single = isinstance(texts, str)
-        result = await self.aembed(texts, prompt_type=prompt_type, normalize=normalize)
-        self._warn_truncated(result, stacklevel=3)
-        return result.vectors[0] if single else result.vectors
-
-    def _embed_coalesced(
-        self, texts: list[str], prompt_type: str, normalize: bool, sparse: bool = False
-    ) -> EmbedResult:
-        return self.embed(texts, prompt_type=prompt_type, normalize=normalize, show_progress_bar=False, sparse=sparse)
-
     # -- the model, one level down: tokens, batches, forward passes ------------------------------
 
     def tokenize(
@@ -576,7 +431,7 @@ class KVEmbedder:
         ``prompt_type``'s (first) template or the given one of :meth:`templates`."""
         return self._prompt_tokenizer.encode(list(texts), template or self.template(prompt_type))
 
-    def tokenize_strings(self, strings: Sequence[str], *, add_special_tokens: bool = True):
+    def tokenize_strings(self, strings: Sequence[str], *, add_special_tokens: bool = True) -> BatchEncoding:
         """The tokenizer's output for whole strings (no prompt, no cut): ids, character offsets and
         the special-token mask; safe beside embedding calls in other threads."""
         return self._prompt_tokenizer.tokenize_strings(list(strings), add_special_tokens)
@@ -585,7 +440,9 @@ class KVEmbedder:
         """Left-pad tokenized texts into one batch on the model's input device."""
         return collate(list(encoded), self._pad_token_id, self.device)
 
-    def forward(self, batch: TokenBatch, *, output_hidden_states: bool = False, layers: list[int] | None = None):
+    def forward(
+        self, batch: TokenBatch, *, output_hidden_states: bool = False, layers: list[int] | None = None
+    ) -> BaseModelOutputWithPast:
         """One forward pass of the decoder, re-routing ``layers`` (default: the selected ones; ``[]``: none).
 
         Returns:
@@ -593,17 +450,18 @@ class KVEmbedder:
         """
         layers = self.layers if layers is None else layers
         routing = rerouting.reroute(self.model, layers, self.config.bias) if layers else contextlib.nullcontext()
-        prepending = contextlib.nullcontext()
+        prepending: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if batch.marker_index is not None and self.prepend_layers is not None:
             prepending = token_prepending.prepend(batch.marker_index, *self.prepend_layers)
         with torch.inference_mode(), routing, prepending:
-            return self.decoder(
+            out: BaseModelOutputWithPast = self.decoder(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids,
                 use_cache=False,
                 output_hidden_states=output_hidden_states,
             )
+        return out
 
     def layer_states(
         self,
@@ -626,14 +484,7 @@ class KVEmbedder:
             output (the last one after the final norm). All layers come from one pass per batch.
         """
         encoded = self.tokenize(texts, prompt_type)
-        states = torch.empty((len(encoded), self.num_layers, self.hidden_size), dtype=torch.float32)
-        with self.runner.progress(len(encoded), self.batch_size, show_progress_bar, "Layer states") as bar:
-            for indices, batch in self.runner.batches(encoded, self.batch_size):
-                out = self.forward(batch, output_hidden_states=True, layers=None if reroute else [])
-                # hidden_states[0] is the embedding output; [l + 1] is layer l's output.
-                states[indices] = torch.stack([h[:, -1].float().cpu() for h in out.hidden_states[1:]], dim=1)
-                bar.update(len(indices))
-        return states
+        return self.runner.layer_states(encoded, self.batch_size, show_progress_bar, None if reroute else [])
 
     def _lm_head(self) -> torch.Tensor:
         return sparse_vectors.lm_head_weight(self.model)
@@ -645,8 +496,4 @@ class KVEmbedder:
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cosine similarity matrix between two sets of vectors (any normalisation)."""
-        a = np.atleast_2d(a)
-        b = np.atleast_2d(b)
-        a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
-        b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(min=1e-12)
-        return a @ b.T
+        return fusion.cosine_scores(a, b)

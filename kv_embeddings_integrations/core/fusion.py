@@ -24,6 +24,16 @@ def dense_scores(queries: np.ndarray, documents: np.ndarray) -> np.ndarray:
     return scores
 
 
+def cosine_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity matrix between two sets of vectors (any normalisation), ``(len(a), len(b))``."""
+    a = np.atleast_2d(a)
+    b = np.atleast_2d(b)
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(min=1e-12)
+    scores: np.ndarray = a @ b.T
+    return scores
+
+
 def idf(documents: SparseVectors) -> np.ndarray:
     """Each token's inverse document frequency over ``documents``: ``ln(1 + (N - n + 0.5) / (n + 0.5))``
     (BM25's, and what Qdrant's ``Modifier.IDF`` computes over a collection), ``(vocab_size,)``."""

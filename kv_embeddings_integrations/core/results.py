@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sparse import SparseVectors
+from .sparse import SparseVectors, mean_of
 
 
 @dataclass(frozen=True, eq=False)  # arrays have no single truth value: compare fields yourself
@@ -61,6 +61,19 @@ class EmbedResult:
             tuple(t for r in results for t in r.truncated),
             tuple(p for r in results for p in r.pieces),
             None if len(sparse) < len(results) else SparseVectors.concatenate(sparse),
+        )
+
+    @classmethod
+    def average(cls, passes: Sequence[EmbedResult]) -> EmbedResult:
+        """Several templates' results for the same texts (MetaEOL): mean vector, tokens summed, any
+        truncation, the most pieces, and the sparse vectors' mean."""
+        sparse = [p.sparse for p in passes if p.sparse is not None]
+        return cls(
+            np.asarray(np.mean([p.vectors for p in passes], axis=0, dtype=np.float32)),
+            tuple(int(sum(c)) for c in zip(*(p.token_counts for p in passes), strict=True)),
+            tuple(any(t) for t in zip(*(p.truncated for p in passes), strict=True)),
+            tuple(max(n) for n in zip(*(p.pieces for p in passes), strict=True)),
+            None if len(sparse) < len(passes) else mean_of(sparse),
         )
 
     def __len__(self) -> int:

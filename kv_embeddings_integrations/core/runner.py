@@ -16,8 +16,9 @@ import copy
 import dataclasses
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from .pooling import pool_hidden_states
 from .results import EmbedResult
 from .sparse import SparseVectors
 from .tokenization import EncodedText, PromptTokenizer, TokenBatch
+
+if TYPE_CHECKING:
+    from .embedder import KVEmbedder
 
 # Rows per batch when neither a batch size nor a token budget bounds them.
 DEFAULT_BATCH_SIZE = 32
@@ -141,6 +145,58 @@ class BatchRunner:
         """
         for indices in plan_batches([len(e) for e in encoded], batch_size, self.max_tokens_per_batch):
             yield indices, self.collate([encoded[i] for i in indices])
+
+    def run_templates(
+        self,
+        texts: list[str],
+        templates: tuple[str, ...],
+        batch_size: int | None,
+        show: bool | None,
+        sparse: bool,
+        chunk: int,
+    ) -> EmbedResult:
+        """:meth:`run` once per template (MetaEOL has several), the passes averaged.
+
+        Args:
+            texts: the texts, already checked (at least one).
+            templates: the prompt templates; each text is embedded with each.
+            batch_size: most rows per batch (``None``: bounded by the token budget only).
+            show: whether to show a progress bar (``None``: only for jobs of many batches).
+            sparse: also collect each text's sparse lexical vector from the same passes.
+            chunk: most texts tokenized at once (bounds the token ids held, whatever the input size).
+        """
+        passes = []
+        with self.progress(len(texts) * len(templates), batch_size, show) as bar:
+            for template in templates:
+                parts = [
+                    self.run(texts[i : i + chunk], template, batch_size, bar, sparse)
+                    for i in range(0, len(texts), chunk)
+                ]
+                passes.append(EmbedResult.concatenate(parts))
+        return passes[0] if len(passes) == 1 else EmbedResult.average(passes)
+
+    def layer_states(
+        self, encoded: list[EncodedText], batch_size: int | None, show: bool | None, layers: list[int] | None
+    ) -> torch.Tensor:
+        """Every layer's last-token hidden state of each tokenized text, one pass per batch.
+
+        Args:
+            encoded: the prompted, tokenized texts.
+            batch_size: most rows per batch.
+            show: whether to show a progress bar (``None``: only for jobs of many batches).
+            layers: the layers to re-route (``None``: the embedder's; ``[]``: none).
+
+        Returns:
+            ``(len(encoded), num_layers, hidden_size)`` float32 CPU tensor.
+        """
+        states = torch.empty((len(encoded), self.num_layers, self.hidden_size), dtype=torch.float32)
+        with self.progress(len(encoded), batch_size, show, "Layer states") as bar:
+            for indices, batch in self.batches(encoded, batch_size):
+                out = self.model_forward(batch, output_hidden_states=True, layers=layers)
+                # hidden_states[0] is the embedding output; [l + 1] is layer l's output.
+                states[indices] = torch.stack([h[:, -1].float().cpu() for h in out.hidden_states[1:]], dim=1)
+                bar.update(len(indices))
+        return states
 
     def run(
         self, texts: list[str], template: str, batch_size: int | None, bar: tqdm[Any], sparse: bool = False
@@ -298,3 +354,25 @@ class BatchRunner:
                 state, head, batch.input_ids.to(head.device), batch.text_mask.to(head.device), softcap
             )
         return torch.cat([pooled, weights.to(pooled.device)], dim=1)
+
+
+def runner_for(embedder: KVEmbedder, prompt_tokenizer: PromptTokenizer) -> BatchRunner:
+    """The runner of ``embedder``'s forward passes (one per process: it holds a lock)."""
+    # Weak, so no reference cycle keeps a dropped embedder's model alive until a GC pass;
+    # looked up at each pass, so a wrapped or patched ``forward`` sees every pass.
+    owner = weakref.proxy(embedder)
+    return BatchRunner(
+        embedder.model,
+        prompt_tokenizer,
+        model_forward=lambda batch, **kwargs: owner.forward(batch, **kwargs),
+        collate=lambda encoded: owner.collate(encoded),
+        float32_twin=lambda model: dataclasses.replace(owner.recipe(), model=model).build(),
+        hidden_size=embedder.hidden_size,
+        num_layers=embedder.num_layers,
+        output_layer=embedder.output_layer,
+        pooling=embedder.pooling,
+        mean_scope=embedder.mean_scope,
+        max_length=embedder.max_length,
+        max_tokens_per_batch=embedder.config.max_tokens_per_batch,
+        chunk_mean=embedder.config.long_text == "chunk_mean",
+    )

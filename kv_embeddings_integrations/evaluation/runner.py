@@ -121,7 +121,7 @@ class KVVariant:
     @property
     def description(self) -> str:
         e = self.embedder
-        family = e.config.prompt_family or e.spec.family
+        family = e.resolved.family
         routed = f"layers {e.layers}, bias {e.config.bias}, " if e.layers else ""
         prepended = f"token prepending {e.prepend_layers}, " if e.prepend_layers else ""
         where = {"builtin": "", "corpus": " fitted on the task's corpus", "sides": " fitted on each side"}[self.fit]

@@ -85,5 +85,7 @@ class AdapterConfig(EmbedderConfig):
         """``model`` and ``model_kwargs`` as the :class:`LoadOptions` the core loads with."""
         return LoadOptions(model=self.model, **self.model_kwargs)
 
-    def _shared_embedder(self) -> KVEmbedder:
+    def shared_embedder(self) -> KVEmbedder:
+        """The process-wide embedder for these options: loaded once, shared by every adapter that
+        asks for the same model and configuration."""
         return shared_embedder(self.load_options, EmbedderConfig(**self.to_dict()))

@@ -46,7 +46,7 @@ class _KVComponent:
     def warm_up(self) -> None:
         """Load the model (once per process for equal options) and choose its layers."""
         if self._embedder is None:
-            self._embedder = self._config._shared_embedder()
+            self._embedder = self._config.shared_embedder()
 
     @property
     def embedder(self) -> KVEmbedder:

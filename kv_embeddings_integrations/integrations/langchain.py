@@ -49,7 +49,7 @@ class KVEmbeddings(AdapterConfig, Embeddings):
         if self.embedder is not None:
             self._embedder = self.embedder
         else:
-            self._embedder = self._shared_embedder()
+            self._embedder = self.shared_embedder()
         return self
 
     def identity(self) -> dict[str, Any]:

@@ -71,7 +71,7 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
         if self._given is not None:
             self._embedder = self._given
         else:
-            self._embedder = self._shared_embedder()
+            self._embedder = self.shared_embedder()
 
     @classmethod
     def class_name(cls) -> str:

@@ -191,7 +191,8 @@ def embed_dataset(
     resources = {"num_cpus": num_cpus_per_worker, "num_gpus": num_gpus_per_worker}
     if ray.is_initialized():
         _check_cpus(ray, concurrency * num_cpus_per_worker)
-    if METHODS[config.resolved_method].reroute and config.layers == "auto":
+    reroutes = config.reroute if config.reroute is not None else METHODS[config.resolved_method].reroute
+    if reroutes and config.layers == "auto":
         # Once for the whole job (the cache makes later jobs instant), on an actor's resources.
         select = ray.remote(**resources)(_chosen_layers)
         config = config.with_options(layers=ray.get(select.remote(load_options.model_dump(), config.to_dict())))
