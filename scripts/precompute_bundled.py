@@ -13,7 +13,7 @@ the paper's recipe, and the two other methods ``make compare`` shows):
         manifest.json                              which file is which model, dtype and preset
 
 Every file is made by ``from_pretrained`` itself, in a fresh cache with the shipped files ignored,
-so it is what a user's first load computes. ``tests/test_shipped.py`` recomputes one of them and
+so it is what a user's first load computes. ``tests/core/test_shipped.py`` recomputes one of them and
 checks it equals the shipped file.
 
     python scripts/precompute_bundled.py                       # all models, replaces the folder

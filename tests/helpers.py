@@ -11,7 +11,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -29,6 +31,11 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
 )
+
+# The tests folder (its data/ and gated_serve.py) and the repository root above it: test files live
+# one folder down (tests/core/, tests/serving/, ...), so they name these paths through here.
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
 
 VOCAB_SIZE = 320
 
@@ -170,6 +177,12 @@ def tied_model_dir() -> str:
 # generous (a loaded 2-core machine may be slow, never this slow). Never the thing asserted.
 HANG = 60
 
+# Seconds worker processes, threads or a server get to finish and exit by themselves before they
+# count as hung (and are terminated). On a loaded machine exiting is slow (a pool's two workers have
+# taken over 10 s): the tests assert that they exit cleanly (by their sentinel, with status 0), not
+# how fast, so this is far above any slow exit and reached only by a hang. Waiting ends at the exit.
+EXIT_TIMEOUT = 300
+
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = HANG) -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` if it never does (a hang, not a race:
@@ -242,6 +255,12 @@ async def with_loop_free(embedder, awaitable):
         embedder.batch_start_listeners.remove(gate)
     assert not gate.stuck, "the event loop was blocked while a forward pass was held"
     return result
+
+
+def assert_unit_and_finite(vectors: np.ndarray) -> None:
+    """Every vector finite and of unit length (the defined answer to an input without a better one)."""
+    assert np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=-1), 1.0, atol=1e-5)
 
 
 # The options the mechanics tests were written for: KV-Embedding as the paper describes it (the

@@ -1,5 +1,5 @@
 """Label-free post-processing: the fitted transforms against numpy / scikit-learn, the safe cache,
-and every front end that takes embedder options."""
+and the embedder that fits and applies them (the adapters: integrations/test_adapters.py)."""
 
 from __future__ import annotations
 
@@ -124,16 +124,3 @@ def test_recipe_carries_the_fitted_transform(model, tokenizer, monkeypatch):
     monkeypatch.setattr(postprocessing, "load", lambda *a: pytest.fail("rebuilt embedder read the cache"))
     twin = embedder.recipe().build()
     np.testing.assert_array_equal(twin.encode(TEXTS[:3]), embedder.encode(TEXTS[:3]))
-
-
-def test_adapters_take_postprocessing(tokenizer):
-    from helpers import tiny_model_dir
-
-    from kv_embeddings_integrations.integrations.langchain import KVEmbeddings
-    from kv_embeddings_integrations.integrations.llama_index import KVEmbedding
-
-    options = dict(method="prompteol", postprocess="pca", dimensions=8, postprocess_texts=FIT_TEXTS)
-    lc = KVEmbeddings(model=tiny_model_dir(), model_kwargs={"device": "cpu"}, **options)
-    li = KVEmbedding(model=tiny_model_dir(), model_kwargs={"device": "cpu"}, **options)
-    assert len(lc.embed_query("a question")) == 8
-    np.testing.assert_allclose(lc.embed_documents(TEXTS[:2]), li.get_text_embedding_batch(TEXTS[:2]), atol=1e-6)

@@ -8,14 +8,14 @@ CPUs may round float32 sums differently, hence the tolerance.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TESTS_DIR
 
 from kv_embeddings_integrations import KVEmbedder
 
-GOLDEN = Path(__file__).parent / "data" / "smollm2_vectors.npz"
+GOLDEN = TESTS_DIR / "data" / "smollm2_vectors.npz"
 # label -> options; the max_length=64 variants name the layer automatic selection chose at full
 # length ([29]), which is what they re-routed when saved, so no second selection runs here.
 VARIANTS = {

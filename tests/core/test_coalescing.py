@@ -1,4 +1,5 @@
-"""Concurrent requests are coalesced into shared forward passes, with the vectors of lone calls."""
+"""Concurrent requests are coalesced into shared forward passes, with the vectors of lone calls;
+failures, cancellation and the worker thread's lifecycle; 8 threads and 8 asyncio tasks x 50 calls."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from helpers import HANG, PAPER, TEXTS, PassGate, make_model
+from helpers import EXIT_TIMEOUT, HANG, PAPER, TEXTS, PassGate, make_model
 
-from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
+from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.core.coalescing import RequestCoalescer
 
 pytestmark = pytest.mark.timing
@@ -123,25 +124,6 @@ def test_embedder_pickles_after_serving_requests(embedder):
     np.testing.assert_allclose(clone.submit(TEXTS[0]).result(), embedder.encode(TEXTS[0]), atol=1e-6)
 
 
-def test_adapters_coalesce_async_calls(embedder):
-    langchain = KVEmbeddings(embedder=embedder, **PAPER)
-    llama = KVEmbedding(embedder=embedder, **PAPER)
-    expected = [langchain.embed_query(q) for q in QUERIES[:16]]
-
-    async def burst():
-        lc = asyncio.gather(*(langchain.aembed_query(q) for q in QUERIES[:16]))
-        li = asyncio.gather(*(llama.aget_query_embedding(q) for q in QUERIES[:16]))
-        return await lc, await li, await langchain.aembed_documents(TEXTS)
-
-    lc, li, docs = asyncio.run(burst())
-    np.testing.assert_allclose(np.array(lc), np.array(expected), atol=1e-5)
-    np.testing.assert_allclose(np.array(li), np.array(expected), atol=1e-5)
-    np.testing.assert_allclose(np.array(docs), np.array(langchain.embed_documents(TEXTS)), atol=1e-5)
-    assert isinstance(lc[0], list) and isinstance(lc[0][0], float)
-    with pytest.raises(TypeError, match="list of strings"):
-        asyncio.run(langchain.aembed_documents("abc"))
-
-
 def test_a_dead_worker_fails_its_requests_and_a_new_one_serves_the_next():
     def encode(texts, prompt_type, normalize):
         if texts == ["fatal"]:
@@ -177,3 +159,59 @@ def test_a_cancelled_waiting_request_is_withdrawn_and_a_running_one_finishes(emb
     assert embedder.submit(TEXTS[3]).result(HANG).shape == (embedder.hidden_size,)
     # Passes: the first text, the abandoned third (embedded, result dropped), the fourth.
     assert embedder._coalescer.batch_sizes == [1, 1, 1]
+
+
+# -- many threads and tasks on one embedder ------------------------------------------------------
+
+STRESS_QUERIES = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(50)]
+
+
+@pytest.fixture
+def roomy(tokenizer):
+    """An embedder whose max_length holds every query whole."""
+    return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=160, **PAPER)
+
+
+def test_eight_threads_times_fifty_calls_match_sequential_calls(roomy):
+    embedder = roomy
+    expected = {text: embedder.encode(text) for text in STRESS_QUERIES}
+    results: dict[int, list[np.ndarray]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def worker(thread: int) -> None:
+        try:
+            start.wait()
+            # Each thread walks the texts from its own offset, one call per text, by both paths.
+            order = STRESS_QUERIES[thread * 6 :] + STRESS_QUERIES[: thread * 6]
+            results[thread] = [
+                embedder.encode(text) if i % 2 else embedder.submit(text).result(30) for i, text in enumerate(order)
+            ]
+        except BaseException as error:  # surfaced below, not lost in the thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(EXIT_TIMEOUT)
+    assert not errors, errors
+    assert sum(len(r) for r in results.values()) == 400
+    for thread, vectors in results.items():
+        order = STRESS_QUERIES[thread * 6 :] + STRESS_QUERIES[: thread * 6]
+        for text, vector in zip(order, vectors, strict=True):
+            np.testing.assert_allclose(vector, expected[text], atol=1e-5)
+
+
+def test_eight_tasks_times_fifty_async_calls_match_sequential_calls(roomy):
+    embedder = roomy
+    expected = embedder.encode(STRESS_QUERIES, prompt_type="query")
+
+    async def task(offset: int) -> list[np.ndarray]:
+        return [await embedder.aencode(STRESS_QUERIES[(offset + i) % 50], prompt_type="query") for i in range(50)]
+
+    async def main():
+        return await asyncio.gather(*(task(7 * t) for t in range(8)))
+
+    for t, vectors in enumerate(asyncio.run(main())):
+        np.testing.assert_allclose(np.stack(vectors), np.roll(expected, -7 * t, axis=0), atol=1e-5)

@@ -1,5 +1,5 @@
-"""Prompt families, re-routing on any family, the pooled layer and Token Prepending, each against
-an explicit computation written here or in ``reference.py``."""
+"""Prompt families (templates, pooled layer, re-routing on any family, composed options) and Token
+Prepending, each against an explicit computation written here or in ``reference.py``."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from helpers import TEXTS, make_model
 from reference import reference_hidden_states, token_prepending_hidden_states
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core.config import EmbedderConfig, MethodName
+from kv_embeddings_integrations.core.config import MethodName
 from kv_embeddings_integrations.core.method import token_prepending as tp
-from kv_embeddings_integrations.core.method.layer_selection import select_layers
 from kv_embeddings_integrations.core.prompts import FAMILIES, KE_PROMPT, METAEOL_PROMPTS, METHODS, PCOT_PROMPT
 
 
@@ -161,15 +160,6 @@ def test_automatic_layers_stop_at_the_pooled_layer(model, tokenizer):
     assert embedder.layer_selection.key["template"] == PCOT_PROMPT
 
 
-def test_select_layers_bounds_the_window():
-    dims = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0.5]
-    assert select_layers(dims, 10, window=1) == [9]
-    assert select_layers(dims, 10, window=2, last_layer=6) == [6]
-    assert select_layers([9, 1, 8, 7, 6, 5, 4, 3, 2, 1.5], 10, skip_fraction=0.0, window=2, last_layer=6) == [1, 2, 3]
-    with pytest.raises(ValueError, match="last_layer"):
-        select_layers(dims, 10, last_layer=10)
-
-
 # -- Token Prepending -----------------------------------------------------------------------------
 
 
@@ -241,16 +231,3 @@ def test_batch_composition_does_not_change_new_methods(deep_model, tokenizer):
         together = embedder.encode(TEXTS[:5])
         alone = np.stack([embedder.encode(t) for t in TEXTS[:5]])
         np.testing.assert_allclose(together, alone, atol=2e-5)
-
-
-def test_presets_are_valid_and_paper_is_the_method_md_recipe(model, tokenizer):
-    from kv_embeddings_integrations import PRESETS
-
-    for options in PRESETS.values():
-        EmbedderConfig(**options)
-    # The default preset is what the default config runs (the retrieval task's method, centered).
-    assert EmbedderConfig(**PRESETS["default"]).vector_options() == EmbedderConfig().vector_options()
-    assert EmbedderConfig(**PRESETS["similarity"]).resolved_method == EmbedderConfig(task="similarity").resolved_method
-    paper = KVEmbedder(model, tokenizer, layers=[1], **PRESETS["paper"])
-    assert (paper.config.method, paper.pooling, paper.output_layer, paper.postprocessor) == ("kv", "mean_last", 3, None)
-    assert paper.template() == '"Context: {text}" Compress the Context in one word:'

@@ -9,7 +9,7 @@ import pytest
 from helpers import PAPER
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core import bundled, cache
+from kv_embeddings_integrations.core import bundled
 from kv_embeddings_integrations.core.bundled import BUNDLED_MODELS, bundled_model_dir
 
 
@@ -23,11 +23,6 @@ def test_missing_package_gives_the_install_command(monkeypatch, alias, command):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == module else real(name))
     with pytest.raises(ModuleNotFoundError, match=command):
         KVEmbedder.from_pretrained(alias, **PAPER)
-
-
-def test_cache_dir_override(monkeypatch, tmp_path):
-    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
-    assert cache.cache_dir() == tmp_path
 
 
 @pytest.mark.slow
@@ -54,13 +49,3 @@ def test_real_model_ranks_paraphrase_above_unrelated():
     q = embedder.encode("reset card PIN", prompt_type="query")
     docs = embedder.encode(["To change your PIN, visit any ATM and choose PIN services.", "Mitosis splits a cell."])
     assert np.argmax(docs @ q) == 0
-
-
-def test_the_cache_root_reads_the_new_variable_then_the_earlier_one(monkeypatch, tmp_path):
-    from kv_embeddings_integrations.core import cache
-
-    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
-    monkeypatch.setenv(cache.LEGACY_CACHE_ENV, str(tmp_path / "earlier"))
-    assert cache.cache_dir() == tmp_path / "earlier"  # KV_EMBEDDINGS_CACHE still works
-    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "new"))
-    assert cache.cache_dir() == tmp_path / "new"  # KV_EMBED_CACHE wins where both are set

@@ -1,4 +1,5 @@
-"""The ``task`` option: one default per use, each a documented method; explicit options win."""
+"""The ``task`` option: one default per use, each a documented method; explicit options win. The
+presets: valid options, the default one what the default config runs, ``paper`` the method page's recipe."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from kv_embeddings_integrations import PRESETS, EmbedderConfig, KVEmbedder
 from kv_embeddings_integrations.core.config import TASK_METHODS
 from kv_embeddings_integrations.core.identity import postprocessing_key
 from kv_embeddings_integrations.core.prompts import FAMILIES
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model("llama")
 
 
 def test_the_task_picks_the_method_and_the_default_is_retrieval():
@@ -66,3 +72,16 @@ def test_repr_and_round_trip_name_the_task(tokenizer):
     assert "task='classification', method='kv_pcot'" in repr(embedder)
     config = EmbedderConfig(task="similarity")
     assert EmbedderConfig.from_dict(config.to_dict()) == config and config.to_dict()["method"] is None
+
+
+def test_presets_are_valid_and_paper_is_the_method_md_recipe(model, tokenizer):
+    from kv_embeddings_integrations import PRESETS
+
+    for options in PRESETS.values():
+        EmbedderConfig(**options)
+    # The default preset is what the default config runs (the retrieval task's method, centered).
+    assert EmbedderConfig(**PRESETS["default"]).vector_options() == EmbedderConfig().vector_options()
+    assert EmbedderConfig(**PRESETS["similarity"]).resolved_method == EmbedderConfig(task="similarity").resolved_method
+    paper = KVEmbedder(model, tokenizer, layers=[1], **PRESETS["paper"])
+    assert (paper.config.method, paper.pooling, paper.output_layer, paper.postprocessor) == ("kv", "mean_last", 3, None)
+    assert paper.template() == '"Context: {text}" Compress the Context in one word:'

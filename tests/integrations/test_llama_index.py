@@ -14,7 +14,7 @@ from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.llms import MockLLM
 from llama_index.core.node_parser import SentenceSplitter
 
-from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
+from kv_embeddings_integrations import KVEmbedder, KVEmbedding
 from kv_embeddings_integrations.integrations.llama_index import KVEmbedding as KVEmbeddingFromModule
 
 PARAMS = {"layers": [1, 2], **PAPER}
@@ -124,13 +124,3 @@ def test_settings_embed_model(embed_model, monkeypatch):
     Settings.embed_model = embed_model
     index = VectorStoreIndex.from_documents([Document(text=t) for t in TEXTS])
     assert index.as_retriever(similarity_top_k=1).retrieve(TEXTS[2])[0].node.text in TEXTS
-
-
-def test_adapters_share_one_model():
-    langchain = KVEmbeddings(model=tiny_model_dir(), layers=[2], **PAPER)
-    llama = KVEmbedding(model=tiny_model_dir(), layers=[2], **PAPER)
-    assert langchain.client is llama.client  # same options: one embedder
-    other = KVEmbedding(model=tiny_model_dir(), method="prompteol")
-    assert other.client is not llama.client and other.client.model is llama.client.model  # one model
-    separate = KVEmbedding(model=tiny_model_dir(), layers=[2], model_kwargs={"dtype": "bfloat16"}, **PAPER)
-    assert separate.client.model is not llama.client.model

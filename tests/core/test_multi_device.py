@@ -33,7 +33,11 @@ def single(model_dir):
 def test_layers_split_between_cpu_and_disk_offload(model_dir, single, tmp_path):
     # Re-routed layers 1 and 2 sit on either side of the split.
     split = KVEmbedder.from_pretrained(
-        str(model_dir), layers=[1, 2], device_map=_split_map("cpu", "disk"), offload_folder=str(tmp_path), **PAPER
+        str(model_dir),
+        layers=[1, 2],
+        device_map=_split_map("cpu", "disk"),
+        extra={"offload_folder": str(tmp_path)},
+        **PAPER,
     )
     assert split.model.hf_device_map["layers.3"] == "disk"
     # The offloaded layer holds no weights in memory; accelerate's hook brings them in per forward.

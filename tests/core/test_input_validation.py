@@ -1,19 +1,19 @@
-"""Every kind of bad input has a defined behaviour: an error naming it, or a defined vector."""
+"""Every kind of bad input has a defined behaviour: an error naming it, or a defined vector (wrong
+types, empty, control characters, surrogates, long texts truncated or split by ``chunk_mean``, a
+tokenizer without special tokens, an old saved config). The adapters' side: integrations/test_adapters.py."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import warnings
 
 import numpy as np
 import pytest
-import torch
-from helpers import PAPER, TEXTS, make_model
+from helpers import PAPER, TEXTS, assert_unit_and_finite, make_model
 from transformers import PreTrainedTokenizerFast
 
-from kv_embeddings_integrations import KVEmbedder, KVEmbedding, KVEmbeddings
+from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.core import embedder as embedder_module
 from kv_embeddings_integrations.core.inputs import repair_surrogates
 
@@ -24,11 +24,6 @@ LONG = " ".join(TEXTS) * 40  # about 14k characters, far over max_length
 @pytest.fixture
 def embedder(tokenizer):
     return KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], max_length=64, **PAPER)
-
-
-def _unit_and_finite(vectors: np.ndarray) -> None:
-    assert np.isfinite(vectors).all()
-    np.testing.assert_allclose(np.linalg.norm(vectors, axis=-1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +42,17 @@ def test_wrong_types_name_the_offending_item(embedder, texts, error, message):
         embedder.encode(texts)
     with pytest.raises(error, match=message):
         embedder.submit(texts)
+
+
+def test_bad_inputs_are_named(embedder):
+    with pytest.raises(TypeError, match=r"texts\[1\] is None, not str"):
+        embedder.encode(["ok", None])
+    with pytest.raises(TypeError, match="iterable of strings"):
+        embedder.encode(b"bytes")
+    with pytest.raises(ValueError, match="prompt_type"):
+        embedder.encode("x", prompt_type="passage")
+    with pytest.raises(ValueError, match="batch_size"):
+        embedder.encode("x", batch_size=0)
 
 
 def test_a_bad_item_deep_in_a_million_item_iterable_fails_before_any_forward(embedder, monkeypatch):
@@ -79,7 +85,7 @@ def test_empty_inputs(embedder):
     assert embedder.encode([]).shape == (0, embedder.hidden_size)
     assert embedder.encode(iter(())).shape == (0, embedder.hidden_size)
     vectors = embedder.encode(["", "   ", "\n\t", "text"])
-    _unit_and_finite(vectors)
+    assert_unit_and_finite(vectors)
     # The empty text is the prompt alone: the same vector alone or in a batch.
     np.testing.assert_allclose(embedder.encode(""), vectors[0], atol=1e-5)
     assert not np.allclose(vectors[0], vectors[3], atol=1e-3)
@@ -96,7 +102,7 @@ def test_strict_empty_texts_are_an_error(tokenizer):
 
 def test_control_characters_and_unusual_unicode_embed(embedder):
     texts = ["\x00\x07\x1b[31mred\x1b[0m", "\u200b\ufeff zero width", "emoji \U0001f600\U0001f680", "\u0301\u0301"]
-    _unit_and_finite(embedder.encode(texts))
+    assert_unit_and_finite(embedder.encode(texts))
 
 
 def test_unpaired_surrogates_are_replaced_with_a_warning(embedder):
@@ -110,7 +116,7 @@ def test_unpaired_surrogates_are_replaced_with_a_warning(embedder):
 def test_long_text_is_truncated_with_a_warning(embedder):
     with pytest.warns(UserWarning, match=r"1 of 2 texts were longer than max_length=64"):
         vectors = embedder.encode([LONG * 8, "short"])  # about 100k characters
-    _unit_and_finite(vectors)
+    assert_unit_and_finite(vectors)
 
 
 def test_chunk_mean_averages_the_pieces_by_token_count(tokenizer):
@@ -131,47 +137,20 @@ def test_chunk_mean_averages_the_pieces_by_token_count(tokenizer):
     # Texts that fit are embedded exactly as with truncation.
     plain = KVEmbedder(model, tokenizer, layers=[1, 2], max_length=64, **PAPER)
     np.testing.assert_allclose(got[1], plain.encode("short", normalize=False), atol=1e-6)
-    _unit_and_finite(chunked.encode([LONG]))
+    assert_unit_and_finite(chunked.encode([LONG]))
 
 
 def test_chunk_mean_with_echo_fits_both_copies(tokenizer):
     echo = KVEmbedder(make_model("llama"), tokenizer, method="echo", max_length=80, long_text="chunk_mean")
     for text in echo._prompt_tokenizer.split(LONG, echo.template("document")):
         assert len(echo.tokenize([text])[0]) <= 80
-    _unit_and_finite(echo.encode([LONG]))
-
-
-def test_float16_overflow_is_re_embedded_in_float32(tokenizer):
-    model = make_model("llama")
-    with torch.no_grad():
-        model.model.layers[2].mlp.down_proj.weight.mul_(3e4)  # activations far beyond float16's 65504
-    reference = KVEmbedder(model, tokenizer, layers=[1, 2], **PAPER).encode(TEXTS)
-    half = KVEmbedder(make_model("llama").half(), tokenizer, layers=[1, 2], **PAPER)
-    half.model.load_state_dict({k: v.half() for k, v in model.state_dict().items()})
-    with pytest.warns(UserWarning, match=r"non-finite values in torch.float16; re-embedding their batch in float32"):
-        vectors = half.encode(TEXTS)
-    _unit_and_finite(vectors)
-    np.testing.assert_allclose(vectors, reference, atol=2e-2)  # float16 weights, float32 arithmetic
-    assert next(half.model.parameters()).dtype == torch.float16  # the model itself is unchanged
-
-
-def test_nan_in_a_float32_model_names_the_texts(embedder, monkeypatch):
-    original = embedder.runner.forward
-
-    def poisoned(batch):
-        out = original(batch)
-        out[0] = float("nan")
-        return out
-
-    monkeypatch.setattr(embedder.runner, "forward", poisoned)
-    with pytest.raises(FloatingPointError, match=r"1 texts gave NaN or infinite embeddings in torch.float32"):
-        embedder.encode(["a cat", "a dog"])
+    assert_unit_and_finite(echo.encode([LONG]))
 
 
 def test_tokenizer_without_pad_or_eos_token(tokenizer):
     bare = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer)  # no special tokens named
     assert bare.pad_token_id is None and bare.eos_token_id is None
-    _unit_and_finite(KVEmbedder(make_model("qwen3"), bare, layers=[1, 2], **PAPER).encode(TEXTS))
+    assert_unit_and_finite(KVEmbedder(make_model("qwen3"), bare, layers=[1, 2], **PAPER).encode(TEXTS))
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma3"])
@@ -182,29 +161,4 @@ def test_a_saved_config_without_layer_types_loads_and_embeds(family, tokenizer, 
     config.pop("layer_types", None)  # as configs saved by older transformers releases
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = KVEmbedder.from_pretrained(str(tmp_path), layers=[1, 2], device="cpu", **PAPER)
-    _unit_and_finite(loaded.encode(TEXTS))
-
-
-def test_adapters_keep_their_contracts(embedder):
-    langchain = KVEmbeddings(embedder=embedder, **PAPER)
-    llama = KVEmbedding(embedder=embedder, **PAPER)
-    assert langchain.embed_documents([]) == []
-    docs = langchain.embed_documents(["", "  ", "text"])
-    assert len(docs) == 3 and all(isinstance(v, list) and len(v) == embedder.hidden_size for v in docs)
-    with pytest.raises(TypeError, match="list of strings, got one str"):
-        langchain.embed_documents("abc")
-    with pytest.raises(TypeError, match=r"texts\[1\] is None"):
-        langchain.embed_documents(["ok", None])
-    with pytest.raises(TypeError, match="expects a str"):
-        langchain.embed_query(None)
-    with pytest.raises(TypeError, match=r"texts\[0\] is int"):
-        asyncio.run(langchain.aembed_documents([1]))
-    assert llama.get_text_embedding_batch([]) == []
-    with pytest.raises(TypeError, match="list of strings, got one str"):
-        llama.get_text_embedding_batch("abc")
-    with pytest.raises(TypeError, match="list of strings, got one str"):
-        asyncio.run(llama.aget_text_embedding_batch("abc"))
-    batch = llama.get_text_embedding_batch(["", "text", "\ud800"])
-    assert len(batch) == 3 and all(len(v) == embedder.hidden_size for v in batch)
-    with pytest.raises(TypeError, match=r"texts\[1\] is None"):
-        llama.get_text_embedding_batch(["ok", None])
+    assert_unit_and_finite(loaded.encode(TEXTS))

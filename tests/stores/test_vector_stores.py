@@ -4,7 +4,8 @@ LangChain (Chroma with a persistent client, FAISS ``save_local`` / ``load_local`
 (Chroma, LanceDB) must return what an exact in-memory search over the same embedder's vectors
 returns, with each store's score a known function of the cosine, and metadata filters must work
 on the stored vectors. The embedder's identity is recorded with each store, and reloading with
-changed options is refused with an error naming the change.
+changed options is refused with an error naming the change (what the identity compares:
+core/test_identity.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
+from helpers import REPO_ROOT
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core.identity import EmbedderMismatchError, check_identity, identity_fingerprint
+from kv_embeddings_integrations.core.identity import EmbedderMismatchError
 from kv_embeddings_integrations.stores import (
     IDENTITY_FILE,
     MissingIdentityError,
@@ -261,64 +263,7 @@ def test_llama_index_chroma_and_lancedb_reload_in_a_new_process(model_dir, tmp_p
         assert message is not None and "templates['document']: stored" in message and "pooling: stored" in message
 
 
-# --- the identity record -----------------------------------------------------------------------
-
-
-def test_identity_tells_apart_what_changes_the_vectors(model_dir, tmp_path):
-    base = KVEmbedder.from_pretrained(str(model_dir), **OPTIONS)
-    record = base.identity()
-    check_identity(record, KVEmbedder.from_pretrained(str(model_dir), **OPTIONS).identity())
-    changes = {
-        "templates": {"prompts": {"query": "Q: {text}"}},
-        "layers": {"layers": [0, 1]},
-        "bias": {"bias": 0.5},
-        "pooling": {"pooling": "mean"},
-        "mean_scope": {"pooling": "mean", "mean_scope": "text"},
-        "output_layer": {"output_layer": -2, "layers": [1]},
-        "token_prepending": {"token_prepending": True},
-        "postprocess": {"postprocess": "none"},
-        "dimension": {"postprocess": "pca", "dimensions": 16},
-    }
-    for field, options in changes.items():
-        other = KVEmbedder.from_pretrained(str(model_dir), **{**OPTIONS, **options}).identity()
-        with pytest.raises(EmbedderMismatchError, match=rf"{field}(\[.*\])?: stored"):
-            check_identity(record, other, where="the test store")
-    with pytest.raises(EmbedderMismatchError, match="normalize: stored true, now false"):
-        check_identity(record, base.identity(normalize=False))
-    # Other weights: another seed of the same architecture.
-    from helpers import make_model, make_tokenizer
-
-    other_weights = KVEmbedder(make_model("llama", seed=1), make_tokenizer(), **OPTIONS).identity()
-    with pytest.raises(EmbedderMismatchError, match="weights: stored"):
-        check_identity(record, other_weights)
-
-
-def test_identity_compares_what_a_preset_resolves_to_not_its_name(model_dir):
-    # The compression prompt without re-routing, named two ways: the same vectors.
-    prompt = KVEmbedder.from_pretrained(str(model_dir), method="prompt").identity()
-    kv_off = KVEmbedder.from_pretrained(str(model_dir), method="kv", reroute=False).identity()
-    assert (prompt["method"], kv_off["method"]) == ("prompt", "kv")
-    check_identity(prompt, kv_off)
-    # A causal-LM wrapper and the base model it holds: the same decoder weights.
-    from helpers import make_model, make_tokenizer
-
-    causal = make_model("llama")
-    assert (
-        KVEmbedder(causal, make_tokenizer(), **OPTIONS).identity()["weights"]
-        == (KVEmbedder(causal.model, make_tokenizer(), **OPTIONS).identity()["weights"])
-    )
-
-
-def test_identity_ignores_the_dtype_the_same_weights_were_loaded_in(model_dir):
-    f32 = KVEmbedder.from_pretrained(str(model_dir), dtype="float32", **OPTIONS).identity()
-    bf16 = KVEmbedder.from_pretrained(str(model_dir), dtype="bfloat16", **OPTIONS).identity()
-    assert (f32["dtype"], bf16["dtype"]) == ("float32", "bfloat16")
-    check_identity(f32, bf16)
-    assert identity_fingerprint(f32) == identity_fingerprint(bf16) == f32["fingerprint"]
-    # float16 rounds a float32 checkpoint differently: refused, with the reason.
-    f16 = KVEmbedder.from_pretrained(str(model_dir), dtype="float16", **OPTIONS).identity()
-    with pytest.raises(EmbedderMismatchError, match="embedded in float16 and the model is now loaded in float32"):
-        check_identity(f16, f32)
+# --- the identity record beside a store (a sidecar file) --------------------------------------
 
 
 def test_sidecar_record_errors(model_dir, tmp_path):
@@ -346,7 +291,7 @@ def test_sidecar_record_errors(model_dir, tmp_path):
 
 # --- the examples' --persist mode, on the bundled model -------------------------------------------
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
+EXAMPLES = str(REPO_ROOT / "examples")
 
 
 def _example(name: str, *args: str, env: dict[str, str] | None = None) -> str:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from helpers import HANG, tied_model_dir, wait_until
+from helpers import EXIT_TIMEOUT, HANG, TESTS_DIR, tied_model_dir, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,7 +47,7 @@ QUERY = "Which organelle makes energy for the cell?"
 # The tiny model's options on both sides (server and in-process): re-routed layers fixed, the
 # default prompts and centering otherwise.
 LAYERS = "1,2"
-GATED_SERVE = os.path.join(os.path.dirname(__file__), "gated_serve.py")
+GATED_SERVE = str(TESTS_DIR / "gated_serve.py")
 # Every call waits for its answer (a loaded machine is slow); only a hang reaches the limit.
 post = functools.partial(httpx.post, timeout=HANG)
 get = functools.partial(httpx.get, timeout=HANG)
@@ -155,7 +155,7 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(60)
+                self.process.wait(EXIT_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -709,7 +709,7 @@ def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(model_dir, env
         server.open()  # now let every pass run: all six must still be answered in full
         answers = [call.result() for call in calls]
     assert [(a.status_code, len(a.json()["data"])) for a in answers] == [(200, 12)] * 6
-    server.process.wait(HANG)
+    server.process.wait(EXIT_TIMEOUT)
     assert server.stopped_gracefully(), server.output()
 
 

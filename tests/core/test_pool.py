@@ -9,7 +9,18 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import CORPUS, HANG, HANGS, PAPER, REJECTED, TEXTS, make_model, make_rejecting_tokenizer, wait_until
+from helpers import (
+    CORPUS,
+    EXIT_TIMEOUT,
+    HANG,
+    HANGS,
+    PAPER,
+    REJECTED,
+    TEXTS,
+    make_model,
+    make_rejecting_tokenizer,
+    wait_until,
+)
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.core.pool import EmbeddingPool
@@ -39,8 +50,8 @@ def pool(embedder):
     """One pool of two CPU workers for the module: starting workers is the slow part."""
     pool = EmbeddingPool(embedder, ["cpu", "cpu"])
     yield pool
-    pool.close()
-    # Stopped by their sentinel, not terminated.
+    pool.close(timeout=EXIT_TIMEOUT)
+    # Stopped by their sentinel, not terminated (the deadline only catches a hang).
     assert pool.closed and [p.exitcode for p in pool._processes] == [0, 0]
     with pytest.raises(RuntimeError, match="closed"):
         pool.encode(TEXTS)

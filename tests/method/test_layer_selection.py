@@ -1,4 +1,5 @@
-"""Automatic layer selection: the TwoNN estimator, the selection rule, and its cache."""
+"""Layer selection: the TwoNN estimator, the selection rule and its window, explicit layers resolved,
+the layer states it measures (through the built embedder's public methods), and its cache."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kv_embeddings_integrations.core.method import layer_selection
 from kv_embeddings_integrations.core.method.layer_selection import (
     builtin_calibration_texts,
     layerwise_dimensions,
+    resolve_layers,
     select_layers,
     twonn_dimension,
 )
@@ -100,6 +102,25 @@ def test_select_layers_options():
         select_layers(curve, skip_fraction=1.0)
 
 
+def test_select_layers_bounds_the_window():
+    dims = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0.5]
+    assert select_layers(dims, 10, window=1) == [9]
+    assert select_layers(dims, 10, window=2, last_layer=6) == [6]
+    assert select_layers([9, 1, 8, 7, 6, 5, 4, 3, 2, 1.5], 10, skip_fraction=0.0, window=2, last_layer=6) == [1, 2, 3]
+    with pytest.raises(ValueError, match="last_layer"):
+        select_layers(dims, 10, last_layer=10)
+
+
+def test_layers_resolution():
+    assert resolve_layers(None, 4) == []
+    with pytest.raises(ValueError, match=r"layers \[4\] out of range"):
+        resolve_layers([1, 4], 4)
+
+
+def test_resolve_layers_without_layers_is_empty():
+    assert layer_selection.resolve_layers(None, 4) == []
+
+
 def test_builtin_calibration_texts():
     texts = builtin_calibration_texts()
     assert len(texts) == 1000 and len(set(texts)) > 990
@@ -117,6 +138,36 @@ def test_layerwise_dimensions_use_all_layers_of_one_pass(tokenizer):
         torch.testing.assert_close(states[:3, layer], out.hidden_states[layer + 1][:, -1])
     dims = layerwise_dimensions(embedder, texts)
     assert len(dims) == 4 and all(d > 0 for d in dims)
+
+
+def test_layer_states_are_each_layers_last_token(tokenizer):
+    embedder = KVEmbedder(make_model("qwen3"), tokenizer, layers=[1], **PAPER)
+    states = embedder.layer_states(TEXTS[:3])
+    assert states.shape == (3, 4, 64) and states.dtype == torch.float32
+    for row, encoded in enumerate(embedder.tokenize(TEXTS[:3])):
+        alone = embedder.forward(embedder.collate([encoded]), output_hidden_states=True, layers=[])
+        for layer in range(4):
+            torch.testing.assert_close(states[row, layer], alone.hidden_states[layer + 1][0, -1], atol=1e-5, rtol=1e-5)
+    # Re-routed states differ from layer 1 on, not before.
+    rerouted = embedder.layer_states(TEXTS[:3], reroute=True)
+    torch.testing.assert_close(rerouted[:, 0], states[:, 0])
+    assert not torch.allclose(rerouted[:, 3], states[:, 3])
+
+
+def test_selection_runs_on_a_built_embedder_through_public_methods(tokenizer, monkeypatch):
+    seen = []
+    real = KVEmbedder.layer_states
+
+    def spy(self, texts, **kwargs):
+        # Everything a front end could use already exists when selection runs.
+        seen.append((self.tokenizer is tokenizer, callable(self.embed), self.layers, kwargs.get("reroute", False)))
+        return real(self, texts, **kwargs)
+
+    monkeypatch.setattr(KVEmbedder, "layer_states", spy)
+    calibration = [f"{a} {b}" for a in TEXTS for b in TEXTS]
+    embedder = KVEmbedder(make_model("llama"), tokenizer, calibration_texts=calibration, **PAPER)
+    assert seen == [(True, True, [], False)]  # one call, plain (no layers re-routed yet)
+    assert embedder.layers == embedder.layer_selection.layers
 
 
 @pytest.fixture
