@@ -13,7 +13,7 @@ import threading
 import weakref
 from typing import Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from ..core.bundled import DEFAULT_MODEL
 from ..core.config import EmbedderConfig
@@ -73,6 +73,8 @@ class AdapterConfig(EmbedderConfig):
         "trust_remote_code, revision, attn_implementation; anything else goes to AutoModel.from_pretrained",
     )
     normalize: bool = Field(default=True, description="L2-normalise the vectors")
+    # The embedder an adapter attaches (given, or shared_embedder()): what identity() and client read.
+    _embedder: KVEmbedder = PrivateAttr()
 
     @field_validator("model_kwargs")
     @classmethod
@@ -89,3 +91,14 @@ class AdapterConfig(EmbedderConfig):
         """The process-wide embedder for these options: loaded once, shared by every adapter that
         asks for the same model and configuration."""
         return shared_embedder(self.load_options, EmbedderConfig(**self.to_dict()))
+
+    def identity(self) -> dict[str, Any]:
+        """What decides these vectors (weights, prompts, layers, pooling, post-processing,
+        ``normalize``): keep it with a vector store, check it on reload
+        (:mod:`kv_embeddings_integrations.stores`)."""
+        return self._embedder.identity(normalize=self.normalize)
+
+    @property
+    def client(self) -> KVEmbedder:
+        """The core embedder doing the work."""
+        return self._embedder

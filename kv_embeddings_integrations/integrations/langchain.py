@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
 from ..core.embedder import KVEmbedder
 from .adapter import AdapterConfig
@@ -33,7 +33,6 @@ class KVEmbeddings(AdapterConfig, Embeddings):
     embedder: KVEmbedder | None = Field(
         default=None, exclude=True, description="an existing KVEmbedder to use instead of loading `model`"
     )
-    _embedder: KVEmbedder = PrivateAttr()
 
     @model_validator(mode="before")
     @classmethod
@@ -51,17 +50,6 @@ class KVEmbeddings(AdapterConfig, Embeddings):
         else:
             self._embedder = self.shared_embedder()
         return self
-
-    def identity(self) -> dict[str, Any]:
-        """What decides these vectors (weights, prompts, layers, pooling, post-processing,
-        ``normalize``): keep it with a vector store, check it on reload
-        (:mod:`kv_embeddings_integrations.stores`)."""
-        return self._embedder.identity(normalize=self.normalize)
-
-    @property
-    def client(self) -> KVEmbedder:
-        """The core embedder doing the work."""
-        return self._embedder
 
     def _encode(self, texts: list[str], prompt_type: str) -> list[list[float]]:
         if isinstance(texts, str):

@@ -40,7 +40,6 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
     """
 
     show_progress_bar: bool = Field(default=False, description="show the core's progress bar on long batches")
-    _embedder: KVEmbedder = PrivateAttr()
     _given: KVEmbedder | None = PrivateAttr(default=None)
 
     def __init__(
@@ -76,17 +75,6 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
     @classmethod
     def class_name(cls) -> str:
         return "KVEmbedding"
-
-    def identity(self) -> dict[str, Any]:
-        """What decides these vectors (weights, prompts, layers, pooling, post-processing,
-        ``normalize``): keep it with a vector store, check it on reload
-        (:mod:`kv_embeddings_integrations.stores`)."""
-        return self._embedder.identity(normalize=self.normalize)
-
-    @property
-    def client(self) -> KVEmbedder:
-        """The core embedder doing the work."""
-        return self._embedder
 
     def __getstate__(self) -> dict[str, Any]:
         private = self.__pydantic_private__ or {}  # (a dict: this model has private attributes)
