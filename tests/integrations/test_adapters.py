@@ -29,7 +29,9 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def test_equivalent_spellings_share_one_model_and_others_do_not():
-    path = tiny_model_dir()
+    # A directory of its own: the process-wide cache must not hand back a model that another test
+    # in this worker loaded (with another spelling of its options) from the shared one.
+    path = tiny_model_dir.__wrapped__()
     first = adapter.shared_embedder(LoadOptions(model=path, dtype="float32", device="cpu"), _config())
     same = adapter.shared_embedder(path, _config(), {"dtype": torch.float32, "device": torch.device("cpu")})
     assert same is first  # same weights, same options: one embedder
