@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .inputs import check_positive_int
-from .prompts import PROMPT_TYPES, check_template
+from .prompts import check_template
 
 MethodName = Literal[
     "kv", "prompt", "prompteol", "pcot", "ke", "metaeol", "echo", "mean", "last", "tp",
@@ -72,8 +72,11 @@ class EmbedderConfig(BaseModel):
             pooled. The last layer is pooled after the model's final norm (``last_hidden_state``),
             intermediate ones as they are. ``None``: the family's own (``-2`` for pcot and ke,
             Token Prepending's scaled layer for ``tp``, else ``-1``).
-        prompts: templates overriding the family's, keyed by prompt type (``"document"``,
-            ``"query"``); each must contain ``{text}``. Missing keys keep the family's template.
+        prompts: named prompt templates, each containing ``{text}``. ``"document"`` and ``"query"``
+            override the family's templates for the two sides (a missing one keeps the family's);
+            any other name (``"classification"``, ``"clustering"``, ``"my_task"``...) adds a prompt
+            that ``prompt_name`` picks at encode time, as in sentence-transformers' ``prompts``.
+            A name given here wins over the same name among the providers' ``input_type`` values.
         max_length: longest input in tokens, prompt included; longer texts are cut (the text, not
             the prompt) with a warning. ``None``: the model's context length, at most 4096.
         batch_size: texts per forward pass. ``None``: 32, or unbounded when
@@ -139,7 +142,11 @@ class EmbedderConfig(BaseModel):
     output_layer: int | None = Field(
         default=None, description="decoder layer pooled (negative: from the end; None: the family's own)"
     )
-    prompts: dict[str, str] | None = Field(default=None, description="prompt templates by prompt type")
+    prompts: dict[str, str] | None = Field(
+        default=None,
+        description="named prompt templates with {text}: document / query override the family's, other names "
+        "are picked by prompt_name",
+    )
     max_length: int | None = Field(
         default=None, description="longest input in tokens, prompt included (None: the model's context, at most 4096)"
     )
@@ -180,8 +187,8 @@ class EmbedderConfig(BaseModel):
     @classmethod
     def _check_prompts(cls, prompts: dict[str, str] | None) -> dict[str, str] | None:
         for key, template in (prompts or {}).items():
-            if key not in PROMPT_TYPES:
-                raise ValueError(f"prompts keys must be in {PROMPT_TYPES}, got {key!r}")
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError(f"prompts keys must be non-empty prompt names, got {key!r}")
             check_template(template)
         return prompts
 

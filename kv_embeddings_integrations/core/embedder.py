@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -25,7 +26,9 @@ from .method import rerouting, token_prepending
 from .method.layer_selection import LayerSelection, layers_for
 from .method.postprocessing import PostProcessor, processor_for
 from .pool import EmbeddingPool
-from .prompts import FAMILIES, METHODS, MethodSpec, PromptFamily
+from .prompts import FAMILIES, METHODS, MethodSpec, PromptFamily, requested_prompt
+from .quantization import SCALAR, QuantizationRanges, check_output, check_precision, quantize
+from .ranges import ranges_for
 from .recipe import EmbedderRecipe
 from .resolved import ResolvedMethod
 from .results import EmbedResult
@@ -41,7 +44,14 @@ ENCODE_CHUNK = 16384
 
 # State that belongs to this process: not pickled (the pool sends embedders to workers); the
 # runner (with its lock) is rebuilt on unpickling.
-_PROCESS_LOCAL = ("_coalescer", "_coalescer_lock", "runner", "batch_listeners", "batch_start_listeners")
+_PROCESS_LOCAL = (
+    "_coalescer",
+    "_coalescer_lock",
+    "runner",
+    "batch_listeners",
+    "batch_start_listeners",
+    "_ranges_lock",
+)
 
 
 class KVEmbedder(ConcurrentRequests):
@@ -107,6 +117,8 @@ class KVEmbedder(ConcurrentRequests):
         # The batched forward passes (and their seam, runner.forward); layer selection below runs them.
         self.runner = runner_for(self, self._prompt_tokenizer)
         self._init_requests()
+        self._ranges: QuantizationRanges | None = None  # fitted on first int8 / uint8 use
+        self._ranges_lock = threading.Lock()
         # Nothing re-routed and no post-processing until chosen: both choices embed through this
         # otherwise built embedder.
         self.layers: list[int] = []
@@ -124,6 +136,7 @@ class KVEmbedder(ConcurrentRequests):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_requests()
+        self._ranges_lock = threading.Lock()
         self.runner = runner_for(self, self._prompt_tokenizer)
 
     @classmethod
@@ -237,24 +250,51 @@ class KVEmbedder(ConcurrentRequests):
         return dtype
 
     def templates(self, prompt_type: str = "document") -> tuple[str, ...]:
-        """The prompt templates used for ``prompt_type``: the user's override, else the family's
+        """The prompt templates used for ``prompt_type``: a name of the config's ``prompts``, or
+        ``"document"`` / ``"query"`` (or a provider's name for one: ``search_query``, ``passage``,
+        ...; see :attr:`prompt_names`), whose templates are the user's override, else the family's
         (MetaEOL has several: each text is embedded with each, and the vectors averaged); a
-        symmetric task's queries get the document ones."""
+        symmetric task's queries get the document ones. An unknown name is a ``ValueError``."""
         return self.resolved.templates(prompt_type)
+
+    @property
+    def prompt_names(self) -> tuple[str, ...]:
+        """Every name ``prompt_type`` / ``prompt_name`` takes: the config's own prompts, then
+        ``document``, ``query`` and the other providers' names for them."""
+        return self.resolved.prompt_names
 
     def template(self, prompt_type: str = "document") -> str:
         """The (first) prompt template used for ``prompt_type``; layer selection measures this one."""
         return self.templates(prompt_type)[0]
 
-    def identity(self, *, normalize: bool = True) -> dict[str, Any]:
+    def identity(self, *, normalize: bool = True, precision: str = "float32") -> dict[str, Any]:
         """What decides this embedder's vectors (model weights, prompts, layers, pooling,
-        post-processing), as a JSON-able record to keep with stored vectors; see
+        post-processing, output precision), as a JSON-able record to keep with stored vectors; see
         :mod:`~kv_embeddings_integrations.core.identity`.
 
         Args:
             normalize: whether the stored vectors are L2-normalised.
+            precision: the precision they are stored in (:meth:`encode`'s ``precision``); int8 /
+                uint8 add the digest of the fitted ranges, so other ranges are refused.
         """
-        return embedder_identity(self, normalize=normalize)
+        return embedder_identity(self, normalize=normalize, precision=precision)
+
+    @property
+    def quantization_ranges(self) -> QuantizationRanges:
+        """The int8 / uint8 ranges: fitted on first use on the post-processing texts (the final
+        vectors' per-dimension minimum and maximum), then cached; see
+        :mod:`~kv_embeddings_integrations.core.quantization`."""
+        with self._ranges_lock:
+            if self._ranges is None:
+                self._ranges = ranges_for(self)
+            return self._ranges
+
+    def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
+        """This embedder's final (normalised) float32 vectors in ``precision`` (one of
+        :data:`~kv_embeddings_integrations.core.quantization.PRECISIONS`), int8 / uint8 with
+        :attr:`quantization_ranges`."""
+        precision = check_precision(precision)
+        return quantize(vectors, precision, self.quantization_ranges if precision in SCALAR else None)
 
     def recipe(self) -> EmbedderRecipe:
         """What another process needs to rebuild this embedder (model, tokenizer, config, layers)."""
@@ -277,18 +317,23 @@ class KVEmbedder(ConcurrentRequests):
         texts: str | Iterable[str],
         *,
         prompt_type: str = "document",
+        prompt_name: str | None = None,
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         normalize: bool = True,
         postprocess: bool = True,
         sparse: bool = False,
+        precision: str = "float32",
     ) -> EmbedResult:
         """Embed texts and report what the model saw of each: the call every front end builds on.
 
         Args:
             texts: one string (one row), or an iterable of strings.
             prompt_type: ``"document"`` (documents and symmetric tasks) or ``"query"`` (the query
-                side of asymmetric retrieval); picks the prompt template.
+                side of asymmetric retrieval), or any other of :attr:`prompt_names`; picks the
+                prompt template.
+            prompt_name: sentence-transformers' spelling: a name of the config's ``prompts`` (or
+                of :attr:`prompt_names`); given, it is used instead of ``prompt_type``.
             batch_size: overrides the config's ``batch_size`` for this call.
             show_progress_bar: ``None`` shows one only for jobs of more than 10 batches.
             normalize: L2-normalise each vector (cosine similarity becomes a dot product).
@@ -297,20 +342,30 @@ class KVEmbedder(ConcurrentRequests):
             sparse: also compute each text's sparse lexical vector in the same forward pass
                 (:mod:`~kv_embeddings_integrations.core.sparse`: the next-token logits at the prompt's
                 end, ``log(1 + relu(z))``, kept for the text's own token ids), as ``result.sparse``.
+            precision: ``"float32"``, ``"float16"``, ``"int8"``, ``"uint8"`` (scalar quantization
+                with :attr:`quantization_ranges`; needs ``normalize`` and ``postprocess``),
+                ``"binary"`` or ``"ubinary"`` (sign bits packed 8 to a byte, as int8 / uint8).
 
         Returns:
             an :class:`~kv_embeddings_integrations.core.results.EmbedResult`: ``(n, dimension)``
-            float32 vectors in input order, each text's token count (prompt included) and whether
-            it was truncated or split. Nothing is warned: the caller decides how to report truncation.
+            vectors (float32 unless ``precision`` says otherwise) in input order, each text's token
+            count (prompt included) and whether it was truncated or split. Nothing is warned: the
+            caller decides how to report truncation.
         """
+        prompt_type = requested_prompt(prompt_type, prompt_name)
+        precision = check_output(precision, normalize, postprocess)
         items, _ = texts_to_embed(texts, self.config.empty_text)
-        return self._embed_items(items, prompt_type, batch_size, show_progress_bar, normalize, postprocess, sparse)
+        result = self._embed_items(items, prompt_type, batch_size, show_progress_bar, normalize, postprocess, sparse)
+        if precision == "float32":
+            return result
+        return dataclasses.replace(result, vectors=self.quantize(result.vectors, precision))
 
     def encode_sparse(
         self,
         texts: str | Iterable[str],
         *,
         prompt_type: str = "document",
+        prompt_name: str | None = None,
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
     ) -> SparseVectors:
@@ -323,12 +378,18 @@ class KVEmbedder(ConcurrentRequests):
 
         Args:
             texts: one string, or an iterable of strings.
-            prompt_type: ``"document"`` or ``"query"``, as for :meth:`encode`.
+            prompt_type: ``"document"`` or ``"query"`` (or another prompt name), as for :meth:`encode`.
+            prompt_name: a prompt name instead of ``prompt_type``, as for :meth:`encode`.
             batch_size: overrides the config's ``batch_size`` for this call.
             show_progress_bar: ``None`` shows one only for jobs of more than 10 batches.
         """
         result = self.embed(
-            texts, prompt_type=prompt_type, batch_size=batch_size, show_progress_bar=show_progress_bar, sparse=True
+            texts,
+            prompt_type=prompt_type,
+            prompt_name=prompt_name,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            sparse=True,
         )
         self._warn_truncated(result, stacklevel=3)
         assert result.sparse is not None  # asked for
@@ -339,9 +400,11 @@ class KVEmbedder(ConcurrentRequests):
         texts: str | Iterable[str],
         *,
         prompt_type: str = "document",
+        prompt_name: str | None = None,
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         normalize: bool = True,
+        precision: str = "float32",
         devices: Sequence[str | torch.device] | None = None,
     ) -> np.ndarray:
         """Embed texts into an array (:meth:`embed`'s vectors), warning when texts were truncated.
@@ -349,10 +412,15 @@ class KVEmbedder(ConcurrentRequests):
         Args:
             texts: one string, or an iterable of strings.
             prompt_type: ``"document"`` (documents and symmetric tasks) or ``"query"`` (the query
-                side of asymmetric retrieval); picks the prompt template.
+                side of asymmetric retrieval), or any other of :attr:`prompt_names`; picks the
+                prompt template.
+            prompt_name: sentence-transformers' spelling: a name of the config's ``prompts`` (or
+                of :attr:`prompt_names`); given, it is used instead of ``prompt_type``.
             batch_size: overrides the config's ``batch_size`` for this call.
             show_progress_bar: ``None`` shows one only for jobs of more than 10 batches.
             normalize: L2-normalise each vector (cosine similarity becomes a dot product).
+            precision: the output's precision, as for :meth:`embed` (sentence-transformers'
+                ``precision``): ``float32``, ``float16``, ``int8``, ``uint8``, ``binary``, ``ubinary``.
             devices: data parallel: run one replica of the model per device (``["cuda:0",
                 "cuda:1"]``, or ``["cpu", "cpu"]`` for CPU worker processes) for this call, in
                 worker processes started and stopped around it. For repeated calls keep an
@@ -360,9 +428,11 @@ class KVEmbedder(ConcurrentRequests):
                 (:meth:`start_pool`).
 
         Returns:
-            float32 array of shape ``(len(texts), hidden_size)`` in input order; one string gives
-            one vector of shape ``(hidden_size,)``.
+            array of shape ``(len(texts), dimension)`` in input order (``ceil(dimension / 8)``
+            columns for binary precisions); one string gives one vector of shape ``(dimension,)``.
         """
+        prompt_type = requested_prompt(prompt_type, prompt_name)
+        precision = check_output(precision, normalize, True)
         if devices is not None:
             with self.start_pool(devices) as workers:
                 vectors: np.ndarray = workers.encode(
@@ -372,11 +442,13 @@ class KVEmbedder(ConcurrentRequests):
                     normalize=normalize,
                     show_progress_bar=show_progress_bar,
                 )
-                return vectors
+                # Quantized here, with the parent's ranges: the workers return float32.
+                return vectors if precision == "float32" else self.quantize(vectors, precision)
         items, single = texts_to_embed(texts, self.config.empty_text)
         result = self._embed_items(items, prompt_type, batch_size, show_progress_bar, normalize)
         self._warn_truncated(result, stacklevel=3)
-        return result.vectors[0] if single else result.vectors
+        vectors = result.vectors if precision == "float32" else self.quantize(result.vectors, precision)
+        return vectors[0] if single else vectors
 
     def _warn_truncated(self, result: EmbedResult, stacklevel: int) -> None:
         result.warn_truncated(self.max_length, stacklevel=stacklevel)

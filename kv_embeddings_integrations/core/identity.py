@@ -32,6 +32,7 @@ from .cache import model_fingerprint, texts_digest
 from .calibration import builtin_calibration_texts
 from .config import DEFAULT_SKIP_FRACTION, EmbedderConfig
 from .loading import dtype_name
+from .quantization import QUANTIZED, SCALAR, check_precision
 
 if TYPE_CHECKING:
     from .embedder import KVEmbedder
@@ -60,6 +61,7 @@ INFORMATIONAL = frozenset(
         "max_length",
         "long_text",
         "prompt_type",
+        "precision",
         "package_version",
         "fingerprint",
     }
@@ -163,6 +165,9 @@ def postprocessing_key(embedder: KVEmbedder, texts: Sequence[str]) -> dict[str, 
     options = embedder.config.vector_options()
     for name in _NOT_IN_FIT_KEY:
         options.pop(name, None)
+    # The fit embeds with the document prompt: other named prompts do not change it.
+    sides = {k: v for k, v in (options.get("prompts") or {}).items() if k in ("document", "query")}
+    options["prompts"] = sides or None
     return {
         "version": FIT_VERSION,
         "kind": resolved.postprocess,
@@ -177,18 +182,22 @@ def postprocessing_key(embedder: KVEmbedder, texts: Sequence[str]) -> dict[str, 
     }
 
 
-def embedder_identity(embedder: KVEmbedder, *, normalize: bool = True) -> dict[str, Any]:
+def embedder_identity(embedder: KVEmbedder, *, normalize: bool = True, precision: str = "float32") -> dict[str, Any]:
     """The record of what decides a :class:`~kv_embeddings_integrations.KVEmbedder`'s vectors,
     JSON-serialisable.
 
     Args:
         embedder: the core embedder.
         normalize: whether the vectors stored are L2-normalised (the adapters' ``normalize``).
+        precision: the precision the vectors are stored in. A quantized one (int8, uint8, binary,
+            ubinary) adds a compared ``quantization`` field (with int8 / uint8, the digest of the
+            fitted ranges); float16 is recorded only, as it is float32 to rounding.
 
     Returns:
         the record, its ``fingerprint`` (a hash of the compared fields) included.
     """
     resolved = embedder.resolved
+    precision = check_precision(precision)
     fit_texts = None
     if resolved.postprocess != "none":
         fit_texts = texts_digest(postprocess_texts(embedder.config))
@@ -200,7 +209,8 @@ def embedder_identity(embedder: KVEmbedder, *, normalize: bool = True) -> dict[s
         "weights": weights_fingerprint(embedder.decoder),
         "method": resolved.method,
         "prompt_family": resolved.family,
-        "templates": {kind: list(resolved.templates(kind)) for kind in ("document", "query")},
+        # document, query and any other named prompt of the config.
+        "templates": {name: list(templates) for name, templates in resolved.named_prompts().items()},
         "layers": list(embedder.layers),
         "bias": float(resolved.bias) if embedder.layers else None,
         "token_prepending": resolved.token_prepending,
@@ -216,6 +226,12 @@ def embedder_identity(embedder: KVEmbedder, *, normalize: bool = True) -> dict[s
         "long_text": resolved.long_text,
         "package_version": __version__,
     }
+    if precision != "float32":
+        identity["precision"] = precision
+    if precision in QUANTIZED:
+        # Absent for float vectors, so records made before precisions existed still match.
+        ranges = embedder.quantization_ranges.digest() if precision in SCALAR else None
+        identity["quantization"] = {"precision": precision, "ranges_sha256": ranges}
     identity["fingerprint"] = identity_fingerprint(identity)
     return identity
 

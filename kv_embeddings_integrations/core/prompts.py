@@ -189,3 +189,15 @@ def render(template: str, text: str) -> tuple[str, list[tuple[int, int]]]:
         out.append(piece)
         pos += len(text) + len(piece)
     return "".join(out), spans
+
+
+def requested_prompt(prompt_type: str, prompt_name: str | None) -> str:
+    """The prompt name a call asks for: ``prompt_name`` (sentence-transformers' spelling) when given,
+    else ``prompt_type``; both given and different is a ``ValueError``."""
+    if prompt_name is None:
+        return prompt_type
+    if prompt_type not in ("document", prompt_name):
+        raise ValueError(
+            f"give prompt_type or prompt_name, not both (prompt_type={prompt_type!r}, prompt_name={prompt_name!r})"
+        )
+    return prompt_name

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from .config import EmbedderConfig
 from .method import token_prepending
 from .method.layer_selection import resolve_layers
-from .prompts import FAMILIES, METHODS, PROMPT_TYPES
+from .prompts import FAMILIES, INPUT_TYPES, METHODS, PROMPT_TYPES
 
 # Longest input when neither the options nor the model's config bound it.
 DEFAULT_MAX_LENGTH = 4096
@@ -31,6 +31,7 @@ class ResolvedMethod:
         document_templates: the document prompt templates (the user's override, else the family's;
             MetaEOL has several, whose vectors are averaged).
         query_templates: the query ones; a symmetric task's are the document ones.
+        named_templates: the config's other named prompts, as ``(name, template)`` pairs.
         reroute: whether re-routing is on.
         layers: the layers asked to be re-routed: ``"auto"`` (chosen by intrinsic dimension when the
             embedder is built), or an explicit tuple, checked against the model (empty: none, and
@@ -53,6 +54,7 @@ class ResolvedMethod:
     family: str
     document_templates: tuple[str, ...]
     query_templates: tuple[str, ...]
+    named_templates: tuple[tuple[str, str], ...]
     reroute: bool
     layers: Literal["auto"] | tuple[int, ...]
     bias: float
@@ -101,6 +103,7 @@ class ResolvedMethod:
             family=family_name,
             document_templates=templates["document"],
             query_templates=templates["query"],
+            named_templates=tuple((k, v) for k, v in (config.prompts or {}).items() if k not in PROMPT_TYPES),
             reroute=reroute,
             layers=_layers(config.layers, num_layers, output_layer) if reroute else (),
             bias=config.bias,
@@ -116,11 +119,31 @@ class ResolvedMethod:
             dimensions=config.dimensions,
         )
 
-    def templates(self, prompt_type: str = "document") -> tuple[str, ...]:
-        """The templates for ``prompt_type`` (``"document"`` or ``"query"``)."""
-        if prompt_type not in PROMPT_TYPES:
-            raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
-        return self.document_templates if prompt_type == "document" else self.query_templates
+    def templates(self, prompt_name: str = "document") -> tuple[str, ...]:
+        """The templates a prompt name stands for: a name of the config's ``prompts``, else
+        ``"document"`` / ``"query"`` or another provider's name for one of them
+        (:data:`~kv_embeddings_integrations.core.prompts.INPUT_TYPES`: Cohere's ``search_query``,
+        NVIDIA's ``passage``, Jina's ``retrieval.query``...). Another name is a ``ValueError``
+        that lists the known ones."""
+        named = dict(self.named_templates)
+        if isinstance(prompt_name, str) and prompt_name in named:
+            return (named[prompt_name],)
+        if isinstance(prompt_name, str) and prompt_name in INPUT_TYPES:
+            side = INPUT_TYPES[prompt_name]
+            return self.document_templates if side == "document" else self.query_templates
+        known = ", ".join(repr(name) for name in self.prompt_names)
+        raise ValueError(f"unknown prompt name {prompt_name!r}; known: {known}")
+
+    @property
+    def prompt_names(self) -> tuple[str, ...]:
+        """Every name :meth:`templates` takes: the config's own prompts, then the providers' names."""
+        return tuple(name for name, _ in self.named_templates) + tuple(INPUT_TYPES)
+
+    def named_prompts(self) -> dict[str, tuple[str, ...]]:
+        """Each prompt by name, as the identity records them: document, query, then the config's others."""
+        out = {kind: self.templates(kind) for kind in PROMPT_TYPES}
+        out.update((name, (template,)) for name, template in self.named_templates)
+        return out
 
     @property
     def selection_rule(self) -> dict[str, Any]:

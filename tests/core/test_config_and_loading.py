@@ -27,7 +27,7 @@ def test_config_round_trip_and_validation(tokenizer):
         {"pooling": "max"},
         {"bias": "high"},
         {"prompts": {"document": "no placeholder"}},
-        {"prompts": {"passage": "{text}"}},
+        {"prompts": {"": "{text}"}},
         {"max_length": 0},
     ):
         with pytest.raises(ValueError):
