@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..core.config import EmbedderConfig
 from ..core.extras import MissingExtraError, require
 from ..core.loading import LoadOptions
+from ..core.quantization import check_precision
 from .errors import CLIError
 from .options import add_field_option, add_load_options, literal_choices, load_options
 
@@ -68,6 +69,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "dense+BM25 fusions",
     )
     parser.add_argument(
+        "--precision",
+        default="",
+        metavar="P,P",
+        help="STS and retrieval: also score each method's final vectors in these output precisions "
+        "(comma-separated: float16, int8, uint8, binary, ubinary; binary ones also reranked by float32 "
+        "on retrieval), as a store holding them would",
+    )
+    parser.add_argument(
         "--no-bm25", action="store_true", help="leave out the BM25 reference row of retrieval tasks (bm25s)"
     )
 
@@ -88,6 +97,12 @@ def run(args: argparse.Namespace) -> None:
         variants = [] if args.methods == "none" else evaluation.parse_variants(args.methods)
     except ValueError as e:
         raise CLIError(f"--methods: {e}") from None
+    precisions = [p for p in args.precision.split(",") if p]
+    try:
+        for precision in precisions:
+            check_precision(precision)
+    except ValueError as e:
+        raise CLIError(f"--precision: {e}") from None
     if not variants and not args.reference:
         raise CLIError("nothing to evaluate: --methods none and no --reference")
     try:
@@ -117,7 +132,11 @@ def run(args: argparse.Namespace) -> None:
             raise CLIError(str(e)) from None
         encoders.append(evaluation.BM25Reference())
     report = evaluation.run_evaluation(
-        encoders, tasks, cache_directory=None if args.no_cache else "default", hybrid=args.hybrid
+        encoders,
+        tasks,
+        cache_directory=None if args.no_cache else "default",
+        hybrid=args.hybrid,
+        precisions=precisions,
     )
     report.environment.update(
         model=args.model, dtype=args.dtype or "default", max_length=args.max_length, command=" ".join(sys.argv)

@@ -191,6 +191,20 @@ def render(template: str, text: str) -> tuple[str, list[tuple[int, int]]]:
     return "".join(out), spans
 
 
+def prompt_names(prompts: dict[str, str] | None) -> tuple[str, ...]:
+    """Every prompt name a configuration with these ``prompts`` takes: its own names (other than
+    the two sides), then the two sides and the providers' names for them (:data:`INPUT_TYPES`)."""
+    return tuple(name for name in (prompts or {}) if name not in PROMPT_TYPES) + tuple(INPUT_TYPES)
+
+
+def check_prompt_name(name: object, prompts: dict[str, str] | None, field: str = "prompt name") -> str:
+    """``name`` if a configuration with these ``prompts`` knows it, else a ``ValueError`` listing the known ones."""
+    known = prompt_names(prompts)
+    if not isinstance(name, str) or name not in known:
+        raise ValueError(f"unknown {field} {name!r}; known: {', '.join(repr(k) for k in known)}")
+    return name
+
+
 def requested_prompt(prompt_type: str, prompt_name: str | None) -> str:
     """The prompt name a call asks for: ``prompt_name`` (sentence-transformers' spelling) when given,
     else ``prompt_type``; both given and different is a ``ValueError``."""

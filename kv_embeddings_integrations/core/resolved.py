@@ -15,7 +15,7 @@ from typing import Any, Literal
 from .config import EmbedderConfig
 from .method import token_prepending
 from .method.layer_selection import resolve_layers
-from .prompts import FAMILIES, INPUT_TYPES, METHODS, PROMPT_TYPES
+from .prompts import FAMILIES, INPUT_TYPES, METHODS, PROMPT_TYPES, check_prompt_name, prompt_names
 
 # Longest input when neither the options nor the model's config bound it.
 DEFAULT_MAX_LENGTH = 4096
@@ -126,18 +126,15 @@ class ResolvedMethod:
         NVIDIA's ``passage``, Jina's ``retrieval.query``...). Another name is a ``ValueError``
         that lists the known ones."""
         named = dict(self.named_templates)
-        if isinstance(prompt_name, str) and prompt_name in named:
+        check_prompt_name(prompt_name, named)
+        if prompt_name in named:
             return (named[prompt_name],)
-        if isinstance(prompt_name, str) and prompt_name in INPUT_TYPES:
-            side = INPUT_TYPES[prompt_name]
-            return self.document_templates if side == "document" else self.query_templates
-        known = ", ".join(repr(name) for name in self.prompt_names)
-        raise ValueError(f"unknown prompt name {prompt_name!r}; known: {known}")
+        return self.document_templates if INPUT_TYPES[prompt_name] == "document" else self.query_templates
 
     @property
     def prompt_names(self) -> tuple[str, ...]:
         """Every name :meth:`templates` takes: the config's own prompts, then the providers' names."""
-        return tuple(name for name, _ in self.named_templates) + tuple(INPUT_TYPES)
+        return prompt_names(dict(self.named_templates))
 
     def named_prompts(self) -> dict[str, tuple[str, ...]]:
         """Each prompt by name, as the identity records them: document, query, then the config's others."""

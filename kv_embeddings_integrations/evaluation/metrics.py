@@ -54,6 +54,19 @@ def exact_search(
     return run
 
 
+def matrix_scores(
+    qrels: dict[str, dict[str, int]], scores: np.ndarray, doc_ids: Sequence[str], query_ids: Sequence[str]
+) -> dict[str, float]:
+    """The retrieval metrics of a full ``(queries, documents)`` score matrix: each query's top 100
+    (stable order on ties), scores of ``-inf`` (not retrieved) left out."""
+    best = np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, : min(100, len(doc_ids))]
+    run = {
+        q: {doc_ids[j]: float(scores[row, j]) for j in best[row] if np.isfinite(scores[row, j])}
+        for row, q in enumerate(query_ids)
+    }
+    return retrieval_scores(qrels, run)
+
+
 def mrr_at_k(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], k: int = 10) -> float:
     """Mean reciprocal rank of the first relevant document in the top ``k``, x100 (MTEB's definition)."""
     ranks = []

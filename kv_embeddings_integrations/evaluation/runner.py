@@ -23,9 +23,18 @@ from ..core.extras import require
 from ..core.loading import LoadOptions
 from ..core.sparse import SparseVectors
 from ..version import __version__
+from . import precision as precision_rows
 from .cache import EmbeddingCache, cached_encode, cached_encode_sparse
 from .data import ClassificationTask, RetrievalTask, STSTask
-from .metrics import _unit, classification_accuracy, exact_search, retrieval_scores, sts_spearman, undersample
+from .metrics import (
+    _unit,
+    classification_accuracy,
+    exact_search,
+    matrix_scores,
+    retrieval_scores,
+    sts_spearman,
+    undersample,
+)
 
 Task = STSTask | RetrievalTask | ClassificationTask
 MAIN_SCORE = {"sts": "spearman", "retrieval": "ndcg_at_10", "classification": "accuracy"}
@@ -163,6 +172,12 @@ class KVVariant:
     @property
     def vocab_size(self) -> int:
         return self.embedder.vocab_size
+
+    def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
+        """Final vectors in ``precision``, as the embedder's ``encode(precision=...)`` returns them."""
+        if self.fit != "builtin":
+            raise ValueError(f"{self.label}: output precision is measured with the built-in fit only")
+        return self.embedder.quantize(vectors, precision)
 
     def finish(self, vectors: np.ndarray, fit_on: np.ndarray | None = None) -> np.ndarray:
         """The post-processing, applied to (cached) :meth:`encode` vectors: the embedder's fitted
@@ -346,13 +361,6 @@ class _Embeddings:
         return finish(vectors, fit_on) if finish is not None else vectors
 
 
-def _scored(task: RetrievalTask, scores: np.ndarray, doc_ids: list[str], query_ids: list[str]) -> dict[str, float]:
-    """The retrieval metrics of a full ``(queries, documents)`` score matrix (top 100 kept)."""
-    best = fusion.top_k(scores, min(100, len(doc_ids)))
-    run = {q: {doc_ids[j]: float(scores[row, j]) for j in best[row]} for row, q in enumerate(query_ids)}
-    return retrieval_scores(task.qrels, run)
-
-
 def evaluate_task(encoder: Encoder, task: Task, cache_directory: Path | None = None) -> TaskResult:
     """Embed a task's texts with ``encoder`` (through the cache) and score them."""
     return evaluate_task_rows(encoder, task, cache_directory)[0]
@@ -365,25 +373,31 @@ def evaluate_task_rows(
     *,
     hybrid: bool = False,
     bm25: dict[str, np.ndarray] | None = None,
+    precisions: Sequence[str] = (),
 ) -> list[TaskResult]:
     """:func:`evaluate_task`, and with ``hybrid`` on a retrieval task, more rows from the same pass:
     the encoder's sparse vectors alone, dense + sparse (min-max and reciprocal-rank fusion) and
-    dense + BM25 (min-max). ``bm25`` caches BM25 score matrices by task name across encoders."""
+    dense + BM25 (min-max). ``bm25`` caches BM25 score matrices by task name across encoders.
+    ``precisions`` adds, for KV methods on STS and retrieval tasks, a row per output precision of
+    the same final vectors (:mod:`.precision`)."""
     start = time.perf_counter()
     if isinstance(encoder, BM25Reference):
         if not isinstance(task, RetrievalTask):
             return []
         doc_ids, query_ids = list(task.corpus), list(task.queries)
         scores = _bm25(task, bm25)
-        metrics = _scored(task, scores, doc_ids, query_ids)
+        metrics = matrix_scores(task.qrels, scores, doc_ids, query_ids)
         seconds = time.perf_counter() - start
         return [TaskResult(encoder.label, encoder.description, task.name, task.kind, metrics, 0, seconds)]
     embed = _Embeddings(encoder, cache_directory)
     extra: list[tuple[str, str, dict[str, float]]] = []
+    quantize = getattr(encoder, "quantize", None) if precisions else None
     if isinstance(task, STSTask):
         vectors = embed(task.sentences1 + task.sentences2, "document")
         vectors = embed.finish(vectors, vectors)
         metrics = {"spearman": sts_spearman(vectors[: len(task)], vectors[len(task) :], task.scores)}
+        if quantize is not None:
+            extra += precision_rows.sts_rows(precisions, quantize, vectors, task)
     elif isinstance(task, RetrievalTask):
         doc_ids, query_ids = list(task.corpus), list(task.queries)
         doc_texts, query_texts = [task.corpus[d] for d in doc_ids], [task.queries[q] for q in query_ids]
@@ -398,6 +412,8 @@ def evaluate_task_rows(
         docs = embed.finish(docs, raw_docs)
         queries = embed.finish(queries, queries if fit == "sides" else raw_docs)
         metrics = retrieval_scores(task.qrels, exact_search(queries, docs, doc_ids, query_ids, top_k=100))
+        if quantize is not None:
+            extra += precision_rows.retrieval_rows(precisions, quantize, queries, docs, task)
         if sparse:
             dense = fusion.dense_scores(_unit(queries), _unit(docs))  # the cosines exact_search ranks by
             lexical = fusion.sparse_scores(query_sparse, doc_sparse)
@@ -415,7 +431,9 @@ def evaluate_task_rows(
                 ),
                 ("dense+BM25", "min-max fusion with BM25, equal weights", fusion.minmax_fusion(dense, lexical_bm25)),
             ]
-            extra = [(name, how, _scored(task, scores, doc_ids, query_ids)) for name, how, scores in systems]
+            extra = [
+                (name, how, matrix_scores(task.qrels, scores, doc_ids, query_ids)) for name, how, scores in systems
+            ]
     elif isinstance(task, ClassificationTask):
         draws = undersample(task.train_labels)
         used = sorted(set().union(*draws))
@@ -456,6 +474,7 @@ def run_evaluation(
     cache_directory: str | Path | None = "default",
     log=sys.stderr,
     hybrid: bool = False,
+    precisions: Sequence[str] = (),
 ) -> Evaluation:
     """Every encoder on every task, in order; embeddings cached under ``cache_directory``.
 
@@ -467,6 +486,8 @@ def run_evaluation(
         log: where one line per finished (encoder, task) goes (``None``: silent).
         hybrid: on retrieval tasks, also score each KV method's sparse vectors (same pass), and its
             dense scores fused with them and with BM25 (:func:`evaluate_task_rows`).
+        precisions: output precisions (``int8``, ``binary``, ...) to score each KV method's final
+            vectors in too, on STS and retrieval tasks (:mod:`.precision`).
     """
     if cache_directory == "default":
         cache_directory = cache_dir() / "embeddings"
@@ -477,7 +498,7 @@ def run_evaluation(
     for encoder in encoders:
         for task in tasks:
             done += 1
-            for result in evaluate_task_rows(encoder, task, directory, hybrid=hybrid, bm25=bm25):
+            for result in evaluate_task_rows(encoder, task, directory, hybrid=hybrid, bm25=bm25, precisions=precisions):
                 evaluation.results.append(result)
                 if log is not None:
                     print(

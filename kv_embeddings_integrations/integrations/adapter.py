@@ -13,12 +13,13 @@ import threading
 import weakref
 from typing import Any
 
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..core.bundled import DEFAULT_MODEL
 from ..core.config import EmbedderConfig
 from ..core.embedder import KVEmbedder
 from ..core.loading import LoadOptions
+from ..core.prompts import check_prompt_name
 
 _lock = threading.Lock()
 _models: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
@@ -73,6 +74,16 @@ class AdapterConfig(EmbedderConfig):
         "trust_remote_code, revision, attn_implementation; anything else goes to AutoModel.from_pretrained",
     )
     normalize: bool = Field(default=True, description="L2-normalise the vectors")
+    query_prompt_name: str = Field(
+        default="query",
+        description="the prompt queries are embedded with: query, a name of `prompts`, or another provider's name "
+        "(search_query, retrieval.query...)",
+    )
+    document_prompt_name: str = Field(
+        default="document",
+        description="the prompt documents are embedded with: document, a name of `prompts`, or another provider's "
+        "name (search_document, passage, classification, clustering...)",
+    )
     # The embedder an adapter attaches (given, or shared_embedder()): what identity() and client read.
     _embedder: KVEmbedder = PrivateAttr()
 
@@ -86,6 +97,19 @@ class AdapterConfig(EmbedderConfig):
     def load_options(self) -> LoadOptions:
         """``model`` and ``model_kwargs`` as the :class:`LoadOptions` the core loads with."""
         return LoadOptions(model=self.model, **self.model_kwargs)
+
+    @model_validator(mode="after")
+    def _check_prompt_names(self) -> AdapterConfig:
+        # Now, rather than at the first query.
+        check_prompt_name(self.query_prompt_name, self.prompts, "query_prompt_name")
+        check_prompt_name(self.document_prompt_name, self.prompts, "document_prompt_name")
+        return self
+
+    def _use(self, embedder: KVEmbedder) -> None:
+        """Attach ``embedder`` (given with ``embedder=``, its own prompts are the ones checked)."""
+        embedder.templates(self.query_prompt_name)
+        embedder.templates(self.document_prompt_name)
+        self._embedder = embedder
 
     def shared_embedder(self) -> KVEmbedder:
         """The process-wide embedder for these options: loaded once, shared by every adapter that

@@ -16,7 +16,6 @@ from haystack import Document, component, default_from_dict, default_to_dict
 
 from ..core.bundled import DEFAULT_MODEL
 from ..core.embedder import KVEmbedder
-from ..core.prompts import prompt_type_of
 from .adapter import AdapterConfig
 
 
@@ -34,10 +33,18 @@ class _KVComponent:
         batch_size: int | None,
         progress_bar: bool,
         options: dict[str, Any],
+        prompt_name: str,
     ) -> None:
-        # Every EmbedderConfig option (task, method, layers, postprocess, max_length, ...) is checked
-        # now, before a pipeline is built around a typo.
-        self._config = AdapterConfig(model=model, model_kwargs=model_kwargs or {}, normalize=normalize, **options)
+        # Every EmbedderConfig option (task, method, layers, postprocess, max_length, ...) and the
+        # prompt name are checked now, before a pipeline is built around a typo.
+        self._config = AdapterConfig(
+            model=model,
+            model_kwargs=model_kwargs or {},
+            normalize=normalize,
+            document_prompt_name=prompt_name,
+            query_prompt_name=prompt_name,
+            **options,
+        )
         self.model, self.model_kwargs, self.normalize = model, dict(model_kwargs or {}), normalize
         self.prefix, self.suffix, self.batch_size, self.progress_bar = prefix, suffix, batch_size, progress_bar
         self.options = dict(options)
@@ -95,9 +102,9 @@ class KVTextEmbedder(_KVComponent):
         model: hub id, local directory or bundled alias (default: the bundled SmolLM2-135M).
         model_kwargs: how to load it (:class:`~kv_embeddings_integrations.core.loading.LoadOptions`
             fields: ``dtype``, ``device``, ``device_map``, ``revision``, ``trust_remote_code``, ...).
-        input_type: which prompt embeds the text: ``"query"`` (default), ``"document"``, or another
-            provider's name for them (``search_query``, ``passage``, ...; see
-            :data:`~kv_embeddings_integrations.core.prompts.INPUT_TYPES`).
+        prompt_name: which prompt embeds the text: ``"query"`` (default), ``"document"``, a name of
+            the ``prompts`` option, or another provider's name for the two (``search_query``,
+            ``passage``, ...; see :data:`~kv_embeddings_integrations.core.prompts.INPUT_TYPES`).
         normalize: L2-normalise the vector (default True).
         prefix: a string put before the text (the prompt already frames it; rarely needed).
         suffix: a string put after the text.
@@ -111,7 +118,7 @@ class KVTextEmbedder(_KVComponent):
         self,
         model: str = DEFAULT_MODEL,
         model_kwargs: dict[str, Any] | None = None,
-        input_type: str = "query",
+        prompt_name: str = "query",
         normalize: bool = True,
         prefix: str = "",
         suffix: str = "",
@@ -119,13 +126,14 @@ class KVTextEmbedder(_KVComponent):
         progress_bar: bool = False,
         **options: Any,
     ) -> None:
-        self._prompt_type = prompt_type_of(input_type)
-        self.input_type = input_type
+        self.prompt_name = prompt_name
         # Not super(): @component rebuilds the class, which breaks super()'s implicit __class__.
-        _KVComponent.__init__(self, model, model_kwargs, normalize, prefix, suffix, batch_size, progress_bar, options)
+        _KVComponent.__init__(
+            self, model, model_kwargs, normalize, prefix, suffix, batch_size, progress_bar, options, prompt_name
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return default_to_dict(self, input_type=self.input_type, **self._init_parameters())
+        return default_to_dict(self, prompt_name=self.prompt_name, **self._init_parameters())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KVTextEmbedder:
@@ -141,13 +149,13 @@ class KVTextEmbedder(_KVComponent):
     def run(self, text: str) -> dict[str, Any]:
         """Embed ``text``: ``{"embedding": [float, ...]}``."""
         self._check(text)
-        return {"embedding": self._encode([text], self._prompt_type)[0]}
+        return {"embedding": self._encode([text], self.prompt_name)[0]}
 
     @component.output_types(embedding=list[float])
     async def run_async(self, text: str) -> dict[str, Any]:
         """:meth:`run` for Haystack's ``AsyncPipeline``: concurrent calls share forward passes."""
         self._check(text)
-        return {"embedding": (await self._aencode([text], self._prompt_type))[0]}
+        return {"embedding": (await self._aencode([text], self.prompt_name))[0]}
 
 
 @component
@@ -165,6 +173,8 @@ class KVDocumentEmbedder(_KVComponent):
         meta_fields_to_embed: meta fields embedded with the content, before it (as Haystack's own
             embedders do).
         embedding_separator: what joins the meta fields and the content (default a newline).
+        prompt_name: which prompt embeds the documents: ``"document"`` (default), a name of the
+            ``prompts`` option (``"clustering"``...), or another provider's name for a side.
         **options: any :class:`~kv_embeddings_integrations.core.config.EmbedderConfig` option.
     """
 
@@ -179,18 +189,23 @@ class KVDocumentEmbedder(_KVComponent):
         progress_bar: bool = False,
         meta_fields_to_embed: list[str] | None = None,
         embedding_separator: str = "\n",
+        prompt_name: str = "document",
         **options: Any,
     ) -> None:
         self.meta_fields_to_embed = list(meta_fields_to_embed or [])
         self.embedding_separator = embedding_separator
         # Not super(): @component rebuilds the class, which breaks super()'s implicit __class__.
-        _KVComponent.__init__(self, model, model_kwargs, normalize, prefix, suffix, batch_size, progress_bar, options)
+        self.prompt_name = prompt_name
+        _KVComponent.__init__(
+            self, model, model_kwargs, normalize, prefix, suffix, batch_size, progress_bar, options, prompt_name
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
             self,
             meta_fields_to_embed=self.meta_fields_to_embed,
             embedding_separator=self.embedding_separator,
+            prompt_name=self.prompt_name,
             **self._init_parameters(),
         )
 
@@ -214,12 +229,12 @@ class KVDocumentEmbedder(_KVComponent):
     def run(self, documents: list[Document]) -> dict[str, Any]:
         """Embed ``documents``: ``{"documents": [...]}``, copies with ``embedding`` set, in order."""
         texts = self.texts_to_embed(documents)
-        vectors = self._encode(texts, "document") if texts else []
+        vectors = self._encode(texts, self.prompt_name) if texts else []
         return {"documents": [replace(d, embedding=v) for d, v in zip(documents, vectors, strict=True)]}
 
     @component.output_types(documents=list[Document])
     async def run_async(self, documents: list[Document]) -> dict[str, Any]:
         """:meth:`run` for Haystack's ``AsyncPipeline``."""
         texts = self.texts_to_embed(documents)
-        vectors = await self._aencode(texts, "document") if texts else []
+        vectors = await self._aencode(texts, self.prompt_name) if texts else []
         return {"documents": [replace(d, embedding=v) for d, v in zip(documents, vectors, strict=True)]}

@@ -14,7 +14,9 @@ from .adapter import AdapterConfig
 class KVEmbeddings(AdapterConfig, Embeddings):
     """KV-Embedding as a LangChain embedding model.
 
-    Documents are embedded with the document prompt, queries with the query prompt. Every
+    Documents are embedded with the document prompt, queries with the query prompt (or the
+    prompts ``document_prompt_name`` / ``query_prompt_name`` name, as sentence-transformers'
+    ``prompt_name`` does: ``prompts={"clustering": "..."}, document_prompt_name="clustering"``). Every
     :class:`~kv_embeddings_integrations.EmbedderConfig` option is a field (``method``, ``layers``,
     ``bias``, ``pooling``, ``max_length``, ...). Instances with the same ``model``, options and
     ``model_kwargs`` share one loaded model in the process.
@@ -45,10 +47,7 @@ class KVEmbeddings(AdapterConfig, Embeddings):
 
     @model_validator(mode="after")
     def _attach(self) -> KVEmbeddings:
-        if self.embedder is not None:
-            self._embedder = self.embedder
-        else:
-            self._embedder = self.shared_embedder()
+        self._use(self.embedder if self.embedder is not None else self.shared_embedder())
         return self
 
     def _encode(self, texts: list[str], prompt_type: str) -> list[list[float]]:
@@ -60,14 +59,14 @@ class KVEmbeddings(AdapterConfig, Embeddings):
         return vectors.tolist()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Embed documents (document prompt)."""
-        return self._encode(texts, "document")
+        """Embed documents (``document_prompt_name``'s prompt)."""
+        return self._encode(texts, self.document_prompt_name)
 
     def embed_query(self, text: str) -> list[float]:
-        """Embed a query (query prompt)."""
+        """Embed a query (``query_prompt_name``'s prompt)."""
         if not isinstance(text, str):
             raise TypeError(f"embed_query expects a str, got {type(text).__name__}")
-        return self._encode([text], "query")[0]
+        return self._encode([text], self.query_prompt_name)[0]
 
     # Concurrent async calls are coalesced by the core into shared forward passes, which run in
     # its worker thread, so the event loop is never blocked.
@@ -75,12 +74,12 @@ class KVEmbeddings(AdapterConfig, Embeddings):
         """Embed documents without blocking the event loop (batched with concurrent calls)."""
         if isinstance(texts, str):
             raise TypeError("aembed_documents expects a list of strings, got one str; use aembed_query for one text")
-        vectors = await self._embedder.aencode(texts, prompt_type="document", normalize=self.normalize)
+        vectors = await self._embedder.aencode(texts, prompt_type=self.document_prompt_name, normalize=self.normalize)
         return vectors.tolist()
 
     async def aembed_query(self, text: str) -> list[float]:
         """Embed a query without blocking the event loop (batched with concurrent calls)."""
         if not isinstance(text, str):
             raise TypeError(f"aembed_query expects a str, got {type(text).__name__}")
-        vectors = await self._embedder.aencode([text], prompt_type="query", normalize=self.normalize)
+        vectors = await self._embedder.aencode([text], prompt_type=self.query_prompt_name, normalize=self.normalize)
         return vectors[0].tolist()

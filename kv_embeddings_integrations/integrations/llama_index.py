@@ -24,7 +24,8 @@ def _reject_bare_string(texts: Any) -> None:
 class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
     """KV-Embedding as a LlamaIndex embedding model.
 
-    Queries use the core's query prompt, texts (nodes) its document prompt. Every
+    Queries use the core's query prompt, texts (nodes) its document prompt (or the prompts
+    ``query_prompt_name`` / ``document_prompt_name`` name: a name of ``prompts`` or a provider's). Every
     :class:`~kv_embeddings_integrations.EmbedderConfig` option is a field. The model lives in a
     private attribute; pickling keeps the fields (and an ``embedder`` passed in explicitly) and
     the model is re-attached on unpickling (loaded again in another process, shared in this one),
@@ -67,10 +68,7 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
         self._attach()
 
     def _attach(self) -> None:
-        if self._given is not None:
-            self._embedder = self._given
-        else:
-            self._embedder = self.shared_embedder()
+        self._use(self._given if self._given is not None else self.shared_embedder())
 
     @classmethod
     def class_name(cls) -> str:
@@ -115,13 +113,13 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
         return vectors.tolist()
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._embed([query], "query")[0]
+        return self._embed([query], self.query_prompt_name)[0]
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        return self._embed([text], "document")[0]
+        return self._embed([text], self.document_prompt_name)[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._embed(texts, "document")
+        return self._embed(texts, self.document_prompt_name)
 
     # Concurrent async calls are coalesced by the core into shared forward passes, which run in
     # its worker thread, so the event loop is never blocked.
@@ -130,10 +128,10 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
         return vectors.tolist()
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await self._aembed([query], "query"))[0]
+        return (await self._aembed([query], self.query_prompt_name))[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return (await self._aembed([text], "document"))[0]
+        return (await self._aembed([text], self.document_prompt_name))[0]
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return await self._aembed(texts, "document")
+        return await self._aembed(texts, self.document_prompt_name)

@@ -127,3 +127,21 @@ def test_adapters_share_one_model():
     assert other.client is not llama.client and other.client.model is llama.client.model  # one model
     separate = KVEmbedding(model=tiny_model_dir(), layers=[2], model_kwargs={"dtype": "bfloat16"}, **PAPER)
     assert separate.client.model is not llama.client.model
+
+
+def test_adapters_take_named_prompts(tokenizer):
+    # sentence-transformers' prompts / prompt_name: a task prompt of the user's for one side.
+    prompts = {"topic": "Name the topic of: {text}"}
+    core = KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], prompts=prompts, **PAPER)
+    topic = core.encode(TEXTS, prompt_name="topic")
+    as_query = core.encode(TEXTS[:1], prompt_name="search_query")
+    for adapter_class in (KVEmbeddings, KVEmbedding):
+        made = adapter_class(embedder=core, document_prompt_name="topic", query_prompt_name="search_query")
+        documents = (
+            made.embed_documents(TEXTS) if adapter_class is KVEmbeddings else made.get_text_embedding_batch(TEXTS)
+        )
+        query = made.embed_query(TEXTS[0]) if adapter_class is KVEmbeddings else made.get_query_embedding(TEXTS[0])
+        np.testing.assert_allclose(documents, topic, atol=1e-6)
+        np.testing.assert_allclose(query, as_query[0], atol=1e-6)
+        with pytest.raises(ValueError, match="unknown document_prompt_name 'topc'; known: 'topic', 'document'"):
+            adapter_class(embedder=core, document_prompt_name="topc")

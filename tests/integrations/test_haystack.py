@@ -62,13 +62,13 @@ def test_a_pipeline_retrieves_as_the_embedder_ranks(model_dir, local):
     np.testing.assert_allclose([stored[i] for i in range(len(TEXTS))], docs, atol=1e-5)
 
 
-def test_meta_fields_prefix_and_input_type(model_dir, local):
+def test_meta_fields_prefix_and_prompt_name(model_dir, local):
     embedder = KVDocumentEmbedder(model=str(model_dir), meta_fields_to_embed=["title"], **OPTIONS)
     out = embedder.run(_documents()[:2])["documents"]
     expected = local.encode([f"Part {i}\n{TEXTS[i]}" for i in range(2)])
     np.testing.assert_allclose([d.embedding for d in out], expected, atol=1e-5)
     assert [d.content for d in out] == TEXTS[:2] and [d.meta["n"] for d in out] == [0, 1]  # copies, in order
-    as_document = KVTextEmbedder(model=str(model_dir), input_type="passage", **OPTIONS).run(QUERY)["embedding"]
+    as_document = KVTextEmbedder(model=str(model_dir), prompt_name="passage", **OPTIONS).run(QUERY)["embedding"]
     np.testing.assert_allclose(as_document, local.encode([QUERY])[0], atol=1e-5)
     prefixed = KVTextEmbedder(model=str(model_dir), prefix="Q: ", **OPTIONS).run(QUERY)["embedding"]
     np.testing.assert_allclose(prefixed, local.encode(["Q: " + QUERY], prompt_type="query")[0], atol=1e-5)
@@ -107,8 +107,8 @@ def test_async_pipeline_gives_the_same_vectors(model_dir, local):
 
 
 def test_bad_input_and_options_are_clear_errors(model_dir):
-    with pytest.raises(ValueError, match="input_type must be one of"):
-        KVTextEmbedder(model=str(model_dir), input_type="summary")
+    with pytest.raises(ValueError, match="unknown query_prompt_name 'summary'; known: 'document', 'query'"):
+        KVTextEmbedder(model=str(model_dir), prompt_name="summary")
     with pytest.raises(ValueError, match="postprocess"):
         KVTextEmbedder(model=str(model_dir), postprocess="zca")  # checked before any load
     with pytest.raises(TypeError, match="expects a string"):

