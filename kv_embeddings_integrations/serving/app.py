@@ -3,19 +3,19 @@
 Routes: ``POST /v1/embeddings`` (OpenAI), ``POST /embed``, ``POST /``, ``POST /embed_sparse``,
 ``POST /tokenize``, ``POST /decode`` and ``GET /info`` (TEI), ``GET /v1/models``,
 ``GET /health`` (liveness), ``GET /ready`` (readiness: 503 once shutdown begins), ``GET /metrics``
-(Prometheus) and FastAPI's ``/docs`` and ``/openapi.json``. Every error is OpenAI-shaped. With an
-API key, the embedding and model routes need ``Authorization: Bearer <key>``; health, readiness,
-metrics and the docs stay open (probes and scrapers carry no key).
+(Prometheus) and FastAPI's ``/docs`` and ``/openapi.json``. Errors on TEI's routes are TEI-shaped
+(``{"error", "error_type"}``, TEI's statuses), every other error OpenAI-shaped. With an API key,
+the embedding and model routes need ``Authorization: Bearer <key>``; health, readiness, metrics
+and the docs stay open (probes and scrapers carry no key).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from ..core import prompts
 from ..version import __version__
 from .engine import Embedded, EmbeddingEngine, encode_base64
-from .errors import APIError, error_body
+from .errors import APIError
 from .schemas import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -66,10 +66,11 @@ class BodyLimit:
             f"the request body is over this server's {self.limit} bytes (--max-request-bytes); send fewer or "
             "shorter inputs per request",
             code="request_too_large",
+            tei_status=413,  # TEI's body limit (axum's DefaultBodyLimit) answers 413 too
         )
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _send_error(send, too_large)
+            await _send_error(scope, send, too_large)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -80,7 +81,7 @@ class BodyLimit:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.limit:
-                await _send_error(send, too_large)
+                await _send_error(scope, send, too_large)
                 return
         body, delivered = b"".join(chunks), False
 
@@ -94,8 +95,10 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+# text-embeddings-inference's routes: their errors are TEI-shaped.
+TEI_ROUTES = frozenset({"/embed", "/", "/embed_sparse", "/info", "/tokenize", "/decode"})
 # Routes that need the API key when one is set; health, readiness, metrics and docs stay open.
-PROTECTED = frozenset({"/v1/embeddings", "/embed", "/embed_sparse", "/", "/v1/models", "/info", "/tokenize", "/decode"})
+PROTECTED = TEI_ROUTES | {"/v1/embeddings", "/v1/models"}
 
 
 class APIKeyGuard:
@@ -122,7 +125,7 @@ class APIKeyGuard:
             type="authentication_error",
             code="invalid_api_key",
         )
-        await _send_error(send, error)
+        await _send_error(scope, send, error)
 
 
 class AccessLog:
@@ -170,11 +173,18 @@ class AccessLog:
             )
 
 
-async def _send_error(send, error: APIError) -> None:
-    payload = json.dumps(error.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+async def _send_error(scope, send, error: APIError) -> None:
+    response = _error_response(scope["path"], error)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(response.body)).encode())]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _error_response(path: str, error: APIError) -> JSONResponse:
+    """``error`` in the shape of the route at ``path``: TEI's on TEI's routes, else OpenAI's."""
+    if path in TEI_ROUTES:
+        return JSONResponse(error.tei_body(), status_code=error.tei_status, headers=error.headers)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def create_app(engine: EmbeddingEngine) -> FastAPI:
@@ -256,12 +266,21 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
         except ValueError as e:
             raise APIError(400, str(e), param=field) from None
 
+    def direction_of(body: TEIEmbedSparseRequest) -> Literal["left", "right"]:
+        return "left" if body.truncation_direction.lower() == "left" else "right"  # TEI's Left / left alike
+
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
         prompt_type = prompt_type_of(body.prompt_name)
-        texts = engine.texts_of(body.inputs, "inputs")
+        texts = engine.texts_of(body.inputs, "inputs", model_ids=True)
         engine.check_dimensions(body.dimensions)  # before a forward pass is spent on it
         truncate = True if body.truncate is None else body.truncate
-        work = engine.embed(texts, prompt_type=prompt_type, normalize=body.normalize, truncate=truncate)
+        work = engine.embed(
+            texts,
+            prompt_type=prompt_type,
+            normalize=body.normalize,
+            truncate=truncate,
+            truncation_direction=direction_of(body),
+        )
         embedded = await until_answered(request, work)
         note(request, len(texts), embedded)
         vectors = engine.with_dimensions(embedded.vectors, body.dimensions, normalize=body.normalize)
@@ -281,9 +300,11 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
     async def tei_embed_sparse(body: TEIEmbedSparseRequest, request: Request) -> Response:
         prompt_type = prompt_type_of(body.prompt_name)
         engine.check_sparse()
-        texts = engine.texts_of(body.inputs, "inputs")
+        texts = engine.texts_of(body.inputs, "inputs", model_ids=True)
         truncate = True if body.truncate is None else body.truncate
-        work = engine.embed(texts, prompt_type=prompt_type, truncate=truncate, sparse=True)
+        work = engine.embed(
+            texts, prompt_type=prompt_type, truncate=truncate, truncation_direction=direction_of(body), sparse=True
+        )
         embedded = await until_answered(request, work)
         note(request, len(texts), embedded)
 
@@ -336,17 +357,21 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError) -> Response:
-        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+        return _error_response(request.url.path, error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> Response:
-        return JSONResponse(_validation_body(error), status_code=400)
+        return _error_response(request.url.path, _validation_error(error))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
         message = f"{request.method} {request.url.path}: {error.detail}"
-        return JSONResponse(error_body(message, kind), status_code=error.status_code, headers=error.headers)
+        # TEI's framework answers these (405 for a wrong method) itself: the status stays.
+        failure = APIError(
+            error.status_code, message, type=kind, headers=dict(error.headers or {}), tei_status=error.status_code
+        )
+        return _error_response(request.url.path, failure)
 
     @app.exception_handler(_ClientGone)
     async def client_gone(request: Request, error: _ClientGone) -> Response:
@@ -355,8 +380,8 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> Response:
         logger.exception("internal error on %s %s", request.method, request.url.path)
-        body = error_body("internal server error; the server's log has the details", "server_error")
-        return JSONResponse(body, status_code=500)
+        failure = APIError(500, "internal server error; the server's log has the details", type="server_error")
+        return _error_response(request.url.path, failure)
 
     # Outermost last: the log sees everything, the key is checked before the body is read.
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
@@ -380,17 +405,18 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-def _validation_body(error: RequestValidationError) -> dict[str, Any]:
-    """The first problem of a request that did not parse or validate, as one clear message."""
+def _validation_error(error: RequestValidationError) -> APIError:
+    """The first problem of a request that did not parse or validate, as one clear message: a 400
+    (OpenAI's shape), on TEI's routes a 422 ``Validation`` (axum's status for a body that does not
+    fit TEI's types; a body that is not JSON at all is its 400)."""
     problems = error.errors()
     if not problems:
-        return error_body("invalid request body", "invalid_request_error")
+        return APIError(400, "invalid request body")
     first = problems[0]
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
-        return error_body(
-            f"the request body is not valid JSON ({first.get('msg', '')}); send a JSON object",
-            "invalid_request_error",
+        return APIError(
+            400, f"the request body is not valid JSON ({first.get('msg', '')}); send a JSON object", tei_status=400
         )
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if first.get("type") == "missing":
@@ -399,4 +425,4 @@ def _validation_body(error: RequestValidationError) -> dict[str, Any]:
         message = "the request body must be a JSON object, sent with 'Content-Type: application/json'"
     elif location and not message.startswith("'"):
         message = f"'{'.'.join(location)}': {message}"
-    return error_body(message, "invalid_request_error", location[0] if location else None)
+    return APIError(400, message, param=location[0] if location else None)

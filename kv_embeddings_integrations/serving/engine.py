@@ -13,7 +13,7 @@ import asyncio
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from ..core.loading import dtype_name
 from ..core.prompts import render
 from ..core.results import EmbedResult
 from ..core.sparse import SparseVectors, lm_head_weight
+from ..core.tokenization import EncodedText
 from ..version import __version__
 from .errors import APIError
 from .metrics import ServerMetrics
@@ -69,15 +70,25 @@ class EmbeddingEngine:
 
     # -- inputs ----------------------------------------------------------------------------------
 
-    def texts_of(self, inputs: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]], field: str) -> list[str]:
+    def texts_of(
+        self,
+        inputs: str | Sequence[str | Sequence[int]] | Sequence[int],
+        field: str,
+        *,
+        model_ids: bool = False,
+    ) -> list[str]:
         """The texts of a request's inputs (token ids decoded), each checked; ``field`` names the
-        request field in messages."""
+        request field in messages. Token ids are ``cl100k_base``'s (OpenAI's clients), or with
+        ``model_ids`` this model's own (TEI's clients, as TEI reads them)."""
+        one_array = not isinstance(inputs, str) and bool(inputs) and not isinstance(inputs[0], (str, list))
         if isinstance(inputs, str):
             items: list = [inputs]
-        elif inputs and not isinstance(inputs[0], (str, list)):
+        elif one_array:
             items = [list(inputs)]  # one array of token ids is one input
         else:
             items = list(inputs)
+        if not items:  # TEI's "`inputs` cannot be empty" is an Empty error (400)
+            raise APIError(400, f"'{field}' is an empty array; send at least one input", param=field, tei_type="Empty")
         if len(items) > self.settings.max_client_batch_size:
             raise APIError(
                 413,
@@ -86,14 +97,25 @@ class EmbeddingEngine:
                 param=field,
                 code="too_many_inputs",
             )
-        texts = [
-            self._decode(item, index, field) if isinstance(item, list) else item for index, item in enumerate(items)
-        ]
+        if model_ids:
+            # An id's place: inputs[k] when one array of ids is the whole of `inputs`, else inputs[i][k].
+            texts = [
+                self._decode_model_ids(item, field if one_array else f"{field}[{index}]", field)
+                if isinstance(item, list)
+                else item
+                for index, item in enumerate(items)
+            ]
+        else:
+            texts = [
+                self._decode(item, index, field) if isinstance(item, list) else item for index, item in enumerate(items)
+            ]
         blank_is_error = self.embedder.config.empty_text == "error"
         for index, text in enumerate(texts):
             where = f"{field}[{index}]" if not isinstance(inputs, str) else field
             if not text:
-                raise APIError(400, f"{where} is empty; every input must be a non-empty string", param=field)
+                raise APIError(
+                    400, f"{where} is empty; every input must be a non-empty string", param=field, tei_type="Empty"
+                )
             if blank_is_error and not text.strip():
                 raise APIError(400, f"{where} is whitespace only (the server runs --empty-text error)", param=field)
         # Unpaired surrogates (JSON can carry them; UTF-8 cannot): U+FFFD, as the core does.
@@ -118,6 +140,29 @@ class EmbeddingEngine:
         except Exception:  # ids in range that tiktoken still cannot decode
             raise APIError(400, f"{field}[{index}] holds token ids cl100k_base cannot decode", param=field) from None
 
+    def _decode_model_ids(self, ids: list[int], where: str, field: str) -> str:
+        # As TEI decodes an input of ids that it puts in a prompt (core/src/tokenization.rs,
+        # tokenize_input): special tokens left out; the text then gets the prompt as any text.
+        if not ids:
+            raise APIError(400, f"{where} is an empty array of token ids", param=field, tei_type="Empty")
+        self._check_ids(ids, where, field)
+        text = cast("str", self.embedder.tokenizer.decode(ids, skip_special_tokens=True))
+        if not text:
+            raise APIError(
+                400, f"{where} decodes to an empty text (special tokens are left out)", param=field, tei_type="Empty"
+            )
+        return text
+
+    def _check_ids(self, ids: list[int], where: str, field: str) -> None:
+        vocabulary = len(self.embedder.tokenizer)
+        bad = next((k for k, i in enumerate(ids) if not 0 <= i < vocabulary), None)
+        if bad is not None:
+            raise APIError(
+                400,
+                f"{where}[{bad}] is token id {ids[bad]}, outside this model's vocabulary (0..{vocabulary - 1})",
+                param=field,
+            )
+
     # -- embedding -------------------------------------------------------------------------------
 
     async def embed(
@@ -127,10 +172,13 @@ class EmbeddingEngine:
         prompt_type: str = "document",
         normalize: bool = True,
         truncate: bool = True,
+        truncation_direction: Literal["left", "right"] = "right",
         sparse: bool = False,
     ) -> Embedded:
         """Embed ``texts`` (already checked) in shared forward passes with concurrent requests
-        (with ``sparse``, their sparse lexical vectors too, from the same passes).
+        (with ``sparse``, their sparse lexical vectors too, from the same passes). A text too long
+        for ``max_length`` in its prompt loses its end, or with ``truncation_direction="left"`` its
+        beginning (see :meth:`keep_ends`).
 
         Raises:
             APIError: 429 when ``max_concurrent_requests`` are already admitted; 413 when
@@ -149,9 +197,12 @@ class EmbeddingEngine:
         # Single-threaded event loop: the count needs no lock.
         self.admitted += 1
         self.metrics.queue_depth.set(self.admitted)
+        cut_left = 0
         try:
             if not truncate and self.embedder.config.long_text == "truncate":
                 await asyncio.to_thread(self._refuse_too_long, texts, prompt_type)
+            elif truncation_direction == "left" and self.embedder.config.long_text == "truncate":
+                texts, cut_left = await asyncio.to_thread(self.keep_ends, texts, prompt_type)
             result: EmbedResult = await self.embedder.aembed(
                 texts, prompt_type=prompt_type, normalize=normalize, sparse=sparse
             )
@@ -161,7 +212,39 @@ class EmbeddingEngine:
         self.metrics.texts.inc(len(texts))
         self.metrics.tokens.inc(result.total_tokens)
         self.metrics.request_texts.observe(len(texts))
-        return Embedded(result.vectors, result.token_counts, result.num_truncated, result.sparse)
+        # The texts cut here fit by now: the core cut none of them, so the counts add up.
+        return Embedded(result.vectors, result.token_counts, result.num_truncated + cut_left, result.sparse)
+
+    def keep_ends(self, texts: list[str], prompt_type: str) -> tuple[list[str], int]:
+        """Left truncation (TEI's ``truncation_direction: left``): each text too long for
+        ``max_length`` inside its prompt (every template of ``prompt_type``) loses its beginning
+        instead of its end, cut at a token boundary so that its last tokens fill the room the prompt
+        leaves; and how many texts were cut. The core only ever cuts a text's end: a text that fits
+        is left alone there."""
+        texts, cut = list(texts), set()
+        for template in self.embedder.templates(prompt_type):
+            for index, encoded in enumerate(self.embedder.tokenize(texts, template=template)):
+                if encoded.truncated:
+                    texts[index] = self._keep_end(texts[index], template, encoded)
+                    cut.add(index)
+        return texts, len(cut)
+
+    def _keep_end(self, text: str, template: str, encoded: EncodedText) -> str:
+        # `encoded` is the text cut at its end: as many of its tokens as fit. Drop that many fewer
+        # from its start instead, at a token start of the text in its prompt (offsets in the rendered
+        # string). Re-tokenized, a cut text can take a token more at its new edge: then cut again; a
+        # few tokens the rounds did not shed are left to the core's cut at the end.
+        for _ in range(8):
+            if not encoded.truncated:
+                break
+            rendered, spans = render(template, text)
+            start, end = spans[0]
+            offsets = self.embedder.tokenize_strings([rendered])["offset_mapping"][0]
+            starts = [a for a, b in offsets if b > a and a < end and b > start]
+            drop = max(len(starts) - (encoded.text_end - encoded.text_start), 1)
+            text = text[max(starts[drop] - start, 1) :] if drop < len(starts) else ""
+            (encoded,) = self.embedder.tokenize([text], template=template)
+        return text
 
     # -- tokens (TEI's /tokenize, /decode, /info) -------------------------------------------------
 
@@ -191,15 +274,14 @@ class EmbeddingEngine:
 
     def decode(self, ids: list[int] | list[list[int]], *, skip_special_tokens: bool) -> list[str]:
         """TEI's ``/decode`` answer: the text of each array of this model's token ids."""
-        rows = cast("list[list[int]]", ids if ids and isinstance(ids[0], list) else [ids])
-        vocabulary = len(self.embedder.tokenizer)
+        batch = bool(ids) and isinstance(ids[0], list)
+        rows = cast("list[list[int]]", ids if batch else [ids])
         for index, row in enumerate(rows):
-            bad = next((i for i in row if not 0 <= i < vocabulary), None)
-            if bad is not None:
-                raise APIError(
-                    400, f"ids[{index}] holds token id {bad}, outside this model's vocabulary (0..{vocabulary - 1})",
-                    param="ids",
-                )  # fmt: skip
+            where = f"ids[{index}]" if batch else "ids"
+            if not row:  # TEI: "`input_ids` cannot be empty", an Empty error (400)
+                raise APIError(400, f"{where} is an empty array; send at least one token id", param="ids",
+                               tei_type="Empty")  # fmt: skip
+            self._check_ids(row, where, "ids")
         return self.embedder.tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens)
 
     def info(self) -> dict[str, Any]:
@@ -238,7 +320,10 @@ class EmbeddingEngine:
         try:
             lm_head_weight(self.embedder.model)
         except ValueError as error:
-            raise APIError(400, f"this server cannot give sparse vectors: {error}", code="sparse_unavailable") from None
+            # TEI: "Model is not an embedding model with SPLADE pooling", a Backend error (424).
+            raise APIError(
+                400, f"this server cannot give sparse vectors: {error}", code="sparse_unavailable", tei_type="Backend"
+            ) from None
 
     def _refuse_too_long(self, texts: list[str], prompt_type: str) -> None:
         # Every template a text is embedded with (MetaEOL has several): none may cut it.

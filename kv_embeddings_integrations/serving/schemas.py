@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 OPENAI_INPUT = "a string, an array of strings, an array of token ids, or an array of arrays of token ids"
 TEI_INPUT = "a string or an array of strings"
+# TEI's `Input` (router/src/http/types.rs): one `InputType` (a string or an array of u32 ids) or an
+# array of them, strings and id arrays mixed.
+TEI_EMBED_INPUT = "a string, an array of this model's token ids, or an array of strings and arrays of token ids"
 
 
 def _is_token_id(value: Any) -> bool:
@@ -82,16 +85,38 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+# An empty array passes here: the engine refuses it as TEI does (400, error_type Empty).
 def _check_tei_inputs(value: Any) -> Any:
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
         raise ValueError(f"'inputs' must be {TEI_INPUT}; got {type(value).__name__}")
-    if not value:
-        raise ValueError("'inputs' is an empty array; send at least one input")
     for index, item in enumerate(value):
         if not isinstance(item, str):
             raise ValueError(f"'inputs' must be {TEI_INPUT}; inputs[{index}] is {type(item).__name__}")
+    return value
+
+
+def _check_tei_embed_inputs(value: Any) -> Any:
+    if isinstance(value, str) or (isinstance(value, list) and all(map(_is_token_id, value))):
+        return value  # one text, or one input as token ids
+    if not isinstance(value, list):
+        raise ValueError(f"'inputs' must be {TEI_EMBED_INPUT}; got {type(value).__name__}")
+    for index, item in enumerate(value):
+        if isinstance(item, list):
+            bad = next((i for i, t in enumerate(item) if not _is_token_id(t)), None)
+            if bad is not None:
+                raise ValueError(
+                    f"'inputs' must be {TEI_EMBED_INPUT}; inputs[{index}][{bad}] is {type(item[bad]).__name__}, "
+                    "not a token id"
+                )
+        elif _is_token_id(item):
+            raise ValueError(
+                f"'inputs' must be {TEI_EMBED_INPUT}; inputs[{index}] is a token id beside other kinds of input "
+                "(one input's ids go in one array)"
+            )
+        elif not isinstance(item, str):
+            raise ValueError(f"'inputs' must be {TEI_EMBED_INPUT}; inputs[{index}] is {type(item).__name__}")
     return value
 
 
@@ -100,18 +125,22 @@ class TEIEmbedSparseRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    inputs: str | list[str] = Field(description=TEI_INPUT)
-    truncate: bool | None = Field(
-        default=None, description="cut texts over the model's max_length (default); false: 413 instead"
+    inputs: str | list[int] | list[str | list[int]] = Field(
+        description=f"{TEI_EMBED_INPUT} (ids are decoded to text, then embedded in the prompt as any text)"
     )
-    truncation_direction: Literal["right", "Right"] = Field(
-        default="right", description="only right truncation (the end of the text is cut)"
+    truncate: bool | None = Field(
+        default=None, description="cut texts over the model's max_length (default); false: 422 instead"
+    )
+    # TEI's serde: the variants Left / Right, with the aliases left / right.
+    truncation_direction: Literal["right", "Right", "left", "Left"] = Field(
+        default="right",
+        description="which end of an over-long text is cut: right keeps its beginning, left keeps its end",
     )
     prompt_name: str | None = Field(
         default=None, description="query or document (default: document), or another provider's name for them"
     )
 
-    _check_inputs = field_validator("inputs", mode="before")(_check_tei_inputs)
+    _check_inputs = field_validator("inputs", mode="before")(_check_tei_embed_inputs)
 
 
 class TEIEmbedRequest(TEIEmbedSparseRequest):
@@ -140,13 +169,24 @@ class TEITokenizeRequest(BaseModel):
     _check_inputs = field_validator("inputs", mode="before")(_check_tei_inputs)
 
 
+# Empty arrays pass here: the engine refuses them as TEI does (400, error_type Empty).
 def _check_decode_ids(value: Any) -> Any:
-    if not isinstance(value, list) or not value:
-        raise ValueError("'ids' must be a non-empty array of token ids, or an array of such arrays")
-    rows = value if isinstance(value[0], list) else [value]
-    for index, row in enumerate(rows):
-        if not isinstance(row, list) or not all(map(_is_token_id, row)):
-            raise ValueError(f"'ids' must be an array of token ids, or an array of such arrays; ids[{index}] is not")
+    if not isinstance(value, list):
+        raise ValueError("'ids' must be an array of token ids, or an array of such arrays")
+    if value and isinstance(value[0], list):
+        for index, row in enumerate(value):
+            if not isinstance(row, list) or not all(map(_is_token_id, row)):
+                raise ValueError(
+                    f"'ids' must be an array of token ids, or an array of such arrays; ids[{index}] is not an "
+                    "array of token ids"
+                )
+        return value
+    bad = next((i for i, item in enumerate(value) if not _is_token_id(item)), None)
+    if bad is not None:
+        raise ValueError(
+            f"'ids' must be an array of token ids, or an array of such arrays; ids[{bad}] is "
+            f"{type(value[bad]).__name__}, not a token id"
+        )
     return value
 
 

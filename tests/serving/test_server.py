@@ -1,10 +1,12 @@
 """``kv-embed serve`` as a real server process on 127.0.0.1, called over real sockets by the
-official ``openai`` client, LangChain, LlamaIndex and plain HTTP; errors, fuzzing and faults."""
+official ``openai`` client, LangChain, LlamaIndex and plain HTTP; errors (OpenAI's shape, and TEI's
+on TEI's routes), TEI's truncation direction and token-id inputs, fuzzing and faults."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import functools
 import json
@@ -357,7 +359,7 @@ def test_a_server_configured_by_environment_variables(model_dir, env):
         assert info["kv_embed"]["layers"] == [1]
         assert (info["max_client_batch_size"], info["max_concurrent_requests"]) == (3, 7)
         refused = post(f"{server.url}/embed", json={"inputs": ["a"] * 4}, headers=AUTH)
-        assert refused.status_code == 413 and "at most 3" in refused.json()["error"]["message"]
+        assert refused.status_code == 422 and "at most 3" in refused.json()["error"]
     finally:
         server.stop()
 
@@ -397,15 +399,7 @@ def test_tei_tokenize_and_decode_show_what_the_model_sees(server, local):
         f"{server.url}/decode", json={"ids": reference["input_ids"], "skip_special_tokens": False}, headers=AUTH
     )
     assert both.json() == local.tokenizer.batch_decode(reference["input_ids"], skip_special_tokens=False)
-    for body, field in (
-        ({"ids": [[1, 10**9]]}, "ids"),
-        ({"ids": "abc"}, "ids"),
-        ({"ids": []}, "ids"),
-    ):
-        refused = post(f"{server.url}/decode", json=body, headers=AUTH)
-        assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text
-    bad = post(f"{server.url}/tokenize", json={"inputs": "a", "prompt_name": "summary"}, headers=AUTH)
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt_name"
+    # Their refusals: TEI_ERRORS.
 
 
 @pytest.fixture(scope="module")
@@ -431,11 +425,13 @@ def test_tei_embed_sparse_route_gives_the_cores_sparse_vectors(sparse_server, se
             np.testing.assert_allclose([i["value"] for i in row], [want[i["index"]] for i in row], rtol=1e-4)
     one = post(f"{sparse_server.url}/embed_sparse", json={"inputs": DOCS[0]}, headers=AUTH).json()
     assert len(one) == 1
-    # A model without its LM head (an untied base model) cannot: a clear 400, not a 500.
+    # A model without its LM head (an untied base model) cannot: TEI's 424 for a model that has no
+    # sparse pooling, not a 500.
     refused = post(f"{server.url}/embed_sparse", json={"inputs": "a"}, headers=AUTH)
-    assert refused.status_code == 400 and "LM head" in refused.json()["error"]["message"]
+    assert refused.status_code == 424 and refused.json()["error_type"] == "Backend"
+    assert "LM head" in refused.json()["error"]
     bad = post(f"{sparse_server.url}/embed_sparse", json={"inputs": "a", "prompt_name": "x"}, headers=AUTH)
-    assert bad.status_code == 400 and "prompt_name" in bad.json()["error"]["message"]
+    assert bad.status_code == 422 and "prompt_name" in bad.json()["error"]
 
 
 def test_models_health_ready_metrics_and_docs(server):
@@ -468,8 +464,95 @@ def test_long_text_is_truncated_with_the_count_in_a_header_or_refused(server):
     ok = post(f"{server.url}/v1/embeddings", json={"input": [long_text, "short"], "model": NAME}, headers=AUTH)
     assert ok.status_code == 200 and ok.headers["x-truncated-inputs"] == "1"
     refused = post(f"{server.url}/embed", json={"inputs": ["short", long_text], "truncate": False}, headers=AUTH)
-    assert refused.status_code == 413
-    assert "input 1 is longer than the model's max_length (256 tokens" in refused.json()["error"]["message"]
+    assert refused.status_code == 422 and refused.json()["error_type"] == "Validation"  # TEI's status and type
+    assert "input 1 is longer than the model's max_length (256 tokens" in refused.json()["error"]
+
+
+# Two halves that mean different things: right truncation keeps the first, left the second. ASCII,
+# so /tokenize's byte offsets are character offsets.
+STOCK, PLANTS = "The stock market fell sharply on Tuesday. ", "Plants turn light into chemical energy. "
+
+
+def _cosine(a, b) -> float:
+    return float(_cosines([a], [b])[0])
+
+
+def test_tei_left_truncation_keeps_the_end_of_an_over_long_text(server, local):
+    text = STOCK * 40 + PLANTS * 40
+    assert local.tokenize([text])[0].truncated  # over the server's 256 tokens
+    # What left truncation keeps, found here by search: the longest tail of the text, cut where one
+    # of its tokens starts, that fits max_length in the prompt.
+    tokens = post(f"{server.url}/tokenize", json={"inputs": text, "add_special_tokens": False}, headers=AUTH).json()[0]
+    starts = [t["start"] for t in tokens]
+    first = bisect.bisect_left(
+        range(len(starts)), True, key=lambda i: not local.tokenize([text[starts[i] :]])[0].truncated
+    )
+    tail = text[starts[first] :]
+    assert "stock" not in tail  # the second half only
+    expected = local.embed([tail, DOCS[0]]).vectors
+    for spelling in ("left", "Left"):  # TEI's serde takes both
+        body = {"inputs": [text, DOCS[0]], "truncation_direction": spelling}
+        left = post(f"{server.url}/embed", json=body, headers=AUTH)
+        assert left.status_code == 200 and left.headers["x-truncated-inputs"] == "1", left.text
+        assert _cosines(left.json(), expected).min() > 0.999, spelling
+    # Right truncation (the default, and spelled out) keeps the beginning: another vector.
+    for body in ({"inputs": [text]}, {"inputs": [text], "truncation_direction": "Right"}):
+        right = post(f"{server.url}/embed", json=body, headers=AUTH)
+        assert right.status_code == 200 and right.headers["x-truncated-inputs"] == "1"
+        assert _cosine(right.json()[0], local.embed([text]).vectors[0]) > 0.9999
+        assert _cosine(right.json()[0], left.json()[0]) < 0.99
+    # A text that fits is not cut either way; with truncate=false a long one is refused whatever the side.
+    short = post(f"{server.url}/embed", json={"inputs": [DOCS[0]], "truncation_direction": "left"}, headers=AUTH)
+    assert short.headers["x-truncated-inputs"] == "0" and _cosine(short.json()[0], expected[1]) > 0.9999
+    body = {"inputs": [text], "truncation_direction": "left", "truncate": False}
+    assert post(f"{server.url}/embed", json=body, headers=AUTH).status_code == 422
+
+
+def test_tei_left_truncation_on_embed_sparse(sparse_server):
+    # TEI's /embed_sparse takes truncation_direction too. A sparse vector weighs only tokens of the
+    # text the model was given: the kept half's. The halves share no letter, so that a token (the one
+    # a cut re-tokenizes too) is of one half or the other.
+    first, second = "a bad cafe faced a deaf cab. ", "sunny tours run on worn rusty rows. "
+    text = first * 200 + second * 200  # each half over the tied model's 1024 tokens
+    letters = [set(half) - {" ", "."} for half in (first, second)]
+    for direction, kept, cut in (("left", letters[1], letters[0]), ("right", letters[0], letters[1])):
+        body = {"inputs": text, "truncation_direction": direction}
+        response = post(f"{sparse_server.url}/embed_sparse", json=body, headers=AUTH)
+        assert response.status_code == 200 and response.headers["x-truncated-inputs"] == "1", response.text
+        ids = [[item["index"]] for item in response.json()[0]]
+        tokens = post(f"{sparse_server.url}/decode", json={"ids": ids}, headers=AUTH).json()
+        assert any(set(t) & kept for t in tokens) and not any(set(t) & cut for t in tokens), (direction, tokens)
+
+
+def test_tei_token_id_inputs_are_the_models_own(server, sparse_server, local):
+    texts = [DOCS[0], QUERY]
+    tokenize = {"inputs": texts, "add_special_tokens": False}  # the bare texts' ids, as a client holds them
+    ids = [[t["id"] for t in row] for row in post(f"{server.url}/tokenize", json=tokenize, headers=AUTH).json()]
+    by_text = post(f"{server.url}/embed", json={"inputs": texts}, headers=AUTH).json()
+    # One input ([1, 2, 3]), a batch ([[1, 2], [3]]) and a batch of text and ids mixed, as TEI's Input.
+    for inputs, expected in (
+        (ids[0], by_text[:1]),
+        (ids, by_text),
+        ([texts[0], ids[1]], by_text),
+        ([ids[0], texts[1]], by_text),
+    ):
+        response = post(f"{server.url}/embed", json={"inputs": inputs}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose(response.json(), expected, atol=1e-6)
+    # Decoded ids get the prompt as any text.
+    query = post(f"{server.url}/embed", json={"inputs": [ids[1]], "prompt_name": "query"}, headers=AUTH).json()
+    assert _cosine(query[0], local.embed([QUERY], prompt_type="query").vectors[0]) > 0.9999
+    # /embed_sparse takes them too.
+    tokens = post(f"{sparse_server.url}/tokenize", json={"inputs": QUERY, "add_special_tokens": False}, headers=AUTH)
+    sparse_ids = [t["id"] for t in tokens.json()[0]]
+    sparse = [
+        post(f"{sparse_server.url}/embed_sparse", json={"inputs": x}, headers=AUTH).json() for x in (QUERY, sparse_ids)
+    ]
+    assert sparse[0] == sparse[1]
+    # The OpenAI route still reads token ids as cl100k_base's: the same ids are another text there.
+    openai_shape = post(f"{server.url}/v1/embeddings", json={"input": ids[0], "model": NAME}, headers=AUTH)
+    assert openai_shape.status_code == 200, openai_shape.text
+    assert _cosine(openai_shape.json()["data"][0]["embedding"], by_text[0]) < 0.999
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -500,21 +583,16 @@ ERRORS = [
     ("too many inputs", "/v1/embeddings", AUTH, {"input": ["a"] * 5, "model": NAME}, 413, "at most 4", "input"),
     ("body too large", "/v1/embeddings", AUTH, {"input": ["x" * 30000], "model": NAME}, 413,
      "over this server's 20000 bytes", None),
-    ("TEI prompt name", "/embed", AUTH, {"inputs": "a", "prompt_name": "summary"}, 400,
-     "prompt_name must be one of 'document', 'query', 'search_document'", "prompt_name"),
     ("input type", "/v1/embeddings", AUTH, {"input": "a", "model": NAME, "input_type": "search"}, 400,
      "input_type must be one of 'document', 'query', 'search_document'", "input_type"),
     ("input type not a string", "/v1/embeddings", AUTH, {"input": "a", "model": NAME, "input_type": 1}, 400,
      "input_type", "input_type"),
-    ("TEI inputs type", "/embed", AUTH, {"inputs": [["a"]]}, 400, "inputs[0] is list", "inputs"),
-    ("TEI dimensions", "/embed", AUTH, {"inputs": "a", "dimensions": 16}, 400, "not trained for truncation",
-     "dimensions"),
     ("unknown route", "/v2/embeddings", AUTH, {"input": "a"}, 404, "Not Found", None),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", ERRORS, ids=[case[0] for case in ERRORS])
-def test_errors_are_openai_shaped_with_the_right_status(strict, case):
+def test_openai_routes_errors_are_openai_shaped_with_the_right_status(strict, case):
     _, path, headers, body, status, words, param = case
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = post(f"{strict.url}{path}", content=content, headers={**headers, "Content-Type": "application/json"})
@@ -523,6 +601,70 @@ def test_errors_are_openai_shaped_with_the_right_status(strict, case):
     assert set(error) == {"message", "type", "param", "code"}
     assert words in error["message"], error["message"]
     assert error["param"] == param
+
+
+# TEI's ErrorType and status (router/src/http/server.rs: Validation and Tokenizer 422, Empty 400,
+# Overloaded 429, Backend 424; axum's own answers: 400 for a body that is not JSON, 413 over the body
+# limit, 405 for a wrong method; a bad key is TEI's bare 401, given a body here).
+TEI_ERRORS = [
+    # (name, method, path, headers, body (bytes or JSON), status, error_type, words in the message)
+    ("no key", "POST", "/embed", {}, {"inputs": "a"}, 401, "Unauthorized", "no API key"),
+    ("wrong key", "GET", "/info", {"Authorization": "Bearer nope"}, None, 401, "Unauthorized", "incorrect API key"),
+    ("bad JSON", "POST", "/embed", AUTH, b'{"inputs": ', 400, "Validation", "not valid JSON"),
+    ("not an object", "POST", "/embed", AUTH, [1, 2], 422, "Validation", "JSON object"),
+    ("missing inputs", "POST", "/embed", AUTH, {"normalize": True}, 422, "Validation", "'inputs' is required"),
+    ("wrong inputs type", "POST", "/embed", AUTH, {"inputs": 3.5}, 422, "Validation", "'inputs' must be a string"),
+    ("not an id", "POST", "/embed", AUTH, {"inputs": [["a"]]}, 422, "Validation", "inputs[0][0] is str, not a token"),
+    ("an id beside texts", "POST", "/embed", AUTH, {"inputs": ["a", 1]}, 422, "Validation",
+     "inputs[1] is a token id beside"),
+    ("empty array", "POST", "/embed", AUTH, {"inputs": []}, 400, "Empty", "'inputs' is an empty array"),
+    ("empty string", "POST", "/embed", AUTH, {"inputs": ["a", ""]}, 400, "Empty", "inputs[1] is empty"),
+    ("empty ids", "POST", "/embed", AUTH, {"inputs": ["a", []]}, 400, "Empty", "inputs[1] is an empty array of token"),
+    ("only special ids", "POST", "/embed", AUTH, {"inputs": [[0, 1]]}, 400, "Empty", "inputs[0] decodes to an empty"),
+    ("id out of range", "POST", "/embed", AUTH, {"inputs": ["a", [5, 10**6]]}, 422, "Validation",
+     "inputs[1][1] is token id 1000000, outside this model's vocabulary (0.."),
+    ("negative id", "POST", "/embed", AUTH, {"inputs": [5, -1]}, 422, "Validation", "inputs[1] is token id -1"),
+    ("truncation direction", "POST", "/embed", AUTH, {"inputs": "a", "truncation_direction": "LEFT"}, 422,
+     "Validation", "'truncation_direction': Input should be 'right', 'Right', 'left' or 'Left'"),
+    ("prompt name", "POST", "/embed", AUTH, {"inputs": "a", "prompt_name": "summary"}, 422, "Validation",
+     "prompt_name must be one of 'document', 'query', 'search_document'"),
+    ("dimensions", "POST", "/embed", AUTH, {"inputs": "a", "dimensions": 16}, 422, "Validation",
+     "dimensions=16 is not available"),
+    ("too many inputs", "POST", "/embed", AUTH, {"inputs": ["a"] * 5}, 422, "Validation", "at most 4"),
+    ("no truncation", "POST", "/embed", AUTH, {"inputs": ["a", "word " * 1500], "truncate": False}, 422,
+     "Validation", "input 1 is longer than the model's max_length (1024 tokens"),
+    ("body too large", "POST", "/embed", AUTH, {"inputs": ["x" * 30000]}, 413, "Validation",
+     "over this server's 20000 bytes"),
+    ("wrong method", "GET", "/embed", AUTH, None, 405, "Validation", "GET /embed: Method Not Allowed"),
+    ("root route", "POST", "/", AUTH, {"inputs": []}, 400, "Empty", "'inputs' is an empty array"),
+    ("sparse without an LM head", "POST", "/embed_sparse", AUTH, {"inputs": "a"}, 424, "Backend", "LM head"),
+    ("sparse direction", "POST", "/embed_sparse", AUTH, {"inputs": "a", "truncation_direction": "up"}, 422,
+     "Validation", "'truncation_direction'"),
+    ("tokenize ids", "POST", "/tokenize", AUTH, {"inputs": [1, 2]}, 422, "Validation", "inputs[0] is int"),
+    ("tokenize empty", "POST", "/tokenize", AUTH, {"inputs": []}, 400, "Empty", "'inputs' is an empty array"),
+    ("tokenize prompt name", "POST", "/tokenize", AUTH, {"inputs": "a", "prompt_name": "summary"}, 422,
+     "Validation", "prompt_name must be one of"),
+    ("decode empty", "POST", "/decode", AUTH, {"ids": []}, 400, "Empty", "ids is an empty array"),
+    ("decode empty row", "POST", "/decode", AUTH, {"ids": [[1], []]}, 400, "Empty", "ids[1] is an empty array"),
+    ("decode out of range", "POST", "/decode", AUTH, {"ids": [[1, 10**9]]}, 422, "Validation",
+     "ids[0][1] is token id 1000000000, outside this model's vocabulary"),
+    ("decode not ids", "POST", "/decode", AUTH, {"ids": "abc"}, 422, "Validation", "'ids' must be an array"),
+    ("decode mixed", "POST", "/decode", AUTH, {"ids": [1, "a"]}, 422, "Validation", "ids[1] is str, not a token id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", TEI_ERRORS, ids=[case[0] for case in TEI_ERRORS])
+def test_tei_routes_errors_are_tei_shaped_with_teis_statuses(strict, case):
+    _, method, path, headers, body, status, error_type, words = case
+    content = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.request(
+        method, f"{strict.url}{path}", content=content, headers={**headers, "Content-Type": "application/json"},
+        timeout=HANG,
+    )  # fmt: skip
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert set(error) == {"error", "error_type"} and error["error_type"] == error_type, error
+    assert words in error["error"], error["error"]
 
 
 def test_key_is_checked_before_the_body(strict):
@@ -563,7 +705,8 @@ def test_token_ids_without_tiktoken_name_the_client_setting(strict, model_dir, m
     assert caught.value.status == 400
 
 
-def test_too_many_concurrent_requests_get_429_with_retry_after(gated):
+@pytest.mark.parametrize("route", ["/v1/embeddings", "/embed"])
+def test_too_many_concurrent_requests_get_429_with_retry_after(gated, route):
     # Two requests admitted (one in the held pass, one waiting behind it): the third is refused at once.
     body = {"input": ["word " * 50] * 4, "model": NAME}
     with ThreadPoolExecutor(2) as clients:
@@ -571,10 +714,15 @@ def test_too_many_concurrent_requests_get_429_with_retry_after(gated):
         assert gated.next_pass() == 4
         second = clients.submit(post, f"{gated.url}/v1/embeddings", json=body, headers=AUTH)
         wait_until(lambda: gated.metric("kv_embed_queue_depth") == 2, "the second request to be admitted")
-        refused = post(f"{gated.url}/v1/embeddings", json=body, headers=AUTH)
+        tei = {"inputs": body["input"]}
+        refused = post(f"{gated.url}{route}", json=tei if route == "/embed" else body, headers=AUTH)
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
-        assert "--max-concurrent-requests 2" in refused.json()["error"]["message"]
-        assert refused.json()["error"]["type"] == "rate_limit_error"
+        if route == "/embed":  # TEI's Overloaded
+            assert refused.json()["error_type"] == "Overloaded"
+            assert "--max-concurrent-requests 2" in refused.json()["error"]
+        else:
+            assert "--max-concurrent-requests 2" in refused.json()["error"]["message"]
+            assert refused.json()["error"]["type"] == "rate_limit_error"
         gated.step()
         assert gated.next_pass() == 4  # the waiting one's own pass
         gated.step()
@@ -603,7 +751,12 @@ _bodies = st.one_of(
         {"input": _json, "model": st.sampled_from([NAME, "x"])},
         optional={"encoding_format": _json, "dimensions": _json, "input_type": _json, "user": _json},
     ),
-    st.fixed_dictionaries({"inputs": _json}, optional={"normalize": _json, "truncate": _json, "prompt_name": _json}),
+    st.fixed_dictionaries(
+        {"inputs": _json},
+        optional={"normalize": _json, "truncate": _json, "prompt_name": _json, "truncation_direction": _json},
+    ),
+    # TEI's token-id inputs (this model's ids, some out of its vocabulary), alone, batched, mixed.
+    st.fixed_dictionaries({"inputs": st.recursive(st.integers(-2, 400), lambda x: st.lists(x | _unicode, max_size=3))}),
     st.fixed_dictionaries({"input": st.lists(_unicode.filter(bool), min_size=1, max_size=3), "model": st.just(NAME)}),
 )  # fmt: skip
 
@@ -616,6 +769,11 @@ _FUZZ_STATUSES: set[int] = set()
 def test_fuzzed_bodies_never_get_a_500(strict, body, path):
     response = post(f"{strict.url}{path}", content=json.dumps(body).encode(), headers=JSON)
     _FUZZ_STATUSES.add(response.status_code)
+    if path == "/embed":  # TEI's shape and statuses
+        assert response.status_code in (200, 400, 413, 422, 429), (response.status_code, response.text)
+        if response.status_code != 200:
+            assert set(response.json()) == {"error", "error_type"}, response.text
+        return
     assert response.status_code in (200, 400, 413, 429), (response.status_code, response.text)
     if response.status_code != 200:
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
