@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..core.config import EmbedderConfig
+from ..core.quantization import DTYPES
 from .errors import CLIError
 from .inputs import read_texts
 from .options import add_field_option, add_model_options, add_run_options, load_embedder
@@ -62,12 +63,15 @@ def run(args: argparse.Namespace) -> None:
     # not the model's name; batching does not count): a resumed run must match it.
     identity = {
         **compared_fields(
-            embedder.identity(normalize=not args.no_normalize), also=("dtype", "max_length", "long_text")
+            embedder.identity(normalize=not args.no_normalize, precision=args.precision),
+            also=("dtype", "max_length", "long_text", "precision"),
         ),
         "prompt_type": args.prompt_type,
     }
     try:
-        chunked = ChunkedRun(args.output, texts, args.chunk_size, identity, resume=args.resume)
+        chunked = ChunkedRun(
+            args.output, texts, args.chunk_size, identity, resume=args.resume, dtype=DTYPES[args.precision]
+        )
         pending = chunked.pending()
         if len(pending) < chunked.chunks:
             print(f"resuming: {chunked.chunks - len(pending)} of {chunked.chunks} chunks already done", file=sys.stderr)
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> None:
                 result = workers.embed(
                     chunked.texts_of(index), prompt_type=args.prompt_type, normalize=not args.no_normalize
                 )
-                chunked.save(index, result.vectors)
+                # Quantized here, with this process's ranges (the pool's workers return float32).
+                chunked.save(index, embedder.quantize(result.vectors, args.precision))
                 tokens, truncated, embedded = (
                     tokens + result.total_tokens,
                     truncated + result.num_truncated,
@@ -94,6 +99,6 @@ def run(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     print(
-        f"wrote {rows} x {dim} float32 embeddings to {args.output} ({tokens} tokens embedded by this run)",
+        f"wrote {rows} x {dim} {args.precision} embeddings to {args.output} ({tokens} tokens embedded by this run)",
         file=sys.stderr,
     )

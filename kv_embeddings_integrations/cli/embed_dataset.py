@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
                 text_column=args.text_column,
                 output_column=args.output_column,
                 prompt_type=args.prompt_type,
+                precision=args.precision,
                 concurrency=args.concurrency,
                 num_gpus_per_worker=args.num_gpus_per_worker,
                 num_cpus_per_worker=args.num_cpus_per_worker,

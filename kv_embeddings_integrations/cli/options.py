@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from ..core.bundled import DEFAULT_MODEL
 from ..core.config import EmbedderConfig
 from ..core.loading import LoadOptions
-from ..core.prompts import PROMPT_TYPES
+from ..core.prompts import check_prompt_name
+from ..core.quantization import PRECISIONS, check_output
 from .errors import CLIError
 from .inputs import read_texts
 
@@ -43,6 +44,17 @@ def parse_layers(value: str) -> list[int] | Literal["auto"] | None:
         return [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or comma-separated ints, got {value!r}") from None
+
+
+def parse_prompts(entries: list[str]) -> dict[str, str]:
+    """``--prompt NAME=TEMPLATE`` entries as the ``prompts`` option."""
+    prompts: dict[str, str] = {}
+    for entry in entries:
+        name, sep, template = entry.partition("=")
+        if not sep or not name.strip():
+            raise CLIError(f"--prompt takes NAME=TEMPLATE, got {entry!r}")
+        prompts[name.strip()] = template
+    return prompts
 
 
 def literal_choices(annotation: Any) -> tuple[str, ...] | None:
@@ -112,6 +124,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="texts (.txt or .jsonl 'text') to fit --postprocess on, e.g. a sample of your corpus "
         "(default: the built-in calibration texts)",
     )
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="NAME=TEMPLATE",
+        help="a named prompt template with {text} (repeatable): document / query replace the method's, other names "
+        "are picked with --prompt-name",
+    )
     add_field_option(parser, LoadOptions, "device", metavar="cpu|cuda|cuda:1|...")
     add_field_option(parser, LoadOptions, "dtype", metavar="float32|bfloat16|float16|auto")
     add_field_option(
@@ -125,7 +145,22 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options of the commands that embed a corpus."""
-    parser.add_argument("--prompt-type", choices=PROMPT_TYPES, default="document")
+    parser.add_argument(
+        "--prompt-name",
+        "--prompt-type",
+        dest="prompt_type",
+        default="document",
+        metavar="NAME",
+        help="the prompt the texts get: document (default), query, a --prompt NAME, or another provider's name "
+        "for a side (search_query, passage, ...)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="output precision (the array's or column's type): float32, float16, int8 / uint8 (ranges fitted on the "
+        "calibration texts), binary / ubinary (sign bits packed 8 to a byte) (default: float32)",
+    )
     add_field_option(parser, EmbedderConfig, "max_tokens_per_batch")
     parser.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
 
@@ -161,11 +196,18 @@ def embedder_config(args: argparse.Namespace, *names: str) -> EmbedderConfig:
     options = {name: getattr(args, name) for name in MODEL_OPTIONS}
     if getattr(args, "postprocess_texts", None) is not None:
         options["postprocess_texts"] = read_texts(args.postprocess_texts, "text")
+    if getattr(args, "prompt", None):
+        options["prompts"] = parse_prompts(args.prompt)
     for name in names:
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
     try:
-        return EmbedderConfig(**options)
+        config = EmbedderConfig(**options)
+        if hasattr(args, "prompt_type"):
+            check_prompt_name(args.prompt_type, config.prompts, "--prompt-name")
+        if getattr(args, "precision", "float32") != "float32":
+            check_output(args.precision, not getattr(args, "no_normalize", False), True)
+        return config
     except ValueError as e:
         raise CLIError(str(e)) from None
 

@@ -289,6 +289,16 @@ class KVEmbedder(ConcurrentRequests):
                 self._ranges = ranges_for(self)
             return self._ranges
 
+    @quantization_ranges.setter
+    def quantization_ranges(self, ranges: QuantizationRanges) -> None:
+        # Ranges fitted elsewhere (Ray hands its actors the driver's), so every replica quantizes alike.
+        if ranges.low.shape != (self.dimension,) or ranges.high.shape != (self.dimension,):
+            raise ValueError(
+                f"quantization ranges of shape {ranges.low.shape}, this embedder has {self.dimension} dimensions"
+            )
+        with self._ranges_lock:
+            self._ranges = ranges
+
     def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
         """This embedder's final (normalised) float32 vectors in ``precision`` (one of
         :data:`~kv_embeddings_integrations.core.quantization.PRECISIONS`), int8 / uint8 with

@@ -39,16 +39,25 @@ class ChunkedRun:
             a resumed run must match it.
         resume: continue the run found in the folder; without it, a folder left by an earlier
             run is an error (its work would otherwise be silently discarded or mixed).
+        dtype: the vectors' dtype, in the chunks and the output (``float32``; ``int8`` / ``uint8``
+            and so on for quantized vectors).
     """
 
     def __init__(
-        self, output: Path, texts: Sequence[str], chunk_size: int, identity: dict[str, Any], resume: bool
+        self,
+        output: Path,
+        texts: Sequence[str],
+        chunk_size: int,
+        identity: dict[str, Any],
+        resume: bool,
+        dtype: np.dtype | type[np.generic] = np.float32,
     ) -> None:
         check_positive_int("chunk size", chunk_size)
         self.output = Path(output)
         self.folder = self.output.with_name(self.output.name + ".partial")
         self.texts = texts
         self.chunk_size = chunk_size
+        self.dtype = np.dtype(dtype)
         self.manifest = {
             "texts": len(texts),
             "sha256": texts_digest(texts),
@@ -103,7 +112,7 @@ class ChunkedRun:
 
     def save(self, index: int, vectors: np.ndarray) -> None:
         """Keep one finished chunk (whole or not at all)."""
-        write_atomically(self._path(index), lambda f: np.save(f, np.asarray(vectors, dtype=np.float32)))
+        write_atomically(self._path(index), lambda f: np.save(f, np.asarray(vectors, dtype=self.dtype)))
 
     def finish(self) -> tuple[int, int]:
         """Join the chunks into the output file (streamed: one chunk in memory at a time), remove
@@ -112,10 +121,10 @@ class ChunkedRun:
         shape = (len(self.texts), first.shape[1])
 
         def join(f) -> None:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+            header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
             np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
             for index in range(self.chunks):
-                f.write(np.ascontiguousarray(np.load(self._path(index), allow_pickle=False), np.float32).tobytes())
+                f.write(np.ascontiguousarray(np.load(self._path(index), allow_pickle=False), self.dtype).tobytes())
 
         write_atomically(self.output, join)
         shutil.rmtree(self.folder)

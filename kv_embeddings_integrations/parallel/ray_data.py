@@ -25,7 +25,8 @@ from ..core.extras import import_extra, missing_error
 from ..core.identity import field_metadata
 from ..core.inputs import check_positive_int
 from ..core.loading import LoadOptions
-from ..core.prompts import METHODS, PROMPT_TYPES
+from ..core.prompts import METHODS, check_prompt_name, requested_prompt
+from ..core.quantization import DTYPES, SCALAR, QuantizationRanges, check_output, width
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -56,6 +57,12 @@ def _chosen_layers(model: dict[str, Any], options: dict[str, Any]) -> list[int] 
     return _load(model, options).layers or None
 
 
+def _fitted_ranges(model: dict[str, Any], options: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Fit (or read) the int8 / uint8 ranges once; every actor quantizes with these."""
+    ranges = _load(model, options).quantization_ranges
+    return ranges.low.tolist(), ranges.high.tolist()
+
+
 class DatasetEmbedder:
     """The callable class each Ray actor holds: one loaded :class:`KVEmbedder`, many batches.
 
@@ -66,8 +73,10 @@ class DatasetEmbedder:
             name, also :meth:`KVEmbedder.from_pretrained` loading arguments).
         text_column: the column holding the texts.
         output_column: the column the vectors go to.
-        prompt_type: ``"document"`` or ``"query"``.
+        prompt_type: the prompt name (``"document"``, ``"query"``, a name of ``prompts``...).
         normalize: L2-normalise the vectors.
+        precision: the vectors' precision (the column's element type).
+        ranges: int8 / uint8 ranges as ``(low, high)`` lists, fitted once for the whole job.
     """
 
     def __init__(
@@ -78,6 +87,8 @@ class DatasetEmbedder:
         output_column: str,
         prompt_type: str,
         normalize: bool,
+        precision: str = "float32",
+        ranges: tuple[list[float], list[float]] | None = None,
     ) -> None:
         import ray
         import torch
@@ -91,9 +102,14 @@ class DatasetEmbedder:
         self.output_column = output_column
         self.prompt_type = prompt_type
         self.normalize = normalize
+        self.precision = precision
+        if ranges is not None:
+            low, high = (np.asarray(r, dtype=np.float32) for r in ranges)
+            self.embedder.quantization_ranges = QuantizationRanges(low, high)
+        self.width = width(precision, self.embedder.dimension)
         # The embedder's identity travels on the column (Parquet and LanceDB keep field metadata):
         # a reader can check that its query embedder makes the same vectors (stores.guard).
-        identity = {**self.embedder.identity(normalize=normalize), "prompt_type": prompt_type}
+        identity = {**self.embedder.identity(normalize=normalize, precision=precision), "prompt_type": prompt_type}
         self.field_metadata = field_metadata(identity)
 
     def __call__(self, batch):
@@ -108,9 +124,11 @@ class DatasetEmbedder:
                 row = {k: v for k, v in batch.slice(index, 1).to_pylist()[0].items() if k != self.text_column}
                 kind = "None" if text is None else type(text).__name__
                 raise TypeError(f"column {self.text_column!r} is {kind}, not str, in the row {str(row)[:200]}")
-        vectors = self.embedder.encode(texts, prompt_type=self.prompt_type, normalize=self.normalize)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.embedder.dimension)
-        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.embedder.dimension)
+        vectors = self.embedder.encode(
+            texts, prompt_type=self.prompt_type, normalize=self.normalize, precision=self.precision
+        )
+        vectors = np.ascontiguousarray(vectors, dtype=DTYPES[self.precision]).reshape(len(texts), self.width)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.width)
         if self.output_column in batch.column_names:
             batch = batch.drop_columns([self.output_column])
         field = pa.field(self.output_column, column.type, metadata=self.field_metadata)
@@ -135,6 +153,8 @@ def embed_dataset(
     text_column: str = "text",
     output_column: str = "embedding",
     prompt_type: str = "document",
+    prompt_name: str | None = None,
+    precision: str = "float32",
     concurrency: int = 1,
     num_gpus_per_worker: float = 0,
     num_cpus_per_worker: float = 1,
@@ -154,9 +174,14 @@ def embed_dataset(
         model: hub id, local directory or bundled alias, or :class:`LoadOptions` (then no loading
             options in ``embedder_options``); every actor loads it once.
         text_column: the column holding the texts; other columns (ids...) are kept as they are.
-        output_column: the new column (replaced if present): one float32 vector per row, as an
-            Arrow fixed-size list.
-        prompt_type: ``"document"`` or ``"query"`` (picks the prompt template).
+        output_column: the new column (replaced if present): one vector per row, as an Arrow
+            fixed-size list of ``precision``'s type (float32 by default).
+        prompt_type: ``"document"`` or ``"query"``, or another prompt name (picks the template).
+        prompt_name: sentence-transformers' spelling: a name of the ``prompts`` option (or a
+            prompt type); given, it is used instead of ``prompt_type``.
+        precision: ``"float32"``, ``"float16"``, ``"int8"`` / ``"uint8"`` (ranges fitted on the
+            calibration texts), ``"binary"`` / ``"ubinary"`` (packed bits: ``ceil(dimension / 8)``
+            int8 / uint8 per row); recorded in the column's identity.
         concurrency: number of actors (model replicas). With GPUs, one per GPU is usual.
         num_gpus_per_worker: GPUs reserved per actor: 1 for a model that fits one GPU; 2 or more
             for one spread over several with ``device_map="auto"``.
@@ -177,8 +202,8 @@ def embed_dataset(
     ray = require_ray()
     if not isinstance(ds, ray.data.Dataset):
         raise TypeError(f"ds must be a ray.data.Dataset, got {type(ds).__name__}")
-    if prompt_type not in PROMPT_TYPES:
-        raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
+    prompt_type = requested_prompt(prompt_type, prompt_name)
+    check_output(precision, normalize, True)
     check_positive_int("concurrency", concurrency)
     check_positive_int("batch_size", batch_size)
     for name, value in (("num_gpus_per_worker", num_gpus_per_worker), ("num_cpus_per_worker", num_cpus_per_worker)):
@@ -188,6 +213,7 @@ def embed_dataset(
     options, load_kwargs = EmbedderConfig.split_options(embedder_options)
     config = config.with_options(**options) if config is not None else EmbedderConfig(**options)
     load_options = LoadOptions.of(model, **load_kwargs)
+    check_prompt_name(prompt_type, config.prompts)
     resources = {"num_cpus": num_cpus_per_worker, "num_gpus": num_gpus_per_worker}
     if ray.is_initialized():
         _check_cpus(ray, concurrency * num_cpus_per_worker)
@@ -196,6 +222,10 @@ def embed_dataset(
         # Once for the whole job (the cache makes later jobs instant), on an actor's resources.
         select = ray.remote(**resources)(_chosen_layers)
         config = config.with_options(layers=ray.get(select.remote(load_options.model_dump(), config.to_dict())))
+    ranges = None
+    if precision in SCALAR:
+        # Fitted once, here: actors fitting their own could round them differently.
+        ranges = ray.get(ray.remote(**resources)(_fitted_ranges).remote(load_options.model_dump(), config.to_dict()))
     return ds.map_batches(
         DatasetEmbedder,
         fn_constructor_kwargs={
@@ -205,6 +235,8 @@ def embed_dataset(
             "output_column": output_column,
             "prompt_type": prompt_type,
             "normalize": normalize,
+            "precision": precision,
+            "ranges": ranges,
         },
         batch_size=batch_size,
         batch_format="pyarrow",

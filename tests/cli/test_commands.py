@@ -73,6 +73,9 @@ def test_similarity(model_dir, capsys):
         ("a\nb", ["--input", "{tmp}/in.txt", "--model", "{tmp}/no-such-model"], "cannot load model"),
         ("a\nb", ["--input", "{tmp}/in.txt", "--layers", "99"], "out of range"),
         ("a\nb", ["--input", "{tmp}/in.txt", "--devices", "cpu", "nonsense"], "devices[1]"),
+        ("a\nb", ["--input", "{tmp}/in.txt", "--prompt-name", "topic"], "unknown --prompt-name 'topic'; known:"),
+        ("a\nb", ["--input", "{tmp}/in.txt", "--prompt", "topic"], "--prompt takes NAME=TEMPLATE"),
+        ("a\nb", ["--input", "{tmp}/in.txt", "--precision", "int8", "--no-normalize"], "needs normalize=True"),
     ],
 )
 def test_clear_errors(model_dir, tmp_path, capsys, setup, args, message):
@@ -83,6 +86,22 @@ def test_clear_errors(model_dir, tmp_path, capsys, setup, args, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_embed_with_a_named_prompt_in_each_precision(model_dir, tmp_path):
+    txt = tmp_path / "texts.txt"
+    txt.write_text("\n".join(TEXTS), encoding="utf-8")
+    prompts = {"topic": "The topic of: {text}"}
+    core = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], prompts=prompts)
+    for precision in ("float32", "int8", "binary"):
+        out = tmp_path / f"{precision}.npy"
+        argv = ["embed", "--model", str(model_dir), "--layers", "1,2", "--prompt", "topic=" + prompts["topic"]]
+        argv += ["--prompt-name", "topic", "--precision", precision, "--input", str(txt), "--output", str(out)]
+        assert main(argv) == 0
+        expected = core.encode(TEXTS, prompt_name="topic", precision=precision)
+        got = np.load(out)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-5)  # quantized: the same levels and bits
 
 
 def test_bad_jsonl_line(model_dir, tmp_path, capsys):

@@ -174,6 +174,41 @@ def test_files_in_and_out_with_automatic_layers(local_ray, model_dir, tmp_path, 
     _check(rows, docs, local.encode([d["text"] for d in docs], prompt_type="query"))
 
 
+def test_named_prompts_and_precision_set_the_column(local_ray, model_dir, monkeypatch):
+    docs = _documents(40)
+    prompts = {"topic": "The topic of: {text}"}
+    for precision, arrow_type, width in (("int8", pa.int8(), 64), ("ubinary", pa.uint8(), 8)):
+        out = embed_dataset(
+            ray.data.from_items(docs, override_num_blocks=4),
+            model=str(model_dir),
+            layers=[1, 2],
+            prompts=prompts,
+            prompt_name="topic",
+            precision=precision,
+        )
+        table = pa.concat_tables(ray.get(out.to_arrow_refs()))
+        column = table.schema.field("embedding")
+        assert column.type.value_type == arrow_type and column.type.list_size == width, column.type
+        identity = json.loads(column.metadata[b"kv_embed_identity"])
+        assert identity["quantization"]["precision"] == precision and identity["templates"]["topic"] == [
+            prompts["topic"]
+        ]
+        got = dict(zip(table.column("id").to_pylist(), table.column("embedding").to_pylist(), strict=True))
+        # The driver fitted the ranges through the cache the actors share: the same ones here.
+        monkeypatch.setenv("KV_EMBED_CACHE", ray.get_runtime_context().runtime_env["env_vars"]["KV_EMBED_CACHE"])
+        local = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], prompts=prompts)
+        if precision == "int8":
+            assert identity["quantization"]["ranges_sha256"] == local.quantization_ranges.digest()
+        expected = local.encode([d["text"] for d in docs], prompt_name="topic", precision=precision)
+        rows = np.stack([got[d["id"]] for d in docs]).astype(np.int16)
+        # Another process may round a value at a level's (or zero's) edge the other way: at most one level.
+        if precision == "int8":
+            assert np.abs(rows - expected).max() <= 1 and (rows == expected).mean() > 0.99
+        else:
+            bits = np.unpackbits(rows.astype(np.uint8), axis=1), np.unpackbits(expected, axis=1)
+            assert (bits[0] == bits[1]).mean() > 0.99
+
+
 def test_a_cpu_actor_runs_one_torch_thread_per_reserved_cpu(local_ray, model_dir):
     from kv_embeddings_integrations.parallel.ray_data import DatasetEmbedder
 
@@ -189,8 +224,10 @@ def test_a_cpu_actor_runs_one_torch_thread_per_reserved_cpu(local_ray, model_dir
 
 def test_bad_arguments_fail_before_any_actor_starts(local_ray, model_dir):
     ds = ray.data.from_items([{"text": "a"}])
-    with pytest.raises(ValueError, match="prompt_type"):
-        embed_dataset(ds, model=str(model_dir), prompt_type="passage")
+    with pytest.raises(ValueError, match="unknown prompt name 'summary'; known: 'document', 'query'"):
+        embed_dataset(ds, model=str(model_dir), prompt_type="summary")
+    with pytest.raises(ValueError, match="needs normalize=True"):
+        embed_dataset(ds, model=str(model_dir), precision="int8", normalize=False)
     with pytest.raises(ValueError, match="concurrency"):
         embed_dataset(ds, model=str(model_dir), concurrency=0)
     with pytest.raises(ValueError):
