@@ -8,6 +8,7 @@ Each option's values, default and help come from the field of the config it sets
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import typing
 from pathlib import Path
@@ -165,6 +166,18 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
 
 
+def _entries(raw: str, variable: str) -> list[str]:
+    if not raw.lstrip().startswith("{"):
+        return [raw]
+    try:
+        entries = json.loads(raw)
+    except ValueError as e:
+        raise CLIError(f"${variable} is not a JSON object of NAME: TEMPLATE ({e})") from None
+    if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
+        raise CLIError(f"${variable} must be a JSON object of NAME: TEMPLATE strings")
+    return [f"{name}={template}" for name, template in entries.items()]
+
+
 def environment_defaults(parser: argparse.ArgumentParser, prefix: str) -> None:
     """Each ``--some-option`` of ``parser`` takes its default from ``$<prefix>SOME_OPTION`` when that
     is set: a flag still wins, then the variable, then the built-in default. A value the flag would
@@ -180,6 +193,10 @@ def environment_defaults(parser: argparse.ArgumentParser, prefix: str) -> None:
             if raw.strip().lower() not in _TRUE + _FALSE:
                 raise CLIError(f"${variable}={raw!r}: expected one of {', '.join(_TRUE + _FALSE[:-1])}")
             action.default = raw.strip().lower() in _TRUE
+            continue
+        if isinstance(action, argparse._AppendAction):
+            # --prompt: one NAME=TEMPLATE, or several as a JSON object; flags add to them.
+            action.default = _entries(raw, variable)
             continue
         try:
             value = action.type(raw) if callable(action.type) else raw

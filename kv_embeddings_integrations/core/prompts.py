@@ -36,17 +36,6 @@ INPUT_TYPES: dict[str, str] = {
 }
 
 
-def prompt_type_of(name: object, field: str = "input_type") -> str:
-    """The prompt type (``"query"`` or ``"document"``) a provider's ``input_type`` value names;
-    ``None`` is ``"document"``. An unknown value is a ``ValueError`` that lists the known ones."""
-    if name is None:
-        return "document"
-    if not isinstance(name, str) or name not in INPUT_TYPES:
-        known = ", ".join(repr(k) for k in INPUT_TYPES)
-        raise ValueError(f"{field} must be one of {known}; got {name!r}")
-    return INPUT_TYPES[name]
-
-
 # method.md, step 1: the compression prompts (exact punctuation of the paper unconfirmed).
 DOCUMENT_PROMPT = '"Context: {text}" Compress the Context in one word:'
 QUERY_PROMPT = '"Query: {text}" Compress the Query in one word:'

@@ -17,13 +17,13 @@ import secrets
 import time
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from ..core import prompts
 from ..version import __version__
 from .engine import Embedded, EmbeddingEngine, encode_base64
 from .errors import APIError
@@ -238,7 +238,8 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
         check_model(body.model)
         texts = engine.texts_of(body.input, "input")
         engine.check_dimensions(body.dimensions)  # before a forward pass is spent on it
-        prompt_type = prompt_type_of(body.input_type, "input_type")
+        engine.check_embedding_types(body.embedding_types, body.dimensions)
+        prompt_type = engine.prompt_name(body.input_type, "input_type")
         embedded = await until_answered(request, engine.embed(texts, prompt_type=prompt_type))
         note(request, len(texts), embedded)
 
@@ -247,12 +248,18 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
             # would cost more than the JSON itself.
             vectors = engine.with_dimensions(embedded.vectors, body.dimensions)
             as_base64 = body.encoding_format == "base64"
+
+            def wire(v: np.ndarray) -> str | list:
+                return encode_base64(v) if as_base64 else v.tolist()
+
+            if body.embedding_types:
+                typed = engine.typed(vectors, body.embedding_types)
+                items: list[Any] = [{kind: wire(typed[kind][i]) for kind in typed} for i in range(len(vectors))]
+            else:
+                items = [wire(v) for v in vectors]
             payload = {
                 "object": "list",
-                "data": [
-                    {"object": "embedding", "index": i, "embedding": encode_base64(v) if as_base64 else v.tolist()}
-                    for i, v in enumerate(vectors)
-                ],
+                "data": [{"object": "embedding", "index": i, "embedding": item} for i, item in enumerate(items)],
                 "model": body.model,
                 "usage": {"prompt_tokens": embedded.total_tokens, "total_tokens": embedded.total_tokens},
             }
@@ -260,17 +267,11 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
 
         return await _json_response(render, embedded)
 
-    def prompt_type_of(name: str | None, field: str = "prompt_name") -> str:
-        try:
-            return prompts.prompt_type_of(name, field)
-        except ValueError as e:
-            raise APIError(400, str(e), param=field) from None
-
     def direction_of(body: TEIEmbedSparseRequest) -> Literal["left", "right"]:
         return "left" if body.truncation_direction.lower() == "left" else "right"  # TEI's Left / left alike
 
     async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
-        prompt_type = prompt_type_of(body.prompt_name)
+        prompt_type = engine.prompt_name(body.prompt_name)
         texts = engine.texts_of(body.inputs, "inputs", model_ids=True)
         engine.check_dimensions(body.dimensions)  # before a forward pass is spent on it
         truncate = True if body.truncate is None else body.truncate
@@ -298,7 +299,7 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
         summary="Sparse lexical vectors (text-embeddings-inference's shape), from the dense vectors' pass",
     )
     async def tei_embed_sparse(body: TEIEmbedSparseRequest, request: Request) -> Response:
-        prompt_type = prompt_type_of(body.prompt_name)
+        prompt_type = engine.prompt_name(body.prompt_name)
         engine.check_sparse()
         texts = engine.texts_of(body.inputs, "inputs", model_ids=True)
         truncate = True if body.truncate is None else body.truncate
@@ -326,7 +327,7 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
         summary="Tokens of each input, optionally inside a prompt (text-embeddings-inference's shape)",
     )
     async def tokenize(body: TEITokenizeRequest) -> Response:
-        prompt_type = prompt_type_of(body.prompt_name) if body.prompt_name is not None else None
+        prompt_type = engine.prompt_name(body.prompt_name) if body.prompt_name is not None else None
         texts = engine.texts_of(body.inputs, "inputs")
         tokens = await asyncio.to_thread(
             engine.tokens, texts, add_special_tokens=body.add_special_tokens, prompt_type=prompt_type

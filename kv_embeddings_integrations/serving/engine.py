@@ -20,7 +20,8 @@ import numpy as np
 from ..core.embedder import KVEmbedder
 from ..core.inputs import repair_surrogates
 from ..core.loading import dtype_name
-from ..core.prompts import render
+from ..core.prompts import check_prompt_name, render
+from ..core.quantization import SCALAR
 from ..core.results import EmbedResult
 from ..core.sparse import SparseVectors, lm_head_weight
 from ..core.tokenization import EncodedText
@@ -359,6 +360,34 @@ class EmbeddingEngine:
                 param="dimensions",
             )
 
+    def prompt_name(self, name: str | None, field: str = "prompt_name") -> str:
+        """The prompt a request names (``None``: the document prompt), or a 400 listing the names
+        this server knows (its ``--prompt`` names, the two sides and the providers' names for them)."""
+        if name is None:
+            return "document"
+        try:
+            return check_prompt_name(name, dict(self.embedder.resolved.named_templates), field)
+        except ValueError as e:
+            raise APIError(400, str(e), param=field) from None
+
+    def check_embedding_types(self, types: Sequence[str] | None, dimensions: int | None) -> None:
+        """400 for ``int8`` / ``uint8`` with fewer ``dimensions``: their ranges are fitted on the full vectors."""
+        scalar = sorted(set(types or ()) & SCALAR)
+        if scalar and dimensions is not None and dimensions != self.embedder.dimension:
+            raise APIError(
+                400,
+                f"embedding_types {scalar} quantize with ranges fitted on the full "
+                f"{self.embedder.dimension}-dimensional vectors: ask them without dimensions={dimensions}, or use "
+                "float / binary",
+                param="embedding_types",
+            )
+
+    def typed(self, vectors: np.ndarray, types: Sequence[str]) -> dict[str, np.ndarray]:
+        """``vectors`` (final, normalised) in each of ``types`` (Cohere's names; ``float`` is float32).
+        The int8 / uint8 ranges are fitted on the first such request (then cached on disk): this
+        runs in a worker thread, not on the event loop."""
+        return {kind: self.embedder.quantize(vectors, "float32" if kind == "float" else kind) for kind in types}
+
     def with_dimensions(self, vectors: np.ndarray, dimensions: int | None, normalize: bool = True) -> np.ndarray:
         """``vectors`` at ``dimensions``: as they are, or fewer leading components where the
         server's post-processing (PCA / whitening) orders them by variance (renormalised, unless
@@ -371,5 +400,9 @@ class EmbeddingEngine:
 
 
 def encode_base64(vector: np.ndarray) -> str:
-    """A vector as OpenAI's ``encoding_format="base64"`` sends it: little-endian float32 bytes."""
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    """A vector as OpenAI's ``encoding_format="base64"`` sends it: little-endian float32 bytes
+    (a quantized vector: its own type's bytes, little-endian)."""
+    array = np.asarray(vector)
+    if array.dtype.kind == "f" and array.dtype != np.float16:
+        array = array.astype(np.float32)
+    return base64.b64encode(array.astype(array.dtype.newbyteorder("<")).tobytes()).decode("ascii")

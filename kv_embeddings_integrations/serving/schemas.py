@@ -51,7 +51,14 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str] | list[int] | list[list[int]] = Field(description=f"{OPENAI_INPUT} (cl100k_base ids)")
     model: str = Field(description="the served model name (GET /v1/models)")
     encoding_format: Literal["float", "base64"] = Field(
-        default="float", description="base64: little-endian float32 bytes of each vector"
+        default="float",
+        description="base64: each vector's little-endian bytes (float32, or each embedding_types' own type)",
+    )
+    embedding_types: list[Literal["float", "float16", "int8", "uint8", "binary", "ubinary"]] | None = Field(
+        default=None,
+        min_length=1,
+        description="extension, Cohere's field: the precisions to return; each item's embedding is then an object "
+        "keyed by type (float, float16, int8 and uint8 with fitted ranges, binary and ubinary packed sign bits)",
     )
     dimensions: int | None = Field(
         default=None,
@@ -60,8 +67,8 @@ class EmbeddingRequest(BaseModel):
     user: str | None = Field(default=None, description="accepted and ignored")
     input_type: str = Field(
         default="document",
-        description="extension: which prompt embeds the input: query or document, or Cohere's, NVIDIA's or "
-        "Jina's names for them (search_query, passage, retrieval.query, ...)",
+        description="extension: which prompt embeds the input: query or document, Cohere's, NVIDIA's or Jina's "
+        "names for them (search_query, passage, retrieval.query, ...), or a prompt the server was started with",
     )
 
     _check_input = field_validator("input", mode="before")(_check_openai_input)
@@ -70,7 +77,7 @@ class EmbeddingRequest(BaseModel):
 class EmbeddingData(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | str | dict[str, list[float] | list[int] | str]
 
 
 class Usage(BaseModel):

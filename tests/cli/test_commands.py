@@ -336,6 +336,11 @@ def test_serve_options_come_from_the_environment_below_the_flags(monkeypatch):
     assert (args.port, args.dtype, args.max_client_batch_size) == (9001, "float32", 16)
     monkeypatch.delenv("KV_EMBED_PORT")
     assert build_parser().parse_args(["serve"]).port == 8080  # then the default
+    # Named prompts: one NAME=TEMPLATE, or a JSON object of them.
+    monkeypatch.setenv("KV_EMBED_PROMPT", "topic=Topic: {text}")
+    assert build_parser().parse_args(["serve"]).prompt == ["topic=Topic: {text}"]
+    monkeypatch.setenv("KV_EMBED_PROMPT", '{"topic": "Topic: {text}", "intent": "Intent: {text}"}')
+    assert build_parser().parse_args(["serve"]).prompt == ["topic=Topic: {text}", "intent=Intent: {text}"]
 
 
 def test_tei_flag_names_are_aliases():

@@ -49,6 +49,8 @@ QUERY = "Which organelle makes energy for the cell?"
 # The tiny model's options on both sides (server and in-process): re-routed layers fixed, the
 # default prompts and centering otherwise.
 LAYERS = "1,2"
+# A named prompt of the main server's (``--prompt``), picked by input_type / prompt_name.
+PROMPTS = {"topic": "The topic of: {text}"}
 GATED_SERVE = str(TESTS_DIR / "gated_serve.py")
 # Every call waits for its answer (a loaded machine is slow); only a hang reaches the limit.
 post = functools.partial(httpx.post, timeout=HANG)
@@ -179,7 +181,8 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(model_dir, env):
-    server = Server(str(model_dir), "--layers", LAYERS, "--max-length", "256", env=env)
+    prompt = "topic=" + PROMPTS["topic"]
+    server = Server(str(model_dir), "--layers", LAYERS, "--max-length", "256", "--prompt", prompt, env=env)
     yield server
     assert server.stopped_gracefully(), server.output()
 
@@ -207,7 +210,7 @@ def gated(model_dir, env):
 @pytest.fixture
 def local(model_dir, env, monkeypatch):
     monkeypatch.setenv("KV_EMBED_CACHE", env["KV_EMBED_CACHE"])
-    return KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], max_length=256)
+    return KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], max_length=256, prompts=PROMPTS)
 
 
 @pytest.fixture
@@ -331,6 +334,70 @@ def test_other_providers_input_types_pick_the_prompt_they_name(server, local):
         tei_shape = post(f"{server.url}/embed", json={"inputs": [QUERY], "prompt_name": name}, headers=AUTH)
         assert tei_shape.status_code == 200, (name, tei_shape.text)
         assert _cosines(tei_shape.json(), expected[kind])[0] >= 0.9999, name
+
+
+def test_a_named_prompt_on_every_route_and_unknown_names_listed(server, local):
+    expected = local.embed([QUERY], prompt_name="topic").vectors
+    assert _cosines(expected, local.embed([QUERY]).vectors)[0] < 0.9999  # not the document prompt
+    body = {"input": [QUERY], "model": NAME, "input_type": "topic"}
+    openai_shape = post(f"{server.url}/v1/embeddings", json=body, headers=AUTH)
+    assert _cosines([openai_shape.json()["data"][0]["embedding"]], expected)[0] >= 0.9999
+    tei_shape = post(f"{server.url}/embed", json={"inputs": [QUERY], "prompt_name": "topic"}, headers=AUTH)
+    assert _cosines(tei_shape.json(), expected)[0] >= 0.9999
+    tokens = post(f"{server.url}/tokenize", json={"inputs": "x", "prompt_name": "topic"}, headers=AUTH).json()[0]
+    assert "".join(t["text"] for t in tokens if not t["special"]).startswith("The topic of:")
+    unknown = post(f"{server.url}/v1/embeddings", json={**body, "input_type": "topics"}, headers=AUTH)
+    assert unknown.status_code == 400
+    error = unknown.json()["error"]
+    assert error["param"] == "input_type"
+    assert error["message"].startswith(
+        "unknown input_type 'topics'; known: 'topic', 'document', 'query', 'search_document'"
+    )
+    tei_unknown = post(f"{server.url}/embed", json={"inputs": [QUERY], "prompt_name": "topics"}, headers=AUTH)
+    assert tei_unknown.status_code == 422 and tei_unknown.json()["error_type"] == "Validation"
+    assert "unknown prompt_name 'topics'; known: 'topic'" in tei_unknown.json()["error"]
+
+
+def test_embedding_types_in_json_and_base64(server, local):
+    import openai
+
+    kinds = ["float", "float16", "int8", "uint8", "binary", "ubinary"]
+    body = {"input": DOCS, "model": NAME, "embedding_types": kinds}
+    as_json = post(f"{server.url}/v1/embeddings", json=body, headers=AUTH)
+    assert as_json.status_code == 200, as_json.text
+    items = [d["embedding"] for d in as_json.json()["data"]]
+    as_base64 = [
+        d["embedding"]
+        for d in post(f"{server.url}/v1/embeddings", json={**body, "encoding_format": "base64"}, headers=AUTH).json()[
+            "data"
+        ]
+    ]
+    # The server fitted the int8 ranges into the cache this embedder shares: the same ranges here.
+    floats = local.encode(DOCS)
+    dtypes = {"float": "<f4", "float16": "<f2", "int8": "i1", "uint8": "u1", "binary": "i1", "ubinary": "u1"}
+    for kind in kinds:
+        got = np.array([item[kind] for item in items])
+        decoded = np.stack([np.frombuffer(base64.b64decode(item[kind]), dtype=dtypes[kind]) for item in as_base64])
+        np.testing.assert_array_equal(decoded, got.astype(decoded.dtype))  # one set of numbers, two encodings
+        expected = local.quantize(floats, "float32" if kind == "float" else kind)
+        assert got.shape == expected.shape, kind
+        if kind in ("float", "float16"):
+            np.testing.assert_allclose(got, expected, atol=2e-3)
+        elif kind in ("int8", "uint8"):  # another batch may round a value at a level's edge the other way
+            assert np.abs(got - expected.astype(np.int16)).max() <= 1, kind
+        else:
+            as_bits = [np.unpackbits(np.asarray(a, dtype=np.int16).astype(np.uint8), axis=1) for a in (got, expected)]
+            assert (as_bits[0] == as_bits[1]).mean() > 0.99, kind
+    # What the openai client hands back for an explicit encoding_format: each item's object as sent.
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    response = client.embeddings.create(
+        model=NAME, input=DOCS[:2], encoding_format="float", extra_body={"embedding_types": ["int8", "binary"]}
+    )
+    first = response.data[0].embedding
+    assert isinstance(first, dict) and set(first) == {"int8", "binary"}
+    assert len(first["int8"]) == local.dimension and len(first["binary"]) == -(-local.dimension // 8)
+    refused = post(f"{server.url}/v1/embeddings", json={**body, "embedding_types": ["int4"]}, headers=AUTH)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "embedding_types"
 
 
 def test_tei_info_route_reports_the_model_limits_and_method(server, local):
