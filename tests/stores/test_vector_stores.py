@@ -266,6 +266,30 @@ def test_llama_index_chroma_and_lancedb_reload_in_a_new_process(model_dir, tmp_p
 # --- the identity record beside a store (a sidecar file) --------------------------------------
 
 
+def test_binary_vectors_in_a_faiss_binary_index_refuse_float_queries(model_dir, tmp_path):
+    # Packed sign bits in FAISS's own binary index (Hamming distance), saved, read back, queried.
+    import faiss
+
+    from kv_embeddings_integrations.core.quantization import hamming_scores
+
+    embedder = KVEmbedder.from_pretrained(str(model_dir), **OPTIONS)
+    texts = [d["text"] for d in _documents(60)]
+    index = faiss.IndexBinaryFlat(embedder.dimension)
+    index.add(embedder.encode(texts, precision="ubinary"))
+    faiss.write_index_binary(index, str(tmp_path / "docs.faissbin"))
+    save_identity(tmp_path, embedder.identity(precision="ubinary"))
+
+    verify_identity(tmp_path, embedder.identity(precision="ubinary"))
+    with pytest.raises(EmbedderMismatchError, match=r"quantization: stored \{.*ubinary.*\}, now null"):
+        verify_identity(tmp_path, embedder)  # float32 queries against packed bits: refused
+    reloaded = faiss.read_index_binary(str(tmp_path / "docs.faissbin"))
+    queries = embedder.encode(QUERIES, prompt_type="query", precision="ubinary")
+    distances, ids = reloaded.search(queries, K)
+    expected = -hamming_scores(queries, embedder.encode(texts, precision="ubinary"))
+    np.testing.assert_array_equal(distances, np.sort(expected, axis=1)[:, :K])
+    np.testing.assert_array_equal(np.take_along_axis(expected, ids, axis=1), distances)
+
+
 def test_sidecar_record_errors(model_dir, tmp_path):
     embedder = KVEmbedder.from_pretrained(str(model_dir), **OPTIONS)
     with pytest.raises(MissingIdentityError, match="no embedder record"):
