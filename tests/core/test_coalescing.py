@@ -82,8 +82,8 @@ def test_requests_of_several_kinds_and_sizes(embedder):
     assert futures["none"].result().shape == (0, embedder.hidden_size)
     with pytest.raises(TypeError, match=r"texts\[1\] is int"):
         embedder.submit(["ok", 3])
-    with pytest.raises(ValueError, match="prompt_type"):
-        embedder.submit("ok", prompt_type="passage")
+    with pytest.raises(ValueError, match="unknown prompt name 'summary'; known: 'document'"):
+        embedder.submit("ok", prompt_type="summary")
 
 
 def test_a_failing_request_does_not_fail_its_batch_mates():

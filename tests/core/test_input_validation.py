@@ -49,8 +49,8 @@ def test_bad_inputs_are_named(embedder):
         embedder.encode(["ok", None])
     with pytest.raises(TypeError, match="iterable of strings"):
         embedder.encode(b"bytes")
-    with pytest.raises(ValueError, match="prompt_type"):
-        embedder.encode("x", prompt_type="passage")
+    with pytest.raises(ValueError, match="unknown prompt name 'summary'; known: 'document'"):
+        embedder.encode("x", prompt_type="summary")
     with pytest.raises(ValueError, match="batch_size"):
         embedder.encode("x", batch_size=0)
 

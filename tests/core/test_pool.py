@@ -106,8 +106,8 @@ def test_bad_inputs_fail_in_the_parent(pool):
         pool.encode(["ok", None])
     with pytest.raises(TypeError, match="iterable of strings"):
         pool.encode(b"bytes")
-    with pytest.raises(ValueError, match="prompt_type"):
-        pool.encode("x", prompt_type="passage")
+    with pytest.raises(ValueError, match="unknown prompt name 'summary'; known: 'document'"):
+        pool.encode("x", prompt_type="summary")
     with pytest.raises(ValueError, match="batch_size"):
         pool.encode("x", batch_size=0)
     for chunk_size in (0, True, 2.5):
