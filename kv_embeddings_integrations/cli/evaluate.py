@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ..core.config import EmbedderConfig
 from ..core.extras import MissingExtraError, require
 from ..core.loading import LoadOptions
-from ..core.quantization import check_precision
+from ..core.quantization import SCALAR, check_precision
 from .errors import CLIError
 from .options import add_field_option, add_load_options, literal_choices, load_options
 
@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> None:
             check_precision(precision)
     except ValueError as e:
         raise CLIError(f"--precision: {e}") from None
+    if "float32" in precisions:
+        raise CLIError("--precision: float32 is each method's own row; list the others (float16, int8, ...)")
+    refitted = [label for label, options in variants if options.get("fit", "builtin") != "builtin"]
+    if refitted and set(precisions) & SCALAR:
+        raise CLIError(f"--precision int8 / uint8 need the built-in fit (its ranges); not with {', '.join(refitted)}")
     if not variants and not args.reference:
         raise CLIError("nothing to evaluate: --methods none and no --reference")
     try:

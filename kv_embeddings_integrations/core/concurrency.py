@@ -20,6 +20,8 @@ import numpy as np
 from .coalescing import RequestCoalescer
 from .config import EmbedderConfig
 from .inputs import texts_to_embed
+from .prompts import requested_prompt
+from .quantization import check_output
 from .results import EmbedResult
 from .sparse import SparseVectors
 
@@ -67,6 +69,7 @@ class ConcurrentRequests:
         def vocab_size(self) -> int: ...
         def template(self, prompt_type: str = "document") -> str: ...
         def _lm_head(self) -> object: ...
+        def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray: ...
         def _warn_truncated(self, result: EmbedResult, stacklevel: int) -> None: ...
         def embed(
             self,
@@ -87,12 +90,20 @@ class ConcurrentRequests:
         self.batch_start_listeners = []
 
     def submit_embed(
-        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True, sparse: bool = False
+        self,
+        texts: str | Iterable[str],
+        *,
+        prompt_type: str = "document",
+        prompt_name: str | None = None,
+        normalize: bool = True,
+        sparse: bool = False,
+        precision: str = "float32",
     ) -> Future[EmbedResult]:
         """Queue texts to be embedded together with other concurrent requests.
 
         Requests submitted from many threads (or tasks) while a forward pass runs are coalesced
-        into the next one, instead of each running alone. Arguments as in :meth:`embed`.
+        into the next one, instead of each running alone. Arguments as in :meth:`embed`; a
+        quantized ``precision`` is applied to this request's vectors when the pass is done.
 
         Returns:
             a ``concurrent.futures.Future`` of this request's own
@@ -100,6 +111,8 @@ class ConcurrentRequests:
             counts and truncation, whatever else shared the forward pass).
         """
         # Bad input fails here, in the caller, not in the worker.
+        prompt_type = requested_prompt(prompt_type, prompt_name)
+        precision = check_output(precision, normalize, True)
         items, _ = texts_to_embed(texts, self.config.empty_text)
         self.template(prompt_type)
         if sparse:
@@ -110,7 +123,7 @@ class ConcurrentRequests:
             done.set_result(
                 dataclasses.replace(empty, sparse=SparseVectors.empty(self.vocab_size)) if sparse else empty
             )
-            return done
+            return self._in_precision(done, precision)
         with self._coalescer_lock:
             if self._coalescer is None:
                 self._coalescer = RequestCoalescer(
@@ -119,10 +132,29 @@ class ConcurrentRequests:
                     listeners=self.batch_listeners,
                     start_listeners=self.batch_start_listeners,
                 )
-            return self._coalescer.submit(items, prompt_type, normalize, sparse)
+            future = self._coalescer.submit(items, prompt_type, normalize, sparse)
+        return self._in_precision(future, precision)
+
+    def _in_precision(self, future: Future[EmbedResult], precision: str) -> Future[EmbedResult]:
+        if precision == "float32":
+            return future
+        quantized: Future[EmbedResult] = Future()
+        quantized.add_done_callback(lambda f: f.cancelled() and future.cancel())
+
+        def transform(result: EmbedResult) -> EmbedResult:
+            return dataclasses.replace(result, vectors=self.quantize(result.vectors, precision))
+
+        future.add_done_callback(lambda f: _chain(f, quantized, transform))
+        return quantized
 
     def submit(
-        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True
+        self,
+        texts: str | Iterable[str],
+        *,
+        prompt_type: str = "document",
+        prompt_name: str | None = None,
+        normalize: bool = True,
+        precision: str = "float32",
     ) -> Future[np.ndarray]:
         """:meth:`submit_embed`, for the array :meth:`encode` would return.
 
@@ -131,7 +163,9 @@ class ConcurrentRequests:
             warned when the result arrives).
         """
         single = isinstance(texts, str)
-        future = self.submit_embed(texts, prompt_type=prompt_type, normalize=normalize)
+        future = self.submit_embed(
+            texts, prompt_type=prompt_type, prompt_name=prompt_name, normalize=normalize, precision=precision
+        )
         vectors: Future[np.ndarray] = Future()
         # A cancelled caller withdraws its request if it has not started yet.
         vectors.add_done_callback(lambda f: f.cancelled() and future.cancel())
@@ -144,20 +178,38 @@ class ConcurrentRequests:
         return vectors
 
     async def aembed(
-        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True, sparse: bool = False
+        self,
+        texts: str | Iterable[str],
+        *,
+        prompt_type: str = "document",
+        prompt_name: str | None = None,
+        normalize: bool = True,
+        sparse: bool = False,
+        precision: str = "float32",
     ) -> EmbedResult:
         """:meth:`embed` for asyncio: awaits a coalesced request (see :meth:`submit_embed`) without
         blocking the event loop; a cancelled task withdraws its request if it has not started."""
-        future = self.submit_embed(texts, prompt_type=prompt_type, normalize=normalize, sparse=sparse)
+        future = self.submit_embed(
+            texts, prompt_type=prompt_type, prompt_name=prompt_name, normalize=normalize, sparse=sparse,
+            precision=precision,
+        )  # fmt: skip
         return await asyncio.wrap_future(future)
 
     async def aencode(
-        self, texts: str | Iterable[str], *, prompt_type: str = "document", normalize: bool = True
+        self,
+        texts: str | Iterable[str],
+        *,
+        prompt_type: str = "document",
+        prompt_name: str | None = None,
+        normalize: bool = True,
+        precision: str = "float32",
     ) -> np.ndarray:
         """:meth:`encode` for asyncio: awaits a coalesced request (see :meth:`submit_embed`) without
         blocking the event loop, and warns in the caller about its own truncated texts."""
         single = isinstance(texts, str)
-        result = await self.aembed(texts, prompt_type=prompt_type, normalize=normalize)
+        result = await self.aembed(
+            texts, prompt_type=prompt_type, prompt_name=prompt_name, normalize=normalize, precision=precision
+        )
         self._warn_truncated(result, stacklevel=3)
         return result.vectors[0] if single else result.vectors
 

@@ -97,7 +97,8 @@ class EmbedderConfig(BaseModel):
             minimum, default ``floor(L / 10)``); ``last_layer`` (the last layer that may be chosen,
             default the pooled ``output_layer``).
         postprocess: label-free post-processing fitted once on ``postprocess_texts`` (document
-            prompt) and cached: ``"none"``, ``"center"`` (subtract the mean vector), ``"pca"``
+            prompt) and cached: ``"none"``, ``"center"`` (subtract the mean vector),
+            ``"standardize"`` (center, then scale each dimension to unit variance), ``"pca"``
             (center, then project on the top ``dimensions`` principal axes) or ``"whiten"`` (PCA
             scaled to unit variance per axis). Vectors are L2-normalised after it.
         dimensions: output size for ``"pca"`` / ``"whiten"`` (``None``: all the model's dimensions,
@@ -166,8 +167,9 @@ class EmbedderConfig(BaseModel):
     )
     calibration_texts: list[str] | None = Field(default=None, description="texts for layers='auto'")
     selection: dict[str, Any] | None = Field(default=None, description="layer-selection rule options")
-    postprocess: Literal["none", "center", "pca", "whiten"] = Field(
-        default="center", description="label-free post-processing: none, center, pca or whiten (fitted once, cached)"
+    postprocess: Literal["none", "center", "standardize", "pca", "whiten"] = Field(
+        default="center",
+        description="label-free post-processing: none, center, standardize, pca or whiten (fitted once, cached)",
     )
     dimensions: int | None = Field(default=None, description="output dimensions for pca / whiten (None: all)")
     postprocess_texts: list[str] | None = Field(

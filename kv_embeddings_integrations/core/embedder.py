@@ -451,9 +451,9 @@ class KVEmbedder(ConcurrentRequests):
                     batch_size=batch_size,
                     normalize=normalize,
                     show_progress_bar=show_progress_bar,
+                    precision=precision,
                 )
-                # Quantized here, with the parent's ranges: the workers return float32.
-                return vectors if precision == "float32" else self.quantize(vectors, precision)
+                return vectors
         items, single = texts_to_embed(texts, self.config.empty_text)
         result = self._embed_items(items, prompt_type, batch_size, show_progress_bar, normalize)
         self._warn_truncated(result, stacklevel=3)
@@ -499,8 +499,8 @@ class KVEmbedder(ConcurrentRequests):
 
         Returns:
             an :class:`~kv_embeddings_integrations.core.pool.EmbeddingPool`; use it as a context
-            manager or call ``close()``. Its ``encode`` has this method's signature and splits the
-            texts across the replicas, keeping their order.
+            manager or call ``close()``. Its ``encode`` / ``embed`` take :meth:`encode`'s
+            arguments (less ``devices``), split the texts across the replicas and keep their order.
         """
         return EmbeddingPool(self, devices)
 

@@ -66,6 +66,9 @@ INFORMATIONAL = frozenset(
         "fingerprint",
     }
 )
+# Compared name by name where both records have the name: adding a named prompt changes no vector
+# made before, changing one does. Left out of the fingerprint for the same reason.
+PARTIAL = frozenset({"named_templates"})
 # Options left out of the post-processing key: batching does not change a vector, the fitting
 # texts and the selected layers enter it by themselves, and the fit uses the document prompt
 # whichever side queries take.
@@ -209,8 +212,7 @@ def embedder_identity(embedder: KVEmbedder, *, normalize: bool = True, precision
         "weights": weights_fingerprint(embedder.decoder),
         "method": resolved.method,
         "prompt_family": resolved.family,
-        # document, query and any other named prompt of the config.
-        "templates": {name: list(templates) for name, templates in resolved.named_prompts().items()},
+        "templates": {kind: list(resolved.templates(kind)) for kind in ("document", "query")},
         "layers": list(embedder.layers),
         "bias": float(resolved.bias) if embedder.layers else None,
         "token_prepending": resolved.token_prepending,
@@ -226,6 +228,9 @@ def embedder_identity(embedder: KVEmbedder, *, normalize: bool = True, precision
         "long_text": resolved.long_text,
         "package_version": __version__,
     }
+    if resolved.named_templates:
+        # The config's other prompts: compared only where both records name them (PARTIAL).
+        identity["named_templates"] = dict(resolved.named_templates)
     if precision != "float32":
         identity["precision"] = precision
     if precision in QUANTIZED:
@@ -243,7 +248,7 @@ def compared_fields(identity: Mapping[str, Any], *, also: Iterable[str] = ()) ->
     keeps the dtype and the length limits equal, so its rows are not even rounded differently.
     """
     keep = set(also)
-    return {k: v for k, v in identity.items() if k not in INFORMATIONAL or k in keep}
+    return {k: v for k, v in identity.items() if (k not in INFORMATIONAL and k not in PARTIAL) or k in keep}
 
 
 def identity_fingerprint(identity: Mapping[str, Any]) -> str:
@@ -287,11 +292,18 @@ def check_identity(stored: object, current: Mapping[str, Any], *, where: str = "
             f"{where} has an embedder record of format {found!r}; this version of kv_embeddings_integrations "
             f"reads format {IDENTITY_FORMAT}"
         )
-    keys = sorted((set(stored) | set(current)) - INFORMATIONAL)
+    keys = sorted((set(stored) | set(current)) - INFORMATIONAL - PARTIAL)
     changed = [k for k in keys if stored.get(k) != current.get(k)]
+    differences = [_difference(k, stored.get(k), current.get(k)) for k in changed]
+    for key in sorted(PARTIAL):
+        ours, theirs = stored.get(key) or {}, current.get(key) or {}
+        shared = set(ours) & set(theirs)
+        if any(ours[name] != theirs[name] for name in shared):
+            changed.append(key)
+            differences.append(_difference(key, {n: ours[n] for n in shared}, {n: theirs[n] for n in shared}))
     if not changed:
         return
-    lines = "; ".join(_difference(k, stored.get(k), current.get(k)) for k in changed)
+    lines = "; ".join(differences)
     hint = ""
     if (
         "weights" in changed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import itertools
 import math
 import os
@@ -29,6 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .inputs import check_positive_int, texts_to_embed
+from .prompts import requested_prompt
+from .quantization import check_output
 from .recipe import EmbedderRecipe
 from .results import EmbedResult
 
@@ -267,10 +270,12 @@ class EmbeddingPool:
         texts: str | Iterable[str],
         *,
         prompt_type: str = "document",
+        prompt_name: str | None = None,
         batch_size: int | None = None,
         normalize: bool = True,
         chunk_size: int | None = None,
         show_progress_bar: bool | None = None,
+        precision: str = "float32",
     ) -> np.ndarray:
         """:meth:`embed`'s vectors, warning when texts were truncated; same result as
         :meth:`KVEmbedder.encode`: one string gives one vector of shape ``(hidden_size,)``.
@@ -279,6 +284,8 @@ class EmbeddingPool:
         result = self.embed(
             texts,
             prompt_type=prompt_type,
+            prompt_name=prompt_name,
+            precision=precision,
             batch_size=batch_size,
             normalize=normalize,
             chunk_size=chunk_size,
@@ -292,10 +299,12 @@ class EmbeddingPool:
         texts: str | Iterable[str],
         *,
         prompt_type: str = "document",
+        prompt_name: str | None = None,
         batch_size: int | None = None,
         normalize: bool = True,
         chunk_size: int | None = None,
         show_progress_bar: bool | None = None,
+        precision: str = "float32",
     ) -> EmbedResult:
         """Embed texts across the pool's workers; same result as :meth:`KVEmbedder.embed`.
 
@@ -305,7 +314,8 @@ class EmbeddingPool:
         Args:
             texts: one string, or an iterable of strings.
             prompt_type: ``"document"`` (documents and symmetric tasks) or ``"query"`` (the query
-                side of asymmetric retrieval); picks the prompt template.
+                side of asymmetric retrieval), or another prompt name; picks the prompt template.
+            prompt_name: a prompt name instead of ``prompt_type`` (sentence-transformers' spelling).
             batch_size: texts per forward pass inside a worker; overrides the embedder config's
                 ``batch_size`` for this call.
             normalize: L2-normalise each vector (cosine similarity becomes a dot product).
@@ -313,6 +323,8 @@ class EmbeddingPool:
                 worker, at most 1000 texts each. A multiple of ``batch_size`` keeps batches full.
             show_progress_bar: a bar over texts; ``None`` shows one only for jobs of more than 10
                 chunks.
+            precision: the output's precision, as for :meth:`KVEmbedder.embed`; quantized here, in
+                the parent, with its ranges (the workers return float32).
 
         Returns:
             an :class:`~kv_embeddings_integrations.core.results.EmbedResult` in input order: float32
@@ -325,6 +337,22 @@ class EmbeddingPool:
                 device and holds its traceback; the pool stays usable); or a worker died or could
                 not start (the pool is then closed).
         """
+        prompt_type = requested_prompt(prompt_type, prompt_name)
+        precision = check_output(precision, normalize, True)
+        result = self._embed(texts, prompt_type, batch_size, normalize, chunk_size, show_progress_bar)
+        if precision == "float32":
+            return result
+        return dataclasses.replace(result, vectors=self._embedder.quantize(result.vectors, precision))
+
+    def _embed(
+        self,
+        texts: str | Iterable[str],
+        prompt_type: str,
+        batch_size: int | None,
+        normalize: bool,
+        chunk_size: int | None,
+        show_progress_bar: bool | None,
+    ) -> EmbedResult:
         self._check_open()
         # Checked and repaired here, once: the workers' warnings would not reach the caller.
         items, _ = texts_to_embed(texts, self._embedder.config.empty_text)

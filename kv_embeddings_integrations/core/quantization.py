@@ -1,16 +1,16 @@
 """Compact vectors: float16, int8 / uint8 scalar quantization and binary (packed sign bits).
 
-sentence-transformers' ``quantize_embeddings`` precisions, with its layouts, so vectors made here
-drop into the same stores: ``int8`` / ``uint8`` map each dimension's calibration range onto 256
-levels; ``binary`` / ``ubinary`` keep one bit per dimension (``value > 0``), packed 8 to a byte
+sentence-transformers' ``quantize_embeddings`` precisions, with its layouts and (given the same
+ranges) its values, so vectors made here drop into the same stores: ``int8`` / ``uint8`` map each
+dimension's calibration range onto 256 levels (the level a value falls in, values outside the range
+clipped); ``binary`` / ``ubinary`` keep one bit per dimension (``value > 0``), packed 8 to a byte
 (``np.packbits``), stored as ``int8`` (byte - 128) or ``uint8``.
 
 The int8 / uint8 ranges are fitted once, label-free, on the same texts as the post-processing (the
 built-in calibration texts unless ``postprocess_texts`` is given): the final vectors' per-dimension
 minimum and maximum. They are cached (:mod:`~kv_embeddings_integrations.core.ranges`) and recorded
 in the identity (their digest), so a store filled with one set of ranges refuses queries quantized
-with another. Values outside the fitted range are
-clipped to it (sentence-transformers lets them wrap around).
+with another.
 
 Binary vectors are compared by Hamming distance (``hamming_scores``); for retrieval, the usual
 recipe is to shortlist by Hamming distance and rescore the shortlist with float32 vectors
@@ -94,13 +94,14 @@ class QuantizationRanges:
         return hashlib.sha256(data).hexdigest()
 
     def levels(self, vectors: np.ndarray) -> np.ndarray:
-        """``(n, dimension)`` level indices 0..255 (float32), values outside the range clipped."""
-        levels: np.ndarray = np.rint((np.asarray(vectors, dtype=np.float32) - self.low) / self.steps)
+        """``(n, dimension)`` level indices 0..255 (float32): the level a value falls in (floor, as
+        sentence-transformers), values outside the range clipped."""
+        levels: np.ndarray = np.floor((np.asarray(vectors, dtype=np.float32) - self.low) / self.steps)
         clipped: np.ndarray = np.clip(levels, 0, 255).astype(np.float32)
         return clipped
 
     def dequantize(self, quantized: np.ndarray, precision: str) -> np.ndarray:
-        """The float32 vectors int8 / uint8 ``quantized`` stand for (each level's value)."""
+        """The float32 vectors int8 / uint8 ``quantized`` stand for (each level's lower edge)."""
         levels: np.ndarray = quantized.astype(np.float32) + (128.0 if precision == "int8" else 0.0)
         out: np.ndarray = (levels * self.steps + self.low).astype(np.float32)
         return out

@@ -46,7 +46,7 @@ class ResolvedMethod:
         output_layer: the pooled decoder layer, 0-based.
         max_length: longest input in tokens, prompt included.
         long_text: ``"truncate"`` or ``"chunk_mean"``.
-        postprocess: ``"none"``, ``"center"``, ``"pca"`` or ``"whiten"``.
+        postprocess: ``"none"``, ``"center"``, ``"standardize"``, ``"pca"`` or ``"whiten"``.
         dimensions: output size for ``"pca"`` / ``"whiten"`` (``None``: all).
     """
 
@@ -135,12 +135,6 @@ class ResolvedMethod:
     def prompt_names(self) -> tuple[str, ...]:
         """Every name :meth:`templates` takes: the config's own prompts, then the providers' names."""
         return prompt_names(dict(self.named_templates))
-
-    def named_prompts(self) -> dict[str, tuple[str, ...]]:
-        """Each prompt by name, as the identity records them: document, query, then the config's others."""
-        out = {kind: self.templates(kind) for kind in PROMPT_TYPES}
-        out.update((name, (template,)) for name, template in self.named_templates)
-        return out
 
     @property
     def selection_rule(self) -> dict[str, Any]:

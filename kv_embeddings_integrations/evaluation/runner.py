@@ -21,6 +21,7 @@ from ..core.cache import cache_dir
 from ..core.config import EmbedderConfig
 from ..core.extras import require
 from ..core.loading import LoadOptions
+from ..core.quantization import SCALAR
 from ..core.sparse import SparseVectors
 from ..version import __version__
 from . import precision as precision_rows
@@ -175,8 +176,9 @@ class KVVariant:
 
     def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
         """Final vectors in ``precision``, as the embedder's ``encode(precision=...)`` returns them."""
-        if self.fit != "builtin":
-            raise ValueError(f"{self.label}: output precision is measured with the built-in fit only")
+        if self.fit != "builtin" and precision in SCALAR:
+            # The ranges are fitted on the built-in fit's vectors; another fit's fall outside them.
+            raise ValueError(f"{self.label}: int8 / uint8 are measured with the built-in fit only")
         return self.embedder.quantize(vectors, precision)
 
     def finish(self, vectors: np.ndarray, fit_on: np.ndarray | None = None) -> np.ndarray:

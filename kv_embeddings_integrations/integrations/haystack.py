@@ -33,7 +33,7 @@ class _KVComponent:
         batch_size: int | None,
         progress_bar: bool,
         options: dict[str, Any],
-        prompt_name: str,
+        prompt_names: dict[str, Any],
     ) -> None:
         # Every EmbedderConfig option (task, method, layers, postprocess, max_length, ...) and the
         # prompt name are checked now, before a pipeline is built around a typo.
@@ -41,8 +41,7 @@ class _KVComponent:
             model=model,
             model_kwargs=model_kwargs or {},
             normalize=normalize,
-            document_prompt_name=prompt_name,
-            query_prompt_name=prompt_name,
+            **prompt_names,
             **options,
         )
         self.model, self.model_kwargs, self.normalize = model, dict(model_kwargs or {}), normalize
@@ -129,8 +128,9 @@ class KVTextEmbedder(_KVComponent):
         self.prompt_name = prompt_name
         # Not super(): @component rebuilds the class, which breaks super()'s implicit __class__.
         _KVComponent.__init__(
-            self, model, model_kwargs, normalize, prefix, suffix, batch_size, progress_bar, options, prompt_name
-        )
+            self, model, model_kwargs, normalize, prefix, suffix, batch_size, progress_bar, options,
+            {"query_prompt_name": prompt_name},
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(self, prompt_name=self.prompt_name, **self._init_parameters())
@@ -197,8 +197,9 @@ class KVDocumentEmbedder(_KVComponent):
         # Not super(): @component rebuilds the class, which breaks super()'s implicit __class__.
         self.prompt_name = prompt_name
         _KVComponent.__init__(
-            self, model, model_kwargs, normalize, prefix, suffix, batch_size, progress_bar, options, prompt_name
-        )
+            self, model, model_kwargs, normalize, prefix, suffix, batch_size, progress_bar, options,
+            {"document_prompt_name": prompt_name},
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(

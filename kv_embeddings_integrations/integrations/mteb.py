@@ -64,7 +64,8 @@ NAME_PREFIX = "kv-embeddings"
 # The revision recorded when none is given: vectors depend on this package's code as much as on
 # the weights, so results of different versions are kept apart in mteb's result cache.
 DEFAULT_REVISION = f"kv-embeddings-integrations-{__version__}"
-# The only embedding precision the core produces; mteb's `precision` encode kwarg asks for others.
+# MTEB scores float vectors: the precision this encoder returns (the core's quantized ones are
+# measured by `kv-embed eval --precision` instead); mteb's `precision` encode kwarg asks for others.
 _NATIVE_PRECISION = "float32"
 
 

@@ -6,7 +6,8 @@ loads the model once and embeds many batches. Layer selection runs once, in a Ra
 actors' resources, before the actors start; the actors get the chosen layers explicitly.
 
 The vectors go into a fixed-size list column of float32 (Arrow ``fixed_size_list<float>[dim]``),
-the type vector databases and Parquet readers (DuckDB, LanceDB, pandas) take as an embedding;
+the type vector databases and Parquet readers (DuckDB, LanceDB, pandas) take as an embedding, or
+of the ``precision`` asked (int8, uint8, float16; binary ones ``ceil(dim / 8)`` packed bytes);
 the column's field metadata holds the embedder's identity (:mod:`kv_embeddings_integrations.stores`).
 """
 

@@ -74,12 +74,18 @@ def test_requests_of_several_kinds_and_sizes(embedder):
         "raw": embedder.submit(TEXTS[:3], normalize=False),
         "one": embedder.submit(TEXTS[0]),
         "none": embedder.submit([]),
+        "named int8": embedder.submit(TEXTS[:3], prompt_name="search_query", precision="int8"),
+        "empty binary": embedder.submit([], precision="binary"),
     }
     np.testing.assert_allclose(futures["doc"].result(), embedder.encode(TEXTS[:3]), atol=1e-5)
     np.testing.assert_allclose(futures["query"].result(), embedder.encode(TEXTS[:3], prompt_type="query"), atol=1e-5)
     np.testing.assert_allclose(futures["raw"].result(), embedder.encode(TEXTS[:3], normalize=False), atol=1e-5)
     assert futures["one"].result().shape == (embedder.hidden_size,)
     assert futures["none"].result().shape == (0, embedder.hidden_size)
+    np.testing.assert_array_equal(futures["named int8"].result(), embedder.quantize(futures["query"].result(), "int8"))
+    assert futures["empty binary"].result().shape == (0, -(-embedder.hidden_size // 8))
+    one = asyncio.run(embedder.aencode(TEXTS[0], prompt_name="query", precision="ubinary"))
+    np.testing.assert_array_equal(one, embedder.encode(TEXTS[0], prompt_type="query", precision="ubinary"))
     with pytest.raises(TypeError, match=r"texts\[1\] is int"):
         embedder.submit(["ok", 3])
     with pytest.raises(ValueError, match="unknown prompt name 'summary'; known: 'document'"):

@@ -79,10 +79,16 @@ def test_the_identity_records_named_prompts_and_the_fit_ignores_them(model, toke
     plain = KVEmbedder(model, tokenizer, layers=[1])
     named = KVEmbedder(model, tokenizer, layers=[1], prompts={"topic": CLUSTER})
     other = KVEmbedder(model, tokenizer, layers=[1], prompts={"topic": "Topic: {text}"})
-    assert named.identity()["templates"]["topic"] == [CLUSTER]
-    assert "topic" not in plain.identity()["templates"]
-    with pytest.raises(EmbedderMismatchError, match=r"templates\['topic'\]: stored"):
+    more = KVEmbedder(model, tokenizer, layers=[1], prompts={"topic": CLUSTER, "intent": "Intent: {text}"})
+    assert named.identity()["named_templates"] == {"topic": CLUSTER}
+    assert "named_templates" not in plain.identity() and plain.identity()["templates"] == named.identity()["templates"]
+    with pytest.raises(EmbedderMismatchError, match=r"named_templates\['topic'\]: stored"):
         check_identity(named.identity(), other.identity())
+    # A prompt added (or left out) changes no vector the store holds: both ways pass, and the
+    # fingerprint (the compared fields) stays the same.
+    for a, b in ((plain, named), (named, plain), (named, more)):
+        check_identity(a.identity(), b.identity())
+    assert plain.identity()["fingerprint"] == named.identity()["fingerprint"] == more.identity()["fingerprint"]
     # The centering is fitted with the document prompt: another named prompt does not refit it.
     texts = ["t"] * 3
     assert postprocessing_key(plain, texts) == postprocessing_key(named, texts)

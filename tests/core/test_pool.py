@@ -87,6 +87,10 @@ def test_prompt_type_and_normalize_are_honoured(pool, embedder):
     raw = pool.encode(TEXTS, normalize=False)
     np.testing.assert_allclose(raw, embedder.encode(TEXTS, normalize=False), rtol=1e-5, atol=1e-4)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    # Prompt names and precision: quantized in the parent, with its ranges.
+    int8 = pool.encode(TEXTS, prompt_name="search_query", precision="int8")
+    np.testing.assert_array_equal(int8, embedder.quantize(query, "int8"))
+    assert pool.embed(TEXTS, precision="ubinary").vectors.shape == (len(TEXTS), -(-embedder.dimension // 8))
 
 
 def test_worker_warnings_reach_the_caller(pool):

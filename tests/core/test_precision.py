@@ -4,6 +4,8 @@ an explicit element-by-element reference."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from helpers import TEXTS
@@ -21,7 +23,7 @@ def _reference_levels(vectors: np.ndarray, low: np.ndarray, high: np.ndarray) ->
     out = np.zeros(vectors.shape, dtype=np.int64)
     for (i, j), value in np.ndenumerate(vectors):
         step = (high[j] - low[j]) / 255.0
-        out[i, j] = min(255, max(0, round(float((value - low[j]) / step)))) if step > 0 else 0
+        out[i, j] = min(255, max(0, math.floor(float((value - low[j]) / step)))) if step > 0 else 0
     return out
 
 
@@ -49,21 +51,25 @@ def test_quantize_matches_the_element_by_element_reference():
     np.testing.assert_array_equal(quantize(vectors, "ubinary"), bits)
     np.testing.assert_array_equal(quantize(vectors, "binary"), (bits.astype(np.int16) - 128).astype(np.int8))
     assert quantize(vectors, "float16").dtype == np.float16 and quantize(vectors, "float32") is not None
-    # Dequantized int8 is within half a step of an in-range value.
+    # Dequantized int8 is the lower edge of an in-range value's level.
     inside = np.clip(vectors, ranges.low, ranges.high)
     back = ranges.dequantize(quantize(inside, "int8", ranges), "int8")
-    assert np.all(np.abs(back - inside) <= ranges.steps / 2 + 1e-6)
+    assert np.all((inside - back >= -1e-6) & (inside - back <= ranges.steps + 1e-6))
     with pytest.raises(ValueError, match="precision must be one of float32, float16, int8"):
         quantize(vectors, "int4")
     with pytest.raises(ValueError, match="needs the fitted quantization ranges"):
         quantize(vectors, "int8")
 
 
-def test_binary_layouts_are_sentence_transformers(tmp_path):
+def test_layouts_and_values_are_sentence_transformers():
     quantize_embeddings = pytest.importorskip("sentence_transformers.util.quantization").quantize_embeddings
-    vectors = np.random.default_rng(1).normal(size=(5, 19)).astype(np.float32)
-    for precision in ("binary", "ubinary"):
-        np.testing.assert_array_equal(quantize(vectors, precision), quantize_embeddings(vectors, precision=precision))
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(5, 19)).astype(np.float32)
+    ranges = fit_ranges(rng.normal(size=(40, 19)).astype(np.float32))
+    given = np.stack([ranges.low, ranges.high])
+    for precision in ("int8", "uint8", "binary", "ubinary"):
+        theirs = quantize_embeddings(vectors, precision=precision, ranges=given)
+        np.testing.assert_array_equal(quantize(vectors, precision, ranges), theirs)
 
 
 def test_hamming_scores_count_differing_bits():

@@ -109,6 +109,8 @@ def test_async_pipeline_gives_the_same_vectors(model_dir, local):
 def test_bad_input_and_options_are_clear_errors(model_dir):
     with pytest.raises(ValueError, match="unknown query_prompt_name 'summary'; known: 'document', 'query'"):
         KVTextEmbedder(model=str(model_dir), prompt_name="summary")
+    with pytest.raises(ValueError, match="unknown document_prompt_name 'summary'"):
+        KVDocumentEmbedder(model=str(model_dir), prompt_name="summary")
     with pytest.raises(ValueError, match="postprocess"):
         KVTextEmbedder(model=str(model_dir), postprocess="zca")  # checked before any load
     with pytest.raises(TypeError, match="expects a string"):

@@ -43,6 +43,18 @@ def test_center_subtracts_the_mean():
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
+def test_standardize_matches_scikit_learn_standard_scaler():
+    from sklearn.preprocessing import StandardScaler
+
+    x = _vectors()
+    processor = postprocessing.fit(x, "standardize")
+    theirs = StandardScaler().fit(x.astype(np.float64)).transform(x)
+    np.testing.assert_allclose(processor.apply(x, normalize=False), theirs, atol=1e-4)
+    assert processor.dimensions == x.shape[1]
+    out = processor.apply(x)
+    np.testing.assert_allclose(out, theirs / np.linalg.norm(theirs, axis=1, keepdims=True), atol=1e-5)
+
+
 def test_pca_matches_scikit_learn():
     from sklearn.decomposition import PCA
 

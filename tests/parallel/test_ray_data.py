@@ -190,9 +190,7 @@ def test_named_prompts_and_precision_set_the_column(local_ray, model_dir, monkey
         column = table.schema.field("embedding")
         assert column.type.value_type == arrow_type and column.type.list_size == width, column.type
         identity = json.loads(column.metadata[b"kv_embed_identity"])
-        assert identity["quantization"]["precision"] == precision and identity["templates"]["topic"] == [
-            prompts["topic"]
-        ]
+        assert identity["quantization"]["precision"] == precision and identity["named_templates"] == prompts
         got = dict(zip(table.column("id").to_pylist(), table.column("embedding").to_pylist(), strict=True))
         # The driver fitted the ranges through the cache the actors share: the same ones here.
         monkeypatch.setenv("KV_EMBED_CACHE", ray.get_runtime_context().runtime_env["env_vars"]["KV_EMBED_CACHE"])

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("none", "center", "pca", "whiten")
+KINDS = ("none", "center", "standardize", "pca", "whiten")
 MIN_TEXTS = 20
 # A change to fitting must bump identity.FIT_VERSION, so the cached (and shipped) fits stop matching.
 
@@ -40,10 +40,11 @@ class PostProcessor:
     then L2 normalisation.
 
     Attributes:
-        kind: ``"center"``, ``"pca"`` or ``"whiten"``.
+        kind: ``"center"``, ``"standardize"``, ``"pca"`` or ``"whiten"``.
         mean: ``(hidden,)`` mean of the fitting vectors.
         components: ``(k, hidden)`` principal axes (rows), or ``None`` for ``"center"``.
-        scale: ``(k,)`` per-axis standard deviations for ``"whiten"``, else ``None``.
+        scale: ``(k,)`` per-axis standard deviations for ``"whiten"`` (of the principal axes) and
+            ``"standardize"`` (of the dimensions themselves), else ``None``.
     """
 
     kind: str
@@ -86,6 +87,10 @@ def fit(vectors: np.ndarray, kind: str, dimensions: int | None = None) -> PostPr
     mean = x.mean(axis=0)
     if kind == "center":
         return PostProcessor(kind, mean.astype(np.float32))
+    if kind == "standardize":
+        # Each dimension to unit variance: a few wide dimensions of LLM states stop dominating the cosine.
+        std = x.std(axis=0)
+        return PostProcessor(kind, mean.astype(np.float32), scale=np.where(std > 0, std, 1.0).astype(np.float32))
     centered = x - mean
     # Right singular vectors: the principal axes, by decreasing variance.
     _, singular, axes = np.linalg.svd(centered, full_matrices=False)
