@@ -40,6 +40,9 @@ class TokenCounter:
         if self.enabled and mask is not None and mask.dim() == 2:
             self.real += int(mask.sum())
             self.processed += mask.numel()
+        elif self.enabled and mask is None and kwargs.get("input_ids") is not None:
+            # A packed pass has no mask: its real tokens are the padded run's (same texts).
+            self.processed += kwargs["input_ids"].numel()
 
     def efficiency(self) -> float:
         return self.real / max(self.processed, 1)
@@ -111,7 +114,13 @@ def main() -> None:
         )
     systems = {
         "kv": kv,
+        "kv (packed)": KVEmbedder(
+            kv.model, kv.tokenizer, kv.config, name=kv.name, batching="packed", layers=kv.layers
+        ),
         "prompt": KVEmbedder(kv.model, kv.tokenizer, method="prompt", max_length=length, **options),
+        "prompt (packed)": KVEmbedder(
+            kv.model, kv.tokenizer, method="prompt", max_length=length, batching="packed", **options
+        ),
         "echo": KVEmbedder(
             kv.model, kv.tokenizer, method="echo", max_length=2 * args.max_tokens + prompt_room, **options
         ),
@@ -131,6 +140,8 @@ def main() -> None:
             st_counter.real = st_counter.processed = 0
         fn()
         counted = st_counter if name.startswith("sentence") else counter
+        if name.endswith("(packed)"):
+            counted.real = real_tokens["kv"]
         efficiency[name], real_tokens[name] = counted.efficiency(), counted.real
         print(f"{name}: {counted.real} real tokens, padding efficiency {efficiency[name]:.3f}", flush=True)
     counter.enabled = False

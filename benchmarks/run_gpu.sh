@@ -71,7 +71,8 @@ step() {  # name, seconds, command...: each step runs even when an earlier one f
     $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/machine.txt"
 # The tests that need CUDA (the rest run in CI); -rP shows the kernels each re-routed layer ran.
-step tests 150 $PY -m pytest -q -p no:cacheprovider -rsP -k "cuda or gpu" tests/method/test_rerouting.py tests/core/test_multi_device.py
+step tests 150 $PY -m pytest -q -p no:cacheprovider -rsP -k "cuda or gpu" tests/method/test_rerouting.py \
+    tests/method/test_packing.py tests/core/test_multi_device.py
 step overhead 90 $PY benchmarks/bench_overhead.py "${COMMON[@]}" --lengths 512 2048 4096 --repeats 10
 step overhead-16k 90 $PY benchmarks/bench_overhead.py "${COMMON[@]}" --lengths 512 2048 4096 --repeats 10 \
     --tokens-per-pass 16384

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # The embedder options every embedding command takes, in this order.
 MODEL_OPTIONS = (
     "task", "method", "prompt_family", "layers", "bias", "pooling", "output_layer", "postprocess", "dimensions",
-    "max_length", "long_text", "empty_text",
+    "max_length", "long_text", "empty_text", "batching",
 )  # fmt: skip
 # The prefix of the variables that give a server's options (``$KV_EMBED_PORT``...).
 ENV_PREFIX = "KV_EMBED_"

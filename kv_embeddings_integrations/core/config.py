@@ -84,6 +84,11 @@ class EmbedderConfig(BaseModel):
         max_tokens_per_batch: budget of padded tokens (rows x longest row) per forward pass, an
             alternative to a fixed batch size that bounds activation memory. A text longer than
             the budget runs alone.
+        batching: how a batch's texts share a forward pass: ``"padded"`` (one left-padded row
+            per text) or ``"packed"`` (texts one after another in as few rows of the batch's width
+            as hold them, each with positions from 0, masked apart, re-routed with its own final
+            key and value: less compute on padding, no wider attention; the same vectors to
+            rounding). Not with Token Prepending.
         long_text: what happens to a text longer than ``max_length``: ``"truncate"`` (cut the
             text, keep the prompt, warn) or ``"chunk_mean"`` (embed it in pieces that fit, each
             wrapped in the prompt, and average the pieces' pooled vectors weighted by their token
@@ -156,6 +161,11 @@ class EmbedderConfig(BaseModel):
     )
     max_tokens_per_batch: int | None = Field(
         default=None, description="padded-token budget per forward pass (rows x longest row); bounds memory"
+    )
+    batching: Literal["padded", "packed"] = Field(
+        default="padded",
+        description="padded (a left-padded row per text) or packed (texts sharing rows of the batch's width, "
+        "masked apart: less padding; same vectors)",
     )
     long_text: Literal["truncate", "chunk_mean"] = Field(
         default="truncate",

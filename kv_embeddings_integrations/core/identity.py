@@ -74,6 +74,7 @@ PARTIAL = frozenset({"named_templates"})
 # whichever side queries take.
 _NOT_IN_FIT_KEY = (
     "batch_size",
+    "batching",
     "max_tokens_per_batch",
     "calibration_texts",
     "selection",

@@ -98,6 +98,9 @@ class ResolvedMethod:
             override = (config.prompts or {}).get(source)
             templates[prompt_type] = (override,) if override else family.templates[source]
         output_layer = _output_layer(config.output_layer, family.output_layer, prepending, num_layers)
+        if prepending and config.batching == "packed":
+            # Token Prepending reads each row's last position, which a packed row shares.
+            raise ValueError("batching='packed' does not run Token Prepending; use batching='padded'")
         return cls(
             method=config.resolved_method,
             family=family_name,

@@ -20,12 +20,17 @@ Two exact ways to run a re-routed layer, both in fused kernels:
 - concatenation (elsewhere: eager attention, soft-capping, kernels torch refuses): keys and values
   get the prefix row and the mask a prefix column, then the base implementation runs.
 
-Inputs must be left padded, so the final real token of every row is at position -1.
+Inputs must be left padded, so the final real token of every row is at position -1; or packed
+(several sequences in one row, ``position_ids`` restarting at each, no attention mask, so
+transformers builds the block-diagonal causal mask), with ``segment_ends`` giving each position's
+own sequence's final token: every sequence then gets its own final key and value as its prefix and
+sees no other sequence's tokens (:func:`packed_positions`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -53,6 +58,8 @@ class ReroutePlan:
 
     layers: frozenset[int]
     bias: float
+    # Packed rows: (batch, length) index of each position's sequence's final token; None: the last.
+    segment_ends: torch.Tensor | None = None
     # layer -> how it ran: "cpu_flash", "flash", "efficient", "cudnn" (log-sum-exp merge) or "concat".
     kernels: dict[int, str] = field(default_factory=dict)
 
@@ -127,11 +134,15 @@ def kv_reroute_attention(
     if plan is None or layer not in plan.layers:
         return function(module, query, key, value, attention_mask, **kwargs)
     if base == "sdpa" and _can_merge(query, key, kwargs):
-        merged = _merged_prefix_sdpa(module, query, key, value, attention_mask, plan.bias, **kwargs)
+        merged = _merged_prefix_sdpa(
+            module, query, key, value, attention_mask, plan.bias, segment_ends=plan.segment_ends, **kwargs
+        )
         if merged is not None:
             plan.kernels[layer] = merged[1]
             return merged[0], None
     plan.kernels[layer] = "concat"
+    if plan.segment_ends is not None:
+        return _packed_concat(function, module, query, key, value, attention_mask, plan, **kwargs)
     # method.md step 2/4: the final token's key (with its own rotary rotation) and value, as a prefix.
     key = torch.cat([key[:, :, -1:], key], dim=2)
     value = torch.cat([value[:, :, -1:], value], dim=2)
@@ -306,6 +317,7 @@ def _merged_prefix_sdpa(
     bias: float,
     scaling: float | None = None,
     is_causal: bool | None = None,
+    segment_ends: torch.Tensor | None = None,
     **_: object,
 ) -> tuple[torch.Tensor, str] | None:
     """The re-routed layer by log-sum-exp merge (module docstring): ``(attention output, kernel)``,
@@ -320,6 +332,8 @@ def _merged_prefix_sdpa(
     if fused is None:
         return None
     out, lse, kernel = fused
+    if segment_ends is not None:
+        return _merge_per_segment(query, key, value, out, lse, segment_ends, scale, bias), kernel
     # method.md step 2/4: the final token's key (with its own rotary rotation) and value, for the
     # query heads of each key/value head: (batch, kv_heads, groups * length, dim).
     grouped = query.reshape(batch, kv_heads, -1, dim).float()
@@ -327,6 +341,91 @@ def _merged_prefix_sdpa(
     weight_p = torch.sigmoid(score_p - lse).view(batch, kv_heads, -1, length, 1)
     merged = torch.lerp(out.float().reshape(batch, kv_heads, -1, length, dim), value[:, :, None, -1:].float(), weight_p)
     return merged.view(batch, heads, length, dim).to(query.dtype).transpose(1, 2).contiguous(), kernel
+
+
+def _segment_prefix(tensor: torch.Tensor, segment_ends: torch.Tensor) -> torch.Tensor:
+    """``(batch, kv_heads, length, dim)``: at each position, the key (or value) of its sequence's final token."""
+    index = segment_ends.to(tensor.device)[:, None, :, None].expand(*tensor.shape[:2], -1, tensor.shape[-1])
+    return tensor.gather(2, index)
+
+
+def _merge_per_segment(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    segment_ends: torch.Tensor,
+    scale: float,
+    bias: float,
+) -> torch.Tensor:
+    """The log-sum-exp merge of packed rows: each query's prefix is its own sequence's final key and value."""
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    key_p = _segment_prefix(key, segment_ends).float()[:, :, None]  # (batch, kv_heads, 1, length, dim)
+    value_p = _segment_prefix(value, segment_ends).float()[:, :, None]
+    grouped = query.reshape(batch, kv_heads, -1, length, dim).float()
+    score_p = (grouped * key_p).sum(-1) * scale + bias  # (batch, kv_heads, groups, length)
+    weight_p = torch.sigmoid(score_p - lse.reshape(batch, kv_heads, -1, length))[..., None]
+    merged = torch.lerp(out.float().reshape(batch, kv_heads, -1, length, dim), value_p, weight_p)
+    return merged.view(batch, heads, length, dim).to(query.dtype).transpose(1, 2).contiguous()
+
+
+def _packed_concat(
+    function: AttentionFunction,
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    plan: ReroutePlan,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenation for packed rows: one prefix column per position (its sequence's final key and
+    value), which only that position's query sees (with ``bias``); the model's own block-diagonal
+    mask among real tokens. Quadratic like the eager attention it serves."""
+    assert plan.segment_ends is not None
+    length = key.shape[2]
+    key = torch.cat([_segment_prefix(key, plan.segment_ends), key], dim=2)
+    value = torch.cat([_segment_prefix(value, plan.segment_ends), value], dim=2)
+    body = prefixed_mask(attention_mask, query.shape[0], query.shape[2], length, 0.0, query.dtype, query.device)[
+        ..., 1:
+    ]
+    own = torch.eye(query.shape[2], length, dtype=torch.bool, device=query.device)
+    prefix = torch.full(own.shape, torch.finfo(query.dtype).min, dtype=query.dtype, device=query.device)
+    prefix = prefix.masked_fill(own, plan.bias).expand(*body.shape[:-2], -1, -1)
+    kwargs.pop("is_causal", None)
+    return function(module, query, key, value, torch.cat([prefix, body], dim=-1), **kwargs)
+
+
+def packed_positions(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For sequences of ``lengths`` packed into one row: ``(position_ids, segment_ends)``, both
+    ``(1, sum(lengths))``: positions restarting at 0 for each sequence (transformers then masks them
+    apart), and the index of each position's sequence's final token (its re-routed prefix)."""
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"packed sequences need at least one token each, got lengths {lengths}")
+    positions = torch.cat([torch.arange(n) for n in lengths])
+    ends = torch.cat([torch.full((n,), end - 1) for n, end in zip(lengths, itertools.accumulate(lengths), strict=True)])
+    return positions[None], ends[None]
+
+
+def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """Sequences of ``lengths`` into rows of at most ``width`` tokens (first fit, longest first):
+    the indices of the sequences in each row. With ``width`` the longest length, there are never
+    more rows than sequences, and no row's attention is wider than the padded batch's."""
+    if max(lengths) > width:
+        raise ValueError(f"a sequence of {max(lengths)} tokens does not fit rows of {width}")
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, free in enumerate(room) if free >= lengths[index]), None)
+        if row is None:
+            rows.append([])
+            room.append(width)
+            row = len(rows) - 1
+        rows[row].append(index)
+        room[row] -= lengths[index]
+    return rows
 
 
 for _base, _mask in (("sdpa", sdpa_mask), ("eager", eager_mask)):
@@ -367,9 +466,12 @@ def install(model: PreTrainedModel) -> str:
 
 
 @contextlib.contextmanager
-def reroute(model: PreTrainedModel, layers: list[int], bias: float) -> Iterator[ReroutePlan]:
-    """Re-route ``layers`` for forwards run inside this block; checks that each selected layer did."""
-    plan = ReroutePlan(frozenset(layers), float(bias))
+def reroute(
+    model: PreTrainedModel, layers: list[int], bias: float, segment_ends: torch.Tensor | None = None
+) -> Iterator[ReroutePlan]:
+    """Re-route ``layers`` for forwards run inside this block; checks that each selected layer did.
+    ``segment_ends``: for packed rows, each position's sequence's final token (:func:`packed_positions`)."""
+    plan = ReroutePlan(frozenset(layers), float(bias), segment_ends)
     observed = _OBSERVED.get()
     if observed is not None:
         observed.append(plan)
