@@ -25,6 +25,7 @@ from .loading import LoadOptions, split_options
 from .method import rerouting, token_prepending
 from .method.layer_selection import LayerSelection, layers_for
 from .method.postprocessing import PostProcessor, processor_for
+from .packing import packed_forward
 from .pool import EmbeddingPool
 from .prompts import FAMILIES, METHODS, MethodSpec, PromptFamily, requested_prompt
 from .quantization import SCALAR, QuantizationRanges, check_output, check_precision, quantize
@@ -532,7 +533,7 @@ class KVEmbedder(ConcurrentRequests):
         """
         layers = self.layers if layers is None else layers
         if self.config.batching == "packed" and batch.input_ids.shape[0] > 1:
-            return self._forward_packed(batch, output_hidden_states, layers)
+            return packed_forward(self, batch, output_hidden_states, layers)
         routing = rerouting.reroute(self.model, layers, self.config.bias) if layers else contextlib.nullcontext()
         prepending: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if batch.marker_index is not None and self.prepend_layers is not None:
@@ -546,59 +547,6 @@ class KVEmbedder(ConcurrentRequests):
                 output_hidden_states=output_hidden_states,
             )
         return out
-
-    def _forward_packed(
-        self, batch: TokenBatch, output_hidden_states: bool, layers: list[int]
-    ) -> BaseModelOutputWithPast:
-        """:meth:`forward` without padding: the batch's texts packed into as few rows as fit its
-        width (:func:`~.method.rerouting.pack_rows`), each row's unused tail a sequence of its own,
-        then scattered back into the batch's left-padded layout, so pooling reads them as it
-        reads a padded pass."""
-        real = batch.attention_mask.bool()
-        lengths = real.sum(dim=1).tolist()
-        width = real.shape[1]
-        device = batch.input_ids.device
-        rows = rerouting.pack_rows(lengths, width)
-        pad = self._pad_token_id
-        ids, positions, ends, places = [], [], [], []  # places: (row, start) of each text
-        for r, members in enumerate(rows):
-            row_lengths = [lengths[i] for i in members]
-            tail = width - sum(row_lengths)
-            row_positions, row_ends = rerouting.packed_positions(row_lengths + ([tail] if tail else []))
-            start = 0
-            pieces = []
-            for i in members:
-                pieces.append(batch.input_ids[i, width - lengths[i] :])
-                places.append((i, r, start))
-                start += lengths[i]
-            pieces.append(torch.full((tail,), pad, dtype=batch.input_ids.dtype, device=device))
-            ids.append(torch.cat(pieces))
-            positions.append(row_positions[0])
-            ends.append(row_ends[0])
-        segment_ends = torch.stack(ends).to(device)
-        routing = (
-            rerouting.reroute(self.model, layers, self.config.bias, segment_ends=segment_ends)
-            if layers
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), routing:
-            # No attention mask: transformers masks the sequences apart from the restarting positions.
-            out: BaseModelOutputWithPast = self.decoder(
-                input_ids=torch.stack(ids),
-                position_ids=torch.stack(positions).to(device),
-                use_cache=False,
-                output_hidden_states=output_hidden_states,
-            )
-
-        def unpack(packed: torch.Tensor) -> torch.Tensor:
-            padded = packed.new_zeros((*real.shape, packed.shape[-1]))
-            for i, r, start in places:
-                padded[i, width - lengths[i] :] = packed[r, start : start + lengths[i]]
-            return padded
-
-        hidden_states = tuple(unpack(h) for h in out.hidden_states) if out.hidden_states is not None else None
-        assert out.last_hidden_state is not None
-        return BaseModelOutputWithPast(last_hidden_state=unpack(out.last_hidden_state), hidden_states=hidden_states)
 
     def layer_states(
         self,

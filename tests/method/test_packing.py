@@ -10,6 +10,7 @@ import torch
 from helpers import TEXTS, make_model
 
 from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations.core import packing
 from kv_embeddings_integrations.core.method import rerouting
 
 LAYERS, BIAS = [1, 2], 1.5
@@ -30,7 +31,7 @@ def test_packed_rows_match_each_text_alone(family, tokenizer):
     sequences = _ids(model, tokenizer)  # installs re-routing
     lengths = [len(s) for s in sequences]
     assert len(set(lengths)) > 1, "sequences of different lengths"
-    positions, ends = rerouting.packed_positions(lengths)
+    positions, ends = packing.packed_positions(lengths)
     packed = [token for s in sequences for token in s]
     alone = []
     for s in sequences:
@@ -52,17 +53,17 @@ def test_packed_rows_match_each_text_alone(family, tokenizer):
 
 
 def test_pack_rows_first_fit_longest_first():
-    assert rerouting.pack_rows([30, 29, 19, 11, 1], 30) == [[0], [1, 4], [2, 3]]
-    assert rerouting.pack_rows([5], 5) == [[0]]
+    assert packing.pack_rows([30, 29, 19, 11, 1], 30) == [[0], [1, 4], [2, 3]]
+    assert packing.pack_rows([5], 5) == [[0]]
     with pytest.raises(ValueError, match="does not fit rows of 4"):
-        rerouting.pack_rows([5], 4)
+        packing.pack_rows([5], 4)
 
 
 def test_packed_positions():
-    positions, ends = rerouting.packed_positions([3, 1, 2])
+    positions, ends = packing.packed_positions([3, 1, 2])
     assert positions.tolist() == [[0, 1, 2, 0, 0, 1]] and ends.tolist() == [[2, 2, 2, 3, 5, 5]]
     with pytest.raises(ValueError, match="at least one token each"):
-        rerouting.packed_positions([2, 0])
+        packing.packed_positions([2, 0])
 
 
 @pytest.mark.parametrize(
@@ -121,7 +122,7 @@ def test_a_mixed_batch_runs_in_fewer_rows_with_the_same_states(tokenizer):
         del packed.decoder.forward
     expected = padded.forward(batch, output_hidden_states=True)
     # Rows of the batch's width, first fit: fewer rows than texts, none wider than the padded batch.
-    assert shapes == [(len(rerouting.pack_rows(lengths, max(lengths))), max(lengths))] and shapes[0][0] < len(TEXTS)
+    assert shapes == [(len(packing.pack_rows(lengths, max(lengths))), max(lengths))] and shapes[0][0] < len(TEXTS)
     real = batch.attention_mask.bool()
     for ours, theirs in zip(
         (got.last_hidden_state, *got.hidden_states), (expected.last_hidden_state, *expected.hidden_states), strict=True

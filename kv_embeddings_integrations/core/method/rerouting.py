@@ -24,13 +24,12 @@ Inputs must be left padded, so the final real token of every row is at position 
 (several sequences in one row, ``position_ids`` restarting at each, no attention mask, so
 transformers builds the block-diagonal causal mask), with ``segment_ends`` giving each position's
 own sequence's final token: every sequence then gets its own final key and value as its prefix and
-sees no other sequence's tokens (:func:`packed_positions`).
+sees no other sequence's tokens (:mod:`~kv_embeddings_integrations.core.packing`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import sys
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -398,36 +397,6 @@ def _packed_concat(
     return function(module, query, key, value, torch.cat([prefix, body], dim=-1), **kwargs)
 
 
-def packed_positions(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """For sequences of ``lengths`` packed into one row: ``(position_ids, segment_ends)``, both
-    ``(1, sum(lengths))``: positions restarting at 0 for each sequence (transformers then masks them
-    apart), and the index of each position's sequence's final token (its re-routed prefix)."""
-    if not lengths or min(lengths) < 1:
-        raise ValueError(f"packed sequences need at least one token each, got lengths {lengths}")
-    positions = torch.cat([torch.arange(n) for n in lengths])
-    ends = torch.cat([torch.full((n,), end - 1) for n, end in zip(lengths, itertools.accumulate(lengths), strict=True)])
-    return positions[None], ends[None]
-
-
-def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
-    """Sequences of ``lengths`` into rows of at most ``width`` tokens (first fit, longest first):
-    the indices of the sequences in each row. With ``width`` the longest length, there are never
-    more rows than sequences, and no row's attention is wider than the padded batch's."""
-    if max(lengths) > width:
-        raise ValueError(f"a sequence of {max(lengths)} tokens does not fit rows of {width}")
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        row = next((r for r, free in enumerate(room) if free >= lengths[index]), None)
-        if row is None:
-            rows.append([])
-            room.append(width)
-            row = len(rows) - 1
-        rows[row].append(index)
-        room[row] -= lengths[index]
-    return rows
-
-
 for _base, _mask in (("sdpa", sdpa_mask), ("eager", eager_mask)):
     ALL_ATTENTION_FUNCTIONS.register(PREFIX + _base, partial(kv_reroute_attention, base=_base))
     ALL_MASK_ATTENTION_FUNCTIONS.register(PREFIX + _base, _mask)
@@ -470,7 +439,8 @@ def reroute(
     model: PreTrainedModel, layers: list[int], bias: float, segment_ends: torch.Tensor | None = None
 ) -> Iterator[ReroutePlan]:
     """Re-route ``layers`` for forwards run inside this block; checks that each selected layer did.
-    ``segment_ends``: for packed rows, each position's sequence's final token (:func:`packed_positions`)."""
+    ``segment_ends``: for packed rows, each position's sequence's final token
+    (:func:`~kv_embeddings_integrations.core.packing.packed_positions`)."""
     plan = ReroutePlan(frozenset(layers), float(bias), segment_ends)
     observed = _OBSERVED.get()
     if observed is not None:
