@@ -114,9 +114,7 @@ def main() -> None:
         )
     systems = {
         "kv": kv,
-        "kv (packed)": KVEmbedder(
-            kv.model, kv.tokenizer, kv.config, name=kv.name, batching="packed", layers=kv.layers
-        ),
+        "kv (packed)": KVEmbedder(kv.model, kv.tokenizer, kv.config, name=kv.name, batching="packed", layers=kv.layers),
         "prompt": KVEmbedder(kv.model, kv.tokenizer, method="prompt", max_length=length, **options),
         "prompt (packed)": KVEmbedder(
             kv.model, kv.tokenizer, method="prompt", max_length=length, batching="packed", **options
