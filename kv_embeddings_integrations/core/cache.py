@@ -17,15 +17,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import platformdirs
 import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file
+from safetensors.numpy import save as save_tensors
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Every variable of the package starts with KV_EMBED_; the earlier KV_EMBEDDINGS_ names still work
 # (the new name wins where both are set).
@@ -73,6 +80,30 @@ def candidate_files(kind: str, key: dict[str, Any], suffix: str) -> Iterator[tup
     yield cached_file(kind, key, suffix), "cache"
     if (environment(SHIPPED_ENV, LEGACY_SHIPPED_ENV) or "1") != "0":
         yield shipped_dir() / kind / f"{key_digest(key)}{suffix}", "shipped"
+
+
+def read_keyed_tensors(path: Path, key: dict[str, Any], build: Callable[[dict[str, Any]], T], what: str) -> T | None:
+    """What ``build`` makes of the tensors of a safetensors file written for exactly ``key``
+    (:func:`write_keyed_tensors`), or ``None``: no file, or an unusable one (another key, corrupt,
+    missing a tensor; logged as ``what``, to be computed again, never fatal)."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+        if json.loads(metadata.get("key", "null")) != key:
+            raise ValueError("key mismatch")
+        return build(load_file(str(path)))
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - a corrupt cache entry is recomputed, never fatal
+        logger.warning("ignoring unusable %s cache %s (%s); refitting", what, path, e)
+        return None
+
+
+def write_keyed_tensors(path: Path, key: dict[str, Any], tensors: dict[str, Any]) -> None:
+    """Write ``tensors`` to ``path`` as safetensors, with ``key`` in the file's metadata (checked
+    on reading); a concurrent reader never sees a half-written file."""
+    data = save_tensors(tensors, metadata={"key": json.dumps(key, sort_keys=True)})
+    write_atomically(path, lambda f: f.write(data))
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -533,7 +533,7 @@ class KVEmbedder(ConcurrentRequests):
         """
         layers = self.layers if layers is None else layers
         if self.config.batching == "packed" and batch.input_ids.shape[0] > 1:
-            return packed_forward(self, batch, output_hidden_states, layers)
+            return packed_forward(self, batch, output_hidden_states, layers, self._pad_token_id)
         routing = rerouting.reroute(self.model, layers, self.config.bias) if layers else contextlib.nullcontext()
         prepending: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if batch.marker_index is not None and self.prepend_layers is not None:

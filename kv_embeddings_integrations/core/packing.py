@@ -58,17 +58,17 @@ def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
 
 
 def packed_forward(
-    embedder: KVEmbedder, batch: TokenBatch, output_hidden_states: bool, layers: list[int]
+    embedder: KVEmbedder, batch: TokenBatch, output_hidden_states: bool, layers: list[int], pad_token_id: int
 ) -> BaseModelOutputWithPast:
     """The embedder's ``forward`` without padding: the batch's texts packed into as few rows as fit
     its width (:func:`pack_rows`), each row's unused tail a sequence of its own, then scattered
-    back into the batch's left-padded layout, so pooling reads them as it reads a padded pass."""
+    back into the batch's left-padded layout, so pooling reads them as it reads a padded pass.
+    ``pad_token_id`` fills the rows' unused tails (the padding ``collate`` uses)."""
     real = batch.attention_mask.bool()
     lengths = real.sum(dim=1).tolist()
     width = real.shape[1]
     device = batch.input_ids.device
     rows = pack_rows(lengths, width)
-    pad = embedder._pad_token_id
     ids, positions, ends, places = [], [], [], []  # places: (text, row, start) of each text
     for r, members in enumerate(rows):
         row_lengths = [lengths[i] for i in members]
@@ -80,7 +80,7 @@ def packed_forward(
             pieces.append(batch.input_ids[i, width - lengths[i] :])
             places.append((i, r, start))
             start += lengths[i]
-        pieces.append(torch.full((tail,), pad, dtype=batch.input_ids.dtype, device=device))
+        pieces.append(torch.full((tail,), pad_token_id, dtype=batch.input_ids.dtype, device=device))
         ids.append(torch.cat(pieces))
         positions.append(row_positions[0])
         ends.append(row_ends[0])

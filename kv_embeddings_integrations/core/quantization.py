@@ -145,18 +145,25 @@ def quantize(vectors: np.ndarray, precision: str, ranges: QuantizationRanges | N
     return (packed.astype(np.int16) - 128).astype(np.int8) if precision == "binary" else packed
 
 
+def _packed_bytes(quantized: np.ndarray, precision: str) -> np.ndarray:
+    """The packed bytes of ``binary`` (int8: byte - 128) or ``ubinary`` (uint8) vectors, as uint8."""
+    return (quantized.astype(np.int16) + 128).astype(np.uint8) if precision == "binary" else quantized
+
+
+# Set bits of each byte value.
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.int32)
+
+
 def unpack_bits(quantized: np.ndarray, precision: str, dimension: int) -> np.ndarray:
     """The ``(n, dimension)`` 0/1 bits of ``binary`` / ``ubinary`` vectors."""
-    packed = (quantized.astype(np.int16) + 128).astype(np.uint8) if precision == "binary" else quantized
-    return np.unpackbits(packed, axis=-1, count=dimension)
+    return np.unpackbits(_packed_bytes(quantized, precision), axis=-1, count=dimension)
 
 
 def hamming_scores(queries: np.ndarray, documents: np.ndarray, precision: str = "ubinary") -> np.ndarray:
     """``(q, d)`` similarity of packed binary vectors: minus the Hamming distance (higher is closer)."""
-    to_bytes = (lambda a: (a.astype(np.int16) + 128).astype(np.uint8)) if precision == "binary" else (lambda a: a)
-    q, d = to_bytes(np.atleast_2d(queries)), to_bytes(np.atleast_2d(documents))
-    popcount = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.int32)
+    q = _packed_bytes(np.atleast_2d(queries), precision)
+    d = _packed_bytes(np.atleast_2d(documents), precision)
     out = np.empty((q.shape[0], d.shape[0]), dtype=np.int32)
     for i, row in enumerate(q):  # one query at a time keeps memory at (d, bytes)
-        out[i] = popcount[np.bitwise_xor(row, d)].sum(axis=1)
+        out[i] = _POPCOUNT[np.bitwise_xor(row, d)].sum(axis=1)
     return -out

@@ -2,21 +2,17 @@
 
 Like the post-processing fit, and keyed by everything that fit depends on (whatever its kind, the
 fitting texts included) plus :data:`RANGES_VERSION`: a changed prompt, layer, weight or fit
-refits. Saved as safetensors with the key in the file's metadata, checked on reading.
+refits. Saved as safetensors with the key in the file's metadata, checked on reading
+(:func:`~kv_embeddings_integrations.core.cache.read_keyed_tensors`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors import safe_open
-from safetensors.numpy import load_file
-from safetensors.numpy import save as save_bytes
-
-from .cache import ORIGIN_WORDS, cached_file, candidate_files, write_atomically
+from .cache import ORIGIN_WORDS, cached_file, candidate_files, read_keyed_tensors, write_keyed_tensors
 from .identity import postprocess_texts, postprocessing_key
 from .quantization import MIN_TEXTS, QuantizationRanges, fit_ranges
 
@@ -37,18 +33,9 @@ def ranges_key(embedder: KVEmbedder) -> dict[str, Any]:
 
 def load(path: Path, key: dict[str, Any]) -> QuantizationRanges | None:
     """The cached ranges made for exactly ``key``, or ``None`` (missing or unusable file)."""
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-        if json.loads(metadata.get("key", "null")) != key:
-            raise ValueError("key mismatch")
-        tensors = load_file(str(path))
-        return QuantizationRanges(tensors["low"], tensors["high"])
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # noqa: BLE001 - a corrupt cache entry is refitted, never fatal
-        logger.warning("ignoring unusable quantization-ranges cache %s (%s); refitting", path, e)
-        return None
+    return read_keyed_tensors(
+        path, key, lambda tensors: QuantizationRanges(tensors["low"], tensors["high"]), "quantization-ranges"
+    )
 
 
 def ranges_for(embedder: KVEmbedder) -> QuantizationRanges:
@@ -64,6 +51,5 @@ def ranges_for(embedder: KVEmbedder) -> QuantizationRanges:
         raise ValueError(f"quantization ranges need at least {MIN_TEXTS} distinct texts to fit, got {len(set(texts))}")
     logger.info("%s: fitting int8 ranges on %d texts (once, then cached)", embedder.name, len(texts))
     ranges = fit_ranges(embedder.embed(texts).vectors)
-    data = save_bytes({"low": ranges.low, "high": ranges.high}, metadata={"key": json.dumps(key, sort_keys=True)})
-    write_atomically(cached_file("quantization", key, ".safetensors"), lambda f: f.write(data))
+    write_keyed_tensors(cached_file("quantization", key, ".safetensors"), key, {"low": ranges.low, "high": ranges.high})
     return ranges

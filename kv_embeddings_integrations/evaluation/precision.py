@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..core import fusion
-from ..core.quantization import bytes_per_vector, check_precision, hamming_scores
+from ..core.quantization import bytes_per_vector, check_precision, hamming_scores, unpack_bits
 from .metrics import _unit, matrix_scores, sts_spearman
 
 RESCORE_TOP = 100
@@ -41,15 +41,16 @@ def sts_rows(
     precisions: Sequence[str], quantize: Callable[[np.ndarray, str], np.ndarray], vectors: np.ndarray, task
 ) -> list[Row]:
     """One row per precision of an STS task's final ``vectors`` (sentences1 then sentences2)."""
+    from scipy.stats import spearmanr  # the eval extra, as sts_spearman's
+
     rows: list[Row] = []
     n, dimension = len(task), vectors.shape[1]
     for precision in map(check_precision, precisions):
         q = quantize(vectors, precision)
         if precision in BINARY:
-            # Spearman of minus the Hamming distance: the pairs' ranks are all it reads.
-            pair = np.array([hamming_scores(q[i], q[n + i], precision)[0, 0] for i in range(n)], dtype=np.float64)
-            from scipy.stats import spearmanr
-
+            # Spearman of minus the Hamming distance of each pair: the pairs' ranks are all it reads.
+            bits = unpack_bits(q, precision, dimension)
+            pair = -(bits[:n] != bits[n:]).sum(axis=1).astype(np.float64)
             metrics = {"spearman": 100.0 * float(spearmanr(pair, np.asarray(task.scores)).statistic)}
         else:
             metrics = {"spearman": sts_spearman(q[:n].astype(np.float32), q[n:].astype(np.float32), task.scores)}
@@ -67,6 +68,7 @@ def retrieval_rows(
     """One row per precision of a retrieval task's final vectors, and for binary ones a second row
     with the top :data:`RESCORE_TOP` by Hamming distance reranked by float32 cosine."""
     doc_ids, query_ids = list(task.corpus), list(task.queries)
+    exact = _unit(queries) @ _unit(docs).T  # the float32 cosines binary shortlists are reranked by
     rows: list[Row] = []
     for precision in map(check_precision, precisions):
         scores = _scores(quantize(queries, precision), quantize(docs, precision), precision)
@@ -74,7 +76,6 @@ def retrieval_rows(
         if precision in BINARY:
             top = min(RESCORE_TOP, len(doc_ids))
             shortlist = fusion.top_k(scores, top)
-            exact = _unit(queries) @ _unit(docs).T
             rescored = np.full_like(exact, -np.inf)
             rows_index = np.arange(len(query_ids))[:, None]
             rescored[rows_index, shortlist] = exact[rows_index, shortlist]

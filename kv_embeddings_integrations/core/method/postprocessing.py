@@ -10,18 +10,14 @@ default's fit for its bundled models (see :mod:`~kv_embeddings_integrations.core
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import load_file
-from safetensors.numpy import save as save_bytes
 
-from ..cache import ORIGIN_WORDS, cached_file, candidate_files, write_atomically
+from ..cache import ORIGIN_WORDS, cached_file, candidate_files, read_keyed_tensors, write_keyed_tensors
 from ..identity import postprocess_texts, postprocessing_key
 
 if TYPE_CHECKING:
@@ -126,25 +122,16 @@ def lookup(key: dict[str, Any], name: str = "the model") -> PostProcessor | None
 
 def load(path: Path, key: dict[str, Any]) -> PostProcessor | None:
     """The cached transform made for exactly ``key``, or ``None`` (missing or unusable file)."""
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-        if json.loads(metadata.get("key", "null")) != key:
-            raise ValueError("key mismatch")
-        tensors = load_file(str(path))
+
+    def build(tensors: dict[str, np.ndarray]) -> PostProcessor:
         return PostProcessor(key["kind"], tensors["mean"], tensors.get("components"), tensors.get("scale"))
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # noqa: BLE001 - a corrupt cache entry is refitted, never fatal
-        logger.warning("ignoring unusable post-processing cache %s (%s); refitting", path, e)
-        return None
+
+    return read_keyed_tensors(path, key, build, "post-processing")
 
 
 def save(path: Path, key: dict[str, Any], processor: PostProcessor) -> None:
     """Write ``processor`` to ``path``, with ``key`` in the file's metadata (checked on reading)."""
-    data = save_bytes(processor.tensors(), metadata={"key": json.dumps(key, sort_keys=True)})
-    # A concurrent reader never sees a half-written file.
-    write_atomically(path, lambda f: f.write(data))
+    write_keyed_tensors(path, key, processor.tensors())
 
 
 def processor_for(embedder: KVEmbedder, given: PostProcessor | None = None) -> PostProcessor | None:

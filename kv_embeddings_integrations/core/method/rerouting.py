@@ -103,6 +103,16 @@ def prefixed_mask(
 ) -> torch.Tensor:
     """Additive mask ``(batch|1, 1, q_len, 1 + kv_len)``: column 0 (the prefix) holds ``bias``
     for every query; the rest is the model's own mask (causal when it passed none)."""
+    body = _additive_body(attention_mask, q_len, kv_len, dtype, device)
+    prefix = torch.full((*body.shape[:-1], 1), bias, dtype=dtype, device=device)
+    return torch.cat([prefix, body], dim=-1)
+
+
+def _additive_body(
+    attention_mask: torch.Tensor | None, q_len: int, kv_len: int, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    """The model's own mask among the real keys, additive ``(batch|1, 1, q_len, kv_len)`` (causal
+    when it passed none)."""
     min_value = torch.finfo(dtype).min
     if attention_mask is None:
         allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
@@ -112,8 +122,7 @@ def prefixed_mask(
         body = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask.to(device), min_value)
     else:
         body = attention_mask[..., :kv_len].to(device=device, dtype=dtype)
-    prefix = torch.full((*body.shape[:-1], 1), bias, dtype=dtype, device=device)
-    return torch.cat([prefix, body], dim=-1)
+    return body
 
 
 def kv_reroute_attention(
@@ -387,9 +396,7 @@ def _packed_concat(
     length = key.shape[2]
     key = torch.cat([_segment_prefix(key, plan.segment_ends), key], dim=2)
     value = torch.cat([_segment_prefix(value, plan.segment_ends), value], dim=2)
-    body = prefixed_mask(attention_mask, query.shape[0], query.shape[2], length, 0.0, query.dtype, query.device)[
-        ..., 1:
-    ]
+    body = _additive_body(attention_mask, query.shape[2], length, query.dtype, query.device)
     own = torch.eye(query.shape[2], length, dtype=torch.bool, device=query.device)
     prefix = torch.full(own.shape, torch.finfo(query.dtype).min, dtype=query.dtype, device=query.device)
     prefix = prefix.masked_fill(own, plan.bias).expand(*body.shape[:-2], -1, -1)
