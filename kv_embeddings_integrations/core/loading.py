@@ -221,10 +221,15 @@ class LoadOptions(BaseModel):
             kwargs.update(device_map=self.device_map, max_memory=self.max_memory)
         if self.attn_implementation is not None:
             kwargs["attn_implementation"] = self.attn_implementation
-        common = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
         path = self.path
-        tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        model = AutoModel.from_pretrained(path, **common, **kwargs)
+        # revision and trust_remote_code as named keywords, so mypy checks them against the typed
+        # parameters of transformers' own signature (a shared dict of mixed values cannot be).
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=self.revision, trust_remote_code=self.trust_remote_code
+        )
+        model = AutoModel.from_pretrained(
+            path, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
+        )
         target = self.target_device()
         if target is not None:
             model.to(target)
