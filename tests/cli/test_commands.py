@@ -37,6 +37,7 @@ def test_embed_txt_and_jsonl(model_dir, tmp_path, capsys):
     np.testing.assert_allclose(np.load(out_q), queries, atol=1e-5)
 
 
+@pytest.mark.processes
 def test_embed_data_parallel_budget_and_device_map(model_dir, tmp_path):
     txt = tmp_path / "texts.txt"
     txt.write_text("\n".join(TEXTS * 3), encoding="utf-8")

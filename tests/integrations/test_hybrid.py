@@ -88,6 +88,7 @@ print(json.dumps({"hits": hits}))
 """
 
 
+@pytest.mark.processes
 def test_langchain_qdrant_hybrid_reloads_and_fuses_exactly(tied_model_dir, embedder, tmp_path):
     from langchain_qdrant import QdrantVectorStore, RetrievalMode
     from qdrant_client import models
@@ -159,6 +160,7 @@ def _relative_score_fusion(dense: np.ndarray, sparse: np.ndarray, alpha: float, 
     return np.stack([alpha * scaled(d) + (1 - alpha) * scaled(s) for d, s in zip(dense, sparse, strict=True)])
 
 
+@pytest.mark.processes
 def test_llama_index_qdrant_hybrid_reloads_and_fuses_exactly(tied_model_dir, embedder, tmp_path):
     from llama_index.core import StorageContext, VectorStoreIndex
     from llama_index.core.schema import TextNode

@@ -83,6 +83,7 @@ def test_pickle_keeps_an_explicit_embedder(tokenizer):
     np.testing.assert_allclose(clone.get_text_embedding(TEXTS[0]), adapter.get_text_embedding(TEXTS[0]), atol=1e-6)
 
 
+@pytest.mark.processes
 def test_ingestion_pipeline_with_two_workers(embed_model, monkeypatch):
     # Offline, the splitter unpickled in a spawned worker looks for tiktoken's encoding; point it
     # at the copy llama-index ships (llama-index sets this variable only inside its own calls).

@@ -120,6 +120,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.processes
 def test_langchain_chroma_and_faiss_reload_in_a_new_process(model_dir, tmp_path):
     from langchain_chroma import Chroma
     from langchain_community.vectorstores import FAISS
@@ -207,6 +208,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.processes
 def test_llama_index_chroma_and_lancedb_reload_in_a_new_process(model_dir, tmp_path):
     import chromadb
     from llama_index.core import Document, StorageContext, VectorStoreIndex
