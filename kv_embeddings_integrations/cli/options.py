@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # The embedder options every embedding command takes, in this order.
 MODEL_OPTIONS = (
     "task", "method", "prompt_family", "layers", "bias", "pooling", "output_layer", "postprocess", "dimensions",
-    "max_length", "long_text", "empty_text", "batching",
+    "max_length", "long_text", "empty_text", "batching", "lexical", "lexical_dim", "lexical_weight",
 )  # fmt: skip
 # The prefix of the variables that give a server's options (``$KV_EMBED_PORT``...).
 ENV_PREFIX = "KV_EMBED_"
@@ -126,6 +126,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "(default: the built-in calibration texts)",
     )
     parser.add_argument(
+        "--lexical-texts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="texts (.txt or .jsonl 'text') to count --lexical's statistics on (IDF, mean length), e.g. a sample "
+        "of your corpus (default: the built-in calibration texts)",
+    )
+    parser.add_argument(
         "--prompt",
         action="append",
         default=[],
@@ -213,6 +221,8 @@ def embedder_config(args: argparse.Namespace, *names: str) -> EmbedderConfig:
     options = {name: getattr(args, name) for name in MODEL_OPTIONS}
     if getattr(args, "postprocess_texts", None) is not None:
         options["postprocess_texts"] = read_texts(args.postprocess_texts, "text")
+    if getattr(args, "lexical_texts", None) is not None:
+        options["lexical_texts"] = read_texts(args.lexical_texts, "text")
     if getattr(args, "prompt", None):
         options["prompts"] = parse_prompts(args.prompt)
     for name in names:

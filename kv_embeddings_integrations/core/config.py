@@ -27,6 +27,13 @@ TaskName = Literal["retrieval", "similarity", "classification"]
 TASK_METHODS: dict[str, str] = {"retrieval": "kv", "similarity": "kv_pcot", "classification": "kv_pcot"}
 # Tasks whose two sides are alike: queries get the document prompt.
 SYMMETRIC_TASKS = frozenset({"similarity", "classification"})
+# The lexical channel each task appends to the dense vector when ``lexical`` is not given
+# (docs/results.md, "One vector for plain stores"): symmetric tasks keep their vectors unchanged.
+TASK_LEXICAL: dict[str, str] = {"retrieval": "none", "similarity": "none", "classification": "none"}
+LexicalName = Literal["none", "sparse", "bm25"]
+# The options of the lexical channel: appended after the dense vector is made and post-processed,
+# so the dense fits and caches do not depend on them.
+LEXICAL_OPTIONS = ("lexical", "lexical_dim", "lexical_weight", "lexical_texts")
 
 SELECTION_OPTIONS = frozenset({"skip_fraction", "window", "last_layer"})
 # The fraction of early layers automatic selection never picks, unless ``selection`` says otherwise.
@@ -110,6 +117,16 @@ class EmbedderConfig(BaseModel):
             at most the number of fitting texts); an error with other post-processing.
         postprocess_texts: texts to fit the post-processing on (at least 20 distinct; a sample
             of the user's corpus is best); ``None`` uses the 1000 built-in calibration texts.
+        lexical: a lexical channel appended to each dense vector, so that one vector in a plain
+            store scores a dense + lexical fusion (:mod:`~kv_embeddings_integrations.core.lexical`):
+            ``"none"``, ``"sparse"`` (the same pass's PromptReps weights, queries times IDF) or
+            ``"bm25"`` (BM25 over the model's tokens: documents' saturated term frequencies,
+            queries' IDF). ``None``: the task's (see ``TASK_LEXICAL``).
+        lexical_dim: columns of the lexical half (a count-sketch of the vocabulary).
+        lexical_weight: the lexical cosine's share of a query's score, in ``[0, 1]``; applied on the
+            query side only, so it can change without embedding the documents again.
+        lexical_texts: texts to fit the lexical statistics on (IDF, mean length; a sample of the
+            user's corpus is best); ``None`` uses the 1000 built-in calibration texts.
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
@@ -185,6 +202,17 @@ class EmbedderConfig(BaseModel):
     postprocess_texts: list[str] | None = Field(
         default=None, description="texts to fit post-processing on (None: the built-in calibration texts)"
     )
+    lexical: LexicalName | None = Field(
+        default=None,
+        description="lexical channel appended to the dense vector: none, sparse or bm25 (None: the task's)",
+    )
+    lexical_dim: int = Field(default=4096, description="columns of the lexical half (a count-sketch)")
+    lexical_weight: float = Field(
+        default=0.5, description="the lexical cosine's share of a query's score (query side only)", ge=0.0, le=1.0
+    )
+    lexical_texts: list[str] | None = Field(
+        default=None, description="texts to fit the lexical statistics on (None: the built-in calibration texts)"
+    )
 
     @field_validator("layers")
     @classmethod
@@ -204,7 +232,7 @@ class EmbedderConfig(BaseModel):
             check_template(template)
         return prompts
 
-    @field_validator("max_length", "batch_size", "max_tokens_per_batch", "dimensions")
+    @field_validator("max_length", "batch_size", "max_tokens_per_batch", "dimensions", "lexical_dim")
     @classmethod
     def _check_positive(cls, value: int | None, info: ValidationInfo) -> int | None:
         check_positive_int(str(info.field_name), value)
@@ -230,6 +258,11 @@ class EmbedderConfig(BaseModel):
     def resolved_method(self) -> str:
         """The method that runs: ``method``, or the task's when it is ``None``."""
         return self.method or TASK_METHODS[self.task]
+
+    @property
+    def resolved_lexical(self) -> str:
+        """The lexical channel that runs: ``lexical``, or the task's when it is ``None``."""
+        return self.lexical or TASK_LEXICAL[self.task]
 
     @property
     def symmetric(self) -> bool:

@@ -16,10 +16,11 @@ from transformers import BatchEncoding, PretrainedConfig, PreTrainedModel, PreTr
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from . import fusion
+from . import lexical as lexical_channel
 from . import sparse as sparse_vectors
 from .concurrency import ConcurrentRequests
 from .config import EmbedderConfig
-from .identity import embedder_identity
+from .identity import embedder_identity, lexical_texts
 from .inputs import check_positive_int, texts_to_embed
 from .loading import LoadOptions, split_options
 from .method import rerouting, token_prepending
@@ -69,6 +70,8 @@ class KVEmbedder(ConcurrentRequests):
             :attr:`load_options` for front ends that load it again elsewhere).
         postprocessor: an already fitted post-processing (as :attr:`postprocessor` holds), used
             instead of fitting or reading the cache; must match ``config.postprocess``.
+        lexical_statistics: already counted lexical statistics (as :attr:`lexical` holds), used
+            instead of counting them on ``config.lexical_texts`` or reading the cache.
         **options: any :class:`EmbedderConfig` field: ``method``, ``prompt_family``, ``reroute``,
             ``layers``, ``bias``, ``pooling``, ``output_layer``, ``postprocess``, ``max_length``, ...
 
@@ -91,6 +94,7 @@ class KVEmbedder(ConcurrentRequests):
         name: str | None = None,
         load_options: LoadOptions | None = None,
         postprocessor: PostProcessor | None = None,
+        lexical_statistics: lexical_channel.LexicalStatistics | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(model, PreTrainedModel):
@@ -129,6 +133,7 @@ class KVEmbedder(ConcurrentRequests):
         if self.layers:
             rerouting.install(self.model)
         self.postprocessor = processor_for(self, postprocessor)
+        self.lexical = self._lexical_channel(lexical_texts(self.config), lexical_statistics)
 
     def __getstate__(self) -> dict[str, Any]:
         # The request queue and its thread belong to this process.
@@ -228,8 +233,47 @@ class KVEmbedder(ConcurrentRequests):
 
     @property
     def dimension(self) -> int:
-        """Size of the vectors returned: the model's hidden size, or the post-processing's."""
-        return self.postprocessor.dimensions if self.postprocessor is not None else self.hidden_size
+        """Size of the vectors returned: the model's hidden size, or the post-processing's, plus the
+        lexical half's columns when there is one."""
+        dense = self.postprocessor.dimensions if self.postprocessor is not None else self.hidden_size
+        return dense + (self.lexical.dim if self.lexical is not None else 0)
+
+    def _lexical_channel(
+        self, texts: Sequence[str], statistics: lexical_channel.LexicalStatistics | None = None
+    ) -> lexical_channel.LexicalChannel | None:
+        resolved = self.resolved
+        if resolved.lexical == "sparse":
+            self._lm_head()  # the sparse weights need the LM head: say so now, not at the first call
+        return lexical_channel.channel_for(
+            resolved.lexical,
+            resolved.lexical_dim,
+            resolved.lexical_weight,
+            texts,
+            self._prompt_tokenizer.fingerprint(),
+            self._prompt_tokenizer.token_ids,
+            self.vocab_size,
+            self.name,
+            statistics,
+        )
+
+    def fit_lexical_statistics(self, texts: Iterable[str]) -> lexical_channel.LexicalStatistics:
+        """Count the lexical channel's statistics (IDF, mean length) on ``texts``, a sample of your
+        own corpus, and use them from now on (cached like the built-in ones). Documents embedded
+        with other statistics must be embedded again: the identity records their digest.
+
+        Returns:
+            the statistics (:attr:`lexical` holds them).
+        """
+        if self.lexical is None:
+            raise ValueError("this embedder has no lexical channel (lexical='none'): nothing to fit")
+        sample = [t for t in texts]
+        if not sample or not all(isinstance(t, str) for t in sample):
+            raise ValueError("fit_lexical_statistics needs a non-empty list of strings")
+        channel = self._lexical_channel(sample)
+        assert channel is not None  # the kind is unchanged
+        self.lexical = channel
+        self._ranges = None  # int8 ranges cover the lexical half: fitted again on next use
+        return channel.statistics
 
     @property
     def batch_size(self) -> int | None:
@@ -309,8 +353,16 @@ class KVEmbedder(ConcurrentRequests):
 
     def recipe(self) -> EmbedderRecipe:
         """What another process needs to rebuild this embedder (model, tokenizer, config, layers)."""
+        statistics = self.lexical.statistics if self.lexical is not None else None
         return EmbedderRecipe(
-            type(self), self.model, self.tokenizer, self.config, self.name, list(self.layers), self.postprocessor
+            type(self),
+            self.model,
+            self.tokenizer,
+            self.config,
+            self.name,
+            list(self.layers),
+            self.postprocessor,
+            statistics,
         )
 
     def __repr__(self) -> str:
@@ -478,19 +530,76 @@ class KVEmbedder(ConcurrentRequests):
         check_positive_int("batch_size", batch_size)
         rows = batch_size or self.batch_size
         processor = self.postprocessor if postprocess else None
-        if sparse:
+        # The lexical half belongs to the final vectors: not to raw (unpostprocessed) ones.
+        channel = self.lexical if postprocess else None
+        if channel is not None and not normalize:
+            raise ValueError(
+                "normalize=False: the lexical channel joins unit-length dense and lexical halves; embed with "
+                "normalize=True, or use an embedder with lexical='none' for unnormalised vectors"
+            )
+        with_sparse = sparse or (channel is not None and channel.kind == "sparse")
+        if with_sparse:
             self._lm_head()  # no head: say so before any pass
         if not items:
-            empty = EmbedResult.empty(processor.dimensions if processor else self.hidden_size)
+            dense = processor.dimensions if processor else self.hidden_size
+            empty = EmbedResult.empty(dense + (channel.dim if channel is not None else 0))
             return dataclasses.replace(empty, sparse=SparseVectors.empty(self.vocab_size)) if sparse else empty
         # ENCODE_CHUNK read at call time: tests shrink it.
-        result = self.runner.run_templates(items, templates, rows, show, sparse, ENCODE_CHUNK)
+        result = self.runner.run_templates(items, templates, rows, show, with_sparse, ENCODE_CHUNK)
         if not (normalize or processor):
             return result
         vectors = torch.nn.functional.normalize(torch.from_numpy(result.vectors), dim=-1).numpy()
         if processor is not None:
             vectors = processor.apply(vectors, normalize=normalize)
-        return dataclasses.replace(result, vectors=vectors)
+        if channel is not None:
+            vectors = self.with_lexical(vectors, items, prompt_type=prompt_type, sparse=result.sparse)
+        return dataclasses.replace(result, vectors=vectors, sparse=result.sparse if sparse else None)
+
+    def lexical_rows(
+        self, texts: Sequence[str], *, prompt_type: str = "document", sparse: SparseVectors | None = None
+    ) -> list[lexical_channel.SparseRow]:
+        """Each text's lexical weights (token ids, weights) before the sketch, for ``prompt_type``'s
+        side: what :meth:`with_lexical` sketches (for an exact reference, or another sketch).
+
+        Args:
+            texts: the texts, as embedded.
+            prompt_type: the prompt they were embedded with (its side: query or document).
+            sparse: their sparse vectors from the same pass (``embed(..., sparse=True)``); needed
+                when ``lexical="sparse"``.
+        """
+        channel = self.lexical
+        if channel is None:
+            raise ValueError("this embedder has no lexical channel (lexical='none')")
+        side = self.resolved.side(prompt_type)
+        if channel.kind == "bm25":
+            counted = [t.lower() for t in texts] if channel.lowercase else list(texts)
+            return channel.rows(side, token_ids=self._prompt_tokenizer.token_ids(counted))
+        if sparse is None or len(sparse) != len(texts):
+            raise ValueError("lexical='sparse' needs the texts' sparse vectors from the same pass, one per text")
+        return channel.rows(side, sparse=list(zip(sparse.indices, sparse.values, strict=True)))
+
+    def with_lexical(
+        self,
+        dense: np.ndarray,
+        texts: Sequence[str],
+        *,
+        prompt_type: str = "document",
+        sparse: SparseVectors | None = None,
+    ) -> np.ndarray:
+        """Final dense vectors (unit rows, post-processed) with the texts' lexical half appended:
+        what :meth:`encode` returns, from dense vectors kept elsewhere (an evaluation's cache).
+
+        Args:
+            dense: ``(len(texts), dense dimension)`` unit vectors.
+            texts: the texts they embed.
+            prompt_type: the prompt they were embedded with (its side: query or document).
+            sparse: their sparse vectors from the same pass, when ``lexical="sparse"``.
+        """
+        channel = self.lexical
+        if channel is None:
+            raise ValueError("this embedder has no lexical channel (lexical='none')")
+        rows = self.lexical_rows(texts, prompt_type=prompt_type, sparse=sparse)
+        return channel.vectors(dense, rows, self.resolved.side(prompt_type))
 
     def start_pool(self, devices: Sequence[str | torch.device]) -> EmbeddingPool:
         """Start one worker process per device holding a replica of this embedder (data parallel).

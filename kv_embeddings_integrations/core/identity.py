@@ -30,7 +30,7 @@ import torch
 from ..version import __version__
 from .cache import model_fingerprint, texts_digest
 from .calibration import builtin_calibration_texts
-from .config import DEFAULT_SKIP_FRACTION, EmbedderConfig
+from .config import DEFAULT_SKIP_FRACTION, LEXICAL_OPTIONS, EmbedderConfig
 from .loading import dtype_name
 from .quantization import QUANTIZED, SCALAR, check_precision
 
@@ -62,6 +62,7 @@ INFORMATIONAL = frozenset(
         "long_text",
         "prompt_type",
         "precision",
+        "lexical_weight",
         "package_version",
         "fingerprint",
     }
@@ -70,8 +71,8 @@ INFORMATIONAL = frozenset(
 # made before, changing one does. Left out of the fingerprint for the same reason.
 PARTIAL = frozenset({"named_templates"})
 # Options left out of the post-processing key: batching does not change a vector, the fitting
-# texts and the selected layers enter it by themselves, and the fit uses the document prompt
-# whichever side queries take.
+# texts and the selected layers enter it by themselves, the fit uses the document prompt
+# whichever side queries take, and the lexical channel is appended after it.
 _NOT_IN_FIT_KEY = (
     "batch_size",
     "batching",
@@ -80,6 +81,7 @@ _NOT_IN_FIT_KEY = (
     "selection",
     "postprocess_texts",
     "symmetric",
+    *LEXICAL_OPTIONS,
 )
 
 
@@ -109,6 +111,12 @@ def model_identity(model: torch.nn.Module) -> dict[str, Any]:
 def postprocess_texts(config: EmbedderConfig) -> list[str]:
     """The texts post-processing is fitted on: the config's ``postprocess_texts``, else the built-in ones."""
     texts = config.postprocess_texts
+    return list(texts) if texts is not None else builtin_calibration_texts()
+
+
+def lexical_texts(config: EmbedderConfig) -> list[str]:
+    """The texts the lexical statistics are counted on: the config's ``lexical_texts``, else the built-in ones."""
+    texts = config.lexical_texts
     return list(texts) if texts is not None else builtin_calibration_texts()
 
 
@@ -229,6 +237,11 @@ def embedder_identity(embedder: KVEmbedder, *, normalize: bool = True, precision
         "long_text": resolved.long_text,
         "package_version": __version__,
     }
+    if embedder.lexical is not None:
+        # Absent without a lexical half, so records made before it existed still match. The
+        # weight only scales a query's halves: documents stored with another weight still rank right.
+        identity["lexical"] = embedder.lexical.record()
+        identity["lexical_weight"] = embedder.lexical.weight
     if resolved.named_templates:
         # The config's other prompts: compared only where both records name them (PARTIAL).
         identity["named_templates"] = dict(resolved.named_templates)

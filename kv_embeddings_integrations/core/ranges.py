@@ -28,7 +28,11 @@ RANGES_VERSION = 1
 def ranges_key(embedder: KVEmbedder) -> dict[str, Any]:
     """What the ranges depend on: everything the post-processing fit does (whatever its kind), the
     fitting texts included, and the ranges' own version."""
-    return {"ranges_version": RANGES_VERSION, **postprocessing_key(embedder, postprocess_texts(embedder.config))}
+    key = {"ranges_version": RANGES_VERSION, **postprocessing_key(embedder, postprocess_texts(embedder.config))}
+    if embedder.lexical is not None:
+        # The ranges cover the lexical half too (absent without one: the shipped ranges still match).
+        key["lexical"] = embedder.lexical.record()
+    return key
 
 
 def load(path: Path, key: dict[str, Any]) -> QuantizationRanges | None:

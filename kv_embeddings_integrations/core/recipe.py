@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import PreTrainedModel
 
 from .config import EmbedderConfig
+from .lexical import LexicalStatistics
 from .method.postprocessing import PostProcessor
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ class EmbedderRecipe:
         name: the model's name, for messages and the identity record.
         layers: the re-routed layers, already selected.
         postprocessor: the fitted post-processing, if any.
+        lexical_statistics: the lexical channel's statistics, if it has one (fitted on the user's
+            texts, they are not the config's to count again).
     """
 
     embedder_class: type[KVEmbedder]
@@ -39,6 +42,7 @@ class EmbedderRecipe:
     name: str
     layers: list[int]
     postprocessor: PostProcessor | None = None
+    lexical_statistics: LexicalStatistics | None = None
 
     def build(self) -> KVEmbedder:
         """The embedder, re-routing exactly :attr:`layers`, with the fitted post-processing."""
@@ -50,6 +54,7 @@ class EmbedderRecipe:
             self.config,
             name=self.name,
             postprocessor=self.postprocessor,
+            lexical_statistics=self.lexical_statistics,
             layers=self.layers or None,
         )
         if embedder.layers != self.layers:

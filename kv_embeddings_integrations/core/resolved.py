@@ -48,6 +48,10 @@ class ResolvedMethod:
         long_text: ``"truncate"`` or ``"chunk_mean"``.
         postprocess: ``"none"``, ``"center"``, ``"standardize"``, ``"pca"`` or ``"whiten"``.
         dimensions: output size for ``"pca"`` / ``"whiten"`` (``None``: all).
+        symmetric: whether queries are embedded as documents (a symmetric task).
+        lexical: the lexical channel appended to the dense vector: ``"none"``, ``"sparse"`` or ``"bm25"``.
+        lexical_dim: its width (columns of the count-sketch; 0 when ``lexical`` is ``"none"``).
+        lexical_weight: the lexical cosine's share of a query's score.
     """
 
     method: str
@@ -68,6 +72,10 @@ class ResolvedMethod:
     long_text: str
     postprocess: str
     dimensions: int | None
+    symmetric: bool = False
+    lexical: str = "none"
+    lexical_dim: int = 0
+    lexical_weight: float = 0.0
 
     @classmethod
     def resolve(cls, config: EmbedderConfig, num_layers: int, context: int | None = None) -> ResolvedMethod:
@@ -98,6 +106,7 @@ class ResolvedMethod:
             override = (config.prompts or {}).get(source)
             templates[prompt_type] = (override,) if override else family.templates[source]
         output_layer = _output_layer(config.output_layer, family.output_layer, prepending, num_layers)
+        lexical = config.resolved_lexical
         if prepending and config.batching == "packed":
             # Token Prepending reads each row's last position, which a packed row shares.
             raise ValueError("batching='packed' does not run Token Prepending; use batching='padded'")
@@ -120,6 +129,10 @@ class ResolvedMethod:
             long_text=config.long_text,
             postprocess=config.postprocess,
             dimensions=config.dimensions,
+            symmetric=config.symmetric,
+            lexical=lexical,
+            lexical_dim=config.lexical_dim if lexical != "none" else 0,
+            lexical_weight=config.lexical_weight if lexical != "none" else 0.0,
         )
 
     def templates(self, prompt_name: str = "document") -> tuple[str, ...]:
@@ -133,6 +146,15 @@ class ResolvedMethod:
         if prompt_name in named:
             return (named[prompt_name],)
         return self.document_templates if INPUT_TYPES[prompt_name] == "document" else self.query_templates
+
+    def side(self, prompt_name: str = "document") -> str:
+        """Which side of retrieval a prompt name embeds: ``"query"`` for the query prompt of an
+        asymmetric task (under any provider's name), else ``"document"``."""
+        named = dict(self.named_templates)
+        check_prompt_name(prompt_name, named)
+        if prompt_name in named or INPUT_TYPES[prompt_name] == "document":
+            return "document"
+        return "document" if self.symmetric else "query"
 
     @property
     def prompt_names(self) -> tuple[str, ...]:

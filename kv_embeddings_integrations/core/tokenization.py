@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import threading
 from dataclasses import dataclass
@@ -99,6 +101,22 @@ class PromptTokenizer:
         with self._lock:
             out = self.tokenizer(strings, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
         return out["input_ids"], [[tuple(o) for o in row] for row in out["offset_mapping"]]
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the tokenizer's definition (its serialized pipeline and vocabulary): equal for
+        tokenizers that split every text alike, whatever folder they were loaded from."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            definition = backend.to_str()
+        else:  # a slow tokenizer: its vocabulary
+            definition = json.dumps(sorted(self.tokenizer.get_vocab().items()))
+        return hashlib.sha256(definition.encode("utf-8")).hexdigest()
+
+    def token_ids(self, strings: list[str]) -> list[list[int]]:
+        """Each string's token ids alone: no prompt, no special tokens, no cut."""
+        with self._lock:
+            ids: list[list[int]] = self.tokenizer(strings, add_special_tokens=False, truncation=False)["input_ids"]
+        return ids
 
     def tokenize_strings(self, strings: list[str], add_special_tokens: bool = True) -> BatchEncoding:
         """The tokenizer's own output for whole strings, with character offsets and the special-token

@@ -18,8 +18,9 @@ import torch
 
 from ..core import fusion
 from ..core.cache import cache_dir
-from ..core.config import EmbedderConfig
+from ..core.config import LEXICAL_OPTIONS, EmbedderConfig
 from ..core.extras import require
+from ..core.lexical import LexicalChannel
 from ..core.loading import LoadOptions
 from ..core.quantization import SCALAR
 from ..core.sparse import SparseVectors
@@ -145,7 +146,7 @@ class KVVariant:
         # The vectors before post-processing are what is cached (finish() applies it), so variants
         # that differ only in post-processing share their embeddings.
         config = self.embedder.config.vector_options()
-        for name in ("postprocess", "dimensions", "postprocess_texts"):
+        for name in ("postprocess", "dimensions", "postprocess_texts", *LEXICAL_OPTIONS):
             config.pop(name)
         texts = config.pop("calibration_texts")
         config["calibration_texts"] = hashlib.sha256("\n".join(texts).encode()).hexdigest() if texts else None
@@ -173,6 +174,22 @@ class KVVariant:
     @property
     def vocab_size(self) -> int:
         return self.embedder.vocab_size
+
+    @property
+    def lexical(self) -> LexicalChannel | None:
+        """The embedder's lexical channel, appended to the finished vectors (``None``: none)."""
+        lexical: LexicalChannel | None = self.embedder.lexical
+        return lexical
+
+    def with_lexical(
+        self, vectors: np.ndarray, texts: list[str], prompt_type: str, sparse: SparseVectors | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The finished dense vectors with their lexical half (as ``encode`` returns them), and the
+        unsketched unit lexical vectors' exact cosines' inputs: ``(one vectors, exact rows)``."""
+        rows = self.embedder.lexical_rows(texts, prompt_type=prompt_type, sparse=sparse)
+        side = self.embedder.resolved.side(prompt_type)
+        assert self.lexical is not None
+        return self.lexical.vectors(vectors, rows, side), rows
 
     def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
         """Final vectors in ``precision``, as the embedder's ``encode(precision=...)`` returns them."""
@@ -362,6 +379,15 @@ class _Embeddings:
         finish = getattr(self.encoder, "finish", None)
         return finish(vectors, fit_on) if finish is not None else vectors
 
+    def lexical(self, finished: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """Finished document-side vectors with the encoder's lexical half, when it has one."""
+        channel: LexicalChannel | None = getattr(self.encoder, "lexical", None)
+        if channel is None:
+            return finished
+        sparse = self.with_sparse(texts, "document")[1] if channel.kind == "sparse" else None
+        vectors: np.ndarray = self.encoder.with_lexical(finished, list(texts), "document", sparse)[0]  # type: ignore[attr-defined]
+        return vectors
+
 
 def evaluate_task(encoder: Encoder, task: Task, cache_directory: Path | None = None) -> TaskResult:
     """Embed a task's texts with ``encoder`` (through the cache) and score them."""
@@ -395,16 +421,20 @@ def evaluate_task_rows(
     extra: list[tuple[str, str, dict[str, float]]] = []
     quantize = getattr(encoder, "quantize", None) if precisions else None
     if isinstance(task, STSTask):
-        vectors = embed(task.sentences1 + task.sentences2, "document")
-        vectors = embed.finish(vectors, vectors)
+        texts = task.sentences1 + task.sentences2
+        vectors = embed(texts, "document")
+        vectors = embed.lexical(embed.finish(vectors, vectors), texts)
         metrics = {"spearman": sts_spearman(vectors[: len(task)], vectors[len(task) :], task.scores)}
         if quantize is not None:
             extra += precision_rows.sts_rows(precisions, quantize, vectors, task)
     elif isinstance(task, RetrievalTask):
         doc_ids, query_ids = list(task.corpus), list(task.queries)
         doc_texts, query_texts = [task.corpus[d] for d in doc_ids], [task.queries[q] for q in query_ids]
+        channel: LexicalChannel | None = getattr(encoder, "lexical", None)
         sparse = hybrid and hasattr(encoder, "encode_with_sparse")
-        if sparse:
+        doc_sparse: SparseVectors | None = None
+        query_sparse: SparseVectors | None = None
+        if sparse or (channel is not None and channel.kind == "sparse"):
             docs, doc_sparse = embed.with_sparse(doc_texts, "document")
             queries, query_sparse = embed.with_sparse(query_texts, "query")
         else:
@@ -413,10 +443,26 @@ def evaluate_task_rows(
         raw_docs = docs
         docs = embed.finish(docs, raw_docs)
         queries = embed.finish(queries, queries if fit == "sides" else raw_docs)
+        if channel is not None:
+            # The one vector (dense ++ sketched lexical half), and beside it what it approximates:
+            # the dense part alone, and the exact fusion of the unsketched unit lexical vectors.
+            dense_part = fusion.dense_scores(queries, docs)
+            docs, doc_rows = encoder.with_lexical(docs, doc_texts, "document", doc_sparse)  # type: ignore[attr-defined]
+            queries, query_rows = encoder.with_lexical(queries, query_texts, "query", query_sparse)  # type: ignore[attr-defined]
+            exact = lexical_fusion_scores(dense_part, query_rows, doc_rows, channel.weight, encoder.vocab_size)  # type: ignore[attr-defined]
+            extra += [
+                ("dense part", "the dense half alone", matrix_scores(task.qrels, dense_part, doc_ids, query_ids)),
+                (
+                    "exact fusion",
+                    f"(1 - w) cos dense + w cos lexical, unsketched, w {channel.weight}",
+                    matrix_scores(task.qrels, exact, doc_ids, query_ids),
+                ),
+            ]
         metrics = retrieval_scores(task.qrels, exact_search(queries, docs, doc_ids, query_ids, top_k=100))
         if quantize is not None:
             extra += precision_rows.retrieval_rows(precisions, quantize, queries, docs, task)
         if sparse:
+            assert doc_sparse is not None and query_sparse is not None  # embedded with them above
             dense = fusion.dense_scores(_unit(queries), _unit(docs))  # the cosines exact_search ranks by
             lexical = fusion.sparse_scores(query_sparse, doc_sparse)
             rare = fusion.sparse_scores(query_sparse, doc_sparse, fusion.idf(doc_sparse))
@@ -433,7 +479,7 @@ def evaluate_task_rows(
                 ),
                 ("dense+BM25", "min-max fusion with BM25, equal weights", fusion.minmax_fusion(dense, lexical_bm25)),
             ]
-            extra = [
+            extra += [
                 (name, how, matrix_scores(task.qrels, scores, doc_ids, query_ids)) for name, how, scores in systems
             ]
     elif isinstance(task, ClassificationTask):
@@ -442,7 +488,8 @@ def evaluate_task_rows(
         used_vectors = embed([task.train_texts[i] for i in used], "document")
         test = embed(task.test_texts, "document")
         fit_on = np.concatenate([used_vectors, test])
-        used_vectors, test = embed.finish(used_vectors, fit_on), embed.finish(test, fit_on)
+        used_vectors = embed.lexical(embed.finish(used_vectors, fit_on), [task.train_texts[i] for i in used])
+        test = embed.lexical(embed.finish(test, fit_on), task.test_texts)
         train = np.zeros((len(task.train_texts), used_vectors.shape[1]), dtype=np.float32)
         train[used] = used_vectors
         metrics = classification_accuracy(train, task.train_labels, test, task.test_labels, draws)
@@ -457,6 +504,20 @@ def evaluate_task_rows(
             )
         )
     return rows
+
+
+def lexical_fusion_scores(
+    dense: np.ndarray, query_rows: list, doc_rows: list, weight: float, vocab_size: int
+) -> np.ndarray:
+    """``(1 - w) * dense + w * cos_lexical`` with the lexical rows unsketched (exact cosines of
+    their unit vectors): what the one vector's sketch approximates."""
+
+    def unit_rows(rows: list) -> SparseVectors:
+        normed = [(ids, values / max(float(np.linalg.norm(values)), 1e-30)) for ids, values in rows]
+        return SparseVectors(tuple(r[0] for r in normed), tuple(r[1].astype(np.float32) for r in normed), vocab_size)
+
+    lexical = fusion.sparse_scores(unit_rows(query_rows), unit_rows(doc_rows)).astype(np.float64)
+    return (1.0 - weight) * np.asarray(dense, np.float64) + weight * lexical
 
 
 def _bm25(task: RetrievalTask, cache: dict[str, np.ndarray] | None) -> np.ndarray:

@@ -185,6 +185,14 @@ class EmbeddingEngine:
             APIError: 429 when ``max_concurrent_requests`` are already admitted; 413 when
                 ``truncate`` is False and a text is longer than the model's ``max_length``.
         """
+        if not normalize and self.embedder.lexical is not None:
+            raise APIError(
+                400,
+                "normalize=false is not available: this server's vectors carry a lexical half joined to a unit "
+                "dense half, which only means something normalised; start the server with --lexical none for "
+                "unnormalised dense vectors",
+                param="normalize",
+            )
         if self.admitted >= self.settings.max_concurrent_requests:
             raise APIError(
                 429,
@@ -346,14 +354,21 @@ class EmbeddingEngine:
         full = self.embedder.dimension
         if dimensions is None or dimensions == full:
             return
-        reducible = self.embedder.config.postprocess in ("pca", "whiten")
+        lexical = self.embedder.lexical is not None
+        reducible = self.embedder.config.postprocess in ("pca", "whiten") and not lexical
         if not reducible or not 1 <= dimensions < full:
-            how = (
-                f"fewer leading PCA components (1..{full})"
-                if reducible
-                else "none other: these vectors are not trained for truncation, and cutting them would silently "
-                "change their meaning; start the server with --postprocess pca --dimensions K to serve K"
-            )
+            if reducible:
+                how = f"fewer leading PCA components (1..{full})"
+            elif lexical:
+                how = (
+                    "none other: their last columns are the lexical half, which a cut would drop; start the server "
+                    "with --postprocess pca --dimensions K to make the dense part K wide"
+                )
+            else:
+                how = (
+                    "none other: these vectors are not trained for truncation, and cutting them would silently "
+                    "change their meaning; start the server with --postprocess pca --dimensions K to serve K"
+                )
             raise APIError(
                 400,
                 f"dimensions={dimensions} is not available: this server returns {full}-dimensional vectors, and {how}",

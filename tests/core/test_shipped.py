@@ -97,6 +97,11 @@ def test_the_cache_keys_are_built_by_identity_with_the_shipped_fields(tokenizer,
         "calibration_texts",
         "selection",
         "postprocess_texts",
+        # The lexical half is appended after the fit: the shipped fits hold with or without it.
+        "lexical",
+        "lexical_dim",
+        "lexical_weight",
+        "lexical_texts",
     }
 
 
