@@ -11,6 +11,7 @@ the paper's recipe, and the two other methods ``make compare`` shows):
         layer_selection/<key digest>.json          named and keyed exactly like the user cache,
         postprocessing/<key digest>.safetensors    so the same lookup reads either
         quantization/<key digest>.safetensors      the int8 / uint8 ranges (precision="int8")
+        lexical/<key digest>.safetensors           the lexical channel's token statistics
         manifest.json                              which file is which model, dtype and preset
 
 Every file is made by ``from_pretrained`` itself, in a fresh cache with the shipped files ignored,
@@ -19,8 +20,9 @@ checks it equals the shipped file.
 
     python scripts/precompute_bundled.py                       # all models, replaces the folder
     python scripts/precompute_bundled.py --models smollm2-135m --dtypes float32
-    python scripts/precompute_bundled.py --only-ranges         # the int8 ranges over the shipped
-                                                               # layers and fits, which stay as they are
+    python scripts/precompute_bundled.py --only-ranges         # the int8 ranges and the lexical
+                                                               # statistics over the shipped layers
+                                                               # and fits, which stay as they are
 
 The ranges are shipped so that int8 vectors of a bundled model are the same on every machine: the
 identity compares their digest, and ranges fitted on another CPU's arithmetic could differ.
@@ -40,13 +42,13 @@ import tempfile
 import time
 from pathlib import Path
 
-KINDS = ("layer_selection", "postprocessing", "quantization")
+KINDS = ("layer_selection", "postprocessing", "quantization", "lexical")
 # name -> from_pretrained options. "default" (the retrieval task's), "similarity" (the symmetric
 # tasks') and "paper" are the package's PRESETS; "prompteol" is PromptEOL with centering (make compare).
 CONFIGURATIONS = {
-    "default": {"method": "kv", "postprocess": "center"},
-    "similarity": {"method": "kv_pcot", "postprocess": "center"},
-    "paper": {"method": "kv", "postprocess": "none"},
+    "default": {"method": "kv", "postprocess": "center", "lexical": "bm25"},
+    "similarity": {"method": "kv_pcot", "postprocess": "center", "lexical": "none"},
+    "paper": {"method": "kv", "postprocess": "none", "lexical": "none"},
     "prompteol": {"method": "prompteol", "postprocess": "center"},
 }
 
@@ -85,7 +87,8 @@ def main() -> int:
     kept = [
         e
         for e in manifest
-        if (e["model"], e["dtype"], e["preset"]) not in redone or (args.only_ranges and e["kind"] != "quantization")
+        if (e["model"], e["dtype"], e["preset"]) not in redone
+        or (args.only_ranges and e["kind"] not in ("quantization", "lexical"))
     ]
     made: list[dict] = []
     out = Path(tempfile.mkdtemp(prefix="kv-precomputed-"))
@@ -99,7 +102,7 @@ def main() -> int:
                     embedder.quantization_ranges  # noqa: B018 - fits (and caches) the int8 ranges
                     new = sorted(_files(cache) - before)
                     if args.only_ranges:  # anything else computed here (not shipped) stays unshipped
-                        new = [relative for relative in new if relative.parts[0] == "quantization"]
+                        new = [relative for relative in new if relative.parts[0] in ("quantization", "lexical")]
                     print(
                         f"{model} {dtype} {preset}: layers {embedder.layers}, {len(new)} files, "
                         f"{time.perf_counter() - started:.0f} s",

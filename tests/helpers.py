@@ -265,5 +265,5 @@ def assert_unit_and_finite(vectors: np.ndarray) -> None:
 
 # The options the mechanics tests were written for: KV-Embedding as the paper describes it (the
 # compression prompt, no post-processing), whatever the package's default becomes.
-PAPER = {"method": "kv", "postprocess": "none"}
-PAPER_ARGS = ("--method", "kv", "--postprocess", "none")
+PAPER = {"method": "kv", "postprocess": "none", "lexical": "none"}
+PAPER_ARGS = ("--method", "kv", "--postprocess", "none", "--lexical", "none")

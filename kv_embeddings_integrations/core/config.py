@@ -29,7 +29,7 @@ TASK_METHODS: dict[str, str] = {"retrieval": "kv", "similarity": "kv_pcot", "cla
 SYMMETRIC_TASKS = frozenset({"similarity", "classification"})
 # The lexical channel each task appends to the dense vector when ``lexical`` is not given
 # (docs/results.md, "One vector for plain stores"): symmetric tasks keep their vectors unchanged.
-TASK_LEXICAL: dict[str, str] = {"retrieval": "none", "similarity": "none", "classification": "none"}
+TASK_LEXICAL: dict[str, str] = {"retrieval": "bm25", "similarity": "none", "classification": "none"}
 LexicalName = Literal["none", "sparse", "bm25"]
 # The options of the lexical channel: appended after the dense vector is made and post-processed,
 # so the dense fits and caches do not depend on them.
@@ -208,7 +208,7 @@ class EmbedderConfig(BaseModel):
     )
     lexical_dim: int = Field(default=4096, description="columns of the lexical half (a count-sketch)")
     lexical_weight: float = Field(
-        default=0.5, description="the lexical cosine's share of a query's score (query side only)", ge=0.0, le=1.0
+        default=0.7, description="the lexical cosine's share of a query's score (query side only)", ge=0.0, le=1.0
     )
     lexical_texts: list[str] | None = Field(
         default=None, description="texts to fit the lexical statistics on (None: the built-in calibration texts)"
@@ -275,6 +275,7 @@ class EmbedderConfig(BaseModel):
         and whether queries get the document prompt when that is not the default."""
         options = self.to_dict()
         options["method"] = self.resolved_method
+        options["lexical"] = self.resolved_lexical
         task = options.pop("task")
         if task in SYMMETRIC_TASKS:
             options["symmetric"] = True
@@ -312,10 +313,11 @@ class EmbedderConfig(BaseModel):
 # ``KVEmbeddings(model=m, **PRESETS["paper"])``.
 PRESETS: dict[str, dict[str, Any]] = {
     # KV-Embedding exactly as method.md describes it: compression prompt, re-routing, mean+last
-    # pooling of the last layer, no post-processing.
-    "paper": {"method": "kv", "postprocess": "none"},
-    # The package's default (chosen on dev data, docs/results.md): the retrieval task's method.
-    "default": {"method": TASK_METHODS["retrieval"], "postprocess": "center"},
-    # The symmetric tasks' (STS, classification).
-    "similarity": {"method": TASK_METHODS["similarity"], "postprocess": "center"},
+    # pooling of the last layer, no post-processing, the dense vector alone.
+    "paper": {"method": "kv", "postprocess": "none", "lexical": "none"},
+    # The package's default (chosen on dev data, docs/results.md): the retrieval task's method,
+    # with its lexical half.
+    "default": {"method": TASK_METHODS["retrieval"], "postprocess": "center", "lexical": TASK_LEXICAL["retrieval"]},
+    # The symmetric tasks' (STS, classification): their vectors carry no lexical half.
+    "similarity": {"method": TASK_METHODS["similarity"], "postprocess": "center", "lexical": "none"},
 }

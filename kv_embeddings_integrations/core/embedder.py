@@ -370,7 +370,7 @@ class KVEmbedder(ConcurrentRequests):
         return (
             f"KVEmbedder(model={self.name!r}, task={self.config.task!r}, method={method.method!r}, "
             f"family={method.family!r}, layers={self.layers}, bias={method.bias}, pooling={method.pooling!r}, "
-            f"output_layer={method.output_layer}, postprocess={method.postprocess!r})"
+            f"output_layer={method.output_layer}, postprocess={method.postprocess!r}, lexical={method.lexical!r})"
         )
 
     # -- embedding -------------------------------------------------------------------------------

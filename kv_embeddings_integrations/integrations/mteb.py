@@ -115,6 +115,10 @@ def _experiment_kwargs(embedder: KVEmbedder) -> dict[str, Any]:
             kwargs[name] = getattr(embedder.config, name)
     if embedder.config.postprocess != "none":
         kwargs["postprocess"] = embedder.config.postprocess
+    if embedder.lexical is not None:
+        kwargs["lexical"] = embedder.lexical.kind
+        kwargs["lexical_dim"] = embedder.lexical.dim
+        kwargs["lexical_weight"] = embedder.lexical.weight
     return kwargs
 
 
@@ -197,11 +201,12 @@ class KVMTEBEncoder(AbsEncoder):
             loader_kwargs.setdefault("dtype", dtype)
         if not embedder.layers:
             loader_kwargs["layers"] = None  # else the loader would select layers ("auto")
-        # Recorded as an experiment option only when on (below); the loader needs it either way.
+        # Recorded as experiment options only when on (below); the loader needs them either way.
         loader_kwargs["postprocess"] = embedder.config.postprocess
+        loader_kwargs["lexical"] = embedder.resolved.lexical
         # Batching does not change the vectors, so it is for the loader only, not an experiment option.
         # So is the fitting sample of a post-processing (the fitted transform is keyed by it).
-        for option in ("batch_size", "max_tokens_per_batch", "postprocess_texts"):
+        for option in ("batch_size", "max_tokens_per_batch", "postprocess_texts", "lexical_texts"):
             if getattr(embedder.config, option) is not None:
                 loader_kwargs[option] = getattr(embedder.config, option)
         parameters = list(embedder.model.parameters())

@@ -23,18 +23,22 @@ CORPUS = [
 
 
 def _bm25_reference(query: list[int], document: list[int], corpus: list[list[int]]) -> float:
-    """BM25 (Robertson; k1 0.9, b 0.4, IDF ln(1 + (N - n + 0.5) / (n + 0.5))) term by term."""
+    """BM25 (Robertson; IDF ln(1 + (N - n + 0.5) / (n + 0.5))) term by term, with the module's k1 and b."""
     n_docs, avg = len(corpus), sum(map(len, corpus)) / len(corpus)
     score = 0.0
     for term in set(query):
         n = sum(term in d for d in corpus)
         idf = math.log(1 + (n_docs - n + 0.5) / (n + 0.5))
         tf = document.count(term)
-        score += query.count(term) * idf * tf * 1.9 / (tf + 0.9 * (0.6 + 0.4 * len(document) / avg))
+        k1, b = lexical.BM25_K1, lexical.BM25_B
+        score += query.count(term) * idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(document) / avg))
     return score
 
 
-def test_bm25_halves_multiply_to_bm25(tokenizer):
+@pytest.mark.parametrize("k1,b", [(lexical.BM25_K1, lexical.BM25_B), (1.2, 0.75), (0.9, 0.4)])
+def test_bm25_halves_multiply_to_bm25(tokenizer, monkeypatch, k1, b):
+    monkeypatch.setattr(lexical, "BM25_K1", k1)
+    monkeypatch.setattr(lexical, "BM25_B", b)
     corpus = [tokenizer(t.lower(), add_special_tokens=False)["input_ids"] for t in CORPUS]
     statistics = lexical.fit_statistics(corpus, len(tokenizer))
     assert statistics.texts == 5 and statistics.average_length == pytest.approx(sum(map(len, corpus)) / 5)
@@ -117,7 +121,7 @@ def test_join_weights_the_query_and_keeps_zero_halves_zero():
 @pytest.fixture(scope="module")
 def dense_and_bm25(tokenizer):
     model = make_model("llama")
-    dense = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none")
+    dense = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none", lexical="none")
     one = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none", lexical="bm25", lexical_dim=256)
     return dense, one
 
@@ -135,7 +139,7 @@ def test_the_one_vector_is_the_dense_vector_and_the_bm25_sketch(dense_and_bm25, 
         else:
             rows = [lexical.bm25_document(i, channel.statistics) for i in ids]
         halves = lexical.sketch(rows, channel.columns, channel.signs, 256)
-        a, b = lexical.query_scales(0.5) if side == "query" else (2**-0.5, 2**-0.5)
+        a, b = lexical.query_scales(channel.weight) if side == "query" else (2**-0.5, 2**-0.5)
         np.testing.assert_allclose(
             got[:, : dense.dimension], a * dense.encode(TEXTS, prompt_type=prompt_type), atol=1e-6
         )
@@ -173,7 +177,7 @@ def test_identity_tells_lexical_configurations_and_statistics_apart(tokenizer):
 
     model = make_model("llama")
     base = {"method": "kv", "layers": [1], "postprocess": "none"}
-    plain = KVEmbedder(model, tokenizer, **base)
+    plain = KVEmbedder(model, tokenizer, **base, lexical="none")
     bm25 = KVEmbedder(model, tokenizer, **base, lexical="bm25", lexical_dim=128)
     assert "lexical" not in plain.identity()  # records made before the channel existed still match
     for other, field in (
@@ -217,7 +221,7 @@ def test_bad_lexical_options_are_refused_clearly(tokenizer):
     with pytest.raises(ValueError, match="normalize=True"):
         one.encode(TEXTS, normalize=False)
     with pytest.raises(ValueError, match="no lexical channel"):
-        KVEmbedder(model, tokenizer, layers=[1]).fit_lexical_statistics(CORPUS)
+        KVEmbedder(model, tokenizer, layers=[1], lexical="none").fit_lexical_statistics(CORPUS)
     with pytest.raises(ValueError, match="non-empty list of strings"):
         one.fit_lexical_statistics([])
 
@@ -225,14 +229,14 @@ def test_bad_lexical_options_are_refused_clearly(tokenizer):
 def test_sparse_weights_come_from_the_same_pass(tokenizer):
     model = make_model("llama", tie_word_embeddings=True)
     one = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none", lexical="sparse", lexical_dim=512)
-    plain = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none")
+    plain = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none", lexical="none")
     channel = one.lexical
     for prompt_type in ("document", "query"):
         sparse = plain.encode_sparse(TEXTS, prompt_type=prompt_type)
         rows = list(zip(sparse.indices, sparse.values, strict=True))
         if prompt_type == "query":
             rows = [(ids, values * channel.statistics.idf[ids]) for ids, values in rows]
-        scale = lexical.query_scales(0.5)[1] if prompt_type == "query" else 2**-0.5
+        scale = lexical.query_scales(channel.weight)[1] if prompt_type == "query" else 2**-0.5
         got = one.encode(TEXTS, prompt_type=prompt_type)[:, plain.dimension :]
         np.testing.assert_allclose(got, scale * lexical.sketch(rows, channel.columns, channel.signs, 512), atol=1e-6)
         # embed(sparse=True) still hands the sparse vectors back beside the one vectors.

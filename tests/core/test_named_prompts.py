@@ -33,7 +33,13 @@ def _last_token_of(model, tokenizer, string: str) -> np.ndarray:
 
 def test_a_named_prompt_embeds_with_its_template(model, tokenizer):
     embedder = KVEmbedder(
-        model, tokenizer, method="prompt", pooling="last", postprocess="none", prompts={"clustering_topic": CLUSTER}
+        model,
+        tokenizer,
+        method="prompt",
+        pooling="last",
+        postprocess="none",
+        lexical="none",
+        prompts={"clustering_topic": CLUSTER},
     )
     for text in TEXTS[:3]:
         expected = _last_token_of(model, tokenizer, CLUSTER.replace("{text}", text))
@@ -50,19 +56,27 @@ def test_a_named_prompt_embeds_with_its_template(model, tokenizer):
 
 
 def test_providers_names_for_the_two_sides_and_a_symmetric_task(model, tokenizer):
-    embedder = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none")
+    embedder = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none", lexical="none")
     query, document = embedder.encode(TEXTS, prompt_type="query"), embedder.encode(TEXTS)
     assert not np.allclose(query, document)
     for name, side in INPUT_TYPES.items():
         np.testing.assert_array_equal(embedder.encode(TEXTS, prompt_name=name), query if side == "query" else document)
     # A name of the config wins over a provider's name; a symmetric task's custom name keeps its template.
-    own = KVEmbedder(model, tokenizer, task="similarity", layers=[1], postprocess="none", prompts={"passage": CLUSTER})
+    own = KVEmbedder(
+        model,
+        tokenizer,
+        task="similarity",
+        layers=[1],
+        postprocess="none",
+        lexical="none",
+        prompts={"passage": CLUSTER},
+    )
     assert own.templates("passage") == (CLUSTER,)
     assert own.templates("query") == own.templates("document") != (CLUSTER,)
 
 
 def test_unknown_names_and_conflicting_arguments_are_errors(model, tokenizer):
-    embedder = KVEmbedder(model, tokenizer, layers=None, postprocess="none", prompts={"topic": CLUSTER})
+    embedder = KVEmbedder(model, tokenizer, layers=None, postprocess="none", lexical="none", prompts={"topic": CLUSTER})
     with pytest.raises(
         ValueError, match=r"unknown prompt name 'topc'; known: 'topic', 'document', 'query', 'search_document'"
     ):

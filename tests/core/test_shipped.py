@@ -12,7 +12,7 @@ from helpers import CORPUS, TEXTS, make_model
 from safetensors import safe_open
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core import cache, identity, ranges
+from kv_embeddings_integrations.core import cache, identity, lexical, ranges
 from kv_embeddings_integrations.core.bundled import bundled_model_dir
 from kv_embeddings_integrations.core.calibration import builtin_calibration_texts
 from kv_embeddings_integrations.core.method import layer_selection, postprocessing
@@ -131,10 +131,16 @@ def test_every_shipped_file_is_listed_named_by_its_key_and_readable():
                 ("similarity", "quantization"),
                 ("paper", "layer_selection"),
             } <= kinds
+        assert any(e["model"] == model and e["kind"] == "lexical" for e in entries), model
     for entry in entries:
         path = folder / entry["file"]
         key = _shipped_key(path)
         assert path.stem == cache.key_digest(key)  # found by the same digest as the user cache
+        if entry["kind"] == "lexical":
+            # Token statistics: the tokenizer's, whatever the dtype (one file serves both).
+            found = cache.read_keyed_tensors(path, key, lexical.LexicalStatistics.from_tensors, "lexical")
+            assert found is not None and found.texts == key["num_texts"] == 1000
+            continue
         assert key["dtype"] == f"torch.{entry['dtype']}"
         if entry["kind"] == "layer_selection":
             layers = json.loads(path.read_text())["layers"]
@@ -155,6 +161,13 @@ def test_the_shipped_centering_of_the_default_equals_a_recomputation(tmp_path, m
     embedder = KVEmbedder.from_pretrained("smollm2-135m", dtype="float32")
     assert embedder.layer_selection.origin == "shipped"
     assert not (tmp_path / "layer_selection").exists() and not (tmp_path / "postprocessing").exists()
+    # So do the lexical statistics of the default's lexical half, and they are what counting gives.
+    assert not (tmp_path / "lexical").exists()
+    texts = [t.lower() for t in builtin_calibration_texts()]
+    counted = lexical.fit_statistics(
+        embedder.tokenizer(texts, add_special_tokens=False)["input_ids"], embedder.vocab_size
+    )
+    assert embedder.lexical.statistics.digest() == counted.digest()
     # The int8 ranges ship too: the same ones on every machine, nothing fitted or written.
     assert embedder.quantization_ranges.low.shape == (embedder.dimension,)
     assert not (tmp_path / "quantization").exists()

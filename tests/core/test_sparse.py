@@ -37,7 +37,7 @@ def _reference(model, embedder: KVEmbedder, text: str, prompt_type: str = "docum
 )
 def test_sparse_vectors_equal_the_reference_text_by_text(tokenizer, family, method):
     model = make_model(family)
-    embedder = KVEmbedder(model, tokenizer, method=method, layers=[1, 2], bias=1.5, postprocess="none")
+    embedder = KVEmbedder(model, tokenizer, method=method, layers=[1, 2], bias=1.5, postprocess="none", lexical="none")
     got = embedder.encode_sparse(MIXED).to_dicts()  # one padded batch
     for text, row in zip(MIXED, got, strict=True):
         expected = _reference(model, embedder, text)
@@ -47,7 +47,7 @@ def test_sparse_vectors_equal_the_reference_text_by_text(tokenizer, family, meth
 
 def test_query_side_uses_the_query_prompt(tokenizer):
     model = make_model("llama")
-    embedder = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none")
+    embedder = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none", lexical="none")
     got = embedder.encode_sparse(MIXED[:2], prompt_type="query").to_dicts()
     for text, row in zip(MIXED[:2], got, strict=True):
         expected = _reference(model, embedder, text, "query")
@@ -56,7 +56,9 @@ def test_query_side_uses_the_query_prompt(tokenizer):
 
 
 def test_dense_and_sparse_come_from_one_pass(tokenizer, monkeypatch):
-    embedder = KVEmbedder(make_model("qwen3"), tokenizer, method="kv", layers=[1, 2], postprocess="none")
+    embedder = KVEmbedder(
+        make_model("qwen3"), tokenizer, method="kv", layers=[1, 2], postprocess="none", lexical="none"
+    )
     dense_only = embedder.encode(MIXED)
     passes = []
     original = embedder.forward
@@ -91,18 +93,20 @@ def test_long_texts_in_pieces_keep_each_tokens_largest_weight(tokenizer):
 
 
 def test_empty_inputs_and_a_model_without_its_head(tokenizer):
-    embedder = KVEmbedder(make_model("llama"), tokenizer, method="kv", layers=[1], postprocess="none")
+    embedder = KVEmbedder(make_model("llama"), tokenizer, method="kv", layers=[1], postprocess="none", lexical="none")
     nothing = embedder.embed([], sparse=True)
     assert len(nothing.sparse) == 0 and nothing.sparse.vocab_size == embedder.vocab_size
     config = LlamaConfig(**{**make_model("llama").config.to_dict(), "tie_word_embeddings": False})
-    base = KVEmbedder(LlamaModel(config).eval(), tokenizer, method="kv", layers=[1], postprocess="none")
+    base = KVEmbedder(LlamaModel(config).eval(), tokenizer, method="kv", layers=[1], postprocess="none", lexical="none")
     with pytest.raises(ValueError, match="sparse vectors need the model's LM head"):
         base.encode_sparse(["a cat"])
     assert base.encode(["a cat"]).shape == (1, config.hidden_size)  # dense vectors need no head
 
 
 def test_sparse_vectors_convert_and_score_exactly(tokenizer):
-    embedder = KVEmbedder(make_model("qwen3"), tokenizer, method="kv", layers=[1, 2], postprocess="none")
+    embedder = KVEmbedder(
+        make_model("qwen3"), tokenizer, method="kv", layers=[1, 2], postprocess="none", lexical="none"
+    )
     docs, queries = embedder.encode_sparse(MIXED), embedder.encode_sparse(["a cat", "fox"], prompt_type="query")
     assert SparseVectors.from_dicts(docs.to_dicts(), docs.vocab_size).to_dicts() == docs.to_dicts()
     csr = docs.to_csr()

@@ -48,7 +48,8 @@ def test_retrieval_keeps_two_prompts_and_symmetric_tasks_use_one(tokenizer):
 def test_a_task_and_its_method_share_the_cached_fit_and_identity(tokenizer):
     model = make_model("llama")
     by_task = KVEmbedder(model, tokenizer, task="similarity", layers=[1])
-    by_method = KVEmbedder(model, tokenizer, method="kv_pcot", layers=[1])
+    # The retrieval task (the default) appends a lexical half to any method; the similarity task does not.
+    by_method = KVEmbedder(model, tokenizer, method="kv_pcot", layers=[1], lexical="none")
     texts = [f"text {i}" for i in range(30)]
     assert postprocessing_key(by_task, texts) == postprocessing_key(by_method, texts)
     assert by_task.postprocessor is not None
@@ -60,7 +61,7 @@ def test_a_task_and_its_method_share_the_cached_fit_and_identity(tokenizer):
     assert by_task.identity() == by_method.identity() and by_task.identity()["method"] == "kv_pcot"
     # The compression prompt has two: a symmetric task gives queries the document one, and the
     # identity says so.
-    asymmetric = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none")
+    asymmetric = KVEmbedder(model, tokenizer, method="kv", layers=[1], postprocess="none", lexical="none")
     symmetric = KVEmbedder(model, tokenizer, task="similarity", method="kv", layers=[1], postprocess="none")
     assert asymmetric.identity()["method"] == symmetric.identity()["method"] == "kv"
     assert asymmetric.identity()["fingerprint"] != symmetric.identity()["fingerprint"]

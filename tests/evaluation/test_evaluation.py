@@ -250,6 +250,12 @@ def test_cached_encode_embeds_each_distinct_text_once(tmp_path):
 # ---------------------------------------------------------------- runner, report, CLI
 
 
+def _dense(spec: str) -> list[tuple[str, dict]]:
+    """:func:`parse_variants` with the dense vectors alone (no lexical half): what these tests check
+    the scores of, against the core's own dense vectors (the lexical half: tests/core/test_lexical.py)."""
+    return [(label, {**options, "lexical": "none"}) for label, options in parse_variants(spec)]
+
+
 def test_parse_variants():
     parsed = parse_variants("kv, prompt,kv(bias=0;pooling=last),kv(layers=1-3),kv(layers=0+2),kv(layers=none)")
     assert parsed == [
@@ -277,7 +283,7 @@ def _tasks():
 
 
 def test_run_evaluation_scores_from_core_vectors_and_caches(model_dir, tmp_path):
-    encoders = kv_variants(str(model_dir), parse_variants("kv(layers=1+2),mean"))
+    encoders = kv_variants(str(model_dir), _dense("kv(layers=1+2),mean"))
     evaluation = run_evaluation(encoders, _tasks(), cache_directory=tmp_path / "cache", log=None)
     assert [(r.label, r.task) for r in evaluation.results] == [
         (label, task) for label in ("kv(layers=1+2)", "mean") for task in ("sts", "ret", "cls")
@@ -385,7 +391,7 @@ def test_subsample_is_fixed_and_keeps_judged_documents():
 
 def test_post_processed_variants_share_the_cached_vectors(model_dir, tmp_path):
     # Post-processing is applied after the cache: variants differing only in it embed once.
-    encoders = kv_variants(str(model_dir), parse_variants("prompteol,prompteol(postprocess=center)"))
+    encoders = kv_variants(str(model_dir), _dense("prompteol,prompteol(postprocess=center)"))
     evaluation = run_evaluation(encoders, _tasks()[:1], cache_directory=tmp_path / "cache", log=None)
     plain, centered = evaluation.results
     assert plain.texts_embedded > 0 and centered.texts_embedded == 0
@@ -402,14 +408,14 @@ def test_retrieval_rows_bm25_sparse_and_fusions_from_the_same_pass(tmp_path):
     from kv_embeddings_integrations.evaluation import BM25Reference, evaluate_task_rows
 
     retrieval = _tasks()[1]
-    (encoder,) = kv_variants(tied_model_dir(), parse_variants("kv(layers=1;postprocess=none)"))
+    (encoder,) = kv_variants(tied_model_dir(), _dense("kv(layers=1;postprocess=none)"))
     rows = evaluate_task_rows(encoder, retrieval, tmp_path / "cache", hybrid=True, bm25={})
     labels = [r.label for r in rows]
     suffixes = ("", " [sparse]", " [sparse IDF]", " [dense+sparse]", " [dense+sparse IDF]", " [dense+sparse IDF RRF]",
                 " [dense+BM25]")  # fmt: skip
     assert labels == [f"kv(layers=1;postprocess=none){s}" for s in suffixes]
     # Every row is the metric of the exact scores computed here from the core's own vectors.
-    core = KVEmbedder.from_pretrained(tied_model_dir(), method="kv", layers=[1], postprocess="none")
+    core = KVEmbedder.from_pretrained(tied_model_dir(), method="kv", layers=[1], postprocess="none", lexical="none")
     doc_ids, query_ids = list(retrieval.corpus), list(retrieval.queries)
     docs = core.embed([retrieval.corpus[d] for d in doc_ids], sparse=True)
     queries = core.embed([retrieval.queries[q] for q in query_ids], prompt_type="query", sparse=True)
@@ -447,7 +453,7 @@ def test_post_processing_fitted_on_the_task(model_dir, tmp_path):
     retrieval = RetrievalTask("ret", docs, queries, {q: {f"d{i}": 1} for i, q in enumerate(queries)})
     builtin, corpus, sides = kv_variants(
         str(model_dir),
-        parse_variants("kv(layers=1),kv(layers=1;fit=corpus),kv(layers=1;fit=sides)"),
+        _dense("kv(layers=1),kv(layers=1;fit=corpus),kv(layers=1;fit=sides)"),
     )
     assert (corpus.fit, sides.fit) == ("corpus", "sides")
     sides_texts = {"document": list(retrieval.corpus.values()), "query": list(retrieval.queries.values())}

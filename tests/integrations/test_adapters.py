@@ -112,7 +112,7 @@ def test_adapters_take_postprocessing(tokenizer):
     from kv_embeddings_integrations.integrations.langchain import KVEmbeddings
     from kv_embeddings_integrations.integrations.llama_index import KVEmbedding
 
-    options = dict(method="prompteol", postprocess="pca", dimensions=8, postprocess_texts=FIT_TEXTS)
+    options = dict(method="prompteol", postprocess="pca", dimensions=8, postprocess_texts=FIT_TEXTS, lexical="none")
     lc = KVEmbeddings(model=tiny_model_dir(), model_kwargs={"device": "cpu"}, **options)
     li = KVEmbedding(model=tiny_model_dir(), model_kwargs={"device": "cpu"}, **options)
     assert len(lc.embed_query("a question")) == 8

@@ -156,7 +156,13 @@ def test_model_meta_validates(encoder, embedder):
     assert meta.model_type == ["dense"] and meta.open_weights and meta.use_instructions
     assert meta.training_datasets == set() and meta.is_zero_shot_on(["STSBenchmark"])
     assert meta.loader is load_mteb_encoder
-    assert meta.loader_kwargs == {"model": tiny_model_dir(), "method": "kv", "dtype": "float32", "postprocess": "none"}
+    assert meta.loader_kwargs == {
+        "model": tiny_model_dir(),
+        "method": "kv",
+        "dtype": "float32",
+        "postprocess": "none",
+        "lexical": "none",
+    }
     assert meta.experiment_kwargs == {
         "layers": [1, 2],
         "bias": 1.0,
@@ -210,7 +216,13 @@ def test_clear_error_without_mteb(monkeypatch):
 def test_post_processing_and_family_reach_the_meta_and_its_loader():
     fit = [f"fitting text {i} about {w}" for i in range(10) for w in ("cats", "rain", "code")]
     encoder = mteb_encoder(
-        tiny_model_dir(), method="kv_pcot", layers=[1], postprocess="pca", dimensions=8, postprocess_texts=fit
+        tiny_model_dir(),
+        method="kv_pcot",
+        layers=[1],
+        postprocess="pca",
+        dimensions=8,
+        postprocess_texts=fit,
+        lexical="none",
     )
     meta = encoder.mteb_model_meta
     assert meta.embed_dim == 8

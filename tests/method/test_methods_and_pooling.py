@@ -38,19 +38,27 @@ def _close(a, b):
 @pytest.mark.parametrize("text", TEXTS[:3])
 def test_last_is_last_token_of_raw_text(model, tokenizer, text):
     hidden = _plain_hidden(model, tokenizer, text)
-    _close(KVEmbedder(model, tokenizer, postprocess="none", method="last").encode(text), _unit(hidden[-1]))
+    _close(
+        KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="last").encode(text), _unit(hidden[-1])
+    )
 
 
 @pytest.mark.parametrize("text", TEXTS[:3])
 def test_mean_is_mean_of_raw_text(model, tokenizer, text):
     hidden = _plain_hidden(model, tokenizer, text)
-    _close(KVEmbedder(model, tokenizer, postprocess="none", method="mean").encode(text), _unit(hidden.mean(0)))
+    _close(
+        KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="mean").encode(text),
+        _unit(hidden.mean(0)),
+    )
 
 
 def test_prompteol_is_last_token_of_its_template(model, tokenizer):
     text = TEXTS[1]
     hidden = _plain_hidden(model, tokenizer, f'This sentence : "{text}" means in one word:"')
-    _close(KVEmbedder(model, tokenizer, postprocess="none", method="prompteol").encode(text), _unit(hidden[-1]))
+    _close(
+        KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="prompteol").encode(text),
+        _unit(hidden[-1]),
+    )
 
 
 def test_prompt_is_mean_last_of_compression_prompt(model, tokenizer):
@@ -59,7 +67,9 @@ def test_prompt_is_mean_last_of_compression_prompt(model, tokenizer):
         hidden = _plain_hidden(model, tokenizer, template.replace("{text}", text))
         expected = _unit((hidden.mean(0) + hidden[-1]) / 2)
         _close(
-            KVEmbedder(model, tokenizer, postprocess="none", method="prompt").encode(text, prompt_type=prompt_type),
+            KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="prompt").encode(
+                text, prompt_type=prompt_type
+            ),
             expected,
         )
 
@@ -72,7 +82,10 @@ def test_echo_is_mean_of_second_copy(model, tokenizer):
     second = [i for i, (s, e) in enumerate(offsets) if e > start]
     assert 0 < len(second) < len(offsets) // 2 + 2
     hidden = _plain_hidden(model, tokenizer, string)
-    _close(KVEmbedder(model, tokenizer, postprocess="none", method="echo").encode(text), _unit(hidden[second].mean(0)))
+    _close(
+        KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="echo").encode(text),
+        _unit(hidden[second].mean(0)),
+    )
 
 
 @pytest.mark.parametrize("pooling", ["mean_last", "mean", "last"])
@@ -92,7 +105,9 @@ def test_mean_scope_text_averages_only_the_text(model, tokenizer):
     offsets = tokenizer(string, return_offsets_mapping=True)["offset_mapping"]
     inside = [i for i, (s, e) in enumerate(offsets) if s < start + len(text) and e > start]
     hidden = _plain_hidden(model, tokenizer, string)
-    embedder = KVEmbedder(model, tokenizer, postprocess="none", method="prompt", pooling="mean", mean_scope="text")
+    embedder = KVEmbedder(
+        model, tokenizer, postprocess="none", lexical="none", method="prompt", pooling="mean", mean_scope="text"
+    )
     _close(embedder.encode(text), _unit(hidden[inside].mean(0)))
 
 
@@ -106,9 +121,9 @@ def test_normalize_switch(model, tokenizer):
 
 
 def test_kv_differs_from_prompt_only_by_rerouting(model, tokenizer):
-    prompt = KVEmbedder(model, tokenizer, postprocess="none", method="prompt").encode(TEXTS)
-    no_layers = KVEmbedder(model, tokenizer, postprocess="none", method="kv", layers=None).encode(TEXTS)
-    routed = KVEmbedder(model, tokenizer, postprocess="none", method="kv", layers=[1]).encode(TEXTS)
+    prompt = KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="prompt").encode(TEXTS)
+    no_layers = KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="kv", layers=None).encode(TEXTS)
+    routed = KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="kv", layers=[1]).encode(TEXTS)
     np.testing.assert_array_equal(prompt, no_layers)
     assert not np.allclose(prompt, routed, atol=1e-3)
 
@@ -116,7 +131,13 @@ def test_kv_differs_from_prompt_only_by_rerouting(model, tokenizer):
 def test_custom_prompts(model, tokenizer):
     template = "Represent for retrieval: {text}"
     embedder = KVEmbedder(
-        model, tokenizer, postprocess="none", method="prompt", prompts={"query": template}, pooling="last"
+        model,
+        tokenizer,
+        postprocess="none",
+        lexical="none",
+        method="prompt",
+        prompts={"query": template},
+        pooling="last",
     )
     hidden = _plain_hidden(model, tokenizer, template.replace("{text}", TEXTS[0]))
     _close(embedder.encode(TEXTS[0], prompt_type="query"), _unit(hidden[-1]))

@@ -13,7 +13,7 @@ from kv_embeddings_integrations.core.method import postprocessing
 
 FIT_TEXTS = [f"sentence number {i} talks about {topic}" for i in range(12) for topic in ("cats", "rain", "code")]
 
-PCA8 = dict(method="prompteol", postprocess="pca", dimensions=8, postprocess_texts=FIT_TEXTS)
+PCA8 = dict(method="prompteol", postprocess="pca", dimensions=8, postprocess_texts=FIT_TEXTS, lexical="none")
 
 
 @pytest.fixture(scope="module")
@@ -107,20 +107,24 @@ def test_embedder_fits_once_then_reads_the_safe_cache(model, tokenizer, private_
 
 
 def test_a_changed_configuration_or_a_corrupt_file_refits(model, tokenizer, private_cache, caplog):
-    KVEmbedder(model, tokenizer, method="prompteol", postprocess="center", postprocess_texts=FIT_TEXTS)
-    KVEmbedder(model, tokenizer, method="pcot", postprocess="center", postprocess_texts=FIT_TEXTS)
+    KVEmbedder(model, tokenizer, method="prompteol", postprocess="center", postprocess_texts=FIT_TEXTS, lexical="none")
+    KVEmbedder(model, tokenizer, method="pcot", postprocess="center", postprocess_texts=FIT_TEXTS, lexical="none")
     files = sorted((private_cache / "postprocessing").glob("*.safetensors"))
     assert len(files) == 2
     for f in files:
         f.write_bytes(b"not a safetensors file")
-    embedder = KVEmbedder(model, tokenizer, method="pcot", postprocess="center", postprocess_texts=FIT_TEXTS)
+    embedder = KVEmbedder(
+        model, tokenizer, method="pcot", postprocess="center", postprocess_texts=FIT_TEXTS, lexical="none"
+    )
     assert "ignoring unusable post-processing cache" in caplog.text
     assert embedder.postprocessor is not None and embedder.encode(TEXTS[0]).shape == (64,)
 
 
 def test_postprocess_false_and_normalize(model, tokenizer):
-    embedder = KVEmbedder(model, tokenizer, method="prompteol", postprocess="center", postprocess_texts=FIT_TEXTS)
-    plain = KVEmbedder(model, tokenizer, method="prompteol", postprocess="none")
+    embedder = KVEmbedder(
+        model, tokenizer, method="prompteol", postprocess="center", postprocess_texts=FIT_TEXTS, lexical="none"
+    )
+    plain = KVEmbedder(model, tokenizer, method="prompteol", postprocess="none", lexical="none")
     np.testing.assert_array_equal(embedder.embed(TEXTS[:2], postprocess=False).vectors, plain.encode(TEXTS[:2]))
     unnormalised = embedder.encode(TEXTS[:2], normalize=False)
     np.testing.assert_allclose(unnormalised, plain.encode(TEXTS[:2]) - embedder.postprocessor.mean, atol=1e-6)

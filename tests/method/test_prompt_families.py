@@ -74,7 +74,7 @@ def test_every_method_is_a_config_choice_and_every_family_is_used():
 def test_pcot_and_ke_pool_the_second_to_last_layer(long_model, tokenizer, family, template, layer):
     text = TEXTS[1]
     states = _plain_states(long_model, tokenizer, template.replace("{text}", text))
-    embedder = KVEmbedder(long_model, tokenizer, postprocess="none", method=family, max_length=1024)
+    embedder = KVEmbedder(long_model, tokenizer, postprocess="none", lexical="none", method=family, max_length=1024)
     assert embedder.output_layer == embedder.num_layers - 2
     # hidden_states[-2] is the output of the second-to-last layer, before any final norm.
     _close(embedder.encode(text), _unit(states[layer][0, -1]))
@@ -84,11 +84,15 @@ def test_output_layer_pools_that_layers_output(model, tokenizer):
     text = TEXTS[0]
     states = _plain_states(model, tokenizer, f'This sentence : "{text}" means in one word:"')
     for layer in (0, 1, 2):
-        embedder = KVEmbedder(model, tokenizer, postprocess="none", method="prompteol", output_layer=layer)
+        embedder = KVEmbedder(
+            model, tokenizer, postprocess="none", lexical="none", method="prompteol", output_layer=layer
+        )
         _close(embedder.encode(text), _unit(states[layer + 1][0, -1]))
     # The last layer is the model's last_hidden_state (final norm applied), by index or -1.
     _close(
-        KVEmbedder(model, tokenizer, postprocess="none", method="prompteol", output_layer=3).encode(text),
+        KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="prompteol", output_layer=3).encode(
+            text
+        ),
         _unit(states[-1][0, -1]),
     )
 
@@ -96,7 +100,7 @@ def test_output_layer_pools_that_layers_output(model, tokenizer):
 def test_metaeol_averages_the_eight_prompts_last_tokens(long_model, tokenizer):
     text = TEXTS[2]
     lasts = [_plain_states(long_model, tokenizer, t.replace("{text}", text))[-1][0, -1] for t in METAEOL_PROMPTS]
-    embedder = KVEmbedder(long_model, tokenizer, postprocess="none", method="metaeol", max_length=1024)
+    embedder = KVEmbedder(long_model, tokenizer, postprocess="none", lexical="none", method="metaeol", max_length=1024)
     _close(embedder.encode(text), _unit(torch.stack(lasts).mean(0)))
     # The cost is stated in tokens: every prompt's tokens are counted.
     result = embedder.embed([text])
@@ -107,7 +111,14 @@ def test_metaeol_averages_the_eight_prompts_last_tokens(long_model, tokenizer):
 @pytest.mark.parametrize("method", ["kv_prompteol", "kv_pcot", "kv_ke"])
 def test_rerouting_on_any_family_matches_the_reference(long_model, tokenizer, method):
     embedder = KVEmbedder(
-        long_model, tokenizer, postprocess="none", method=method, layers=[0, 1], bias=1.5, max_length=1024
+        long_model,
+        tokenizer,
+        postprocess="none",
+        lexical="none",
+        method=method,
+        layers=[0, 1],
+        bias=1.5,
+        max_length=1024,
     )
     texts = TEXTS[:3]
     encoded = embedder.tokenize(texts)
@@ -121,25 +132,29 @@ def test_rerouting_on_any_family_matches_the_reference(long_model, tokenizer, me
 def test_reroute_and_family_options_compose(model, tokenizer):
     # kv_prompteol is prompteol + reroute; the options say the same in any combination.
     text = TEXTS[0]
-    preset = KVEmbedder(model, tokenizer, postprocess="none", method="kv_prompteol", layers=[1]).encode(text)
-    composed = KVEmbedder(model, tokenizer, postprocess="none", method="prompteol", reroute=True, layers=[1]).encode(
+    preset = KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="kv_prompteol", layers=[1]).encode(
         text
     )
+    composed = KVEmbedder(
+        model, tokenizer, postprocess="none", lexical="none", method="prompteol", reroute=True, layers=[1]
+    ).encode(text)
     by_family = KVEmbedder(
-        model, tokenizer, postprocess="none", method="kv", prompt_family="prompteol", layers=[1]
+        model, tokenizer, postprocess="none", lexical="none", method="kv", prompt_family="prompteol", layers=[1]
     ).encode(text)
     np.testing.assert_array_equal(preset, composed)
     np.testing.assert_array_equal(preset, by_family)
-    off = KVEmbedder(model, tokenizer, postprocess="none", method="kv_prompteol", reroute=False).encode(text)
+    off = KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="kv_prompteol", reroute=False).encode(
+        text
+    )
     np.testing.assert_array_equal(
-        off, KVEmbedder(model, tokenizer, postprocess="none", method="prompteol").encode(text)
+        off, KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="prompteol").encode(text)
     )
     assert not np.allclose(preset, off)
 
 
 def test_kv_method_is_unchanged_by_the_family_axis(model, tokenizer):
     # The paper's recipe: compression prompt, mean_last of the final layer.
-    embedder = KVEmbedder(model, tokenizer, postprocess="none", method="kv", layers=[1])
+    embedder = KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="kv", layers=[1])
     assert (embedder.pooling, embedder.output_layer, embedder.template("query")) == (
         "mean_last",
         3,
@@ -149,11 +164,11 @@ def test_kv_method_is_unchanged_by_the_family_axis(model, tokenizer):
 
 def test_layers_after_the_pooled_one_are_refused(model, tokenizer):
     with pytest.raises(ValueError, match=r"layers \[3\] come after output_layer 2"):
-        KVEmbedder(model, tokenizer, postprocess="none", method="kv_pcot", layers=[1, 3])
+        KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="kv_pcot", layers=[1, 3])
 
 
 def test_automatic_layers_stop_at_the_pooled_layer(model, tokenizer):
-    embedder = KVEmbedder(model, tokenizer, postprocess="none", method="kv_pcot")
+    embedder = KVEmbedder(model, tokenizer, postprocess="none", lexical="none", method="kv_pcot")
     assert embedder.layers and max(embedder.layers) <= embedder.output_layer == 2
     assert embedder.layer_selection.key["rule"]["last_layer"] == 2
     # The selection measured the prompt in use.
@@ -173,8 +188,8 @@ def test_token_prepending_layers_scale_with_depth():
 
 
 def test_token_prepending_places_one_placeholder_before_the_text(deep_model, tokenizer):
-    embedder = KVEmbedder(deep_model, tokenizer, postprocess="none", method="tp")
-    plain = KVEmbedder(deep_model, tokenizer, postprocess="none", method="prompteol")
+    embedder = KVEmbedder(deep_model, tokenizer, postprocess="none", lexical="none", method="tp")
+    plain = KVEmbedder(deep_model, tokenizer, postprocess="none", lexical="none", method="prompteol")
     (with_marker,), (without,) = embedder.tokenize([TEXTS[0]]), plain.tokenize([TEXTS[0]])
     at = with_marker.marker
     assert at == without.text_start - 1
@@ -183,7 +198,7 @@ def test_token_prepending_places_one_placeholder_before_the_text(deep_model, tok
 
 
 def test_token_prepending_matches_the_reference(deep_model, tokenizer):
-    embedder = KVEmbedder(deep_model, tokenizer, postprocess="none", method="tp")
+    embedder = KVEmbedder(deep_model, tokenizer, postprocess="none", lexical="none", method="tp")
     start, stop = embedder.prepend_layers
     assert (start, stop) == (1, 3) and embedder.output_layer == tp.scaled_output_layer(12) == 9
     texts = TEXTS[:4]
@@ -195,20 +210,22 @@ def test_token_prepending_matches_the_reference(deep_model, tokenizer):
 
 def test_token_prepending_changes_the_vector_and_is_inert_when_off(deep_model, tokenizer):
     text = TEXTS[1]
-    before = KVEmbedder(deep_model, tokenizer, postprocess="none", method="prompteol").encode(text)
-    on = KVEmbedder(deep_model, tokenizer, postprocess="none", method="tp")
+    before = KVEmbedder(deep_model, tokenizer, postprocess="none", lexical="none", method="prompteol").encode(text)
+    on = KVEmbedder(deep_model, tokenizer, postprocess="none", lexical="none", method="tp")
     # The placeholder alone (no replacement) differs from Token Prepending.
     e = on.tokenize([text])[0]
     no_replacement = token_prepending_hidden_states(deep_model, e.input_ids, e.marker, 0, 0, on.output_layer)
     assert not np.allclose(on.encode(text), _unit(no_replacement[-1]), atol=1e-3)
     # Hooks stay installed but do nothing for an embedder without Token Prepending.
     np.testing.assert_array_equal(
-        KVEmbedder(deep_model, tokenizer, postprocess="none", method="prompteol").encode(text), before
+        KVEmbedder(deep_model, tokenizer, postprocess="none", lexical="none", method="prompteol").encode(text), before
     )
 
 
 def test_token_prepending_composes_with_other_families(deep_model, tokenizer):
-    embedder = KVEmbedder(deep_model, tokenizer, postprocess="none", method="pcot", token_prepending=True)
+    embedder = KVEmbedder(
+        deep_model, tokenizer, postprocess="none", lexical="none", method="pcot", token_prepending=True
+    )
     e = embedder.tokenize([TEXTS[0]])[0]
     hidden = token_prepending_hidden_states(deep_model, e.input_ids, e.marker, 1, 3, embedder.output_layer)
     assert embedder.output_layer == 9  # Token Prepending's scaled layer unless output_layer is given
@@ -216,7 +233,7 @@ def test_token_prepending_composes_with_other_families(deep_model, tokenizer):
 
 
 def test_token_prepending_keeps_max_length(deep_model, tokenizer):
-    embedder = KVEmbedder(deep_model, tokenizer, postprocess="none", method="tp", max_length=40)
+    embedder = KVEmbedder(deep_model, tokenizer, postprocess="none", lexical="none", method="tp", max_length=40)
     with pytest.warns(UserWarning, match="truncated"):
         embedder.encode("word " * 100)
     (e,) = embedder.tokenize(["word " * 100])
@@ -226,7 +243,12 @@ def test_token_prepending_keeps_max_length(deep_model, tokenizer):
 def test_batch_composition_does_not_change_new_methods(deep_model, tokenizer):
     for method in ("tp", "kv_pcot", "ke"):
         embedder = KVEmbedder(
-            deep_model, tokenizer, postprocess="none", method=method, layers="auto" if "kv" in method else None
+            deep_model,
+            tokenizer,
+            postprocess="none",
+            lexical="none",
+            method=method,
+            layers="auto" if "kv" in method else None,
         )
         together = embedder.encode(TEXTS[:5])
         alone = np.stack([embedder.encode(t) for t in TEXTS[:5]])

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from helpers import EXIT_TIMEOUT, HANG, TESTS_DIR, tied_model_dir, wait_until
+from helpers import EXIT_TIMEOUT, HANG, PAPER, TESTS_DIR, tied_model_dir, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -191,7 +191,7 @@ def server(model_dir, env):
 def strict(model_dir, env):
     """Small limits, to reach every refusal cheaply."""
     limits = ["--max-client-batch-size", "4", "--max-request-bytes", "20000", "--max-concurrent-requests", "2"]
-    server = Server(str(model_dir), "--layers", LAYERS, "--postprocess", "none", *limits, env=env)
+    server = Server(str(model_dir), "--layers", LAYERS, "--postprocess", "none", "--lexical", "none", *limits, env=env)
     yield server
     server.stop()
 
@@ -299,14 +299,20 @@ def test_llamaindex_openai_like_and_tei_clients_build_an_index(server, local):
         assert [n.node.get_content() for n in nodes] == expected, type(embed_model).__name__
 
 
-def test_tei_embed_route_normalize_prompt_name_and_root(server, local):
+def test_tei_embed_route_normalize_prompt_name_and_root(server, local, strict, model_dir):
+    strict_local = KVEmbedder.from_pretrained(str(model_dir), layers=[int(n) for n in LAYERS.split(",")], **PAPER)
     body = {"inputs": DOCS[:3], "prompt_name": "query"}
     response = post(f"{server.url}/embed", json=body, headers=AUTH)
     assert response.status_code == 200 and response.headers["x-truncated-inputs"] == "0"
     assert _cosines(response.json(), local.embed(DOCS[:3], prompt_type="query").vectors).min() >= 0.9999
-    raw = post(f"{server.url}/", json={"inputs": DOCS[0], "normalize": False}, headers=AUTH).json()
+    # The default's vectors carry a lexical half, which only means something at unit length:
+    # unnormalised vectors are refused, naming the field (TEI's 422 on its routes).
+    refused = post(f"{server.url}/", json={"inputs": DOCS[0], "normalize": False}, headers=AUTH)
+    assert refused.status_code == 422 and "normalize" in refused.json()["error"], refused.text
+    # The strict server's dense vectors (--lexical none) come unnormalised when asked.
+    raw = post(f"{strict.url}/", json={"inputs": DOCS[0], "normalize": False}, headers=AUTH).json()
     assert abs(np.linalg.norm(raw[0]) - 1) > 1e-3  # not normalised
-    assert _cosines(raw, local.embed(DOCS[:1]).vectors)[0] >= 0.9999
+    assert _cosines(raw, strict_local.embed(DOCS[:1]).vectors)[0] >= 0.9999
 
 
 # Cohere's, NVIDIA's and Jina's names for the two prompts, as their clients send them.
@@ -987,7 +993,7 @@ def test_dimensions_cut_pca_vectors_and_renormalise_only_normalised_ones():
 
     fit_on = [f"{d} ({i})" for i in range(8) for d in DOCS]
     embedder = KVEmbedder(
-        make_model("llama"), make_tokenizer(), layers=[1], postprocess="pca", postprocess_texts=fit_on
+        make_model("llama"), make_tokenizer(), layers=[1], postprocess="pca", postprocess_texts=fit_on, lexical="none"
     )
     engine = EmbeddingEngine(embedder, ServeSettings(served_model_name="x"))
     full = embedder.encode(DOCS, normalize=False)
