@@ -578,6 +578,31 @@ class KVEmbedder(ConcurrentRequests):
             raise ValueError("lexical='sparse' needs the texts' sparse vectors from the same pass, one per text")
         return channel.rows(side, sparse=list(zip(sparse.indices, sparse.values, strict=True)))
 
+    def encode_lexical(
+        self, texts: str | Iterable[str], *, prompt_type: str = "document", prompt_name: str | None = None
+    ) -> SparseVectors:
+        """The lexical half's weights as sparse vectors, unsketched: a partner for a store that holds
+        sparse vectors (Qdrant), beside or instead of the one vector's sketch.
+
+        Documents get their unit-length weights (BM25's saturated term frequencies, or the model's
+        sparse weights), queries their IDF-weighted ones, so a sparse store's dot product ranks by
+        the exact lexical cosine (the sketch only estimates it). No IDF modifier is needed in the
+        store: the query carries it. Needs a lexical channel (``lexical`` other than ``"none"``).
+        """
+        if self.lexical is None:
+            raise ValueError(
+                "encode_lexical needs a lexical channel: build the embedder with lexical='bm25' or 'sparse'"
+            )
+        prompt_type = requested_prompt(prompt_type, prompt_name)
+        items, _ = texts_to_embed(texts, self.config.empty_text)
+        sparse = self.encode_sparse(items, prompt_type=prompt_type) if self.lexical.kind == "sparse" else None
+        rows = self.lexical_rows(items, prompt_type=prompt_type, sparse=sparse)
+        if self.resolved.side(prompt_type) == "document":
+            rows = [(ids, values / max(float(np.linalg.norm(values)), 1e-30)) for ids, values in rows]
+        return SparseVectors(
+            tuple(ids for ids, _ in rows), tuple(values.astype(np.float32) for _, values in rows), self.vocab_size
+        )
+
     def with_lexical(
         self,
         dense: np.ndarray,

@@ -212,3 +212,54 @@ def test_sparse_adapters_reject_what_they_cannot_embed(embedder):
         KVSparseEmbeddings(embedder).embed_documents("a cat")
     with pytest.raises(TypeError, match="one str"):
         sparse_functions(embedder)[0]("a cat")
+
+
+def test_the_lexical_partner_is_the_unsketched_lexical_half(embedder):
+    """weights='lexical': BM25 over the model's tokens (the retrieval default's lexical channel),
+    unsketched: documents unit length, queries IDF-weighted, so Qdrant's sparse search ranks by the
+    exact lexical cosine, which the one vector's sketch only estimates."""
+    from langchain_qdrant import QdrantVectorStore, RetrievalMode
+
+    from kv_embeddings_integrations.core import lexical
+    from kv_embeddings_integrations.integrations.hybrid.langchain import KVSparseEmbeddings
+    from kv_embeddings_integrations.integrations.hybrid.llama_index import sparse_functions
+
+    channel = embedder.lexical
+    assert channel is not None and channel.kind == "bm25"  # the retrieval default's
+
+    def ids(text: str) -> list[int]:
+        return embedder.tokenizer(text.lower(), add_special_tokens=False)["input_ids"]
+
+    doc_rows = [lexical.bm25_document(ids(t), channel.statistics) for t in DOCS]
+    query_rows = [lexical.bm25_query(ids(q), channel.statistics.idf) for q in QUERIES]
+    sparse = KVSparseEmbeddings(embedder, weights="lexical")
+    for got, (ids, values) in zip(sparse.embed_documents(DOCS), doc_rows, strict=True):
+        assert got.indices == ids.tolist()
+        np.testing.assert_allclose(got.values, values / np.linalg.norm(values), rtol=1e-5)
+    got = sparse.embed_query(QUERIES[0])
+    assert got.indices == query_rows[0][0].tolist()
+    np.testing.assert_allclose(got.values, query_rows[0][1], rtol=1e-5)
+    doc_fn, query_fn = sparse_functions(embedder, weights="lexical")
+    assert doc_fn(DOCS[:2])[0] == [s.indices for s in sparse.embed_documents(DOCS[:2])]
+    assert query_fn(QUERIES[:1])[1][0] == pytest.approx(got.values)
+
+    # In Qdrant (in memory, no IDF modifier: the query carries it), sparse search alone ranks by the
+    # exact lexical cosine computed here.
+    store = QdrantVectorStore.from_texts(
+        DOCS, embedding=None, sparse_embedding=sparse, retrieval_mode=RetrievalMode.SPARSE,
+        location=":memory:", collection_name="lexical",
+    )  # fmt: skip
+    exact = fusion.sparse_scores(embedder.encode_lexical(QUERIES, prompt_type="query"), embedder.encode_lexical(DOCS))
+    for q, query in enumerate(QUERIES):
+        hits = store.similarity_search_with_score(query, k=K)
+        expected = [s for s in np.sort(exact[q])[::-1] if s > 0][:K]
+        np.testing.assert_allclose([score for _, score in hits], expected, rtol=1e-4)
+        assert [DOCS.index(doc.page_content) for doc, _ in hits] == list(fusion.top_k(exact[q : q + 1], len(hits))[0])
+
+    with pytest.raises(ValueError, match="weights must be"):
+        KVSparseEmbeddings(embedder, weights="bm25s")
+    dense_only = KVEmbedder(embedder.model, embedder.tokenizer, **OPTIONS, lexical="none")
+    with pytest.raises(ValueError, match="lexical channel"):
+        KVSparseEmbeddings(dense_only, weights="lexical")
+    with pytest.raises(ValueError, match="lexical channel"):
+        sparse_functions(dense_only, weights="lexical")

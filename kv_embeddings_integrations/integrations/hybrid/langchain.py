@@ -10,6 +10,11 @@ require("hybrid", "KVSparseEmbeddings (langchain-qdrant hybrid search)", ("langc
 
 from langchain_qdrant import SparseEmbeddings, SparseVector  # noqa: E402
 
+# "model": the same pass's sparse vectors (PromptReps; give the store Qdrant's IDF modifier);
+# "lexical": the embedder's lexical channel unsketched (BM25 over its tokens by default; queries
+# carry the IDF, so no modifier).
+SPARSE_WEIGHTS = ("model", "lexical")
+
 
 class KVSparseEmbeddings(SparseEmbeddings):
     """Sparse lexical vectors (PromptReps-style) of a KV embedder, for Qdrant hybrid search.
@@ -17,6 +22,10 @@ class KVSparseEmbeddings(SparseEmbeddings):
     Args:
         embeddings: the dense :class:`KVEmbeddings` (its loaded model, prompts and layers are
             used) or a core :class:`KVEmbedder`.
+        weights: ``"model"``, the model's own sparse vectors (give the collection Qdrant's IDF
+            modifier), or ``"lexical"``, the embedder's lexical channel unsketched
+            (:meth:`KVEmbedder.encode_lexical`: BM25 over the model's tokens for the retrieval
+            default; queries carry the IDF, so no modifier).
 
     Queries get the query prompt, documents the document prompt, as in the dense adapter. The
     store calls the dense and the sparse model apart, so each text costs two forward passes here;
@@ -36,16 +45,24 @@ class KVSparseEmbeddings(SparseEmbeddings):
             )
     """
 
-    def __init__(self, embeddings: KVEmbeddings | KVEmbedder) -> None:
+    def __init__(self, embeddings: KVEmbeddings | KVEmbedder, weights: str = "model") -> None:
         if isinstance(embeddings, KVEmbeddings):
             self.embedder = embeddings.client
         elif isinstance(embeddings, KVEmbedder):
             self.embedder = embeddings
         else:
             raise TypeError(f"embeddings must be a KVEmbeddings or a KVEmbedder, got {type(embeddings).__name__}")
+        if weights not in SPARSE_WEIGHTS:
+            raise ValueError(f"weights must be one of {SPARSE_WEIGHTS}, got {weights!r}")
+        if weights == "lexical" and self.embedder.lexical is None:
+            raise ValueError("weights='lexical' needs an embedder with a lexical channel (lexical='bm25' or 'sparse')")
+        self.weights = weights
 
     def _encode(self, texts: list[str], prompt_type: str) -> list[SparseVector]:
-        vectors = self.embedder.encode_sparse(texts, prompt_type=prompt_type)
+        if self.weights == "lexical":
+            vectors = self.embedder.encode_lexical(texts, prompt_type=prompt_type)
+        else:
+            vectors = self.embedder.encode_sparse(texts, prompt_type=prompt_type)
         return [
             SparseVector(indices=ids.tolist(), values=values.tolist())
             for ids, values in zip(vectors.indices, vectors.values, strict=True)

@@ -11,13 +11,16 @@ BatchSparseEncoding = tuple[list[list[int]], list[list[float]]]
 
 
 def sparse_functions(
-    embedding: KVEmbedding | KVEmbedder,
+    embedding: KVEmbedding | KVEmbedder, weights: str = "model"
 ) -> tuple[Callable[[list[str]], BatchSparseEncoding], Callable[[list[str]], BatchSparseEncoding]]:
     """``(sparse_doc_fn, sparse_query_fn)`` for ``QdrantVectorStore(enable_hybrid=True, ...)``.
 
     Args:
         embedding: the dense :class:`KVEmbedding` (its loaded model and options are used) or a
             core :class:`KVEmbedder`.
+        weights: ``"model"`` (the model's sparse vectors; give the store Qdrant's IDF modifier) or
+            ``"lexical"`` (the embedder's lexical channel unsketched, BM25 over its tokens for the
+            retrieval default; queries carry the IDF).
 
     Documents get the document prompt, queries the query prompt. LlamaIndex fuses the two
     searches by relative score fusion (``alpha``: the dense share). The store calls the dense and
@@ -41,12 +44,17 @@ def sparse_functions(
         embedder = embedding
     else:
         raise TypeError(f"embedding must be a KVEmbedding or a KVEmbedder, got {type(embedding).__name__}")
+    if weights not in ("model", "lexical"):
+        raise ValueError(f"weights must be 'model' or 'lexical', got {weights!r}")
+    if weights == "lexical" and embedder.lexical is None:
+        raise ValueError("weights='lexical' needs an embedder with a lexical channel (lexical='bm25' or 'sparse')")
+    encode_rows = embedder.encode_lexical if weights == "lexical" else embedder.encode_sparse
 
     def encoder(prompt_type: str) -> Callable[[list[str]], BatchSparseEncoding]:
         def encode(texts: list[str]) -> BatchSparseEncoding:
             if isinstance(texts, str):
                 raise TypeError("expected a list of strings, got one str")
-            vectors = embedder.encode_sparse(list(texts), prompt_type=prompt_type)
+            vectors = encode_rows(list(texts), prompt_type=prompt_type)
             return [i.tolist() for i in vectors.indices], [v.tolist() for v in vectors.values]
 
         return encode
