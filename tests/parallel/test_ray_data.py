@@ -177,7 +177,11 @@ def test_files_in_and_out_with_automatic_layers(local_ray, model_dir, tmp_path, 
 def test_named_prompts_and_precision_set_the_column(local_ray, model_dir, monkeypatch):
     docs = _documents(40)
     prompts = {"topic": "The topic of: {text}"}
-    for precision, arrow_type, width in (("int8", pa.int8(), 64), ("ubinary", pa.uint8(), 8)):
+    # The retrieval default's vectors: 64 dense columns and the 4096-column lexical half, the actors'
+    # equal to the local embedder's.
+    width_of = {"int8": 64 + 4096, "ubinary": (64 + 4096) // 8}
+    for precision, arrow_type in (("int8", pa.int8()), ("ubinary", pa.uint8())):
+        width = width_of[precision]
         out = embed_dataset(
             ray.data.from_items(docs, override_num_blocks=4),
             model=str(model_dir),
