@@ -5,8 +5,8 @@ it, so that a plain cosine or dot-product search scores a fusion of both:
 
 - **The lexical weights** of a text, over the model's own token ids (:data:`KINDS`):
   ``"sparse"``, the same forward pass's PromptReps weights (:mod:`.sparse`); or ``"bm25"``, BM25's
-  two halves: a document gets each token's saturated, length-normalised term frequency, a query
-  gets each token's IDF times its count. Queries carry the IDF in both, so documents never need
+  two halves: a document gets each token's saturated term frequency (see :data:`BM25_B` on its
+  length term), a query gets each token's IDF times its count. Queries carry the IDF in both, so documents never need
   corpus statistics (:class:`LexicalStatistics`, fitted label-free on sample texts).
 - **The sketch.** A count-sketch (feature hashing, Weinberger et al. 2009) folds the vocabulary
   into ``dim`` columns: each token id gets a column and a sign from a fixed seed
