@@ -598,7 +598,7 @@ class KVEmbedder(ConcurrentRequests):
         sparse = self.encode_sparse(items, prompt_type=prompt_type) if self.lexical.kind == "sparse" else None
         rows = self.lexical_rows(items, prompt_type=prompt_type, sparse=sparse)
         if self.resolved.side(prompt_type) == "document":
-            rows = [(ids, values / max(float(np.linalg.norm(values)), 1e-30)) for ids, values in rows]
+            rows = lexical_channel.unit(rows)
         return SparseVectors(
             tuple(ids for ids, _ in rows), tuple(values.astype(np.float32) for _, values in rows), self.vocab_size
         )

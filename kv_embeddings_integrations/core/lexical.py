@@ -161,6 +161,20 @@ def weighted_query(row: SparseRow, idf: np.ndarray) -> SparseRow:
     return ids, (values * idf[ids]).astype(np.float32)
 
 
+def unit(rows: Sequence[SparseRow]) -> list[SparseRow]:
+    """Each row at unit L2 length (float32); a row with no weight stays as it is."""
+    out = []
+    for ids, values in rows:
+        norm = float(np.linalg.norm(values))
+        out.append((ids, (values / norm if norm > 0 else values).astype(np.float32)))
+    return out
+
+
+def lowercases(kind: str) -> bool:
+    """Whether ``kind``'s weights count the tokens of the lower-cased text (BM25's do)."""
+    return kind == "bm25" and BM25_LOWERCASE
+
+
 def sketch(rows: Sequence[SparseRow], columns: np.ndarray, signs: np.ndarray, dim: int) -> np.ndarray:
     """Count-sketches of sparse rows, each L2-normalised: ``(len(rows), dim)`` float32; a row with
     no weight stays all zeros."""
@@ -278,7 +292,7 @@ class LexicalChannel:
     @property
     def lowercase(self) -> bool:
         """Whether the text is lower-cased before its tokens are counted (BM25)."""
-        return self.kind == "bm25" and BM25_LOWERCASE
+        return lowercases(self.kind)
 
     def record(self) -> dict[str, Any]:
         """What a store compares (the weight is not: it only scales the query's halves)."""
@@ -332,10 +346,8 @@ def channel_for(
     ones, else read from the cache or counted on ``texts`` (:func:`statistics_for`)."""
     if kind == "none":
         return None
-    if kind not in KINDS:
-        raise ValueError(f"lexical must be one of {KINDS}, got {kind!r}")
     if statistics is None:
-        key = statistics_key(tokenizer_sha256, kind == "bm25" and BM25_LOWERCASE, texts)
+        key = statistics_key(tokenizer_sha256, lowercases(kind), texts)
         statistics = statistics_for(key, texts, tokenize, vocab_size, name)
     elif statistics.document_frequency.shape != (vocab_size,):
         raise ValueError(

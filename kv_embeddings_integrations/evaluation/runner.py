@@ -20,7 +20,7 @@ from ..core import fusion
 from ..core.cache import cache_dir
 from ..core.config import LEXICAL_OPTIONS, EmbedderConfig
 from ..core.extras import require
-from ..core.lexical import LexicalChannel
+from ..core.lexical import LexicalChannel, unit
 from ..core.loading import LoadOptions
 from ..core.quantization import SCALAR
 from ..core.sparse import SparseVectors
@@ -513,8 +513,8 @@ def lexical_fusion_scores(
     their unit vectors): what the one vector's sketch approximates."""
 
     def unit_rows(rows: list) -> SparseVectors:
-        normed = [(ids, values / max(float(np.linalg.norm(values)), 1e-30)) for ids, values in rows]
-        return SparseVectors(tuple(r[0] for r in normed), tuple(r[1].astype(np.float32) for r in normed), vocab_size)
+        normed = unit(rows)
+        return SparseVectors(tuple(r[0] for r in normed), tuple(r[1] for r in normed), vocab_size)
 
     lexical = fusion.sparse_scores(unit_rows(query_rows), unit_rows(doc_rows)).astype(np.float64)
     return (1.0 - weight) * np.asarray(dense, np.float64) + weight * lexical

@@ -10,10 +10,7 @@ require("hybrid", "KVSparseEmbeddings (langchain-qdrant hybrid search)", ("langc
 
 from langchain_qdrant import SparseEmbeddings, SparseVector  # noqa: E402
 
-# "model": the same pass's sparse vectors (PromptReps; give the store Qdrant's IDF modifier);
-# "lexical": the embedder's lexical channel unsketched (BM25 over its tokens by default; queries
-# carry the IDF, so no modifier).
-SPARSE_WEIGHTS = ("model", "lexical")
+from .weights import sparse_encoder  # noqa: E402
 
 
 class KVSparseEmbeddings(SparseEmbeddings):
@@ -52,17 +49,11 @@ class KVSparseEmbeddings(SparseEmbeddings):
             self.embedder = embeddings
         else:
             raise TypeError(f"embeddings must be a KVEmbeddings or a KVEmbedder, got {type(embeddings).__name__}")
-        if weights not in SPARSE_WEIGHTS:
-            raise ValueError(f"weights must be one of {SPARSE_WEIGHTS}, got {weights!r}")
-        if weights == "lexical" and self.embedder.lexical is None:
-            raise ValueError("weights='lexical' needs an embedder with a lexical channel (lexical='bm25' or 'sparse')")
         self.weights = weights
+        self._encode_rows = sparse_encoder(self.embedder, weights)
 
     def _encode(self, texts: list[str], prompt_type: str) -> list[SparseVector]:
-        if self.weights == "lexical":
-            vectors = self.embedder.encode_lexical(texts, prompt_type=prompt_type)
-        else:
-            vectors = self.embedder.encode_sparse(texts, prompt_type=prompt_type)
+        vectors = self._encode_rows(texts, prompt_type=prompt_type)
         return [
             SparseVector(indices=ids.tolist(), values=values.tolist())
             for ids, values in zip(vectors.indices, vectors.values, strict=True)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from ...core.embedder import KVEmbedder
 from ..llama_index import KVEmbedding
+from .weights import sparse_encoder
 
 BatchSparseEncoding = tuple[list[list[int]], list[list[float]]]
 
@@ -44,11 +45,7 @@ def sparse_functions(
         embedder = embedding
     else:
         raise TypeError(f"embedding must be a KVEmbedding or a KVEmbedder, got {type(embedding).__name__}")
-    if weights not in ("model", "lexical"):
-        raise ValueError(f"weights must be 'model' or 'lexical', got {weights!r}")
-    if weights == "lexical" and embedder.lexical is None:
-        raise ValueError("weights='lexical' needs an embedder with a lexical channel (lexical='bm25' or 'sparse')")
-    encode_rows = embedder.encode_lexical if weights == "lexical" else embedder.encode_sparse
+    encode_rows = sparse_encoder(embedder, weights)
 
     def encoder(prompt_type: str) -> Callable[[list[str]], BatchSparseEncoding]:
         def encode(texts: list[str]) -> BatchSparseEncoding:
