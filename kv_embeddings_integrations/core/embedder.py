@@ -33,7 +33,7 @@ from .quantization import SCALAR, QuantizationRanges, check_output, check_precis
 from .ranges import ranges_for
 from .recipe import EmbedderRecipe
 from .resolved import ResolvedMethod
-from .results import EmbedResult
+from .results import EmbedResult, TokenStates
 from .runner import DEFAULT_BATCH_SIZE, runner_for
 from .sparse import SparseVectors
 from .tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
@@ -312,6 +312,13 @@ class KVEmbedder(ConcurrentRequests):
         """The (first) prompt template used for ``prompt_type``; layer selection measures this one."""
         return self.templates(prompt_type)[0]
 
+    def splices(self, prompt_type: str = "document") -> bool:
+        """Whether token ids given as input (a :class:`~kv_embeddings_integrations.core.inputs.TokenIds`)
+        are embedded exactly as given with ``prompt_type``'s templates: each of them splits
+        (:meth:`~kv_embeddings_integrations.core.tokenization.PromptTokenizer.splits`). Where one
+        does not, a ``TokenIds`` is embedded with it as its text (the ids decoded)."""
+        return all(self._prompt_tokenizer.splits(t) for t in self.templates(prompt_type))
+
     def identity(self, *, normalize: bool = True, precision: str = "float32") -> dict[str, Any]:
         """What decides this embedder's vectors (model weights, prompts, layers, pooling,
         post-processing, output precision), as a JSON-able record to keep with stored vectors; see
@@ -422,6 +429,44 @@ class KVEmbedder(ConcurrentRequests):
         if precision == "float32":
             return result
         return dataclasses.replace(result, vectors=self.quantize(result.vectors, precision))
+
+    def embed_tokens(
+        self,
+        texts: str | Iterable[str],
+        *,
+        prompt_type: str = "document",
+        prompt_name: str | None = None,
+        batch_size: int | None = None,
+    ) -> TokenStates:
+        """Every token's hidden state at the pooled layer (a server's ``/embed_all``), from the same
+        forward pass as :meth:`embed` (selected layers re-routed, Token Prepending when on).
+
+        Each text is wrapped in ``prompt_type``'s first template and cut to ``max_length``; its states
+        cover every token of that prompted sequence (special tokens, prompt, Token Prepending's
+        placeholder), in order, without padding: ``last_hidden_state`` (after the final norm) when
+        the last layer is pooled, else that layer's output. Raw: not pooled, post-processed or
+        normalised.
+
+        Args:
+            texts: one string (one entry), or an iterable of strings; a
+                :class:`~kv_embeddings_integrations.core.inputs.TokenIds` is spliced as for :meth:`embed`.
+            prompt_type: picks the prompt, as for :meth:`embed`.
+            prompt_name: a prompt name instead of ``prompt_type``, as for :meth:`embed`.
+            batch_size: overrides the config's ``batch_size`` for this call.
+
+        Returns:
+            a :class:`~kv_embeddings_integrations.core.results.TokenStates`: one
+            ``(n_tokens, hidden_size)`` float32 array per text, in input order, and whether each was cut.
+        """
+        prompt_type = requested_prompt(prompt_type, prompt_name)
+        check_positive_int("batch_size", batch_size)
+        template = self.template(prompt_type)
+        items, _ = texts_to_embed(texts, self.config.empty_text)
+        if not items:
+            return TokenStates((), ())
+        encoded = self._prompt_tokenizer.encode(items, template)
+        states = self.runner.token_states(encoded, batch_size or self.batch_size)
+        return TokenStates(tuple(states), tuple(e.truncated for e in encoded))
 
     def encode_sparse(
         self,

@@ -9,18 +9,67 @@
   ordinary characters: the tokenizer encodes them.
 - Over-long texts are cut (``long_text="truncate"``) or embedded in pieces (``"chunk_mean"``): the
   embedder's concern, after tokenization.
+- Token ids given instead of a text (a server's ``inputs: [[101, 2023, ...]]``): a :class:`TokenIds`,
+  a ``str`` (its decoded text, what the checks above and the lexical channel read) that carries the
+  ids, which the embedder splices into the prompt as they are (see
+  :meth:`~kv_embeddings_integrations.core.tokenization.PromptTokenizer.splits`).
 """
 
 from __future__ import annotations
 
+import operator
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 EMPTY_TEXT_POLICIES = ("embed", "error")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # How many offending indices an error message lists.
 _SHOWN = 10
+
+
+class TokenIds(str):
+    """Token ids to embed exactly as given, in place of a text.
+
+    The ``str`` value is ``text``, the ids decoded: what every place that needs a plain text reads
+    (error messages, the empty-text check, the lexical channel). :attr:`ids` are what the model
+    sees: the prompt's pieces are tokenized on their own and the ids put where each ``{text}`` is
+    (:meth:`~kv_embeddings_integrations.core.tokenization.PromptTokenizer.splits`); a template that
+    does not split so embeds ``text`` instead, as any string.
+
+    Args:
+        ids: the token ids (non-negative ints).
+        text: their decoded text.
+    """
+
+    ids: tuple[int, ...]
+
+    def __new__(cls, ids: Sequence[int], text: str) -> TokenIds:
+        if isinstance(ids, (str, bytes, bytearray)) or not isinstance(ids, Iterable):
+            raise TypeError(f"TokenIds needs a sequence of token ids, got {type(ids).__name__}")
+        if not isinstance(text, str):
+            raise TypeError(f"TokenIds needs the ids' text as a str, got {type(text).__name__}")
+        checked = []
+        for index, value in enumerate(ids):
+            if isinstance(value, bool):
+                raise TypeError(f"token id [{index}] is a bool, not an int")
+            try:
+                token = operator.index(value)
+            except TypeError:
+                raise TypeError(f"token id [{index}] is {type(value).__name__}, not an int") from None
+            if token < 0:
+                raise ValueError(f"token id [{index}] is negative ({token})")
+            checked.append(token)
+        self = super().__new__(cls, text)
+        self.ids = tuple(checked)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.ids, str(self)))
+
+    def __repr__(self) -> str:
+        return f"TokenIds({list(self.ids)!r}, {str.__repr__(self)})"
 
 
 def _indices(indices: list[int]) -> str:
@@ -55,8 +104,12 @@ def check_positive_int(name: str, value: int | None) -> None:
 
 
 def repair_surrogates(text: str) -> str:
-    """``text`` with unpaired surrogates replaced by U+FFFD (valid surrogate pairs are joined)."""
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    """``text`` with unpaired surrogates replaced by U+FFFD (valid surrogate pairs are joined); a
+    :class:`TokenIds` stays one, its ids unchanged (only its text is repaired)."""
+    repaired = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(text, TokenIds):
+        return text if repaired == text else TokenIds(text.ids, repaired)
+    return repaired
 
 
 def prepare_texts(items: list[str], empty_text: str = "embed", stacklevel: int = 3) -> list[str]:

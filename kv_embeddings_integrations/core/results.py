@@ -109,3 +109,40 @@ class EmbedResult:
                 "tokens (prompt included) and were truncated",
                 stacklevel=stacklevel + 1,
             )
+
+
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value: compare fields yourself
+class TokenStates:
+    """Each text's hidden states at the pooled layer, one row per token the model saw (what a
+    server's ``/embed_all`` returns): raw, neither post-processed nor normalised.
+
+    Attributes:
+        states: per text, in input order, a ``(n_tokens, hidden_size)`` float32 array: every token
+            of its prompted sequence (special tokens, prompt, Token Prepending's placeholder), in
+            order, no padding.
+        truncated: whether each text was cut to ``max_length``.
+    """
+
+    states: tuple[np.ndarray, ...]
+    truncated: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.states) != len(self.truncated):
+            raise ValueError(
+                f"TokenStates needs one flag per text: {len(self.states)} texts, {len(self.truncated)} flags"
+            )
+        if any(s.ndim != 2 for s in self.states):
+            raise ValueError("each text's states must be a (n_tokens, hidden_size) array")
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @property
+    def token_counts(self) -> tuple[int, ...]:
+        """Tokens of each text's prompted sequence (the rows of its states)."""
+        return tuple(int(s.shape[0]) for s in self.states)
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens of all texts (what a server reports as ``usage.prompt_tokens``)."""
+        return sum(self.token_counts)

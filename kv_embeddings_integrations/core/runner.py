@@ -198,6 +198,47 @@ class BatchRunner:
                 bar.update(len(indices))
         return states
 
+    def token_states(self, encoded: list[EncodedText], batch_size: int | None) -> list[np.ndarray]:
+        """Each tokenized text's hidden states at the pooled layer, every real token in order.
+
+        One pass per length-sorted batch, as :meth:`forward` runs it (re-routing, Token Prepending,
+        the final norm only when the last layer is pooled); a batch that runs out of memory is
+        halved. Nothing is pooled, post-processed or normalised.
+
+        Args:
+            encoded: the prompted, tokenized texts.
+            batch_size: most rows per batch (``None``: bounded by the token budget only).
+
+        Returns:
+            per text, in input order, a ``(len(encoded[i]), hidden_size)`` float32 array (its left
+            padding dropped).
+        """
+        states: list[np.ndarray] = [np.empty((0, self.hidden_size), dtype=np.float32)] * len(encoded)
+        for indices, batch in self.batches(encoded, batch_size):
+            hidden = self._halving(batch)
+            for row, i in enumerate(indices):
+                # A copy: a view would keep the whole batch's states alive as long as any text's.
+                states[i] = hidden[row, hidden.shape[1] - len(encoded[i]) :].clone().numpy()
+        return states
+
+    def _halving(self, batch: TokenBatch) -> torch.Tensor:
+        """The batch's states at the pooled layer as float32 on the CPU, halving it on out-of-memory
+        (the halves keep the padded width, so each row is computed as in the whole batch)."""
+        try:
+            return self.hidden(batch)[1].float().cpu()
+        except torch.OutOfMemoryError:
+            pass  # retry outside the handler: its traceback pins the failed pass's activations
+        release_memory()
+        rows = batch.input_ids.shape[0]
+        if rows == 1:
+            raise torch.OutOfMemoryError(
+                f"out of memory computing the token states of a single text of {batch.input_ids.shape[1]} tokens "
+                f"on {batch.input_ids.device}; lower max_length (now {self.max_length}) or spread the model over "
+                "more devices (device_map)"
+            )
+        half = rows // 2
+        return torch.cat([self._halving(batch.rows(0, half)), self._halving(batch.rows(half, rows))])
+
     def run(
         self, texts: list[str], template: str, batch_size: int | None, bar: tqdm[Any], sparse: bool = False
     ) -> EmbedResult:
@@ -320,6 +361,16 @@ class BatchRunner:
         half = rows // 2
         return torch.cat([self._splitting(batch.rows(0, half)), self._splitting(batch.rows(half, rows))])
 
+    def hidden(self, batch: TokenBatch) -> tuple[Any, torch.Tensor]:
+        """One decoder pass of the batch: its output and the states of the pooled layer, the model's
+        ``last_hidden_state`` (after the final norm) when that is the last layer."""
+        if self.output_layer == self.num_layers - 1:
+            out = self.model_forward(batch)
+            return out, out.last_hidden_state
+        # hidden_states[0] is the embedding output; [l + 1] is layer l's (no final norm).
+        out = self.model_forward(batch, output_hidden_states=True)
+        return out, out.hidden_states[self.output_layer + 1]
+
     def forward(self, batch: TokenBatch) -> torch.Tensor:
         """One batch through the model, pooled: the seam every embedding pass goes through.
 
@@ -331,13 +382,7 @@ class BatchRunner:
             weight follows as ``seq`` more columns, so the OOM split, the float32 retry and the
             finiteness check handle both without knowing of them.
         """
-        if self.output_layer == self.num_layers - 1:
-            out = self.model_forward(batch)
-            hidden = out.last_hidden_state
-        else:
-            # hidden_states[0] is the embedding output; [l + 1] is layer l's (no final norm).
-            out = self.model_forward(batch, output_hidden_states=True)
-            hidden = out.hidden_states[self.output_layer + 1]
+        out, hidden = self.hidden(batch)
         mean_mask = batch.attention_mask.bool()
         if self.mean_scope == "text":
             # An empty text has no text tokens; its mean falls back to the whole prompt.

@@ -1,4 +1,8 @@
-"""Turning texts into prompted token sequences, with truncation that cuts the text, not the prompt."""
+"""Turning texts into prompted token sequences, with truncation that cuts the text, not the prompt.
+
+Token ids given as input (a :class:`~kv_embeddings_integrations.core.inputs.TokenIds`) are spliced
+into the prompt as they are: see :meth:`PromptTokenizer.splits`.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .prompts import render
+from .inputs import TokenIds
+from .prompts import PLACEHOLDER, render
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 # Tokens kept spare in each piece of a split text (see PromptTokenizer.split).
 SPLIT_MARGIN = 4
+# The text whose ids decide whether a template splits (see PromptTokenizer.splits).
+SPLICE_PROBE = "hello world"
 
 
 @dataclass
@@ -89,6 +96,9 @@ class PromptTokenizer:
             raise ValueError(f"max_length={max_length} leaves no room for a text")
         # A fast tokenizer mutates its truncation/padding state inside calls: one caller at a time.
         self._lock = threading.Lock()
+        # Per template: its pieces' ids (None: it does not splice token ids; see splits).
+        self._pieces: dict[str, list[list[int]] | None] = {}
+        self._edges: tuple[list[int], list[int]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_lock"}
@@ -96,6 +106,8 @@ class PromptTokenizer:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self.__dict__.setdefault("_pieces", {})  # pickled before token ids were spliced
+        self.__dict__.setdefault("_edges", None)
 
     def _tokenize(self, strings: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
         with self._lock:
@@ -131,6 +143,78 @@ class PromptTokenizer:
             )
         return out
 
+    def special_edges(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after any string (a BOS, an EOS...),
+        read off its special-tokens mask."""
+        if self._edges is None:
+            out = self.tokenize_strings([SPLICE_PROBE])
+            ids, mask = out["input_ids"][0], out["special_tokens_mask"][0]
+            real = [i for i, special in enumerate(mask) if not special]
+            if not real:  # nothing but special tokens: read none as edges
+                self._edges = ([], [])
+            else:
+                self._edges = (list(ids[: real[0]]), list(ids[real[-1] + 1 :]))
+        return self._edges
+
+    def splits(self, template: str) -> bool:
+        """Whether ``template`` splices token ids: token ids given as input (a
+        :class:`~kv_embeddings_integrations.core.inputs.TokenIds`) are embedded exactly as given.
+
+        The template is split at its ``{text}`` placeholders; each piece is tokenized on its own
+        (no special tokens), the tokenizer's own leading and trailing special tokens go around,
+        and the ids go where each ``{text}`` is. A template splits when that sequence, for the ids
+        of a probe text, decodes back to exactly the rendered prompt (it does not for a
+        tokenizer that adds a dummy prefix space to each piece, as SentencePiece ones may); one
+        that does not embeds a ``TokenIds`` as its text. Decided once per template.
+        """
+        return self._template_pieces(template) is not None
+
+    def _template_pieces(self, template: str) -> list[list[int]] | None:
+        if template in self._pieces:
+            return self._pieces[template]
+        pieces = self.token_ids(template.split(PLACEHOLDER))
+        lead, trail = self.special_edges()
+        (probe,) = self.token_ids([SPLICE_PROBE])
+        spliced = self._spliced(probe, pieces, lead, trail)
+        with self._lock:
+            decoded = self.tokenizer.decode(spliced, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        result = pieces if decoded == render(template, SPLICE_PROBE)[0] else None
+        self._pieces[template] = result
+        return result
+
+    @staticmethod
+    def _spliced(ids: list[int], pieces: list[list[int]], lead: list[int], trail: list[int]) -> list[int]:
+        out = list(lead) + pieces[0]
+        for piece in pieces[1:]:
+            out += ids
+            out += piece
+        return out + list(trail)
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids, as the tokenizer decodes them (special tokens kept)."""
+        with self._lock:
+            text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+        assert isinstance(text, str)  # one sequence of ids gives one string
+        return text
+
+    def _encode_ids(self, item: TokenIds, template: str, pieces: list[list[int]], truncate: bool) -> EncodedText:
+        """``item``'s ids spliced into ``template`` (see :meth:`splits`), the last copy marked as the text."""
+        lead, trail = self.special_edges()
+        copies = len(pieces) - 1
+        prompt = len(lead) + len(trail) + sum(len(p) for p in pieces)
+        ids = list(item.ids)
+        truncated = prompt + copies * len(ids) > self.max_length
+        if truncated and truncate:
+            if prompt > self.max_length:
+                raise ValueError(
+                    f"max_length={self.max_length} is too small: the prompt template {template!r} alone takes "
+                    f"{prompt} tokens. Raise max_length or shorten the template."
+                )
+            ids = ids[: (self.max_length - prompt) // copies]
+        input_ids = self._spliced(ids, pieces, lead, trail)
+        end = len(input_ids) - len(trail) - len(pieces[-1])
+        return EncodedText(input_ids, end - len(ids), end, truncated)
+
     def encode(self, texts: list[str], template: str, truncate: bool = True) -> list[EncodedText]:
         """Prompted token ids of ``texts``; over-long ones are cut to ``max_length`` (or, with
         ``truncate=False``, left whole and only flagged ``truncated``, for the caller to split)."""
@@ -147,6 +231,21 @@ class PromptTokenizer:
         return EncodedText(ids, e.text_start + 1, e.text_end + 1, e.truncated, marker=at)
 
     def _encode(self, texts: list[str], template: str, truncate: bool) -> list[EncodedText]:
+        given = [i for i, text in enumerate(texts) if isinstance(text, TokenIds)]
+        pieces = self._template_pieces(template) if given else None
+        if pieces is None:  # no token ids, or a template that does not splice them: all texts
+            return self._encode_texts(texts, template, truncate)
+        spliced = set(given)
+        plain = self._encode_texts([t for i, t in enumerate(texts) if i not in spliced], template, truncate)
+        rest = iter(plain)
+        return [
+            self._encode_ids(text, template, pieces, truncate) if isinstance(text, TokenIds) else next(rest)
+            for text in texts
+        ]
+
+    def _encode_texts(self, texts: list[str], template: str, truncate: bool) -> list[EncodedText]:
+        if not texts:
+            return []
         rendered = [render(template, text) for text in texts]
         ids, offsets = self._tokenize([r[0] for r in rendered])
         encoded = []
@@ -161,7 +260,13 @@ class PromptTokenizer:
 
     def split(self, text: str, template: str) -> list[str]:
         """``text`` cut at token boundaries into pieces that each fit ``max_length`` with the prompt
-        (``long_text="chunk_mean"``). A text that fits is one piece."""
+        (``long_text="chunk_mean"``). A text that fits is one piece. Token ids (a
+        :class:`~kv_embeddings_integrations.core.inputs.TokenIds`) that ``template`` splices are cut
+        into runs of ids that fit, each a ``TokenIds`` whose text is its ids decoded."""
+        pieces = self._template_pieces(template) if isinstance(text, TokenIds) else None
+        if pieces is not None:
+            assert isinstance(text, TokenIds)
+            return self._split_ids(text, template, pieces)
         rendered, spans = render(template, text)
         (row_ids,), (row_offsets,) = self._tokenize([rendered])
         if len(row_ids) <= self.max_length:
@@ -186,6 +291,21 @@ class PromptTokenizer:
                 cuts.append(char)
         bounds = cuts + [len(text)]
         return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+    def _split_ids(self, item: TokenIds, template: str, pieces: list[list[int]]) -> list[str]:
+        lead, trail = self.special_edges()
+        copies = len(pieces) - 1
+        prompt = len(lead) + len(trail) + sum(len(p) for p in pieces)
+        if prompt + copies * len(item.ids) <= self.max_length:
+            return [item]
+        budget = (self.max_length - prompt) // copies
+        if budget < 1:
+            raise ValueError(
+                f"max_length={self.max_length} is too small to embed pieces of a long text: the prompt "
+                f"template {template!r} takes {prompt} tokens. Raise max_length or shorten the template."
+            )
+        runs = [list(item.ids[i : i + budget]) for i in range(0, len(item.ids), budget)]
+        return [TokenIds(run, self.decode(run)) for run in runs]
 
     def _truncate(self, text: str, template: str) -> EncodedText:
         # Each round drops about the excess from every copy of the text; the token count after
