@@ -27,7 +27,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     parser.add_argument(
-        "--served-model-name", default=None, help="the model name clients send and /v1/models lists (default: --model)"
+        "--served-model-name",
+        default=None,
+        help="the model name clients send and /v1/models lists (default: --model); several, comma-separated: the "
+        "first is listed, every one is accepted (as is --model)",
     )
     parser.add_argument(
         "--api-key",
@@ -40,8 +43,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_field_option(parser, ServeSettings, "max_concurrent_requests")
     parser.add_argument(
         "--auto-truncate",
-        action="store_true",
-        help="accepted for TEI's command lines: over-long inputs are already cut unless a request says truncate=false",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        default=True,
+        help="cut over-long inputs when a request does not say (TEI's flag and default: on); "
+        "'--auto-truncate false': refuse them (422) unless a request sends truncate=true",
     )
     parser.add_argument(
         "--graceful-timeout", type=float, default=30.0, help="seconds in-flight requests get after SIGTERM (default 30)"
@@ -49,6 +56,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     # Containers and orchestrators configure servers by environment, as TEI's and infinity's.
     environment_defaults(parser, ENV_PREFIX)
+
+
+def _boolean(value: str) -> bool:
+    # TEI's clap bool: true / false (and the usual spellings of them).
+    words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+    if value.strip().lower() not in words:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return words[value.strip().lower()]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -63,16 +78,18 @@ def run(args: argparse.Namespace) -> None:
     from ..serving.server import run_server
     from ..serving.token_ids import cl100k
 
-    name = args.served_model_name or args.model
+    names = [n.strip() for n in (args.served_model_name or args.model).split(",") if n.strip()] or [args.model]
+    name, aliases = names[0], tuple(dict.fromkeys(n for n in (*names[1:], args.model) if n != names[0]))
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
         settings = ServeSettings(
             served_model_name=name,
-            aliases=(args.model,) if args.model != name else (),
+            aliases=aliases,
             api_key=SecretStr(api_key) if api_key is not None else None,
             max_client_batch_size=args.max_client_batch_size,
             max_request_bytes=args.max_request_bytes,
             max_concurrent_requests=args.max_concurrent_requests,
+            auto_truncate=args.auto_truncate,
         )
     except ValueError as e:
         raise CLIError(str(e)) from None

@@ -18,11 +18,11 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from ..core.embedder import KVEmbedder
-from ..core.inputs import repair_surrogates
+from ..core.inputs import TokenIds, repair_surrogates
 from ..core.loading import dtype_name
 from ..core.prompts import check_prompt_name, render
 from ..core.quantization import SCALAR
-from ..core.results import EmbedResult
+from ..core.results import EmbedResult, TokenStates
 from ..core.sparse import SparseVectors, lm_head_weight
 from ..core.tokenization import EncodedText
 from ..version import __version__
@@ -77,10 +77,13 @@ class EmbeddingEngine:
         field: str,
         *,
         model_ids: bool = False,
+        prompt_type: str = "document",
     ) -> list[str]:
-        """The texts of a request's inputs (token ids decoded), each checked; ``field`` names the
-        request field in messages. Token ids are ``cl100k_base``'s (OpenAI's clients), or with
-        ``model_ids`` this model's own (TEI's clients, as TEI reads them)."""
+        """The texts of a request's inputs, each checked; ``field`` names the request field in
+        messages. Token ids are ``cl100k_base``'s (OpenAI's clients: decoded, the text embedded), or
+        with ``model_ids`` this model's own (TEI's clients): embedded as given, spliced between the
+        ``prompt_type`` prompt's own tokens (:class:`~kv_embeddings_integrations.core.inputs.TokenIds`),
+        or decoded where that prompt cannot be split."""
         one_array = not isinstance(inputs, str) and bool(inputs) and not isinstance(inputs[0], (str, list))
         if isinstance(inputs, str):
             items: list = [inputs]
@@ -100,8 +103,9 @@ class EmbeddingEngine:
             )
         if model_ids:
             # An id's place: inputs[k] when one array of ids is the whole of `inputs`, else inputs[i][k].
+            splices = any(isinstance(item, list) for item in items) and self.embedder.splices(prompt_type)
             texts = [
-                self._decode_model_ids(item, field if one_array else f"{field}[{index}]", field)
+                self._model_ids(item, field if one_array else f"{field}[{index}]", field, splices)
                 if isinstance(item, list)
                 else item
                 for index, item in enumerate(items)
@@ -113,6 +117,8 @@ class EmbeddingEngine:
         blank_is_error = self.embedder.config.empty_text == "error"
         for index, text in enumerate(texts):
             where = f"{field}[{index}]" if not isinstance(inputs, str) else field
+            if isinstance(text, TokenIds):
+                continue  # ids embedded as given: checked already, whatever they decode to
             if not text:
                 raise APIError(
                     400, f"{where} is empty; every input must be a non-empty string", param=field, tei_type="Empty"
@@ -120,7 +126,7 @@ class EmbeddingEngine:
             if blank_is_error and not text.strip():
                 raise APIError(400, f"{where} is whitespace only (the server runs --empty-text error)", param=field)
         # Unpaired surrogates (JSON can carry them; UTF-8 cannot): U+FFFD, as the core does.
-        return [repair_surrogates(text) for text in texts]
+        return [text if isinstance(text, TokenIds) else repair_surrogates(text) for text in texts]
 
     def _decode(self, ids: list[int], index: int, field: str) -> str:
         encoding = cl100k()
@@ -141,12 +147,14 @@ class EmbeddingEngine:
         except Exception:  # ids in range that tiktoken still cannot decode
             raise APIError(400, f"{field}[{index}] holds token ids cl100k_base cannot decode", param=field) from None
 
-    def _decode_model_ids(self, ids: list[int], where: str, field: str) -> str:
-        # As TEI decodes an input of ids that it puts in a prompt (core/src/tokenization.rs,
-        # tokenize_input): special tokens left out; the text then gets the prompt as any text.
+    def _model_ids(self, ids: list[int], where: str, field: str, splices: bool) -> str:
         if not ids:
             raise APIError(400, f"{where} is an empty array of token ids", param=field, tei_type="Empty")
         self._check_ids(ids, where, field)
+        if splices:  # the model sees exactly these ids, between the prompt's own
+            return TokenIds(ids, cast("str", self.embedder.tokenizer.decode(ids, skip_special_tokens=True)))
+        # A prompt that cannot be split: decoded as TEI decodes an input of ids it puts in a prompt
+        # (core/src/tokenization.rs, tokenize_input), special tokens left out; then prompted as text.
         text = cast("str", self.embedder.tokenizer.decode(ids, skip_special_tokens=True))
         if not text:
             raise APIError(
@@ -182,8 +190,8 @@ class EmbeddingEngine:
         beginning (see :meth:`keep_ends`).
 
         Raises:
-            APIError: 429 when ``max_concurrent_requests`` are already admitted; 413 when
-                ``truncate`` is False and a text is longer than the model's ``max_length``.
+            APIError: 429 when ``max_concurrent_requests`` are already admitted; 400 (TEI: 422)
+                when ``truncate`` is False and a text is longer than the model's ``max_length``.
         """
         if not normalize and self.embedder.lexical is not None:
             raise APIError(
@@ -193,6 +201,43 @@ class EmbeddingEngine:
                 "unnormalised dense vectors",
                 param="normalize",
             )
+        self._admit()
+        cut_left = 0
+        try:
+            texts, cut_left = await self._cut(texts, prompt_type, truncate, truncation_direction)
+            result: EmbedResult = await self.embedder.aembed(
+                texts, prompt_type=prompt_type, normalize=normalize, sparse=sparse
+            )
+        finally:
+            self._release()
+        self.metrics.texts.inc(len(texts))
+        self.metrics.tokens.inc(result.total_tokens)
+        self.metrics.request_texts.observe(len(texts))
+        # The texts cut here fit by now: the core cut none of them, so the counts add up.
+        return Embedded(result.vectors, result.token_counts, result.num_truncated + cut_left, result.sparse)
+
+    async def embed_tokens(
+        self,
+        texts: list[str],
+        *,
+        prompt_type: str = "document",
+        truncate: bool = True,
+        truncation_direction: Literal["left", "right"] = "right",
+    ) -> TokenStates:
+        """TEI's ``/embed_all``: every token's state at the pooled layer, in the re-routed pass
+        (in a worker thread; admitted and counted as :meth:`embed`'s requests are)."""
+        self._admit()
+        try:
+            texts, cut_left = await self._cut(texts, prompt_type, truncate, truncation_direction)
+            states = await asyncio.to_thread(self.embedder.embed_tokens, texts, prompt_type=prompt_type)
+        finally:
+            self._release()
+        self.metrics.texts.inc(len(texts))
+        self.metrics.tokens.inc(sum(states.token_counts))
+        self.metrics.request_texts.observe(len(texts))
+        return states
+
+    def _admit(self) -> None:
         if self.admitted >= self.settings.max_concurrent_requests:
             raise APIError(
                 429,
@@ -206,23 +251,23 @@ class EmbeddingEngine:
         # Single-threaded event loop: the count needs no lock.
         self.admitted += 1
         self.metrics.queue_depth.set(self.admitted)
-        cut_left = 0
-        try:
-            if not truncate and self.embedder.config.long_text == "truncate":
-                await asyncio.to_thread(self._refuse_too_long, texts, prompt_type)
-            elif truncation_direction == "left" and self.embedder.config.long_text == "truncate":
-                texts, cut_left = await asyncio.to_thread(self.keep_ends, texts, prompt_type)
-            result: EmbedResult = await self.embedder.aembed(
-                texts, prompt_type=prompt_type, normalize=normalize, sparse=sparse
-            )
-        finally:
-            self.admitted -= 1
-            self.metrics.queue_depth.set(self.admitted)
-        self.metrics.texts.inc(len(texts))
-        self.metrics.tokens.inc(result.total_tokens)
-        self.metrics.request_texts.observe(len(texts))
-        # The texts cut here fit by now: the core cut none of them, so the counts add up.
-        return Embedded(result.vectors, result.token_counts, result.num_truncated + cut_left, result.sparse)
+
+    def _release(self) -> None:
+        self.admitted -= 1
+        self.metrics.queue_depth.set(self.admitted)
+
+    async def _cut(
+        self, texts: list[str], prompt_type: str, truncate: bool, direction: Literal["left", "right"]
+    ) -> tuple[list[str], int]:
+        """``texts`` as the request's truncation asks (refused, or cut at their start; the core cuts
+        their end), and how many were cut here (in a worker thread: it tokenizes)."""
+        if self.embedder.config.long_text != "truncate":
+            return texts, 0
+        if not truncate:
+            await asyncio.to_thread(self._refuse_too_long, texts, prompt_type)
+        elif direction == "left":
+            return await asyncio.to_thread(self.keep_ends, texts, prompt_type)
+        return texts, 0
 
     def keep_ends(self, texts: list[str], prompt_type: str) -> tuple[list[str], int]:
         """Left truncation (TEI's ``truncation_direction: left``): each text too long for
@@ -234,7 +279,13 @@ class EmbeddingEngine:
         for template in self.embedder.templates(prompt_type):
             for index, encoded in enumerate(self.embedder.tokenize(texts, template=template)):
                 if encoded.truncated:
-                    texts[index] = self._keep_end(texts[index], template, encoded)
+                    text = texts[index]
+                    if isinstance(text, TokenIds):  # ids: the last ones that fit
+                        kept = list(text.ids[len(text.ids) - (encoded.text_end - encoded.text_start) :])
+                        decoded = cast("str", self.embedder.tokenizer.decode(kept, skip_special_tokens=True))
+                        texts[index] = TokenIds(kept, decoded)
+                    else:
+                        texts[index] = self._keep_end(text, template, encoded)
                     cut.add(index)
         return texts, len(cut)
 
@@ -296,17 +347,20 @@ class EmbeddingEngine:
     def info(self) -> dict[str, Any]:
         """TEI's ``/info`` fields, and this server's method and layers under ``kv_embed``."""
         e, settings = self.embedder, self.settings
+        # TEI's max_batch_tokens is an integer: the token budget, else what the row limit allows.
+        budget = e.config.max_tokens_per_batch or (e.batch_size or 1) * e.max_length
         return {
             "model_id": str(e.name),
             "model_sha": getattr(e.model.config, "_commit_hash", None),  # set by a hub download
             "model_dtype": dtype_name(e.dtype),
+            "served_model_name": settings.served_model_name,
             "model_type": {"embedding": {"pooling": e.pooling}},
             "max_concurrent_requests": settings.max_concurrent_requests,
             "max_input_length": e.max_length,
-            "max_batch_tokens": e.config.max_tokens_per_batch,
-            "max_batch_requests": None,
+            "max_batch_tokens": budget,
+            "max_batch_requests": e.batch_size,  # rows per pass (None: bounded by the token budget only)
             "max_client_batch_size": settings.max_client_batch_size,
-            "auto_truncate": True,
+            "auto_truncate": settings.auto_truncate,
             "tokenization_workers": 1,
             "version": __version__,
             "sha": None,
@@ -324,6 +378,14 @@ class EmbeddingEngine:
             },
         }
 
+    def sparse_available(self) -> bool:
+        """Whether the model can give sparse vectors (it has its LM head)."""
+        try:
+            lm_head_weight(self.embedder.model)
+        except ValueError:
+            return False
+        return True
+
     def check_sparse(self) -> None:
         """400 unless the model can give sparse vectors (it needs its LM head)."""
         try:
@@ -340,9 +402,10 @@ class EmbeddingEngine:
             for index, encoded in enumerate(self.embedder.tokenize(texts, prompt_type, template=template)):
                 if encoded.truncated:
                     raise APIError(
-                        413,
+                        400,
                         f"input {index} is longer than the model's max_length ({self.embedder.max_length} tokens, "
-                        "prompt included) and the request asked not to truncate; shorten it or allow truncation",
+                        "prompt included) and the request asked not to truncate; shorten it or allow truncation (TEI's "
+                        '"truncate": true)',
                         code="input_too_long",
                     )
 

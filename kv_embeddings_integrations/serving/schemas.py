@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 OPENAI_INPUT = "a string, an array of strings, an array of token ids, or an array of arrays of token ids"
 TEI_INPUT = "a string or an array of strings"
@@ -21,7 +21,23 @@ def _is_token_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _integral(value: Any) -> Any:
+    """``value`` with floats that are whole numbers (``192.0``) as ints, in arrays two deep: JSON
+    Schema counts them as integers, so a client validating against the document may send them.
+    Strings stay strings and ``192.5`` stays a float (refused as a token id)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(item) if not isinstance(item, list) else [_integral(i) for i in item] for item in value]
+    return value
+
+
+def _whole_number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _check_openai_input(value: Any) -> Any:
+    value = _integral(value)
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
@@ -43,13 +59,20 @@ def _check_openai_input(value: Any) -> Any:
     return value
 
 
+# Requests parse strictly, as TEI's serde does: "yes" is not a bool, "16" not an int (a 422 naming
+# the field on TEI's routes, a 400 on OpenAI's); unknown fields are ignored, as there.
+STRICT = ConfigDict(extra="ignore", strict=True)
+
+
 class EmbeddingRequest(BaseModel):
     """OpenAI's embeddings request, plus ``input_type`` (this server's extension)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     input: str | list[str] | list[int] | list[list[int]] = Field(description=f"{OPENAI_INPUT} (cl100k_base ids)")
-    model: str = Field(description="the served model name (GET /v1/models)")
+    model: str | None = Field(
+        default=None, description="the served model name (GET /v1/models); left out: the one model served"
+    )
     encoding_format: Literal["float", "base64"] = Field(
         default="float",
         description="base64: each vector's little-endian bytes (float32, or each embedding_types' own type)",
@@ -60,7 +83,7 @@ class EmbeddingRequest(BaseModel):
         description="extension, Cohere's field: the precisions to return; each item's embedding is then an object "
         "keyed by type (float, float16, int8 and uint8 with fitted ranges, binary and ubinary packed sign bits)",
     )
-    dimensions: int | None = Field(
+    dimensions: StrictInt | None = Field(
         default=None,
         description="the vectors' dimension; other values only where the server reduces by PCA or whitening",
     )
@@ -72,6 +95,7 @@ class EmbeddingRequest(BaseModel):
     )
 
     _check_input = field_validator("input", mode="before")(_check_openai_input)
+    _whole_dimensions = field_validator("dimensions", mode="before")(_whole_number)
 
 
 class EmbeddingData(BaseModel):
@@ -105,6 +129,7 @@ def _check_tei_inputs(value: Any) -> Any:
 
 
 def _check_tei_embed_inputs(value: Any) -> Any:
+    value = _integral(value)
     if isinstance(value, str) or (isinstance(value, list) and all(map(_is_token_id, value))):
         return value  # one text, or one input as token ids
     if not isinstance(value, list):
@@ -128,22 +153,25 @@ def _check_tei_embed_inputs(value: Any) -> Any:
 
 
 class TEIEmbedSparseRequest(BaseModel):
-    """text-embeddings-inference's ``/embed_sparse`` request (``/embed``'s, less ``normalize``)."""
+    """text-embeddings-inference's ``/embed_sparse`` request (``/embed``'s, less ``normalize``; also
+    ``/embed_all``'s)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     inputs: str | list[int] | list[str | list[int]] = Field(
-        description=f"{TEI_EMBED_INPUT} (ids are decoded to text, then embedded in the prompt as any text)"
+        description=f"{TEI_EMBED_INPUT} (ids are embedded as given, between the prompt's own tokens)"
     )
-    truncate: bool | None = Field(
-        default=None, description="cut texts over the model's max_length (default); false: 422 instead"
+    truncate: StrictBool | None = Field(
+        default=None,
+        description="cut texts over the model's max_length; false: 422 instead (default: the server's "
+        "--auto-truncate, on unless it was started with --auto-truncate false)",
     )
     # TEI's serde: the variants Left / Right, with the aliases left / right.
     truncation_direction: Literal["right", "Right", "left", "Left"] = Field(
         default="right",
         description="which end of an over-long text is cut: right keeps its beginning, left keeps its end",
     )
-    prompt_name: str | None = Field(
+    prompt_name: StrictStr | None = Field(
         default=None, description="query or document (default: document), or another provider's name for them"
     )
 
@@ -153,22 +181,24 @@ class TEIEmbedSparseRequest(BaseModel):
 class TEIEmbedRequest(TEIEmbedSparseRequest):
     """text-embeddings-inference's ``/embed`` request."""
 
-    normalize: bool = Field(default=True, description="L2-normalise the vectors")
-    dimensions: int | None = Field(
+    normalize: StrictBool = Field(default=True, description="L2-normalise the vectors")
+    dimensions: StrictInt | None = Field(
         default=None,
         description="the vectors' dimension (TEI's Matryoshka cut); other values only where the server reduces "
         "by PCA or whitening",
     )
 
+    _whole_dimensions = field_validator("dimensions", mode="before")(_whole_number)
+
 
 class TEITokenizeRequest(BaseModel):
     """text-embeddings-inference's ``/tokenize`` request."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     inputs: str | list[str] = Field(description=TEI_INPUT)
-    add_special_tokens: bool = Field(default=True, description="the tokenizer's own special tokens (BOS, ...)")
-    prompt_name: str | None = Field(
+    add_special_tokens: StrictBool = Field(default=True, description="the tokenizer's own special tokens (BOS, ...)")
+    prompt_name: StrictStr | None = Field(
         default=None,
         description="tokenize the text inside that prompt, as the model sees it (default: the bare text)",
     )
@@ -178,6 +208,7 @@ class TEITokenizeRequest(BaseModel):
 
 # Empty arrays pass here: the engine refuses them as TEI does (400, error_type Empty).
 def _check_decode_ids(value: Any) -> Any:
+    value = _integral(value)
     if not isinstance(value, list):
         raise ValueError("'ids' must be an array of token ids, or an array of such arrays")
     if value and isinstance(value[0], list):
@@ -200,12 +231,115 @@ def _check_decode_ids(value: Any) -> Any:
 class TEIDecodeRequest(BaseModel):
     """text-embeddings-inference's ``/decode`` request."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     ids: list[int] | list[list[int]] = Field(description="token ids of this model, or one array of them per text")
-    skip_special_tokens: bool = Field(default=True, description="leave special tokens out of the text")
+    skip_special_tokens: StrictBool = Field(default=True, description="leave special tokens out of the text")
 
     _check_ids = field_validator("ids", mode="before")(_check_decode_ids)
+
+
+class SimilarityInput(BaseModel):
+    """TEI's ``/similarity`` inputs: one sentence compared with each of the others."""
+
+    model_config = STRICT
+
+    source_sentence: str = Field(min_length=1, description="the sentence the others are compared with")
+    sentences: list[str] = Field(description="the sentences compared with the source sentence (at least one)")
+
+
+class SimilarityParameters(BaseModel):
+    """TEI's ``/similarity`` parameters (``/embed``'s, as they apply to both sides)."""
+
+    model_config = STRICT
+
+    truncate: StrictBool | None = Field(default=None, description="as on /embed")
+    truncation_direction: Literal["right", "Right", "left", "Left"] = Field(default="right", description="as on /embed")
+    prompt_name: StrictStr | None = Field(default=None, description="as on /embed (default: document)")
+
+
+class TEISimilarityRequest(BaseModel):
+    """text-embeddings-inference's ``/similarity`` request."""
+
+    model_config = STRICT
+
+    inputs: SimilarityInput
+    parameters: SimilarityParameters | None = None
+
+
+def _check_predict_inputs(value: Any) -> Any:
+    # TEI's PredictInput: a string, a pair [a, b], or a batch of [a] and [a, b] items.
+    message = "'inputs' must be a string, a pair of strings [a, b], or a batch of [a] and [a, b] arrays"
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not value:
+        raise ValueError(message)
+    if all(isinstance(item, str) for item in value) and len(value) <= 2:
+        return value
+    for index, item in enumerate(value):
+        if not (isinstance(item, list) and 1 <= len(item) <= 2 and all(isinstance(t, str) for t in item)):
+            raise ValueError(f"{message}; inputs[{index}] is not one")
+    return value
+
+
+class TEIPredictRequest(BaseModel):
+    """text-embeddings-inference's ``/predict`` request (a classifier's route: read, then refused here)."""
+
+    model_config = STRICT
+
+    inputs: str | list[str] | list[list[str]] = Field(description="a string, a pair, or a batch of singles and pairs")
+    truncate: StrictBool | None = None
+    truncation_direction: Literal["right", "Right", "left", "Left"] = "right"
+    raw_scores: StrictBool = False
+
+    _check_inputs = field_validator("inputs", mode="before")(_check_predict_inputs)
+
+
+class TEIRerankRequest(BaseModel):
+    """text-embeddings-inference's ``/rerank`` request (a re-ranker's route: read, then refused here)."""
+
+    model_config = STRICT
+
+    query: str
+    texts: list[str]
+    truncate: StrictBool | None = None
+    truncation_direction: Literal["right", "Right", "left", "Left"] = "right"
+    raw_scores: StrictBool = False
+    return_text: StrictBool = False
+
+
+class VertexRequest(BaseModel):
+    """Vertex AI's prediction request: each instance is one of TEI's ``/embed`` requests."""
+
+    model_config = STRICT
+
+    instances: list[dict[str, Any]] = Field(description="each one /embed request body")
+
+
+class VertexResponse(BaseModel):
+    """Vertex AI's prediction response: each instance's ``/embed`` answer, in order."""
+
+    predictions: list[list[list[float]]]
+
+
+class TEIError(BaseModel):
+    """text-embeddings-inference's error body."""
+
+    error: str
+    error_type: Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty", "Unauthorized"]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    """OpenAI's error body."""
+
+    error: OpenAIErrorDetail
 
 
 class SimpleToken(BaseModel):
@@ -225,6 +359,49 @@ class SparseValue(BaseModel):
 
     index: int
     value: float
+
+
+class EmbeddingModelInfo(BaseModel):
+    pooling: str
+
+
+class ModelTypeInfo(BaseModel):
+    embedding: EmbeddingModelInfo
+
+
+class KVEmbedInfo(BaseModel):
+    """This server's own ``/info`` fields: the method behind the vectors."""
+
+    served_model_name: str
+    task: str
+    method: str
+    layers: list[int]
+    bias: float | None
+    output_layer: int
+    postprocess: str
+    dimension: int
+    identity: str
+
+
+class Info(BaseModel):
+    """text-embeddings-inference's ``/info`` (its ``Info`` schema), plus ``kv_embed``."""
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    served_model_name: str
+    model_type: ModelTypeInfo
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    sha: str | None
+    docker_label: str | None
+    kv_embed: KVEmbedInfo
 
 
 class ModelCard(BaseModel):

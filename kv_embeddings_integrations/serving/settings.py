@@ -19,6 +19,9 @@ class ServeSettings(BaseModel):
         max_concurrent_requests: most requests admitted at once, running or waiting for a
             forward pass (more: 429 with ``Retry-After``), so a burst queues no unbounded work.
         retry_after: seconds a client told 429 should wait (``Retry-After``).
+        auto_truncate: cut over-long inputs when a request does not say (TEI's ``--auto-truncate``,
+            on by default there too); off, such an input is a 422 unless the request sends
+            ``"truncate": true``. OpenAI's route has no field for it and follows this.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -36,6 +39,7 @@ class ServeSettings(BaseModel):
         default=512, ge=1, description="most requests running or waiting at once; more get 429 with Retry-After"
     )
     retry_after: int = Field(default=1, ge=0)
+    auto_truncate: bool = True
 
     def accepts_model(self, name: str) -> bool:
         return name == self.served_model_name or name in self.aliases
