@@ -215,29 +215,13 @@ class BatchRunner:
         """
         states: list[np.ndarray] = [np.empty((0, self.hidden_size), dtype=np.float32)] * len(encoded)
         for indices, batch in self.batches(encoded, batch_size):
-            hidden = self._halving(batch)
+            hidden = self._splitting(
+                batch, lambda part: self.hidden(part)[1].float().cpu(), "computing the token states of"
+            )
             for row, i in enumerate(indices):
                 # A copy: a view would keep the whole batch's states alive as long as any text's.
                 states[i] = hidden[row, hidden.shape[1] - len(encoded[i]) :].clone().numpy()
         return states
-
-    def _halving(self, batch: TokenBatch) -> torch.Tensor:
-        """The batch's states at the pooled layer as float32 on the CPU, halving it on out-of-memory
-        (the halves keep the padded width, so each row is computed as in the whole batch)."""
-        try:
-            return self.hidden(batch)[1].float().cpu()
-        except torch.OutOfMemoryError:
-            pass  # retry outside the handler: its traceback pins the failed pass's activations
-        release_memory()
-        rows = batch.input_ids.shape[0]
-        if rows == 1:
-            raise torch.OutOfMemoryError(
-                f"out of memory computing the token states of a single text of {batch.input_ids.shape[1]} tokens "
-                f"on {batch.input_ids.device}; lower max_length (now {self.max_length}) or spread the model over "
-                "more devices (device_map)"
-            )
-        half = rows // 2
-        return torch.cat([self._halving(batch.rows(0, half)), self._halving(batch.rows(half, rows))])
 
     def run(
         self, texts: list[str], template: str, batch_size: int | None, bar: tqdm[Any], sparse: bool = False
@@ -340,26 +324,34 @@ class BatchRunner:
             finally:
                 del twin, model
 
-    def _splitting(self, batch: TokenBatch) -> torch.Tensor:
-        """:meth:`forward`, halving the batch on out-of-memory and retrying each half.
+    def _splitting(
+        self,
+        batch: TokenBatch,
+        compute: Callable[[TokenBatch], torch.Tensor] | None = None,
+        doing: str = "embedding",
+    ) -> torch.Tensor:
+        """``compute`` (default :meth:`forward`), halving the batch on out-of-memory and retrying
+        each half; ``doing`` names the work in the error a single row's failure raises.
 
         The halves keep the batch's padded width, so each row is computed exactly as it would
         have been in the whole batch.
         """
+        compute = compute or self.forward
         try:
-            return self.forward(batch)
+            return compute(batch)
         except torch.OutOfMemoryError:
             pass  # retry outside the handler: its traceback pins the failed pass's activations
         release_memory()
         rows = batch.input_ids.shape[0]
         if rows == 1:
             raise torch.OutOfMemoryError(
-                f"out of memory embedding a single text of {batch.input_ids.shape[1]} tokens after splitting "
+                f"out of memory {doing} a single text of {batch.input_ids.shape[1]} tokens after splitting "
                 f"its batch down to 1 row on {batch.input_ids.device}; lower max_length (now {self.max_length}) "
                 "or spread the model over more devices (device_map)"
             )
         half = rows // 2
-        return torch.cat([self._splitting(batch.rows(0, half)), self._splitting(batch.rows(half, rows))])
+        parts = (batch.rows(0, half), batch.rows(half, rows))
+        return torch.cat([self._splitting(part, compute, doing) for part in parts])
 
     def hidden(self, batch: TokenBatch) -> tuple[Any, torch.Tensor]:
         """One decoder pass of the batch: its output and the states of the pooled layer, the model's

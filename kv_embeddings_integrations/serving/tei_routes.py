@@ -179,9 +179,7 @@ def add_tei_routes(app: FastAPI, engine: EmbeddingEngine) -> None:
         )
         embedded = await until_answered(request, work)
         note(request, len(texts), embedded.total_tokens)
-        vectors = embedded.vectors.astype(np.float64)
-        norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
-        cosines = (vectors[1:] @ vectors[0]) / (norms[1:] * norms[0])
+        cosines = engine.embedder.similarity(embedded.vectors[:1], embedded.vectors[1:])[0]
         return await json_response(cosines.astype(np.float32).tolist, embedded.num_truncated)
 
     # A classifier's and a re-ranker's routes: here for TEI's clients, answered as TEI answers an
