@@ -27,7 +27,7 @@ _CHILD = """
 import json, sys, time
 started = time.perf_counter()
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core.bundled import bundled_model_dir
+from kv_embeddings_integrations.core.model.bundled import bundled_model_dir
 imported = time.perf_counter()
 bundled_model_dir(sys.argv[1])
 converted = time.perf_counter()

@@ -22,7 +22,7 @@ from common import machine, markdown_table, scifact_documents, side_by_side
 from models import load_backbone, non_embedding_parameters
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core.bundled import BUNDLED_MODELS, bundled_model_dir
+from kv_embeddings_integrations.core.model.bundled import BUNDLED_MODELS, bundled_model_dir
 
 
 class TokenCounter:
@@ -64,7 +64,7 @@ def corpus_efficiency(embedder: KVEmbedder, docs: list[str], max_tokens: int) ->
     """Padding efficiency of each batching over a whole corpus, from token counts alone (no forward):
     ours (token counts, longest first, 32 rows) and sentence-transformers' (character counts,
     longest first, 32 rows, raw texts)."""
-    from kv_embeddings_integrations.core.batching import plan_batches
+    from kv_embeddings_integrations.core.running.batching import plan_batches
 
     def efficiency(lengths: list[int], batches: list[list[int]]) -> float:
         processed = sum(len(b) * max(lengths[i] for i in b) for b in batches)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModel, AutoTokenizer, LlamaConfig, Qwen3Config
 
-from kv_embeddings_integrations.core.bundled import bundled_model_dir
+from kv_embeddings_integrations.core.model.bundled import bundled_model_dir
 
 # Published configurations (config.json of the hub repositories), for random-weight models of
 # the real size and shape when the weights cannot be downloaded.
@@ -55,7 +55,7 @@ def load_backbone(
             model = AutoModel.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer or bundled_model_dir("smollm2-135m"))
         return model.eval(), tokenizer, RANDOM_LAYERS[shape]
-    from kv_embeddings_integrations.core.bundled import BUNDLED_MODELS
+    from kv_embeddings_integrations.core.model.bundled import BUNDLED_MODELS
 
     path = bundled_model_dir(name) if name in BUNDLED_MODELS else name
     model = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation).to(device)

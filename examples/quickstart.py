@@ -14,7 +14,7 @@ import time
 from progress import show_loading_steps
 
 from kv_embeddings_integrations import DEFAULT_MODEL, EmbedderConfig, KVEmbedder
-from kv_embeddings_integrations.core import fusion
+from kv_embeddings_integrations.core.outputs import fusion
 
 DOCUMENTS = [
     "To change your card PIN, insert the card at any of our ATMs and choose 'PIN services'.",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .core.bundled import BUNDLED_MODELS, DEFAULT_MODEL
 from .core.config import PRESETS, EmbedderConfig
 from .core.embedder import KVEmbedder
-from .core.loading import LoadOptions
 from .core.method.rerouting import UnsupportedModelError
+from .core.model.bundled import BUNDLED_MODELS, DEFAULT_MODEL
+from .core.model.loading import LoadOptions
 from .core.results import EmbedResult
 from .version import __version__ as __version__
 

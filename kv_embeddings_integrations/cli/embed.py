@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..core.config import EmbedderConfig
-from ..core.quantization import DTYPES
+from ..core.outputs.quantization import DTYPES
 from .errors import CLIError
 from .inputs import read_texts
 from .options import add_field_option, add_model_options, add_run_options, load_embedder
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
     import contextlib
 
     from ..core.identity import compared_fields
-    from ..core.inputs import prepare_texts
+    from ..core.running.inputs import prepare_texts
     from ..parallel.checkpoint import CheckpointError, ChunkedRun
 
     if args.output.suffix != ".npy":

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from ..core.config import EmbedderConfig
 from ..core.extras import MissingExtraError, require
-from ..core.loading import LoadOptions
-from ..core.quantization import SCALAR, check_precision
+from ..core.model.loading import LoadOptions
+from ..core.outputs.quantization import SCALAR, check_precision
 from .errors import CLIError
 from .options import add_field_option, add_load_options, literal_choices, load_options
 

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from ..core.bundled import DEFAULT_MODEL
 from ..core.config import EmbedderConfig
-from ..core.loading import LoadOptions
+from ..core.model.bundled import DEFAULT_MODEL
+from ..core.model.loading import LoadOptions
+from ..core.outputs.quantization import PRECISIONS, check_output
 from ..core.prompts import check_prompt_name
-from ..core.quantization import PRECISIONS, check_output
 from .errors import CLIError
 from .inputs import read_texts
 
@@ -255,7 +255,7 @@ def load_embedder(args: argparse.Namespace) -> KVEmbedder:
     import torch
 
     from ..core.embedder import KVEmbedder
-    from ..core.loading import resolve_dtype
+    from ..core.model.loading import resolve_dtype
 
     config = embedder_config(args, "batch_size", "max_tokens_per_batch")
     changes: dict[str, Any] = {}

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 from ..core.config import EmbedderConfig
 from ..core.extras import MissingExtraError, require
-from ..core.loading import LoadOptions
+from ..core.model.loading import LoadOptions
 from .errors import CLIError
 from .inputs import read_texts
 from .options import add_field_option, add_load_options, load_options
 
 if TYPE_CHECKING:
-    from ..core.method.layer_selection import LayerSelection
+    from ..core.fitting.layer_selection import LayerSelection
 
 NAME = "select-layers"
 HELP = "pick the layers to re-route by intrinsic dimension"
@@ -43,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Select the layers (or read the cached selection) and print the curve."""
     from ..core.embedder import KVEmbedder
-    from ..core.method.layer_selection import auto_select_layers
+    from ..core.fitting.layer_selection import auto_select_layers
 
     texts = read_texts(args.texts, args.text_field) if args.texts is not None else None
     if args.plot is not None:

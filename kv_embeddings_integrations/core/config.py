@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .inputs import check_positive_int
 from .prompts import check_template
+from .running.inputs import check_positive_int
 
 MethodName = Literal[
     "kv", "prompt", "prompteol", "pcot", "ke", "metaeol", "echo", "mean", "last", "tp",
@@ -118,7 +118,7 @@ class EmbedderConfig(BaseModel):
         postprocess_texts: texts to fit the post-processing on (at least 20 distinct; a sample
             of the user's corpus is best); ``None`` uses the 1000 built-in calibration texts.
         lexical: a lexical channel appended to each dense vector, so that one vector in a plain
-            store scores a dense + lexical fusion (:mod:`~kv_embeddings_integrations.core.lexical`):
+            store scores a dense + lexical fusion (:mod:`~kv_embeddings_integrations.core.outputs.lexical`):
             ``"none"``, ``"sparse"`` (the same pass's PromptReps weights, queries times IDF) or
             ``"bm25"`` (BM25 over the model's tokens: documents' saturated term frequencies,
             queries' IDF). ``None``: the task's (see ``TASK_LEXICAL``).

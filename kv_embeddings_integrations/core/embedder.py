@@ -15,28 +15,28 @@ import torch
 from transformers import BatchEncoding, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from . import fusion
-from . import lexical as lexical_channel
-from . import sparse as sparse_vectors
-from .concurrency import ConcurrentRequests
+from .concurrency.process_pool import EmbeddingPool
+from .concurrency.recipe import EmbedderRecipe
+from .concurrency.requests import ConcurrentRequests
 from .config import EmbedderConfig
+from .fitting.layer_selection import LayerSelection, layers_for
+from .fitting.postprocessing import PostProcessor, processor_for
+from .fitting.ranges import ranges_for
 from .identity import embedder_identity, lexical_texts
-from .inputs import check_positive_int, texts_to_embed
-from .loading import LoadOptions, split_options
 from .method import rerouting, token_prepending
-from .method.layer_selection import LayerSelection, layers_for
-from .method.postprocessing import PostProcessor, processor_for
-from .packing import packed_forward
-from .pool import EmbeddingPool
+from .model.loading import LoadOptions, split_options
+from .outputs import fusion
+from .outputs import lexical as lexical_channel
+from .outputs import sparse as sparse_vectors
+from .outputs.quantization import SCALAR, QuantizationRanges, check_output, check_precision, quantize
+from .outputs.sparse import SparseVectors
 from .prompts import FAMILIES, METHODS, MethodSpec, PromptFamily, requested_prompt
-from .quantization import SCALAR, QuantizationRanges, check_output, check_precision, quantize
-from .ranges import ranges_for
-from .recipe import EmbedderRecipe
 from .resolved import ResolvedMethod
 from .results import EmbedResult, TokenStates
-from .runner import DEFAULT_BATCH_SIZE, runner_for
-from .sparse import SparseVectors
-from .tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
+from .running.inputs import check_positive_int, texts_to_embed
+from .running.packing import packed_forward
+from .running.runner import DEFAULT_BATCH_SIZE, runner_for
+from .running.tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +79,10 @@ class KVEmbedder(ConcurrentRequests):
     :class:`~kv_embeddings_integrations.core.resolved.ResolvedMethod`), which everything that
     decides a vector reads. With ``layers="auto"``, the layers are selected (or read from the
     cache) at the end of construction, by
-    :func:`~kv_embeddings_integrations.core.method.layer_selection.layers_for` on this otherwise
+    :func:`~kv_embeddings_integrations.core.fitting.layer_selection.layers_for` on this otherwise
     built embedder; :attr:`layer_selection` holds the outcome. Post-processing, if any, is fitted
     (or read from the cache) after that, by
-    :func:`~kv_embeddings_integrations.core.method.postprocessing.processor_for`.
+    :func:`~kv_embeddings_integrations.core.fitting.postprocessing.processor_for`.
     """
 
     def __init__(
@@ -158,12 +158,12 @@ class KVEmbedder(ConcurrentRequests):
         Args:
             model: a model-hub id (``"Qwen/Qwen3-4B"``), a local directory, a bundled alias
                 (``"smollm2-135m"``, converted once into the user cache), or a
-                :class:`~kv_embeddings_integrations.core.loading.LoadOptions` (then no loading
+                :class:`~kv_embeddings_integrations.core.model.loading.LoadOptions` (then no loading
                 option may be given separately).
             config: an :class:`EmbedderConfig`, whose fields the embedder options override. (A
                 transformers ``PretrainedConfig`` goes to ``AutoModel.from_pretrained`` instead.)
             **options: how to load the model, any
-                :class:`~kv_embeddings_integrations.core.loading.LoadOptions` field (``dtype``,
+                :class:`~kv_embeddings_integrations.core.model.loading.LoadOptions` field (``dtype``,
                 ``device``, ``device_map``, ``trust_remote_code``...; other
                 ``AutoModel.from_pretrained`` arguments go in ``extra``), and what vectors to
                 make, any :class:`EmbedderConfig` field (``method``, ``layers``, ``postprocess``...).
@@ -313,9 +313,9 @@ class KVEmbedder(ConcurrentRequests):
         return self.templates(prompt_type)[0]
 
     def splices(self, prompt_type: str = "document") -> bool:
-        """Whether token ids given as input (a :class:`~kv_embeddings_integrations.core.inputs.TokenIds`)
+        """Whether token ids given as input (a :class:`~kv_embeddings_integrations.core.running.inputs.TokenIds`)
         are embedded exactly as given with ``prompt_type``'s templates: each of them splits
-        (:meth:`~kv_embeddings_integrations.core.tokenization.PromptTokenizer.splits`). Where one
+        (:meth:`~kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.splits`). Where one
         does not, a ``TokenIds`` is embedded with it as its text (the ids decoded)."""
         return all(self._prompt_tokenizer.splits(t) for t in self.templates(prompt_type))
 
@@ -335,7 +335,7 @@ class KVEmbedder(ConcurrentRequests):
     def quantization_ranges(self) -> QuantizationRanges:
         """The int8 / uint8 ranges: fitted on first use on the post-processing texts (the final
         vectors' per-dimension minimum and maximum), then cached; see
-        :mod:`~kv_embeddings_integrations.core.quantization`."""
+        :mod:`~kv_embeddings_integrations.core.outputs.quantization`."""
         with self._ranges_lock:
             if self._ranges is None:
                 self._ranges = ranges_for(self)
@@ -353,7 +353,7 @@ class KVEmbedder(ConcurrentRequests):
 
     def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
         """This embedder's final (normalised) float32 vectors in ``precision`` (one of
-        :data:`~kv_embeddings_integrations.core.quantization.PRECISIONS`), int8 / uint8 with
+        :data:`~kv_embeddings_integrations.core.outputs.quantization.PRECISIONS`), int8 / uint8 with
         :attr:`quantization_ranges`."""
         precision = check_precision(precision)
         return quantize(vectors, precision, self.quantization_ranges if precision in SCALAR else None)
@@ -410,7 +410,7 @@ class KVEmbedder(ConcurrentRequests):
             postprocess: apply the fitted post-processing (``False``: the vectors before it, of
                 ``hidden_size``, normalised as ``normalize`` says).
             sparse: also compute each text's sparse lexical vector in the same forward pass
-                (:mod:`~kv_embeddings_integrations.core.sparse`: the next-token logits at the prompt's
+                (:mod:`~kv_embeddings_integrations.core.outputs.sparse`: the next-token logits at the prompt's
                 end, ``log(1 + relu(z))``, kept for the text's own token ids), as ``result.sparse``.
             precision: ``"float32"``, ``"float16"``, ``"int8"``, ``"uint8"`` (scalar quantization
                 with :attr:`quantization_ranges`; needs ``normalize`` and ``postprocess``),
@@ -449,7 +449,7 @@ class KVEmbedder(ConcurrentRequests):
 
         Args:
             texts: one string (one entry), or an iterable of strings; a
-                :class:`~kv_embeddings_integrations.core.inputs.TokenIds` is spliced as for :meth:`embed`.
+                :class:`~kv_embeddings_integrations.core.running.inputs.TokenIds` is spliced as for :meth:`embed`.
             prompt_type: picks the prompt, as for :meth:`embed`.
             prompt_name: a prompt name instead of ``prompt_type``, as for :meth:`embed`.
             batch_size: overrides the config's ``batch_size`` for this call.
@@ -480,8 +480,8 @@ class KVEmbedder(ConcurrentRequests):
         """Sparse lexical vectors of texts (PromptReps-style), from the same pass as :meth:`encode`'s.
 
         Each text's weights cover only its own token ids. Score a query against documents by the dot
-        product of their weights (:func:`~kv_embeddings_integrations.core.fusion.sparse_scores`); fuse with
-        the dense scores through :mod:`~kv_embeddings_integrations.core.fusion`. A pass that needs both
+        product of their weights (:func:`~kv_embeddings_integrations.core.outputs.fusion.sparse_scores`); fuse with
+        the dense scores through :mod:`~kv_embeddings_integrations.core.outputs.fusion`. A pass that needs both
         should call :meth:`embed` with ``sparse=True`` instead: one forward pass gives both.
 
         Args:
@@ -532,7 +532,7 @@ class KVEmbedder(ConcurrentRequests):
             devices: data parallel: run one replica of the model per device (``["cuda:0",
                 "cuda:1"]``, or ``["cpu", "cpu"]`` for CPU worker processes) for this call, in
                 worker processes started and stopped around it. For repeated calls keep an
-                :class:`~kv_embeddings_integrations.core.pool.EmbeddingPool` open instead
+                :class:`~kv_embeddings_integrations.core.concurrency.process_pool.EmbeddingPool` open instead
                 (:meth:`start_pool`).
 
         Returns:
@@ -678,7 +678,7 @@ class KVEmbedder(ConcurrentRequests):
             devices: one entry per replica: ``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]``.
 
         Returns:
-            an :class:`~kv_embeddings_integrations.core.pool.EmbeddingPool`; use it as a context
+            an :class:`~kv_embeddings_integrations.core.concurrency.process_pool.EmbeddingPool`; use it as a context
             manager or call ``close()``. Its ``encode`` / ``embed`` take :meth:`encode`'s
             arguments (less ``devices``), split the texts across the replicas and keep their order.
         """

@@ -31,12 +31,12 @@ from ..version import __version__
 from .cache import model_fingerprint, texts_digest
 from .calibration import builtin_calibration_texts
 from .config import DEFAULT_SKIP_FRACTION, LEXICAL_OPTIONS, EmbedderConfig
-from .loading import dtype_name
-from .quantization import QUANTIZED, SCALAR, check_precision
+from .model.loading import dtype_name
+from .outputs.quantization import QUANTIZED, SCALAR, check_precision
 
 if TYPE_CHECKING:
     from .embedder import KVEmbedder
-    from .method.layer_selection import SelectableEmbedder
+    from .fitting.layer_selection import SelectableEmbedder
 
 # Bump when the record's meaning changes, or a compared field is added: a record of another
 # format is refused with a clear message rather than compared field by field.

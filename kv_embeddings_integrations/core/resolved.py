@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .config import EmbedderConfig
+from .fitting.layer_selection import resolve_layers
 from .method import token_prepending
-from .method.layer_selection import resolve_layers
 from .prompts import FAMILIES, INPUT_TYPES, METHODS, PROMPT_TYPES, check_prompt_name, prompt_names
 
 # Longest input when neither the options nor the model's config bound it.

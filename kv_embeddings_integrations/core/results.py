@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sparse import SparseVectors, mean_of
+from .outputs.sparse import SparseVectors, mean_of
 
 
 @dataclass(frozen=True, eq=False)  # arrays have no single truth value: compare fields yourself

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..core import fusion
-from ..core.quantization import bytes_per_vector, check_precision, hamming_scores, unpack_bits
+from ..core.outputs import fusion
+from ..core.outputs.quantization import bytes_per_vector, check_precision, hamming_scores, unpack_bits
 from .metrics import _unit, matrix_scores, sts_spearman
 
 RESCORE_TOP = 100

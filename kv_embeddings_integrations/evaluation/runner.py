@@ -16,14 +16,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..core import fusion
 from ..core.cache import cache_dir
 from ..core.config import LEXICAL_OPTIONS, EmbedderConfig
 from ..core.extras import require
-from ..core.lexical import LexicalChannel, unit
-from ..core.loading import LoadOptions
-from ..core.quantization import SCALAR
-from ..core.sparse import SparseVectors
+from ..core.model.loading import LoadOptions
+from ..core.outputs import fusion
+from ..core.outputs.lexical import LexicalChannel, unit
+from ..core.outputs.quantization import SCALAR
+from ..core.outputs.sparse import SparseVectors
 from ..version import __version__
 from . import precision as precision_rows
 from .cache import EmbeddingCache, cached_encode, cached_encode_sparse
@@ -201,7 +201,7 @@ class KVVariant:
     def finish(self, vectors: np.ndarray, fit_on: np.ndarray | None = None) -> np.ndarray:
         """The post-processing, applied to (cached) :meth:`encode` vectors: the embedder's fitted
         one, or (``fit_on``, with ``fit`` other than builtin) the same kind fitted on those vectors."""
-        from ..core.method.postprocessing import fit
+        from ..core.fitting.postprocessing import fit
 
         processor = self.embedder.postprocessor
         if processor is None:

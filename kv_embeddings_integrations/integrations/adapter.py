@@ -1,6 +1,6 @@
 """One loaded model per process, however many embedders and adapters use it.
 
-Front ends built with equivalent :class:`~kv_embeddings_integrations.core.loading.LoadOptions` share
+Front ends built with equivalent :class:`~kv_embeddings_integrations.core.model.loading.LoadOptions` share
 one model in memory (the key is :meth:`LoadOptions.sharing_key`, so ``dtype="bfloat16"`` and
 ``dtype=torch.bfloat16`` are one model), and the same embedder options share one
 :class:`KVEmbedder`. Entries are weak: a model is freed once nothing uses it.
@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from ..core.bundled import DEFAULT_MODEL
 from ..core.config import EmbedderConfig
 from ..core.embedder import KVEmbedder
-from ..core.loading import LoadOptions
+from ..core.model.bundled import DEFAULT_MODEL
+from ..core.model.loading import LoadOptions
 from ..core.prompts import check_prompt_name
 
 _lock = threading.Lock()

@@ -14,8 +14,8 @@ from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
 
-from ..core.bundled import DEFAULT_MODEL
 from ..core.embedder import KVEmbedder
+from ..core.model.bundled import DEFAULT_MODEL
 from .adapter import AdapterConfig
 
 
@@ -99,7 +99,7 @@ class KVTextEmbedder(_KVComponent):
 
     Args:
         model: hub id, local directory or bundled alias (default: the bundled SmolLM2-135M).
-        model_kwargs: how to load it (:class:`~kv_embeddings_integrations.core.loading.LoadOptions`
+        model_kwargs: how to load it (:class:`~kv_embeddings_integrations.core.model.loading.LoadOptions`
             fields: ``dtype``, ``device``, ``device_map``, ``revision``, ``trust_remote_code``, ...).
         prompt_name: which prompt embeds the text: ``"query"`` (default), ``"document"``, a name of
             the ``prompts`` option, or another provider's name for the two (``search_query``,
@@ -164,7 +164,7 @@ class KVDocumentEmbedder(_KVComponent):
 
     Args:
         model: hub id, local directory or bundled alias (default: the bundled SmolLM2-135M).
-        model_kwargs: how to load it (:class:`~kv_embeddings_integrations.core.loading.LoadOptions` fields).
+        model_kwargs: how to load it (:class:`~kv_embeddings_integrations.core.model.loading.LoadOptions` fields).
         normalize: L2-normalise the vectors (default True).
         prefix: a string put before each text.
         suffix: a string put after each text.

@@ -7,8 +7,8 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import BaseModel, Field, PrivateAttr
 
-from ..core.bundled import DEFAULT_MODEL
 from ..core.embedder import KVEmbedder
+from ..core.model.bundled import DEFAULT_MODEL
 from .adapter import AdapterConfig
 
 DEFAULT_EMBED_BATCH_SIZE = 32

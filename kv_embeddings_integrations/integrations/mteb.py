@@ -46,10 +46,10 @@ if "experiment_kwargs" not in ModelMeta.model_fields:  # ModelMeta forbids unkno
         "Upgrade with:  pip install -U 'kv-embeddings-integrations[mteb]'"
     )
 
-from ..core.bundled import DEFAULT_MODEL
 from ..core.config import EmbedderConfig
 from ..core.embedder import KVEmbedder
-from ..core.loading import LoadOptions, dtype_name
+from ..core.model.bundled import DEFAULT_MODEL
+from ..core.model.loading import LoadOptions, dtype_name
 from ..version import __version__
 
 if TYPE_CHECKING:

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from ..core.bundled import DEFAULT_MODEL
 from ..core.config import EmbedderConfig
 from ..core.extras import import_extra, missing_error
 from ..core.identity import field_metadata
-from ..core.inputs import check_positive_int
-from ..core.loading import LoadOptions
+from ..core.model.bundled import DEFAULT_MODEL
+from ..core.model.loading import LoadOptions
+from ..core.outputs.quantization import DTYPES, SCALAR, QuantizationRanges, check_output, width
 from ..core.prompts import METHODS, check_prompt_name, requested_prompt
-from ..core.quantization import DTYPES, SCALAR, QuantizationRanges, check_output, width
+from ..core.running.inputs import check_positive_int
 
 DEFAULT_BATCH_SIZE = 256
 

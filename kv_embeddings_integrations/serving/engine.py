@@ -18,13 +18,13 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from ..core.embedder import KVEmbedder
-from ..core.inputs import TokenIds, repair_surrogates
-from ..core.loading import dtype_name
+from ..core.model.loading import dtype_name
+from ..core.outputs.quantization import SCALAR
+from ..core.outputs.sparse import SparseVectors, lm_head_weight
 from ..core.prompts import check_prompt_name, render
-from ..core.quantization import SCALAR
 from ..core.results import EmbedResult, TokenStates
-from ..core.sparse import SparseVectors, lm_head_weight
-from ..core.tokenization import EncodedText
+from ..core.running.inputs import TokenIds, repair_surrogates
+from ..core.running.tokenization import EncodedText
 from ..version import __version__
 from .errors import APIError
 from .metrics import ServerMetrics
@@ -82,7 +82,7 @@ class EmbeddingEngine:
         """The texts of a request's inputs, each checked; ``field`` names the request field in
         messages. Token ids are ``cl100k_base``'s (OpenAI's clients: decoded, the text embedded), or
         with ``model_ids`` this model's own (TEI's clients): embedded as given, spliced between the
-        ``prompt_type`` prompt's own tokens (:class:`~kv_embeddings_integrations.core.inputs.TokenIds`),
+        ``prompt_type`` prompt's own tokens (:class:`~kv_embeddings_integrations.core.running.inputs.TokenIds`),
         or decoded where that prompt cannot be split."""
         one_array = not isinstance(inputs, str) and bool(inputs) and not isinstance(inputs[0], (str, list))
         if isinstance(inputs, str):

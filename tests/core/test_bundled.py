@@ -9,8 +9,8 @@ import pytest
 from helpers import PAPER
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core import bundled
-from kv_embeddings_integrations.core.bundled import BUNDLED_MODELS, bundled_model_dir
+from kv_embeddings_integrations.core.model import bundled
+from kv_embeddings_integrations.core.model.bundled import BUNDLED_MODELS, bundled_model_dir
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from helpers import EXIT_TIMEOUT, PAPER
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.core import cache
-from kv_embeddings_integrations.core.method.layer_selection import LayerSelection, _write_cache
+from kv_embeddings_integrations.core.fitting.layer_selection import LayerSelection, _write_cache
 
 
 @pytest.mark.timing

@@ -13,7 +13,7 @@ import pytest
 from helpers import EXIT_TIMEOUT, HANG, PAPER, TEXTS, PassGate, make_model
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core.coalescing import RequestCoalescer
+from kv_embeddings_integrations.core.concurrency.coalescing import RequestCoalescer
 
 pytestmark = pytest.mark.timing
 

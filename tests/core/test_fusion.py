@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kv_embeddings_integrations.core import fusion
+from kv_embeddings_integrations.core.outputs import fusion
 
 
 def test_fusion_by_hand():

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.core import embedder as embedder_module
-from kv_embeddings_integrations.core.inputs import repair_surrogates
+from kv_embeddings_integrations.core.running.inputs import repair_surrogates
 
 LONG = " ".join(TEXTS) * 40  # about 14k characters, far over max_length
 

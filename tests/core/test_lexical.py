@@ -10,8 +10,8 @@ import pytest
 from helpers import TEXTS, make_model, tiny_model_dir
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core import lexical
-from kv_embeddings_integrations.core.recipe import EmbedderRecipe
+from kv_embeddings_integrations.core.concurrency.recipe import EmbedderRecipe
+from kv_embeddings_integrations.core.outputs import lexical
 
 CORPUS = [
     "the cat sat on the mat",

@@ -23,7 +23,7 @@ from helpers import (
 )
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core.pool import EmbeddingPool
+from kv_embeddings_integrations.core.concurrency.process_pool import EmbeddingPool
 
 pytestmark = pytest.mark.timing
 

@@ -11,10 +11,15 @@ import pytest
 from helpers import TEXTS
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core import quantization
+from kv_embeddings_integrations.core.fitting.ranges import ranges_for
 from kv_embeddings_integrations.core.identity import EmbedderMismatchError, check_identity
-from kv_embeddings_integrations.core.quantization import QuantizationRanges, fit_ranges, hamming_scores, quantize
-from kv_embeddings_integrations.core.ranges import ranges_for
+from kv_embeddings_integrations.core.outputs import quantization
+from kv_embeddings_integrations.core.outputs.quantization import (
+    QuantizationRanges,
+    fit_ranges,
+    hamming_scores,
+    quantize,
+)
 
 FIT_TEXTS = [f"calibration text number {i}: {TEXTS[i % len(TEXTS)]}" for i in range(30)]
 

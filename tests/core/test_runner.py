@@ -10,7 +10,7 @@ import torch
 from helpers import PAPER, TEXTS, assert_unit_and_finite, make_model
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core.batching import plan_batches
+from kv_embeddings_integrations.core.running.batching import plan_batches
 
 MIXED = [text * (1 + i % 4) for i, text in enumerate(TEXTS * 4)]
 

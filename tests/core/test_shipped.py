@@ -12,10 +12,11 @@ from helpers import CORPUS, TEXTS, make_model
 from safetensors import safe_open
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core import cache, identity, lexical, ranges
-from kv_embeddings_integrations.core.bundled import bundled_model_dir
+from kv_embeddings_integrations.core import cache, identity
 from kv_embeddings_integrations.core.calibration import builtin_calibration_texts
-from kv_embeddings_integrations.core.method import layer_selection, postprocessing
+from kv_embeddings_integrations.core.fitting import layer_selection, postprocessing, ranges
+from kv_embeddings_integrations.core.model.bundled import bundled_model_dir
+from kv_embeddings_integrations.core.outputs import lexical
 
 TEXTS_40 = [f"{a} {b}" for a in CORPUS for b in TEXTS]
 OPTIONS = dict(method="kv_pcot", calibration_texts=TEXTS_40, postprocess="center", postprocess_texts=TEXTS_40)

@@ -11,8 +11,8 @@ from reference import reference_hidden_states
 from transformers import LlamaConfig, LlamaModel
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core import fusion
-from kv_embeddings_integrations.core.sparse import SparseVectors
+from kv_embeddings_integrations.core.outputs import fusion
+from kv_embeddings_integrations.core.outputs.sparse import SparseVectors
 
 MIXED = ["a cat sat on the mat", "dogs", "the quick brown fox jumps over the lazy dog and the cat"] + TEXTS[:3]
 

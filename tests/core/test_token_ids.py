@@ -19,9 +19,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core.inputs import TokenIds, prepare_texts, repair_surrogates, texts_to_embed
 from kv_embeddings_integrations.core.prompts import DOCUMENT_PROMPT, ECHO_PROMPT, FAMILIES, PROMPTEOL_PROMPT
-from kv_embeddings_integrations.core.tokenization import EncodedText, PromptTokenizer
+from kv_embeddings_integrations.core.running.inputs import TokenIds, prepare_texts, repair_surrogates, texts_to_embed
+from kv_embeddings_integrations.core.running.tokenization import EncodedText, PromptTokenizer
 
 BOS = 0
 # Ids chosen by hand, not any text's tokenization (so only splicing can put them in the sequence).

@@ -11,8 +11,8 @@ import torch
 from helpers import PAPER, TEXTS, make_model
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core.inputs import TokenIds
 from kv_embeddings_integrations.core.results import TokenStates
+from kv_embeddings_integrations.core.running.inputs import TokenIds
 
 MIXED = [text * (1 + i % 3) for i, text in enumerate(TEXTS * 2)]
 

@@ -404,7 +404,7 @@ def test_post_processed_variants_share_the_cached_vectors(model_dir, tmp_path):
 def test_retrieval_rows_bm25_sparse_and_fusions_from_the_same_pass(tmp_path):
     from helpers import tied_model_dir
 
-    from kv_embeddings_integrations.core import fusion
+    from kv_embeddings_integrations.core.outputs import fusion
     from kv_embeddings_integrations.evaluation import BM25Reference, evaluate_task_rows
 
     retrieval = _tasks()[1]

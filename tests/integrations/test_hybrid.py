@@ -18,7 +18,7 @@ from helpers import CORPUS, TEXTS
 pytest.importorskip("qdrant_client")
 
 from kv_embeddings_integrations import KVEmbedder  # noqa: E402
-from kv_embeddings_integrations.core import fusion
+from kv_embeddings_integrations.core.outputs import fusion
 
 DOCS = CORPUS + TEXTS
 QUERIES = ["a cat on a mat", "stock markets", "the weather today", "fox"]
@@ -220,7 +220,7 @@ def test_the_lexical_partner_is_the_unsketched_lexical_half(embedder):
     exact lexical cosine, which the one vector's sketch only estimates."""
     from langchain_qdrant import QdrantVectorStore, RetrievalMode
 
-    from kv_embeddings_integrations.core import lexical
+    from kv_embeddings_integrations.core.outputs import lexical
     from kv_embeddings_integrations.integrations.hybrid.langchain import KVSparseEmbeddings
     from kv_embeddings_integrations.integrations.hybrid.llama_index import sparse_functions
 

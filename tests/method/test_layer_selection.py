@@ -11,8 +11,8 @@ import torch
 from helpers import CORPUS, PAPER, TEXTS, make_model
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core.method import layer_selection
-from kv_embeddings_integrations.core.method.layer_selection import (
+from kv_embeddings_integrations.core.fitting import layer_selection
+from kv_embeddings_integrations.core.fitting.layer_selection import (
     builtin_calibration_texts,
     layerwise_dimensions,
     resolve_layers,

@@ -10,8 +10,8 @@ import torch
 from helpers import TEXTS, make_model
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core import packing
 from kv_embeddings_integrations.core.method import rerouting
+from kv_embeddings_integrations.core.running import packing
 
 LAYERS, BIAS = [1, 2], 1.5
 

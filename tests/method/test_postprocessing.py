@@ -9,7 +9,7 @@ from helpers import TEXTS, make_model
 
 from kv_embeddings_integrations import KVEmbedder
 from kv_embeddings_integrations.core.config import EmbedderConfig
-from kv_embeddings_integrations.core.method import postprocessing
+from kv_embeddings_integrations.core.fitting import postprocessing
 
 FIT_TEXTS = [f"sentence number {i} talks about {topic}" for i in range(12) for topic in ("cats", "rain", "code")]
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server_harness import AUTH, DOCS, LAYERS, NAME, QUERY, Server, cosine, cosines, get, post
 
 from kv_embeddings_integrations import KVEmbedder
-from kv_embeddings_integrations.core.inputs import TokenIds
+from kv_embeddings_integrations.core.running.inputs import TokenIds
 
 pytestmark = pytest.mark.timing
 

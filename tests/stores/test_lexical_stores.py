@@ -17,8 +17,8 @@ import pytest
 from helpers import tiny_model_dir
 from test_vector_stores import QUERIES, _documents
 
-from kv_embeddings_integrations.core import lexical
 from kv_embeddings_integrations.core.identity import EmbedderMismatchError
+from kv_embeddings_integrations.core.outputs import lexical
 
 K = 5
 DIM = 2048

@@ -272,7 +272,7 @@ def test_binary_vectors_in_a_faiss_binary_index_refuse_float_queries(model_dir, 
     # Packed sign bits in FAISS's own binary index (Hamming distance), saved, read back, queried.
     import faiss
 
-    from kv_embeddings_integrations.core.quantization import hamming_scores
+    from kv_embeddings_integrations.core.outputs.quantization import hamming_scores
 
     embedder = KVEmbedder.from_pretrained(str(model_dir), **OPTIONS)
     texts = [d["text"] for d in _documents(60)]

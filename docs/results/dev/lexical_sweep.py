@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from scipy.sparse import csr_matrix, diags
 
-from kv_embeddings_integrations.core import lexical
 from kv_embeddings_integrations.core.cache import cache_dir
 from kv_embeddings_integrations.core.calibration import builtin_calibration_texts
-from kv_embeddings_integrations.core.method.postprocessing import fit
+from kv_embeddings_integrations.core.fitting.postprocessing import fit
+from kv_embeddings_integrations.core.outputs import lexical
 from kv_embeddings_integrations.evaluation import load_retrieval
 from kv_embeddings_integrations.evaluation.metrics import matrix_scores
 from kv_embeddings_integrations.evaluation.runner import _Embeddings, kv_variants, parse_variants

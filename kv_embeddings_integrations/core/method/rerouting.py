@@ -24,7 +24,7 @@ Inputs must be left padded, so the final real token of every row is at position 
 (several sequences in one row, ``position_ids`` restarting at each, no attention mask, so
 transformers builds the block-diagonal causal mask), with ``segment_ends`` giving each position's
 own sequence's final token: every sequence then gets its own final key and value as its prefix and
-sees no other sequence's tokens (:mod:`~kv_embeddings_integrations.core.packing`).
+sees no other sequence's tokens (:mod:`~kv_embeddings_integrations.core.running.packing`).
 """
 
 from __future__ import annotations
@@ -447,7 +447,7 @@ def reroute(
 ) -> Iterator[ReroutePlan]:
     """Re-route ``layers`` for forwards run inside this block; checks that each selected layer did.
     ``segment_ends``: for packed rows, each position's sequence's final token
-    (:func:`~kv_embeddings_integrations.core.packing.packed_positions`)."""
+    (:func:`~kv_embeddings_integrations.core.running.packing.packed_positions`)."""
     plan = ReroutePlan(frozenset(layers), float(bias), segment_ends)
     observed = _OBSERVED.get()
     if observed is not None:

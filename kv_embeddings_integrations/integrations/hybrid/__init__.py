@@ -6,6 +6,6 @@
   ``sparse_query_fn`` of LlamaIndex's ``QdrantVectorStore(enable_hybrid=True)``.
 
 The vectors are :meth:`KVEmbedder.encode_sparse <kv_embeddings_integrations.KVEmbedder.encode_sparse>`'s;
-exact in-memory scoring and fusion are in :mod:`kv_embeddings_integrations.core.fusion`. Each module
+exact in-memory scoring and fusion are in :mod:`kv_embeddings_integrations.core.outputs.fusion`. Each module
 imports only its own framework (the ``hybrid`` extra installs both stores' clients).
 """

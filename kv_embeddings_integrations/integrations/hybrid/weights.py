@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ...core.embedder import KVEmbedder
-from ...core.sparse import SparseVectors
+from ...core.outputs.sparse import SparseVectors
 
 # "model": the same pass's sparse vectors (PromptReps; give the store Qdrant's IDF modifier);
 # "lexical": the embedder's lexical channel unsketched (BM25 over its tokens by default; queries

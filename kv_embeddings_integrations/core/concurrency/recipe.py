@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedModel
 
-from .config import EmbedderConfig
-from .lexical import LexicalStatistics
-from .method.postprocessing import PostProcessor
+from ..config import EmbedderConfig
+from ..fitting.postprocessing import PostProcessor
+from ..outputs.lexical import LexicalStatistics
 
 if TYPE_CHECKING:
-    from .embedder import KVEmbedder
+    from ..embedder import KVEmbedder
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from .results import EmbedResult
+from ..results import EmbedResult
 
 _KEPT_SIZES = 10_000
 

@@ -25,15 +25,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from . import sparse as sparse_vectors
+from ..outputs import sparse as sparse_vectors
+from ..outputs.sparse import SparseVectors
+from ..results import EmbedResult
 from .batching import plan_batches
 from .pooling import pool_hidden_states
-from .results import EmbedResult
-from .sparse import SparseVectors
 from .tokenization import EncodedText, PromptTokenizer, TokenBatch
 
 if TYPE_CHECKING:
-    from .embedder import KVEmbedder
+    from ..embedder import KVEmbedder
 
 # Rows per batch when neither a batch size nor a token budget bounds them.
 DEFAULT_BATCH_SIZE = 32

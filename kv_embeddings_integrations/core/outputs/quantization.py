@@ -8,7 +8,7 @@ clipped); ``binary`` / ``ubinary`` keep one bit per dimension (``value > 0``), p
 
 The int8 / uint8 ranges are fitted once, label-free, on the same texts as the post-processing (the
 built-in calibration texts unless ``postprocess_texts`` is given): the final vectors' per-dimension
-minimum and maximum. They are cached (:mod:`~kv_embeddings_integrations.core.ranges`) and recorded
+minimum and maximum. They are cached (:mod:`~kv_embeddings_integrations.core.fitting.ranges`) and recorded
 in the identity (their digest), so a store filled with one set of ranges refuses queries quantized
 with another.
 

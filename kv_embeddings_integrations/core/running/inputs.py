@@ -12,7 +12,7 @@
 - Token ids given instead of a text (a server's ``inputs: [[101, 2023, ...]]``): a :class:`TokenIds`,
   a ``str`` (its decoded text, what the checks above and the lexical channel read) that carries the
   ids, which the embedder splices into the prompt as they are (see
-  :meth:`~kv_embeddings_integrations.core.tokenization.PromptTokenizer.splits`).
+  :meth:`~kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.splits`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class TokenIds(str):
     The ``str`` value is ``text``, the ids decoded: what every place that needs a plain text reads
     (error messages, the empty-text check, the lexical channel). :attr:`ids` are what the model
     sees: the prompt's pieces are tokenized on their own and the ids put where each ``{text}`` is
-    (:meth:`~kv_embeddings_integrations.core.tokenization.PromptTokenizer.splits`); a template that
+    (:meth:`~kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.splits`); a template that
     does not split so embeds ``text`` instead, as any string.
 
     Args:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .extras import require
+from ..extras import require
 from .sparse import SparseVectors
 
 BM25_TOKENIZATION = "bm25s: lower-cased words of 2+ word characters, English stopwords removed, Snowball English stems"

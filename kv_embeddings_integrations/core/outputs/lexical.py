@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import ORIGIN_WORDS, cached_file, candidate_files, read_keyed_tensors, texts_digest, write_keyed_tensors
+from ..cache import ORIGIN_WORDS, cached_file, candidate_files, read_keyed_tensors, texts_digest, write_keyed_tensors
 
 logger = logging.getLogger(__name__)
 

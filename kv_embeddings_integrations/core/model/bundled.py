@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import cache_dir
+from ..cache import cache_dir
 
 __all__ = ["BUNDLED_MODELS", "DEFAULT_MODEL", "BundledModel", "bundled_model_dir"]
 

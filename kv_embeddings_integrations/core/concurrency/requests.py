@@ -2,7 +2,7 @@
 
 :class:`ConcurrentRequests` gives :class:`~kv_embeddings_integrations.KVEmbedder` its
 ``submit_embed`` / ``submit`` / ``aembed`` / ``aencode``: each request goes to a
-:class:`~kv_embeddings_integrations.core.coalescing.RequestCoalescer`, whose one worker thread
+:class:`~kv_embeddings_integrations.core.concurrency.coalescing.RequestCoalescer`, whose one worker thread
 embeds whatever arrived while the previous pass ran in one call of the embedder's ``embed``.
 """
 
@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from ..config import EmbedderConfig
+from ..outputs.quantization import check_output
+from ..outputs.sparse import SparseVectors
+from ..prompts import requested_prompt
+from ..results import EmbedResult
+from ..running.inputs import texts_to_embed
 from .coalescing import RequestCoalescer
-from .config import EmbedderConfig
-from .inputs import texts_to_embed
-from .prompts import requested_prompt
-from .quantization import check_output
-from .results import EmbedResult
-from .sparse import SparseVectors
 
 # Most texts embedded in one coalesced call of concurrent requests (bounds one call's latency).
 COALESCE_MAX_TEXTS = 512

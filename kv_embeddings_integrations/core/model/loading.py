@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..config import EmbedderConfig
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model_dir
-from .config import EmbedderConfig
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -12,12 +12,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cache import ORIGIN_WORDS, cached_file, candidate_files, read_keyed_tensors, write_keyed_tensors
-from .identity import postprocess_texts, postprocessing_key
-from .quantization import MIN_TEXTS, QuantizationRanges, fit_ranges
+from ..cache import ORIGIN_WORDS, cached_file, candidate_files, read_keyed_tensors, write_keyed_tensors
+from ..identity import postprocess_texts, postprocessing_key
+from ..outputs.quantization import MIN_TEXTS, QuantizationRanges, fit_ranges
 
 if TYPE_CHECKING:
-    from .embedder import KVEmbedder
+    from ..embedder import KVEmbedder
 
 logger = logging.getLogger(__name__)
 

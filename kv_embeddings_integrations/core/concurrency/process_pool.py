@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .inputs import check_positive_int, texts_to_embed
-from .prompts import requested_prompt
-from .quantization import check_output
+from ..outputs.quantization import check_output
+from ..prompts import requested_prompt
+from ..results import EmbedResult
+from ..running.inputs import check_positive_int, texts_to_embed
 from .recipe import EmbedderRecipe
-from .results import EmbedResult
 
 if TYPE_CHECKING:
-    from .embedder import KVEmbedder
+    from ..embedder import KVEmbedder
 
 # Default chunking: about this many chunks per worker, so a slow worker (or a chunk of long texts)
 # does not leave the others idle at the end of a job...

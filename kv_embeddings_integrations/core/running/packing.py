@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from .method import rerouting
+from ..method import rerouting
 from .tokenization import TokenBatch
 
 if TYPE_CHECKING:
-    from .embedder import KVEmbedder
+    from ..embedder import KVEmbedder
 
 
 def packed_positions(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Turning texts into prompted token sequences, with truncation that cuts the text, not the prompt.
 
-Token ids given as input (a :class:`~kv_embeddings_integrations.core.inputs.TokenIds`) are spliced
+Token ids given as input (a :class:`~kv_embeddings_integrations.core.running.inputs.TokenIds`) are spliced
 into the prompt as they are: see :meth:`PromptTokenizer.splits`.
 """
 
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..prompts import PLACEHOLDER, render
 from .inputs import TokenIds
-from .prompts import PLACEHOLDER, render
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase
@@ -158,7 +158,7 @@ class PromptTokenizer:
 
     def splits(self, template: str) -> bool:
         """Whether ``template`` splices token ids: token ids given as input (a
-        :class:`~kv_embeddings_integrations.core.inputs.TokenIds`) are embedded exactly as given.
+        :class:`~kv_embeddings_integrations.core.running.inputs.TokenIds`) are embedded exactly as given.
 
         The template is split at its ``{text}`` placeholders; each piece is tokenized on its own
         (no special tokens), the tokenizer's own leading and trailing special tokens go around,
@@ -261,7 +261,7 @@ class PromptTokenizer:
     def split(self, text: str, template: str) -> list[str]:
         """``text`` cut at token boundaries into pieces that each fit ``max_length`` with the prompt
         (``long_text="chunk_mean"``). A text that fits is one piece. Token ids (a
-        :class:`~kv_embeddings_integrations.core.inputs.TokenIds`) that ``template`` splices are cut
+        :class:`~kv_embeddings_integrations.core.running.inputs.TokenIds`) that ``template`` splices are cut
         into runs of ids that fit, each a ``TokenIds`` whose text is its ids decoded."""
         pieces = self._template_pieces(template) if isinstance(text, TokenIds) else None
         if pieces is not None:
