@@ -22,10 +22,9 @@ from common import machine, markdown_table, rerouted_kernels, scifact_documents,
 from models import load_backbone
 
 from kv_embeddings_integrations import KVEmbedder
+from kv_embeddings_integrations.core.method.kernels import active_kernels, use_kernels
 
 # Rows per batch at each length: about the same number of tokens per forward.
-from kv_embeddings_integrations.core.method import rerouting
-
 DEFAULT_ROWS = {128: 32, 512: 8, 2048: 2, 4096: 1}
 KERNEL_OPS = ("attention", "softmax", "bmm", "baddbmm")
 
@@ -59,12 +58,8 @@ def concatenated(encode):
     """``encode`` run with the log-sum-exp merge switched off (the concatenation path)."""
 
     def run():
-        merge = rerouting._can_merge
-        rerouting._can_merge = lambda *args: False
-        try:
+        with use_kernels(active_kernels().unfused()):
             return encode()
-        finally:
-            rerouting._can_merge = merge
 
     return run
 

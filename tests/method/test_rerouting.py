@@ -10,7 +10,8 @@ from helpers import FAMILIES, PAPER, TEXTS, make_model
 from reference import reference_hidden_states
 
 from kv_embeddings_integrations import KVEmbedder, UnsupportedModelError
-from kv_embeddings_integrations.core.method import rerouting
+from kv_embeddings_integrations.core.method import kernels, rerouting
+from kv_embeddings_integrations.core.method.kernels import KernelTable
 
 
 def _batch_hidden(embedder: KVEmbedder, texts: list[str], output_hidden_states: bool = False):
@@ -129,26 +130,40 @@ def test_families_cover_the_required_set():
     assert {"llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3"} <= set(FAMILIES)
 
 
-@pytest.mark.parametrize("path", ["merge", "concat"])
-def test_both_kernel_paths_match_reference(family, tokenizer, path, monkeypatch):
-    # The CPU log-sum-exp merge and the concatenation used elsewhere (CUDA) are both exact.
-    if path == "concat":
-        monkeypatch.setattr(rerouting, "_can_merge", lambda *args: False)
-    else:
-        monkeypatch.setattr(rerouting, "prefixed_mask", _must_not_run)
+def _matches_reference_through(
+    table: KernelTable, family: str, tokenizer, texts: list[str], expected_kernel: str
+) -> None:
+    """Layers 0 and 2 re-routed with ``table``: each ran ``expected_kernel``, and every row is the reference's."""
     model = make_model(family)
     embedder = KVEmbedder(model, tokenizer, layers=[0, 2], bias=1.5, **PAPER)
-    if path == "merge" and model.config._attn_implementation != "kv_reroute_sdpa":
-        pytest.skip(f"{family} runs eager attention here (concatenation only)")
-    encoded, batch, out = _batch_hidden(embedder, TEXTS)
+    with kernels.use_kernels(table), rerouting.observe_plans() as plans:
+        encoded, batch, out = _batch_hidden(embedder, texts)
+    assert [plan.kernels for plan in plans] == [{0: expected_kernel, 2: expected_kernel}]
     width = batch.input_ids.shape[1]
     for row, e in enumerate(encoded):
         expected = reference_hidden_states(model, e.input_ids, [0, 2], 1.5)
         torch.testing.assert_close(out.last_hidden_state[row, width - len(e) :], expected, atol=1e-5, rtol=1e-5)
 
 
-def _must_not_run(*args, **kwargs):
-    raise AssertionError("the merge path must not build a prefixed mask")
+@pytest.mark.parametrize("path", ["merge", "concat"])
+def test_both_kernel_paths_match_reference(family, tokenizer, path):
+    # The CPU log-sum-exp merge and the concatenation used elsewhere (eager attention) are both exact.
+    table = kernels.TORCH_KERNELS if path == "merge" else kernels.TORCH_KERNELS.unfused()
+    if path == "merge" and make_model(family).config._attn_implementation != "sdpa":
+        pytest.skip(f"{family} runs eager attention here (concatenation only)")
+    _matches_reference_through(table, family, tokenizer, TEXTS, "cpu_flash" if path == "merge" else "concat")
+
+
+def test_use_kernels_swaps_one_table_and_restores_it(tokenizer):
+    embedder = KVEmbedder(make_model("llama"), tokenizer, layers=[1], **PAPER)
+    unfused = kernels.active_kernels().unfused()
+    with pytest.raises(RuntimeError), kernels.use_kernels(unfused):
+        assert kernels.active_kernels() is unfused
+        with rerouting.observe_plans() as plans:
+            embedder.encode(TEXTS[0])
+        assert plans[0].kernel_table is unfused and plans[0].kernels == {1: "concat"}
+        raise RuntimeError
+    assert kernels.active_kernels() is kernels.TORCH_KERNELS
 
 
 @pytest.mark.parametrize("texts", [TEXTS[1:2], [TEXTS[0], TEXTS[0] + " again"]], ids=["unpadded", "padded"])
@@ -193,7 +208,7 @@ def _emulated_efficient(query, key, value, bias, compute_lse, dropout, causal, s
     assert compute_lse and key.shape[1] == query.shape[1], "the memory-efficient kernel wants repeated heads"
     if bias is not None:
         assert bias.shape == (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
-        assert bias.stride(-2) % rerouting._BIAS_ALIGNMENT == 0, "unaligned bias rows"
+        assert bias.stride(-2) % kernels.BIAS_ALIGNMENT == 0, "unaligned bias rows"
     out, lse = _math_attention(query, key, value, bias, causal, scale)
     # Its log-sum-exp is padded to the kernel's block size (32): garbage past the real length.
     padded = torch.full((*lse.shape[:-1], -(-lse.shape[-1] // 32) * 32), float("nan"))
@@ -215,47 +230,51 @@ def _refusing_cudnn(*args, **kwargs):
     raise RuntimeError("cuDNN refused the graph")
 
 
+def _emulated_cuda(choice, cudnn) -> KernelTable:
+    """The CUDA kernel table on the CPU: every tensor on "cuda", torch's checks passing, the kernels
+    emulated in float64, flash alone taking grouped heads (as flash-attention does)."""
+    return KernelTable(
+        device=lambda tensor: "cuda",
+        cpu_flash=None,
+        flash=_emulated_flash,
+        efficient=_emulated_efficient,
+        cudnn=cudnn,
+        sdpa_choice=choice,
+        sdpa_allows=lambda *args: True,
+        takes_grouped_heads=lambda kernel, device: kernel == "flash",
+    )
+
+
 @pytest.mark.parametrize(
-    "choice,cudnn",
+    "choice,cudnn,ran",
     [
-        (_choose_flash_or_efficient, _emulated_cudnn),
-        (lambda *args: "cudnn", _emulated_cudnn),
-        (lambda *args: "cudnn", _refusing_cudnn),  # then the memory-efficient kernel
-        (lambda *args: "", _emulated_cudnn),  # SDPA would run its math path: the memory-efficient kernel
+        # ran: the kernel without a mask, and with one (flash takes none).
+        (_choose_flash_or_efficient, _emulated_cudnn, ("flash", "efficient")),
+        (lambda *args: "cudnn", _emulated_cudnn, ("cudnn", "cudnn")),
+        (lambda *args: "cudnn", _refusing_cudnn, ("efficient", "efficient")),  # the fallback
+        (lambda *args: "", _emulated_cudnn, ("efficient", "efficient")),  # SDPA's math path: the fallback
     ],
     ids=["flash-efficient", "cudnn", "cudnn-refuses", "math"],
 )
-@pytest.mark.parametrize("texts", [TEXTS[1:2], TEXTS], ids=["unpadded", "padded"])
-def test_cuda_kernel_glue_matches_reference(family, tokenizer, texts, choice, cudnn, monkeypatch):
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_cuda_kernel_glue_matches_reference(family, tokenizer, padded, choice, cudnn, ran):
     # The CUDA branch (kernel choice, grouped heads, bias alignment, log-sum-exp shapes, output
     # layout) run on the CPU with the kernels emulated in float64; the real kernels are checked
     # against the same reference by the CUDA tests below.
-    monkeypatch.setattr(rerouting, "_kernel_device", lambda tensor: "cuda")
-    monkeypatch.setattr(rerouting, "_CUDA_FLASH", _emulated_flash)
-    monkeypatch.setattr(rerouting, "_CUDA_EFFICIENT", _emulated_efficient)
-    monkeypatch.setattr(rerouting, "_CUDA_CUDNN", cudnn)
-    monkeypatch.setattr(rerouting, "_sdpa_choice", choice)
-    monkeypatch.setattr(rerouting, "_sdpa_allows", lambda *args: True)
-    monkeypatch.setattr(rerouting, "_kernel_takes_grouped_heads", lambda kernel, device: kernel == "flash")
-    monkeypatch.setattr(rerouting, "prefixed_mask", _must_not_run)
-    model = make_model(family)
-    if model.config._attn_implementation != "sdpa":
+    if make_model(family).config._attn_implementation != "sdpa":
         pytest.skip(f"{family} runs eager attention here (concatenation only)")
-    embedder = KVEmbedder(model, tokenizer, layers=[0, 2], bias=1.5, **PAPER)
-    encoded, batch, out = _batch_hidden(embedder, texts)
-    width = batch.input_ids.shape[1]
-    for row, e in enumerate(encoded):
-        expected = reference_hidden_states(model, e.input_ids, [0, 2], 1.5)
-        torch.testing.assert_close(out.last_hidden_state[row, width - len(e) :], expected, atol=1e-5, rtol=1e-5)
+    texts = TEXTS if padded else TEXTS[1:2]
+    masked = padded or family in ("mistral", "gemma3")  # sliding-window layers get a mask regardless
+    _matches_reference_through(_emulated_cuda(choice, cudnn), family, tokenizer, texts, ran[masked])
 
 
 def test_aligned_bias_keeps_values_and_aligns_rows():
     mask = torch.randn(2, 1, 13, 13)
-    bias = rerouting.aligned_bias(mask, heads=4, q_len=13, kv_len=13)
-    assert bias.shape == (2, 4, 13, 13) and bias.stride(-2) % rerouting._BIAS_ALIGNMENT == 0
+    bias = kernels.aligned_bias(mask, heads=4, q_len=13, kv_len=13)
+    assert bias.shape == (2, 4, 13, 13) and bias.stride(-2) % kernels.BIAS_ALIGNMENT == 0
     torch.testing.assert_close(bias, mask.expand(2, 4, 13, 13), rtol=0, atol=0)
     aligned = torch.randn(1, 1, 16, 16)
-    assert rerouting.aligned_bias(aligned, 2, 16, 16).data_ptr() == aligned.data_ptr()  # no copy needed
+    assert kernels.aligned_bias(aligned, 2, 16, 16).data_ptr() == aligned.data_ptr()  # no copy needed
 
 
 def _plan_kernels(embedder: KVEmbedder, texts: list[str]) -> dict[int, str]:
@@ -290,24 +309,23 @@ def test_cuda_float32_matches_reference(family, tokenizer, texts):
 
 @needs_cuda
 @pytest.mark.parametrize("texts", [TEXTS[1:2], TEXTS], ids=["unpadded", "padded"])
-def test_cuda_bfloat16_merge_matches_concatenation(family, tokenizer, texts, monkeypatch):
+def test_cuda_bfloat16_merge_matches_concatenation(family, tokenizer, texts):
     # The fused merge against the concatenation path, both in bfloat16 on the GPU, both against the
     # float32 reference: the merge must be no further from it than concatenation is.
     model = make_model(family)
     fused = model.config._attn_implementation == "sdpa"
     gpu = copy.deepcopy(model).to("cuda", torch.bfloat16)
     embedder = KVEmbedder(gpu, tokenizer, layers=[0, 2], bias=1.5, **PAPER)
-    kernels = _plan_kernels(embedder, texts)
+    ran = _plan_kernels(embedder, texts)
     merged = embedder.encode(texts)
-    with monkeypatch.context() as patch:
-        patch.setattr(rerouting, "_can_merge", lambda *args: False)
+    with kernels.use_kernels(kernels.TORCH_KERNELS.unfused()):
         concatenated = embedder.encode(texts)
     reference = KVEmbedder(model, tokenizer, layers=[0, 2], bias=1.5, **PAPER).encode(texts)
     merge_cosine = (merged * reference).sum(1).min()
     concat_cosine = (concatenated * reference).sum(1).min()
     assert merge_cosine > 0.99 and merge_cosine >= concat_cosine - 2e-3, (merge_cosine, concat_cosine)
     # SDPA's own pick for the plain layers (cuDNN or flash on recent GPUs), every re-routed layer alike.
-    assert len(set(kernels.values())) == 1 and set(kernels.values()) <= (
+    assert len(set(ran.values())) == 1 and set(ran.values()) <= (
         {"flash", "efficient", "cudnn"} if fused else {"concat"}
-    ), kernels
-    print(f"{family} bfloat16 {len(texts)} texts: {kernels}")
+    ), ran
+    print(f"{family} bfloat16 {len(texts)} texts: {ran}")
