@@ -1,13 +1,17 @@
 """The HTTP application: OpenAI's and text-embeddings-inference's routes over an engine.
 
 Routes (``docs/serving.md`` has the table): OpenAI's ``POST /v1/embeddings`` (and TEI's
-``POST /embeddings``) and ``GET /v1/models`` (:mod:`.openai_routes`); TEI's ``/embed``, ``/``,
+``POST /embeddings``) and ``GET /v1/models``
+([`openai_routes`][kv_embeddings_integrations.serving.openai_routes]); TEI's ``/embed``, ``/``,
 ``/embed_all``, ``/embed_sparse``, ``/similarity``, ``/predict``, ``/rerank``, ``/tokenize``,
-``/decode``, ``/info`` and the cloud routes ``/invocations``, ``/vertex`` (:mod:`.tei_routes`);
-health (``/health``, ``GET /``, ``/ping``), readiness (``/ready``: 503 once shutdown begins),
-``/metrics`` (Prometheus) and the OpenAPI pages ``/docs`` and ``/redoc``, served from the package
-(no CDN: they work air-gapped). Errors on TEI's routes are TEI-shaped (``{"error", "error_type"}``,
-TEI's statuses), every other error OpenAI-shaped; the middlewares are in :mod:`.middleware`.
+``/decode``, ``/info`` and the cloud routes ``/invocations``, ``/vertex``
+([`tei_routes`][kv_embeddings_integrations.serving.tei_routes]); health (``/health``, ``GET /``,
+``/ping``), readiness (``/ready``: 503 once shutdown begins), ``/metrics`` (Prometheus) and the
+OpenAPI pages ``/docs`` and ``/redoc``, served from the package (no CDN: they work air-gapped).
+Errors on TEI's routes are TEI-shaped (``{"error", "error_type"}``, TEI's statuses), every other
+error OpenAI-shaped; the engine's refusals get theirs from
+[`http_errors`][kv_embeddings_integrations.serving.http_errors], and the middlewares are in
+[`middleware`][kv_embeddings_integrations.serving.middleware].
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 
 from ..version import __version__
 from .engine import EmbeddingEngine
-from .errors import APIError
+from .errors import ServingError
+from .http_errors import APIError, as_api_error, invalid_request
 from .middleware import CLIENT_CLOSED, AccessLog, APIKeyGuard, BodyLimit, RouteKinds
 from .openai_routes import EMBEDDINGS_PATHS, add_openai_routes
 from .openapi import install_openapi
@@ -88,13 +93,17 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    @app.exception_handler(ServingError)
+    async def refused(request: Request, error: ServingError) -> Response:
+        return kinds.error_response(request.url.path, as_api_error(error))
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError) -> Response:
         return kinds.error_response(request.url.path, error)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
-        return kinds.error_response(request.url.path, _validation_error(error))
+    async def invalid_body(request: Request, error: RequestValidationError) -> Response:
+        return kinds.error_response(request.url.path, invalid_request(error.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
@@ -128,26 +137,3 @@ def create_app(engine: EmbeddingEngine) -> FastAPI:
     paths = frozenset(r.path for r in app.routes if isinstance(r, (Route, WebSocketRoute, Mount)))
     app.add_middleware(AccessLog, metrics=metrics, routes=paths)
     return app
-
-
-def _validation_error(error: RequestValidationError) -> APIError:
-    """The first problem of a request that did not parse or validate, as one clear message: a 400
-    (OpenAI's shape), on TEI's routes a 422 ``Validation`` (axum's status for a body that does not
-    fit TEI's types; a body that is not JSON at all is its 400)."""
-    problems = error.errors()
-    if not problems:
-        return APIError(400, "invalid request body")
-    first = problems[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    if first.get("type") == "json_invalid":
-        return APIError(
-            400, f"the request body is not valid JSON ({first.get('msg', '')}); send a JSON object", tei_status=400
-        )
-    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    if first.get("type") == "missing":
-        message = f"'{'.'.join(location) if location else 'body'}' is required"
-    elif first.get("type") in ("model_attributes_type", "dict_type") and not location:
-        message = "the request body must be a JSON object, sent with 'Content-Type: application/json'"
-    elif location and not message.startswith("'"):
-        message = f"'{'.'.join(location)}': {message}"
-    return APIError(400, message, param=location[0] if location else None)

@@ -1,10 +1,13 @@
-"""The serving engine, apart from HTTP: admission, inputs to texts, truncation policy, embedding.
+"""The serving engine, apart from the web layer: admission, inputs to texts, truncation policy,
+embedding. Its refusals are [`ServingError`][kv_embeddings_integrations.serving.errors.ServingError]s,
+which the routes answer in their own shapes and statuses.
 
-One :class:`EmbeddingEngine` wraps one :class:`~kv_embeddings_integrations.KVEmbedder`. Every
-request goes through the embedder's coalescing (``aembed``), so concurrent requests share forward
-passes and the event loop never waits on one. Admission is bounded: past
-``max_concurrent_requests`` requests running or waiting, new ones get 429 at once instead of
-queueing without limit.
+One [`EmbeddingEngine`][kv_embeddings_integrations.serving.engine.EmbeddingEngine] wraps one
+[`KVEmbedder`][kv_embeddings_integrations.KVEmbedder]. Every request goes through the embedder's
+coalescing (``aembed``), so concurrent requests share forward passes and the event loop never waits
+on one. Admission is bounded: past ``max_concurrent_requests`` requests running or waiting, new ones
+are refused at once ([`Overloaded`][kv_embeddings_integrations.serving.errors.Overloaded]) instead
+of queueing without limit.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..core.results import EmbedResult, TokenStates
 from ..core.running.inputs import TokenIds, repair_surrogates
 from ..core.running.tokenization import EncodedText
 from ..version import __version__
-from .errors import APIError
+from .errors import EmptyInput, InputTooLong, InvalidInput, Overloaded, TooManyInputs, Unsupported
 from .metrics import ServerMetrics
 from .settings import ServeSettings
 from .token_ids import cl100k
@@ -58,7 +61,8 @@ class EmbeddingEngine:
 
     Args:
         embedder: the embedder every request uses (its prompts, layers, post-processing).
-        settings: limits and names (:class:`ServeSettings`).
+        settings: limits and names
+            ([`ServeSettings`][kv_embeddings_integrations.serving.settings.ServeSettings]).
         metrics: where texts, tokens, batch sizes and admitted requests are counted.
     """
 
@@ -82,8 +86,9 @@ class EmbeddingEngine:
         """The texts of a request's inputs, each checked; ``field`` names the request field in
         messages. Token ids are ``cl100k_base``'s (OpenAI's clients: decoded, the text embedded), or
         with ``model_ids`` this model's own (TEI's clients): embedded as given, spliced between the
-        ``prompt_type`` prompt's own tokens (:class:`~kv_embeddings_integrations.core.running.inputs.TokenIds`),
-        or decoded where that prompt cannot be split."""
+        ``prompt_type`` prompt's own tokens
+        ([`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds]), or decoded where that
+        prompt cannot be split."""
         one_array = not isinstance(inputs, str) and bool(inputs) and not isinstance(inputs[0], (str, list))
         if isinstance(inputs, str):
             items: list = [inputs]
@@ -91,15 +96,13 @@ class EmbeddingEngine:
             items = [list(inputs)]  # one array of token ids is one input
         else:
             items = list(inputs)
-        if not items:  # TEI's "`inputs` cannot be empty" is an Empty error (400)
-            raise APIError(400, f"'{field}' is an empty array; send at least one input", param=field, tei_type="Empty")
+        if not items:  # TEI's "`inputs` cannot be empty" is an Empty error
+            raise EmptyInput(f"'{field}' is an empty array; send at least one input", param=field)
         if len(items) > self.settings.max_client_batch_size:
-            raise APIError(
-                413,
+            raise TooManyInputs(
                 f"too many inputs: {len(items)} in one request; this server takes at most "
                 f"{self.settings.max_client_batch_size} (--max-client-batch-size). Split the request.",
                 param=field,
-                code="too_many_inputs",
             )
         if model_ids:
             # An id's place: inputs[k] when one array of ids is the whole of `inputs`, else inputs[i][k].
@@ -120,24 +123,21 @@ class EmbeddingEngine:
             if isinstance(text, TokenIds):
                 continue  # ids embedded as given: checked already, whatever they decode to
             if not text:
-                raise APIError(
-                    400, f"{where} is empty; every input must be a non-empty string", param=field, tei_type="Empty"
-                )
-            if blank_is_error and not text.strip():
-                raise APIError(400, f"{where} is whitespace only (the server runs --empty-text error)", param=field)
+                raise EmptyInput(f"{where} is empty; every input must be a non-empty string", param=field)
+            if blank_is_error and not text.strip():  # not TEI's Empty: there is text, this server refuses it
+                raise InvalidInput(f"{where} is whitespace only (the server runs --empty-text error)", param=field)
         # Unpaired surrogates (JSON can carry them; UTF-8 cannot): U+FFFD, as the core does.
         return [text if isinstance(text, TokenIds) else repair_surrogates(text) for text in texts]
 
     def _decode(self, ids: list[int], index: int, field: str) -> str:
         encoding = cl100k()
         if encoding is None:
-            raise APIError(400, f"{field}[{index}] is an array of token ids: {TOKEN_IDS_HELP}", param=field)
-        if not ids:
-            raise APIError(400, f"{field}[{index}] is an empty array of token ids", param=field)
+            raise InvalidInput(f"{field}[{index}] is an array of token ids: {TOKEN_IDS_HELP}", param=field)
+        if not ids:  # cl100k ids are OpenAI's: not TEI's Empty
+            raise InvalidInput(f"{field}[{index}] is an empty array of token ids", param=field)
         bad = next((i for i in ids if not 0 <= i < encoding.n_vocab), None)
         if bad is not None:
-            raise APIError(
-                400,
+            raise InvalidInput(
                 f"{field}[{index}] holds token id {bad}, outside cl100k_base (0..{encoding.n_vocab - 1}); "
                 "token ids are read as tiktoken cl100k_base ids, never as this model's",
                 param=field,
@@ -145,11 +145,11 @@ class EmbeddingEngine:
         try:
             return encoding.decode(ids)
         except Exception:  # ids in range that tiktoken still cannot decode
-            raise APIError(400, f"{field}[{index}] holds token ids cl100k_base cannot decode", param=field) from None
+            raise InvalidInput(f"{field}[{index}] holds token ids cl100k_base cannot decode", param=field) from None
 
     def _model_ids(self, ids: list[int], where: str, field: str, splices: bool) -> str:
         if not ids:
-            raise APIError(400, f"{where} is an empty array of token ids", param=field, tei_type="Empty")
+            raise EmptyInput(f"{where} is an empty array of token ids", param=field)
         self._check_ids(ids, where, field)
         if splices:  # the model sees exactly these ids, between the prompt's own
             return TokenIds(ids, cast("str", self.embedder.tokenizer.decode(ids, skip_special_tokens=True)))
@@ -157,17 +157,14 @@ class EmbeddingEngine:
         # (core/src/tokenization.rs, tokenize_input), special tokens left out; then prompted as text.
         text = cast("str", self.embedder.tokenizer.decode(ids, skip_special_tokens=True))
         if not text:
-            raise APIError(
-                400, f"{where} decodes to an empty text (special tokens are left out)", param=field, tei_type="Empty"
-            )
+            raise EmptyInput(f"{where} decodes to an empty text (special tokens are left out)", param=field)
         return text
 
     def _check_ids(self, ids: list[int], where: str, field: str) -> None:
         vocabulary = len(self.embedder.tokenizer)
         bad = next((k for k, i in enumerate(ids) if not 0 <= i < vocabulary), None)
         if bad is not None:
-            raise APIError(
-                400,
+            raise InvalidInput(
                 f"{where}[{bad}] is token id {ids[bad]}, outside this model's vocabulary (0..{vocabulary - 1})",
                 param=field,
             )
@@ -187,15 +184,15 @@ class EmbeddingEngine:
         """Embed ``texts`` (already checked) in shared forward passes with concurrent requests
         (with ``sparse``, their sparse lexical vectors too, from the same passes). A text too long
         for ``max_length`` in its prompt loses its end, or with ``truncation_direction="left"`` its
-        beginning (see :meth:`keep_ends`).
+        beginning (see [`keep_ends`][kv_embeddings_integrations.serving.engine.EmbeddingEngine.keep_ends]).
 
         Raises:
-            APIError: 429 when ``max_concurrent_requests`` are already admitted; 400 (TEI: 422)
-                when ``truncate`` is False and a text is longer than the model's ``max_length``.
+            Overloaded: when ``max_concurrent_requests`` are already admitted.
+            InputTooLong: when ``truncate`` is False and a text is longer than the model's ``max_length``.
+            InvalidInput: for ``normalize=False`` where the vectors carry a lexical half.
         """
         if not normalize and self.embedder.lexical is not None:
-            raise APIError(
-                400,
+            raise InvalidInput(
                 "normalize=false is not available: this server's vectors carry a lexical half joined to a unit "
                 "dense half, which only means something normalised; start the server with --lexical none for "
                 "unnormalised dense vectors",
@@ -225,7 +222,8 @@ class EmbeddingEngine:
         truncation_direction: Literal["left", "right"] = "right",
     ) -> TokenStates:
         """TEI's ``/embed_all``: every token's state at the pooled layer, in the re-routed pass
-        (in a worker thread; admitted and counted as :meth:`embed`'s requests are)."""
+        (in a worker thread; admitted and counted as
+        [`embed`][kv_embeddings_integrations.serving.engine.EmbeddingEngine.embed]'s requests are)."""
         self._admit()
         try:
             texts, cut_left = await self._cut(texts, prompt_type, truncate, truncation_direction)
@@ -239,14 +237,11 @@ class EmbeddingEngine:
 
     def _admit(self) -> None:
         if self.admitted >= self.settings.max_concurrent_requests:
-            raise APIError(
-                429,
+            raise Overloaded(
                 f"the server is busy: {self.admitted} requests are running or waiting "
                 f"(--max-concurrent-requests {self.settings.max_concurrent_requests}); retry after "
                 f"{self.settings.retry_after} s",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(self.settings.retry_after)},
+                retry_after=self.settings.retry_after,
             )
         # Single-threaded event loop: the count needs no lock.
         self.admitted += 1
@@ -338,9 +333,8 @@ class EmbeddingEngine:
         rows = cast("list[list[int]]", ids if batch else [ids])
         for index, row in enumerate(rows):
             where = f"ids[{index}]" if batch else "ids"
-            if not row:  # TEI: "`input_ids` cannot be empty", an Empty error (400)
-                raise APIError(400, f"{where} is an empty array; send at least one token id", param="ids",
-                               tei_type="Empty")  # fmt: skip
+            if not row:  # TEI: "`input_ids` cannot be empty", an Empty error
+                raise EmptyInput(f"{where} is an empty array; send at least one token id", param="ids")
             self._check_ids(row, where, "ids")
         return self.embedder.tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens)
 
@@ -381,39 +375,38 @@ class EmbeddingEngine:
     def sparse_available(self) -> bool:
         """Whether the model can give sparse vectors (it has its LM head)."""
         try:
-            lm_head_weight(self.embedder.model)
-        except ValueError:
+            self.check_sparse()
+        except Unsupported:
             return False
         return True
 
     def check_sparse(self) -> None:
-        """400 unless the model can give sparse vectors (it needs its LM head)."""
+        """[`Unsupported`][kv_embeddings_integrations.serving.errors.Unsupported] unless the model can
+        give sparse vectors (it needs its LM head)."""
         try:
             lm_head_weight(self.embedder.model)
         except ValueError as error:
-            # TEI: "Model is not an embedding model with SPLADE pooling", a Backend error (424).
-            raise APIError(
-                400, f"this server cannot give sparse vectors: {error}", code="sparse_unavailable", tei_type="Backend"
-            ) from None
+            # TEI: "Model is not an embedding model with SPLADE pooling", a Backend error.
+            raise Unsupported(f"this server cannot give sparse vectors: {error}", code="sparse_unavailable") from None
 
     def _refuse_too_long(self, texts: list[str], prompt_type: str) -> None:
         # Every template a text is embedded with (MetaEOL has several): none may cut it.
         for template in self.embedder.templates(prompt_type):
             for index, encoded in enumerate(self.embedder.tokenize(texts, prompt_type, template=template)):
                 if encoded.truncated:
-                    raise APIError(
-                        400,
+                    raise InputTooLong(
                         f"input {index} is longer than the model's max_length ({self.embedder.max_length} tokens, "
                         "prompt included) and the request asked not to truncate; shorten it or allow truncation (TEI's "
-                        '"truncate": true)',
-                        code="input_too_long",
+                        '"truncate": true)'
                     )
 
     # -- output ----------------------------------------------------------------------------------
 
     def check_dimensions(self, dimensions: int | None) -> None:
-        """400 unless ``dimensions`` is available (see :meth:`with_dimensions`); the routes check
-        it before any forward pass is spent on the request."""
+        """[`InvalidInput`][kv_embeddings_integrations.serving.errors.InvalidInput] unless
+        ``dimensions`` is available (see
+        [`with_dimensions`][kv_embeddings_integrations.serving.engine.EmbeddingEngine.with_dimensions]);
+        the routes check it before any forward pass is spent on the request."""
         full = self.embedder.dimension
         if dimensions is None or dimensions == full:
             return
@@ -432,28 +425,28 @@ class EmbeddingEngine:
                     "none other: these vectors are not trained for truncation, and cutting them would silently "
                     "change their meaning; start the server with --postprocess pca --dimensions K to serve K"
                 )
-            raise APIError(
-                400,
+            raise InvalidInput(
                 f"dimensions={dimensions} is not available: this server returns {full}-dimensional vectors, and {how}",
                 param="dimensions",
             )
 
     def prompt_name(self, name: str | None, field: str = "prompt_name") -> str:
-        """The prompt a request names (``None``: the document prompt), or a 400 listing the names
-        this server knows (its ``--prompt`` names, the two sides and the providers' names for them)."""
+        """The prompt a request names (``None``: the document prompt); an unknown name is an
+        [`InvalidInput`][kv_embeddings_integrations.serving.errors.InvalidInput] listing the names this
+        server knows (its ``--prompt`` names, the two sides and the providers' names for them)."""
         if name is None:
             return "document"
         try:
             return check_prompt_name(name, dict(self.embedder.resolved.named_templates), field)
         except ValueError as e:
-            raise APIError(400, str(e), param=field) from None
+            raise InvalidInput(str(e), param=field) from None
 
     def check_embedding_types(self, types: Sequence[str] | None, dimensions: int | None) -> None:
-        """400 for ``int8`` / ``uint8`` with fewer ``dimensions``: their ranges are fitted on the full vectors."""
+        """[`InvalidInput`][kv_embeddings_integrations.serving.errors.InvalidInput] for ``int8`` /
+        ``uint8`` with fewer ``dimensions``: their ranges are fitted on the full vectors."""
         scalar = sorted(set(types or ()) & SCALAR)
         if scalar and dimensions is not None and dimensions != self.embedder.dimension:
-            raise APIError(
-                400,
+            raise InvalidInput(
                 f"embedding_types {scalar} quantize with ranges fitted on the full "
                 f"{self.embedder.dimension}-dimensional vectors: ask them without dimensions={dimensions}, or use "
                 "float / binary",

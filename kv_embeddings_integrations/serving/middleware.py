@@ -1,5 +1,6 @@
 """The ASGI middlewares around the routes: the body limit, the API key and the access log; and the
-one place an error gets its shape (TEI's on TEI's routes, OpenAI's elsewhere)."""
+one place an error gets its shape (TEI's on TEI's routes, OpenAI's elsewhere; the engine's
+refusals get their statuses in [`http_errors`][kv_embeddings_integrations.serving.http_errors])."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 
-from .errors import APIError
+from .http_errors import APIError
 from .metrics import ServerMetrics
 
 logger = logging.getLogger("kv_embeddings_integrations.serving")

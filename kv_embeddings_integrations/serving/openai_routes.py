@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from .engine import EmbeddingEngine, encode_base64
-from .errors import APIError
+from .errors import InvalidInput
 from .replies import json_response, note, until_answered
 from .schemas import EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList, OpenAIError
 
@@ -33,8 +33,7 @@ def add_openai_routes(app: FastAPI, engine: EmbeddingEngine, created: int) -> No
             return settings.served_model_name
         if not settings.accepts_model(name):
             names = ", ".join(repr(n) for n in (settings.served_model_name, *settings.aliases))
-            raise APIError(
-                400,
+            raise InvalidInput(
                 f"model {name!r} is not served here; this server serves {names} (or leave 'model' out)",
                 param="model",
                 code="model_not_found",

@@ -19,7 +19,8 @@ class ClientGone(Exception):
 
 async def until_answered(request: Request, work: Any) -> Any:
     """Await ``work``; if the client disconnects first, cancel it (a waiting request is withdrawn
-    from the coalescing queue) and raise :class:`ClientGone`."""
+    from the coalescing queue) and raise
+    [`ClientGone`][kv_embeddings_integrations.serving.replies.ClientGone]."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:

@@ -8,7 +8,7 @@ API_KEY_ENV = "KV_EMBED_API_KEY"
 
 
 class ServeSettings(BaseModel):
-    """Settings of :func:`~kv_embeddings_integrations.serving.app.create_app`.
+    """Settings of [`create_app`][kv_embeddings_integrations.serving.app.create_app].
 
     Attributes:
         served_model_name: the ``model`` clients name in requests and ``/v1/models`` lists.

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from .engine import Embedded, EmbeddingEngine
-from .errors import APIError
+from .errors import EmptyInput, InvalidInput, ServingError, TooManyInputs, Unsupported
+from .http_errors import first_problem
 from .replies import json_response, note, until_answered
 from .schemas import (
     Info,
@@ -160,11 +161,10 @@ def add_tei_routes(app: FastAPI, engine: EmbeddingEngine) -> None:
     async def similarity(body: TEISimilarityRequest, request: Request) -> Response:
         inputs, parameters = body.inputs, body.parameters
         if not inputs.sentences:
-            raise APIError(400, "`inputs.sentences` cannot be empty", param="inputs", tei_type="Empty")
+            raise EmptyInput("`inputs.sentences` cannot be empty", param="inputs")
         size = len(inputs.sentences) + 1  # the source sentence too, as TEI counts
         if size > settings.max_client_batch_size:
-            raise APIError(
-                413,
+            raise TooManyInputs(
                 f"batch size {size} > maximum allowed batch size {settings.max_client_batch_size} "
                 "(the source sentence and the sentences; --max-client-batch-size)",
                 param="inputs",
@@ -195,11 +195,9 @@ def add_tei_routes(app: FastAPI, engine: EmbeddingEngine) -> None:
         batch = isinstance(body.inputs, list) and bool(body.inputs) and isinstance(body.inputs[0], list)
         if batch and len(body.inputs) > settings.max_client_batch_size:
             size, most = len(body.inputs), settings.max_client_batch_size
-            raise APIError(413, f"batch size {size} > maximum allowed batch size {most}", param="inputs")
-        raise APIError(
-            424,
-            "Backend error: Model is not a classifier model (this server serves an embedding model: use /embed)",
-            tei_type="Backend",
+            raise TooManyInputs(f"batch size {size} > maximum allowed batch size {most}", param="inputs")
+        raise Unsupported(
+            "Backend error: Model is not a classifier model (this server serves an embedding model: use /embed)"
         )
 
     @app.post(
@@ -218,7 +216,7 @@ def add_tei_routes(app: FastAPI, engine: EmbeddingEngine) -> None:
         try:  # every instance checked before any is embedded
             for r in requests:
                 prepared.append(embedding(r))
-        except APIError:
+        except ServingError:
             for _, work in prepared:
                 work.close()  # never started
             raise
@@ -270,20 +268,19 @@ def add_tei_routes(app: FastAPI, engine: EmbeddingEngine) -> None:
         return JSONResponse(engine.decode(body.ids, skip_special_tokens=body.skip_special_tokens))
 
 
-def _not_a_reranker(body: TEIRerankRequest) -> APIError:
+def _not_a_reranker(body: TEIRerankRequest) -> ServingError:
     if not body.texts:  # TEI checks this before the model's kind
-        return APIError(400, "`texts` cannot be empty", param="texts", tei_type="Empty")
-    return APIError(
-        424,
+        return EmptyInput("`texts` cannot be empty", param="texts")
+    return Unsupported(
         "Backend error: model is not a re-ranker model (this server serves an embedding model: use /embed, or "
-        "/similarity for scores)",
-        tei_type="Backend",
+        "/similarity for scores)"
     )
 
 
 def _vertex_instance(instance: dict[str, Any], index: int) -> TEIEmbedRequest:
     """One Vertex instance as TEI reads it: a re-rank request if it is one (refused: an embedding
-    model), else an ``/embed`` request; a bad one is a 422 naming its place."""
+    model), else an ``/embed`` request; a bad one is an
+    [`InvalidInput`][kv_embeddings_integrations.serving.errors.InvalidInput] naming its place."""
     try:
         rerank = TEIRerankRequest.model_validate(instance)
     except ValidationError:
@@ -293,7 +290,6 @@ def _vertex_instance(instance: dict[str, Any], index: int) -> TEIEmbedRequest:
     try:
         return TEIEmbedRequest.model_validate(instance)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        raise APIError(400, f"instances[{index}]{'.' + where if where else ''}: {message}", param="instances") from None
+        _, location, message = first_problem(error.errors())
+        where = "".join(f".{part}" for part in location)
+        raise InvalidInput(f"instances[{index}]{where}: {message}", param="instances") from None

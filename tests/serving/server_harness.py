@@ -53,8 +53,9 @@ class Server:
     """``kv-embed serve`` in a child process, ready when ``/ready`` answers 200.
 
     ``gated=True`` starts it through ``gated_serve.py``: every coalesced forward pass then waits
-    for the test (:meth:`next_pass` says one has started and how many texts it holds, :meth:`step`
-    runs it, :meth:`open` runs every pass from then on).
+    for the test ([`next_pass`][tests.serving.server_harness.Server.next_pass] says one has started
+    and how many texts it holds, [`step`][tests.serving.server_harness.Server.step] runs it,
+    [`open`][tests.serving.server_harness.Server.open] runs every pass from then on).
     """
 
     def __init__(

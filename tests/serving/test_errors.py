@@ -184,25 +184,29 @@ def test_unencodable_text_is_repaired_not_a_500(strict):
 
 
 def test_blank_text_under_empty_text_error_is_a_400(model_dir):
-    from kv_embeddings_integrations.serving import APIError, EmbeddingEngine, ServeSettings
+    from kv_embeddings_integrations.serving import EmbeddingEngine, ServeSettings
+    from kv_embeddings_integrations.serving.errors import InvalidInput
+    from kv_embeddings_integrations.serving.http_errors import as_api_error
 
     embedder = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], postprocess="none", empty_text="error")
     engine = EmbeddingEngine(embedder, ServeSettings(served_model_name=NAME))
-    with pytest.raises(APIError, match=r"input\[1\] is whitespace only") as caught:
+    with pytest.raises(InvalidInput, match=r"input\[1\] is whitespace only") as caught:
         engine.texts_of(["fine", "   "], "input")
-    assert caught.value.status == 400
+    assert as_api_error(caught.value).status == 400
     assert engine.texts_of(["fine", "  x "], "input") == ["fine", "  x "]
 
 
 def test_token_ids_without_tiktoken_name_the_client_setting(strict, model_dir, monkeypatch):
     # Where cl100k_base cannot be had offline, token ids get a 400 naming the client setting.
-    from kv_embeddings_integrations.serving import APIError, EmbeddingEngine, ServeSettings, engine
+    from kv_embeddings_integrations.serving import EmbeddingEngine, ServeSettings, engine
+    from kv_embeddings_integrations.serving.errors import InvalidInput
+    from kv_embeddings_integrations.serving.http_errors import as_api_error
 
     monkeypatch.setattr(engine, "cl100k", lambda: None)
     embedder = KVEmbedder.from_pretrained(str(model_dir), layers=[1, 2], postprocess="none")
-    with pytest.raises(APIError, match="check_embedding_ctx_length=False") as caught:
+    with pytest.raises(InvalidInput, match="check_embedding_ctx_length=False") as caught:
         EmbeddingEngine(embedder, ServeSettings(served_model_name=NAME)).texts_of([[15339, 1917]], "input")
-    assert caught.value.status == 400
+    assert as_api_error(caught.value).status == 400
 
 
 @pytest.mark.parametrize("route", ["/v1/embeddings", "/embed"])
