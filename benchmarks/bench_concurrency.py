@@ -78,7 +78,7 @@ def main() -> None:
         repeats=args.repeats,
     )
     seq, con = np.array(results["seq"]), np.array(results["con"])
-    sizes = embedder._coalescer.batch_sizes
+    sizes = embedder.requests.batch_sizes
     before = len(sizes)
     run("con", concurrent)
     last_sizes = sizes[before:]

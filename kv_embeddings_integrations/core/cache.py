@@ -82,6 +82,43 @@ def candidate_files(kind: str, key: dict[str, Any], suffix: str) -> Iterator[tup
         yield shipped_dir() / kind / f"{key_digest(key)}{suffix}", "shipped"
 
 
+def cached_or_computed(
+    kind: str,
+    key: dict[str, Any],
+    suffix: str,
+    read: Callable[[Path, str], T | None],
+    compute: Callable[[], T],
+    write: Callable[[Path, T], None],
+    *,
+    reuse: bool = True,
+) -> tuple[T, str]:
+    """The ``kind`` result for ``key``: the user's cached file, else the package's shipped one,
+    else computed and written to the user cache. Every fit of the package (layer selection,
+    post-processing, int8 ranges, lexical statistics) goes through here.
+
+    Args:
+        kind: the cache folder (``"layer_selection"``, ``"postprocessing"``...).
+        key: what the result depends on (the file is named by its digest and holds it).
+        suffix: the file's suffix.
+        read: the result held by a file made for exactly ``key`` (given its path and origin), or
+            ``None`` for a missing or unusable one.
+        compute: the result, computed (run only when no file holds it).
+        write: writes a computed result to a path.
+        reuse: read the files (``False``: compute again; the result still replaces the cached one).
+
+    Returns:
+        ``(result, origin)``: where it came from, ``"cache"``, ``"shipped"`` or ``"computed"``.
+    """
+    if reuse:
+        for path, origin in candidate_files(kind, key, suffix):
+            if (found := read(path, origin)) is not None:
+                logger.debug("%s read from %s", kind, path)
+                return found, origin
+    result = compute()
+    write(cached_file(kind, key, suffix), result)
+    return result, "computed"
+
+
 def read_keyed_tensors(path: Path, key: dict[str, Any], build: Callable[[dict[str, Any]], T], what: str) -> T | None:
     """What ``build`` makes of the tensors of a safetensors file written for exactly ``key``
     (:func:`write_keyed_tensors`), or ``None``: no file, or an unusable one (another key, corrupt,

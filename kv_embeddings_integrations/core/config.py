@@ -12,7 +12,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .prompts import check_template
-from .running.inputs import check_positive_int
 
 MethodName = Literal[
     "kv", "prompt", "prompteol", "pcot", "ke", "metaeol", "echo", "mean", "last", "tp",
@@ -38,6 +37,12 @@ LEXICAL_OPTIONS = ("lexical", "lexical_dim", "lexical_weight", "lexical_texts")
 SELECTION_OPTIONS = frozenset({"skip_fraction", "window", "last_layer"})
 # The fraction of early layers automatic selection never picks, unless ``selection`` says otherwise.
 DEFAULT_SKIP_FRACTION = 0.2
+
+
+def check_positive_int(name: str, value: int | None) -> None:
+    """``value`` must be ``None`` or a positive int (not a bool)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class EmbedderConfig(BaseModel):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -35,8 +35,9 @@ from .model.loading import dtype_name
 from .outputs.quantization import QUANTIZED, SCALAR, check_precision
 
 if TYPE_CHECKING:
-    from .embedder import KVEmbedder
-    from .fitting.layer_selection import SelectableEmbedder
+    from .outputs.lexical import LexicalChannel
+    from .outputs.quantization import QuantizationRanges
+    from .resolved import ResolvedMethod
 
 # Bump when the record's meaning changes, or a compared field is added: a record of another
 # format is refused with a clear message rather than compared field by field.
@@ -83,6 +84,44 @@ _NOT_IN_FIT_KEY = (
     "symmetric",
     *LEXICAL_OPTIONS,
 )
+
+
+class FitSubject(Protocol):
+    """What a fit (layer selection, post-processing, int8 ranges) and its cache key read of an
+    embedder: its model and resolved method, the layers chosen so far and its lexical channel.
+
+    A [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder] has all of it; so has the plain value
+    it fits on before it exists
+    ([`Fitting`][kv_embeddings_integrations.core.fitting.subject.Fitting]).
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> torch.nn.Module: ...
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def config(self) -> EmbedderConfig: ...
+    @property
+    def resolved(self) -> ResolvedMethod: ...
+    @property
+    def layers(self) -> Sequence[int]: ...
+    @property
+    def lexical(self) -> LexicalChannel | None: ...
+
+
+class IdentifiedEmbedder(FitSubject, Protocol):
+    """What the identity record reads of an embedder, beyond a fit's subject."""
+
+    @property
+    def decoder(self) -> torch.nn.Module: ...
+    @property
+    def dimension(self) -> int: ...
+    @property
+    def dtype(self) -> torch.dtype: ...
+    @property
+    def quantization_ranges(self) -> QuantizationRanges: ...
 
 
 class EmbedderMismatchError(ValueError):
@@ -133,7 +172,7 @@ def _selection_rule(rule: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
     return out
 
 
-def layer_selection_key(embedder: SelectableEmbedder, texts: Sequence[str], rule: Mapping[str, Any]) -> dict[str, Any]:
+def layer_selection_key(embedder: FitSubject, texts: Sequence[str], rule: Mapping[str, Any]) -> dict[str, Any]:
     """Everything automatic layer selection depends on: the cache key of its result.
 
     Shipped results are found by this key's digest: its fields and values must not change without
@@ -159,7 +198,7 @@ def layer_selection_key(embedder: SelectableEmbedder, texts: Sequence[str], rule
     }
 
 
-def postprocessing_key(embedder: KVEmbedder, texts: Sequence[str]) -> dict[str, Any]:
+def postprocessing_key(embedder: FitSubject, texts: Sequence[str]) -> dict[str, Any]:
     """Everything a post-processing fit depends on: the cache key of the fitted transform.
 
     Shipped fits are found by this key's digest: its fields and values must not change without a
@@ -194,7 +233,9 @@ def postprocessing_key(embedder: KVEmbedder, texts: Sequence[str]) -> dict[str, 
     }
 
 
-def embedder_identity(embedder: KVEmbedder, *, normalize: bool = True, precision: str = "float32") -> dict[str, Any]:
+def embedder_identity(
+    embedder: IdentifiedEmbedder, *, normalize: bool = True, precision: str = "float32"
+) -> dict[str, Any]:
     """The record of what decides a :class:`~kv_embeddings_integrations.KVEmbedder`'s vectors,
     JSON-serialisable.
 

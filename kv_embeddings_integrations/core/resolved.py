@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .config import EmbedderConfig
-from .fitting.layer_selection import resolve_layers
 from .method import token_prepending
 from .prompts import FAMILIES, INPUT_TYPES, METHODS, PROMPT_TYPES, check_prompt_name, prompt_names
 
@@ -194,3 +193,13 @@ def _layers(
             "hidden states"
         )
     return tuple(layers)
+
+
+def resolve_layers(layers: list[int] | None, num_layers: int) -> list[int]:
+    """Validate an explicit ``layers`` list (``None``: no re-routing, an empty list)."""
+    if layers is None:
+        return []
+    bad = [i for i in layers if i >= num_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has {num_layers} layers (0..{num_layers - 1})")
+    return list(layers)

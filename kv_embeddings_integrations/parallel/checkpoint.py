@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..core.cache import texts_digest, write_atomically
-from ..core.running.inputs import check_positive_int
+from ..core.config import check_positive_int
 
 MANIFEST = "manifest.json"
 

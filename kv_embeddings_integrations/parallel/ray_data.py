@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from ..core.config import EmbedderConfig
+from ..core.call_options import CallOptions
+from ..core.config import EmbedderConfig, check_positive_int
 from ..core.extras import import_extra, missing_error
 from ..core.identity import field_metadata
 from ..core.model.bundled import DEFAULT_MODEL
 from ..core.model.loading import LoadOptions
-from ..core.outputs.quantization import DTYPES, SCALAR, QuantizationRanges, check_output, width
+from ..core.outputs.quantization import DTYPES, SCALAR, QuantizationRanges, width
 from ..core.prompts import METHODS, check_prompt_name, requested_prompt
-from ..core.running.inputs import check_positive_int
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -203,8 +203,10 @@ def embed_dataset(
     ray = require_ray()
     if not isinstance(ds, ray.data.Dataset):
         raise TypeError(f"ds must be a ray.data.Dataset, got {type(ds).__name__}")
-    prompt_type = requested_prompt(prompt_type, prompt_name)
-    check_output(precision, normalize, True)
+    # The same checks as every embedding entry point (the actors' prompt is checked below, by name).
+    prompt_type = CallOptions(
+        prompt_type=requested_prompt(prompt_type, prompt_name), normalize=normalize, precision=precision
+    ).prompt_type
     check_positive_int("concurrency", concurrency)
     check_positive_int("batch_size", batch_size)
     for name, value in (("num_gpus_per_worker", num_gpus_per_worker), ("num_cpus_per_worker", num_cpus_per_worker)):

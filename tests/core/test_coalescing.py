@@ -41,7 +41,7 @@ def test_concurrent_async_requests_share_batches(embedder):
     np.testing.assert_allclose(np.stack(concurrent), sequential, atol=1e-5)
     assert not gate.stuck
     # Whatever the first pass took, everything else was queued by then and went into one more.
-    sizes = embedder._coalescer.batch_sizes
+    sizes = embedder.requests.batch_sizes
     assert sum(sizes) == len(QUERIES) and len(sizes) <= 2, sizes
 
 
@@ -63,7 +63,7 @@ def test_threads_submitting_share_batches(embedder):
         gate.open()
         got = np.stack([f.result(HANG) for f in futures])
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    sizes = embedder._coalescer.batch_sizes
+    sizes = embedder.requests.batch_sizes
     assert sum(sizes) == len(QUERIES) and max(sizes) > 1 and len(sizes) < len(QUERIES), sizes
 
 
@@ -95,7 +95,7 @@ def test_requests_of_several_kinds_and_sizes(embedder):
 def test_a_failing_request_does_not_fail_its_batch_mates():
     calls: list[list[str]] = []
 
-    def encode(texts, prompt_type, normalize):
+    def encode(texts, kind):
         calls.append(texts)
         if "bad" in texts:
             raise RuntimeError("cannot embed 'bad'")
@@ -116,7 +116,7 @@ def test_a_failing_request_does_not_fail_its_batch_mates():
 
 
 def test_idle_worker_thread_exits():
-    coalescer = RequestCoalescer(lambda t, p, n: np.zeros((len(t), 1), np.float32), idle_timeout=0.05)
+    coalescer = RequestCoalescer(lambda t, kind: np.zeros((len(t), 1), np.float32), idle_timeout=0.05)
     coalescer.submit(["x"], "document").result(HANG)
     worker = coalescer._worker
     worker.join(HANG)  # it exits by itself once idle for idle_timeout
@@ -134,7 +134,7 @@ def test_embedder_pickles_after_serving_requests(embedder):
 def test_a_dead_worker_fails_its_requests_and_a_new_one_serves_the_next():
     killed: list[threading.Thread] = []
 
-    def encode(texts, prompt_type, normalize):
+    def encode(texts, kind):
         if texts == ["fatal"]:
             killed.append(threading.current_thread())
             raise KeyboardInterrupt  # escapes the per-request handling (not an Exception)
@@ -173,7 +173,7 @@ def test_a_cancelled_waiting_request_is_withdrawn_and_a_running_one_finishes(emb
         abandoned.result()
     assert embedder.submit(TEXTS[3]).result(HANG).shape == (embedder.hidden_size,)
     # Passes: the first text, the abandoned third (embedded, result dropped), the fourth.
-    assert embedder._coalescer.batch_sizes == [1, 1, 1]
+    assert embedder.requests.batch_sizes == [1, 1, 1]
 
 
 # -- many threads and tasks on one embedder ------------------------------------------------------

@@ -115,7 +115,7 @@ def test_ranges_are_cached_and_read_back(embedder, monkeypatch):
         raise AssertionError("the ranges were fitted again instead of read from the cache")
 
     monkeypatch.setattr(again.runner, "forward", no_pass)
-    read = ranges_for(again)
+    read = ranges_for(again, lambda texts: pytest.fail("the ranges were fitted again"))
     np.testing.assert_array_equal(read.low, first.low)
     np.testing.assert_array_equal(read.high, first.high)
 
@@ -132,6 +132,8 @@ def test_the_identity_refuses_other_precisions_and_ranges(embedder):
         check_identity(int8, embedder.identity(precision="binary"))
     # Ranges fitted on other texts: the same configuration otherwise, other int8 vectors.
     other = KVEmbedder(embedder.model, embedder.tokenizer, embedder.config, name=embedder.name)
-    other._ranges = QuantizationRanges(embedder.quantization_ranges.low * 2, embedder.quantization_ranges.high * 2)
+    other.quantization_ranges = QuantizationRanges(
+        embedder.quantization_ranges.low * 2, embedder.quantization_ranges.high * 2
+    )
     with pytest.raises(EmbedderMismatchError, match="ranges_sha256"):
         check_identity(int8, other.identity(precision="int8"))

@@ -72,7 +72,7 @@ async def test_concurrent_requests_learn_their_own_usage_and_truncation(embedder
     short, long = await asyncio.gather(
         embedder.aembed([TEXTS[0], TEXTS[2]], prompt_type="query"), embedder.aembed([LONG], prompt_type="query")
     )
-    assert sum(embedder._coalescer.batch_sizes) == 3  # the coalescer's record, on purpose
+    assert sum(embedder.requests.batch_sizes) == 3  # the request queue's record, on purpose
     assert short.truncated == (False, False) and long.truncated == (True,)
     assert short.token_counts == tuple(len(e) for e in embedder.tokenize([TEXTS[0], TEXTS[2]], "query"))
     np.testing.assert_allclose(long.vectors[0], embedder.embed(LONG, prompt_type="query").vectors[0], atol=1e-6)

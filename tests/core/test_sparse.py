@@ -61,8 +61,10 @@ def test_dense_and_sparse_come_from_one_pass(tokenizer, monkeypatch):
     )
     dense_only = embedder.encode(MIXED)
     passes = []
-    original = embedder.forward
-    monkeypatch.setattr(embedder, "forward", lambda batch, **kw: passes.append(batch) or original(batch, **kw))
+    original = embedder.runner.model_forward
+    monkeypatch.setattr(
+        embedder.runner, "model_forward", lambda batch, **kw: passes.append(batch) or original(batch, **kw)
+    )
     result = embedder.embed(MIXED, sparse=True, batch_size=2)
     assert len(passes) == 3  # as many forward passes as without sparse vectors: 6 texts, 2 per batch
     np.testing.assert_allclose(result.vectors, dense_only, atol=1e-6)  # the dense vectors are unchanged

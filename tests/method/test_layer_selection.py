@@ -15,10 +15,11 @@ from kv_embeddings_integrations.core.fitting import layer_selection
 from kv_embeddings_integrations.core.fitting.layer_selection import (
     builtin_calibration_texts,
     layerwise_dimensions,
-    resolve_layers,
     select_layers,
     twonn_dimension,
 )
+from kv_embeddings_integrations.core.fitting.subject import Fitting
+from kv_embeddings_integrations.core.resolved import resolve_layers
 
 N = 2000
 AMBIENT = 120
@@ -117,10 +118,6 @@ def test_layers_resolution():
         resolve_layers([1, 4], 4)
 
 
-def test_resolve_layers_without_layers_is_empty():
-    assert layer_selection.resolve_layers(None, 4) == []
-
-
 def test_builtin_calibration_texts():
     texts = builtin_calibration_texts()
     assert len(texts) == 1000 and len(set(texts)) > 990
@@ -154,20 +151,25 @@ def test_layer_states_are_each_layers_last_token(tokenizer):
     assert not torch.allclose(rerouted[:, 3], states[:, 3])
 
 
-def test_selection_runs_on_a_built_embedder_through_public_methods(tokenizer, monkeypatch):
+def test_selection_runs_on_a_plain_runner_never_on_the_half_built_embedder(tokenizer, monkeypatch):
     seen = []
-    real = KVEmbedder.layer_states
+    real = Fitting.layer_states
 
     def spy(self, texts, **kwargs):
-        # Everything a front end could use already exists when selection runs.
-        seen.append((self.tokenizer is tokenizer, callable(self.embed), self.layers, kwargs.get("reroute", False)))
+        seen.append((type(self), self.layers, self.runner.plan.layers))
         return real(self, texts, **kwargs)
 
-    monkeypatch.setattr(KVEmbedder, "layer_states", spy)
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("layer selection called back into the embedder being built")
+
+    monkeypatch.setattr(Fitting, "layer_states", spy)
+    monkeypatch.setattr(KVEmbedder, "layer_states", refuse)
+    monkeypatch.setattr(KVEmbedder, "embed", refuse)
     calibration = [f"{a} {b}" for a in TEXTS for b in TEXTS]
     embedder = KVEmbedder(make_model("llama"), tokenizer, calibration_texts=calibration, **PAPER)
-    assert seen == [(True, True, [], False)]  # one call, plain (no layers re-routed yet)
+    assert seen == [(Fitting, (), ())]  # one call, on a runner that re-routes nothing
     assert embedder.layers == embedder.layer_selection.layers
+    assert embedder.runner.plan.layers == tuple(embedder.layers)
 
 
 @pytest.fixture

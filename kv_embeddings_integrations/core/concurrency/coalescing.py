@@ -3,8 +3,8 @@
 A web server's many simultaneous single-text requests (``await aembed_query(...)`` from 64
 handlers) would each run a forward pass of one row, one after another. Here every request is
 queued and one worker thread drains the queue: whatever arrived while the previous pass ran
-is embedded together, so the requests share batches. Requests with different prompt types (or
-normalisation) go to separate calls.
+is embedded together, so the requests share batches. Requests of different kinds (another
+prompt, normalisation...: the embedder's call options) go to separate calls.
 
 The worker thread starts on demand and exits after a short idle spell, so an idle embedder
 holds no thread and can be garbage collected.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -22,30 +22,25 @@ from ..results import EmbedResult
 
 _KEPT_SIZES = 10_000
 
-# Embeds (texts, prompt_type, normalize[, sparse]): one result row per text, sliced back per
-# request. ``sparse`` is passed (as True) only for requests that ask for sparse vectors too.
-EncodeFn = Callable[..., EmbedResult]
+# Embeds (texts, kind): one result row per text, sliced back per request.
+EncodeFn = Callable[[list[str], Hashable], EmbedResult]
 
 
 @dataclass
 class _Request:
     texts: list[str]
-    prompt_type: str
-    normalize: bool
-    sparse: bool = False
+    kind: Hashable
     future: Future[EmbedResult] = field(default_factory=Future)
-
-    @property
-    def kind(self) -> tuple[str, bool] | tuple[str, bool, bool]:
-        return (self.prompt_type, self.normalize, True) if self.sparse else (self.prompt_type, self.normalize)
 
 
 class RequestCoalescer:
     """Queue of embedding requests served by one worker thread in shared batches.
 
     Args:
-        encode: the function that embeds a list of texts with a prompt type and normalisation,
-            returning an :class:`EmbedResult` (anything sliceable by rows would do).
+        encode: the function that embeds a list of texts of one kind (how to embed them: the
+            embedder's call options), returning an
+            [`EmbedResult`][kv_embeddings_integrations.core.results.EmbedResult] (anything
+            sliceable by rows would do).
         max_texts: most texts embedded in one coalesced call (bounds one pass's latency).
         max_wait: seconds the worker waits after the first request of a batch for others to
             arrive (0 takes only what is already queued).
@@ -80,12 +75,10 @@ class RequestCoalescer:
         # Sizes (in texts) of the latest coalesced calls (at most _KEPT_SIZES); for benchmarks and tests.
         self.batch_sizes: list[int] = []
 
-    def submit(
-        self, texts: list[str], prompt_type: str, normalize: bool = True, sparse: bool = False
-    ) -> Future[EmbedResult]:
-        """Queue ``texts``; the returned future gives their own :class:`EmbedResult` (vectors, token
-        counts, truncation, and sparse vectors if ``sparse``), whatever else shared the forward pass."""
-        request = _Request(list(texts), prompt_type, normalize, sparse)
+    def submit(self, texts: list[str], kind: Hashable = None) -> Future[EmbedResult]:
+        """Queue ``texts``, to be embedded with other requests of the same ``kind``; the returned
+        future gives their own rows of the result, whatever else shared the forward pass."""
+        request = _Request(list(texts), kind)
         with self._condition:
             self._pending.append(request)
             if self._worker is None:
@@ -147,7 +140,7 @@ class RequestCoalescer:
         texts = [text for request in live for text in request.texts]
         _notify(self.start_listeners, len(texts))
         try:
-            result = self._encode(texts, *live[0].kind)
+            result = self._encode(texts, live[0].kind)
         except Exception as error:
             if len(live) == 1:
                 live[0].future.set_exception(error)
@@ -166,7 +159,7 @@ class RequestCoalescer:
     def _serve_alone(self, request: _Request) -> None:
         _notify(self.start_listeners, len(request.texts))
         try:
-            result = self._encode(request.texts, *request.kind)
+            result = self._encode(request.texts, request.kind)
         except Exception as error:
             request.future.set_exception(error)
             return

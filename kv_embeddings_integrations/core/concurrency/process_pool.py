@@ -23,20 +23,18 @@ import time
 import traceback
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..outputs.quantization import check_output
-from ..prompts import requested_prompt
+from ..call_options import CallOptions
+from ..config import EmbedderConfig, check_positive_int
+from ..resolved import ResolvedMethod
 from ..results import EmbedResult
-from ..running.inputs import check_positive_int, texts_to_embed
+from ..running.inputs import texts_to_embed
 from .recipe import EmbedderRecipe
-
-if TYPE_CHECKING:
-    from ..embedder import KVEmbedder
 
 # Default chunking: about this many chunks per worker, so a slow worker (or a chunk of long texts)
 # does not leave the others idle at the end of a job...
@@ -52,6 +50,27 @@ CLOSE_TIMEOUT_SECONDS = 10.0
 # Closing after a failure: a worker killed while reading the input queue holds its lock forever,
 # so the others may never see their stop signal; do not wait long for them.
 FAILURE_CLOSE_TIMEOUT_SECONDS = 2.0
+
+
+class Replicable(Protocol):
+    """What a pool needs of the embedder it replicates (a
+    [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder] has it): what rebuilds it in a worker,
+    and what the parent checks and quantizes with."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> torch.nn.Module: ...
+    @property
+    def config(self) -> EmbedderConfig: ...
+    @property
+    def resolved(self) -> ResolvedMethod: ...
+    @property
+    def dimension(self) -> int: ...
+    @property
+    def max_length(self) -> int: ...
+    def recipe(self) -> EmbedderRecipe: ...
+    def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray: ...
 
 
 def _check_device(index: int, device: str | torch.device) -> torch.device:
@@ -140,7 +159,7 @@ def _worker(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                result = embedder.embed(texts, show_progress_bar=False, **options)
+                result = embedder.embed_with(texts, options)
             except Exception:
                 outputs.put(("error", rank, job, chunk, traceback.format_exc(), []))
                 continue
@@ -148,7 +167,8 @@ def _worker(
 
 
 class EmbeddingPool:
-    """Encode with one :class:`KVEmbedder` replica per device, in worker processes.
+    """Encode with one [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder] replica per device,
+    in worker processes.
 
     Each worker is a spawned process that rebuilds the embedder from its model, tokenizer, config
     and already-chosen layers (layer selection never runs again), moves the model to its device
@@ -177,13 +197,14 @@ class EmbeddingPool:
     Raises:
         ValueError: ``devices`` is empty, or names a device that does not parse or does not exist
             here (checked before any process starts).
-        TypeError: ``embedder`` is not a :class:`KVEmbedder`, or ``devices`` is a single device.
+        TypeError: ``embedder`` is not a [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder], or
+            ``devices`` is a single device.
     """
 
-    def __init__(self, embedder: KVEmbedder, devices: Sequence[str | torch.device]) -> None:
+    def __init__(self, embedder: Replicable, devices: Sequence[str | torch.device]) -> None:
         self._closed = True  # until the queues exist, so close() and __del__ of a half-built pool are no-ops
         self._close_lock = threading.Lock()
-        # Duck-typed: this module sits below the embedder, which imports it for start_pool().
+        # Structural: this module sits below the embedder, which imports it for start_pool().
         if not callable(getattr(embedder, "recipe", None)):
             raise TypeError(f"embedder must be a KVEmbedder, got {type(embedder).__name__}")
         if isinstance(devices, (str, torch.device)) or not isinstance(devices, Iterable):
@@ -313,18 +334,14 @@ class EmbeddingPool:
 
         Args:
             texts: one string, or an iterable of strings.
-            prompt_type: ``"document"`` (documents and symmetric tasks) or ``"query"`` (the query
-                side of asymmetric retrieval), or another prompt name; picks the prompt template.
-            prompt_name: a prompt name instead of ``prompt_type`` (sentence-transformers' spelling).
-            batch_size: texts per forward pass inside a worker; overrides the embedder config's
-                ``batch_size`` for this call.
-            normalize: L2-normalise each vector (cosine similarity becomes a dot product).
             chunk_size: texts per chunk sent to a worker. ``None``: enough chunks for about 4 per
                 worker, at most 1000 texts each. A multiple of ``batch_size`` keeps batches full.
             show_progress_bar: a bar over texts; ``None`` shows one only for jobs of more than 10
                 chunks.
-            precision: the output's precision, as for :meth:`KVEmbedder.embed`; quantized here, in
-                the parent, with its ranges (the workers return float32).
+            prompt_type: the prompt; this and the other arguments as
+                [`CallOptions`][kv_embeddings_integrations.core.call_options.CallOptions] documents
+                them (``batch_size`` is per pass inside a worker; a quantized ``precision`` is
+                applied here, in the parent, with its ranges).
 
         Returns:
             an :class:`~kv_embeddings_integrations.core.results.EmbedResult` in input order: float32
@@ -337,27 +354,24 @@ class EmbeddingPool:
                 device and holds its traceback; the pool stays usable); or a worker died or could
                 not start (the pool is then closed).
         """
-        prompt_type = requested_prompt(prompt_type, prompt_name)
-        precision = check_output(precision, normalize, True)
-        result = self._embed(texts, prompt_type, batch_size, normalize, chunk_size, show_progress_bar)
-        if precision == "float32":
+        options = CallOptions.of(
+            self._embedder.resolved,
+            prompt_type=prompt_type,
+            prompt_name=prompt_name,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            normalize=normalize,
+            precision=precision,
+        )
+        result = self._embed(texts, options, chunk_size)
+        if options.precision == "float32":
             return result
-        return dataclasses.replace(result, vectors=self._embedder.quantize(result.vectors, precision))
+        return dataclasses.replace(result, vectors=self._embedder.quantize(result.vectors, options.precision))
 
-    def _embed(
-        self,
-        texts: str | Iterable[str],
-        prompt_type: str,
-        batch_size: int | None,
-        normalize: bool,
-        chunk_size: int | None,
-        show_progress_bar: bool | None,
-    ) -> EmbedResult:
+    def _embed(self, texts: str | Iterable[str], options: CallOptions, chunk_size: int | None) -> EmbedResult:
         self._check_open()
         # Checked and repaired here, once: the workers' warnings would not reach the caller.
         items, _ = texts_to_embed(texts, self._embedder.config.empty_text)
-        self._embedder.template(prompt_type)  # checks prompt_type here, not once per chunk in the workers
-        check_positive_int("batch_size", batch_size)
         check_positive_int("chunk_size", chunk_size)
         out = np.empty((len(items), self._hidden_size), dtype=np.float32)
         counts, truncated, pieces = [0] * len(items), [False] * len(items), [1] * len(items)
@@ -369,8 +383,9 @@ class EmbeddingPool:
         # Similar lengths in a chunk mean little padding in the worker's batches.
         order = sorted(range(len(items)), key=lambda i: -len(items[i]))
         chunks = [order[start : start + size] for start in range(0, len(order), size)]
-        options = {"prompt_type": prompt_type, "batch_size": batch_size, "normalize": normalize}
-        show = len(chunks) > PROGRESS_BAR_MIN_CHUNKS if show_progress_bar is None else show_progress_bar
+        # Float32 from the workers (quantized here, with the parent's ranges), and no bar of theirs.
+        worker_options = options.replace(precision="float32", show_progress_bar=False)
+        show = len(chunks) > PROGRESS_BAR_MIN_CHUNKS if options.show_progress_bar is None else options.show_progress_bar
         with self._encode_lock:
             self._check_alive()
             job = next(self._jobs)
@@ -378,7 +393,7 @@ class EmbeddingPool:
                 for chunk, indices in enumerate(chunks):
                     # str.__str__ turns a str subclass into a plain str: one that does not unpickle in
                     # a worker would be dropped by the queue's feeder thread and hang the job.
-                    self._inputs.put((job, chunk, [str.__str__(items[i]) for i in indices], options))
+                    self._inputs.put((job, chunk, [str.__str__(items[i]) for i in indices], worker_options))
                 pending = set(range(len(chunks)))
                 with tqdm(total=len(items), desc="Embedding", unit="text", disable=not show) as bar:
                     while pending:

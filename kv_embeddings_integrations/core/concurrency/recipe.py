@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
+import torch
 from transformers import PreTrainedModel
 
+from ..call_options import CallOptions
 from ..config import EmbedderConfig
 from ..fitting.postprocessing import PostProcessor
 from ..outputs.lexical import LexicalStatistics
+from ..results import EmbedResult
 
-if TYPE_CHECKING:
-    from ..embedder import KVEmbedder
+
+class Replica(Protocol):
+    """What a worker needs of the embedder it rebuilt (a
+    [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder] is one)."""
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+    @property
+    def layers(self) -> Sequence[int]: ...
+    def embed_with(self, texts: Sequence[str], options: CallOptions) -> EmbedResult: ...
 
 
 @dataclasses.dataclass
@@ -23,8 +35,8 @@ class EmbedderRecipe:
     holds (a request queue, locks) has to pickle, and no worker re-runs layer selection.
 
     Attributes:
-        embedder_class: the class to rebuild (:class:`~kv_embeddings_integrations.KVEmbedder` or a
-            subclass); a class pickles by name, so this module needs no import of it.
+        embedder_class: the class to rebuild ([`KVEmbedder`][kv_embeddings_integrations.KVEmbedder]
+            or a subclass); a class pickles by name, so this module needs no import of it.
         model: the loaded causal LM.
         tokenizer: its tokenizer.
         config: the embedder's options.
@@ -35,7 +47,7 @@ class EmbedderRecipe:
             texts, they are not the config's to count again).
     """
 
-    embedder_class: type[KVEmbedder]
+    embedder_class: Callable[..., Replica]
     model: PreTrainedModel
     tokenizer: Any
     config: EmbedderConfig
@@ -44,7 +56,7 @@ class EmbedderRecipe:
     postprocessor: PostProcessor | None = None
     lexical_statistics: LexicalStatistics | None = None
 
-    def build(self) -> KVEmbedder:
+    def build(self) -> Replica:
         """The embedder, re-routing exactly :attr:`layers`, with the fitted post-processing."""
         # An empty list is not a valid `layers` option; None means "no re-routing", which is what
         # an empty selection means too (or the method does not re-route and ignores it anyway).
@@ -57,6 +69,6 @@ class EmbedderRecipe:
             lexical_statistics=self.lexical_statistics,
             layers=self.layers or None,
         )
-        if embedder.layers != self.layers:
+        if list(embedder.layers) != self.layers:
             raise RuntimeError(f"the rebuilt embedder re-routes layers {embedder.layers}, not {self.layers}")
         return embedder

@@ -17,19 +17,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from ..cache import ORIGIN_WORDS, cached_file, candidate_files, write_atomically
+from ..cache import ORIGIN_WORDS, cached_or_computed, write_atomically
 from ..calibration import builtin_calibration_texts
-from ..config import DEFAULT_SKIP_FRACTION, EmbedderConfig
-from ..identity import layer_selection_key
-
-if TYPE_CHECKING:
-    from ..resolved import ResolvedMethod
+from ..config import DEFAULT_SKIP_FRACTION
+from ..identity import FitSubject, layer_selection_key
 
 logger = logging.getLogger(__name__)
 
@@ -38,30 +35,14 @@ MIN_POINTS = 20
 # so the cached (and shipped) choices it made stop matching.
 
 
-class SelectableEmbedder(Protocol):
-    """What selection needs of an embedder (a :class:`~kv_embeddings_integrations.KVEmbedder` has it)."""
-
-    model: torch.nn.Module
-    name: str
-    num_layers: int
-    config: EmbedderConfig
-    resolved: ResolvedMethod
-
-    def template(self, prompt_type: str = "document") -> str: ...
+class SelectableEmbedder(FitSubject, Protocol):
+    """What selection needs of an embedder: a fit's subject that measures every layer's states (a
+    [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder] has it, and so has the plain
+    [`Fitting`][kv_embeddings_integrations.core.fitting.subject.Fitting] it is built with)."""
 
     def layer_states(
         self, texts: Sequence[str], *, prompt_type: str = "document", show_progress_bar: bool | None = None
     ) -> torch.Tensor: ...
-
-
-def resolve_layers(layers: list[int] | None, num_layers: int) -> list[int]:
-    """Validate an explicit ``layers`` list (``None``: no re-routing, an empty list)."""
-    if layers is None:
-        return []
-    bad = [i for i in layers if i >= num_layers]
-    if bad:
-        raise ValueError(f"layers {bad} out of range: the model has {num_layers} layers (0..{num_layers - 1})")
-    return list(layers)
 
 
 def twonn_dimension(points: ArrayLike | torch.Tensor, *, discard_fraction: float = 0.1) -> float:
@@ -224,26 +205,37 @@ def auto_select_layers(
                 f"layer selection needs at least {MIN_POINTS} distinct calibration texts, got {len(set(texts))}"
             )
     key = layer_selection_key(embedder, texts, rule)
-    if not recompute:
-        for path, origin in candidate_files("layer_selection", key, ".json"):
-            if (cached := _read_cache(path, key, embedder.num_layers, origin)) is not None:
-                where = ORIGIN_WORDS[origin]
-                logger.info("%s: re-routing layers %s, the choice %s", embedder.name, cached.layers, where)
-                logger.debug("layer selection read from %s", path)
-                return cached
-    logger.info(
-        "%s: choosing the layers to re-route by the intrinsic dimension of %d texts (once, then cached)",
-        embedder.name,
-        len(texts),
+
+    def compute() -> LayerSelection:
+        logger.info(
+            "%s: choosing the layers to re-route by the intrinsic dimension of %d texts (once, then cached)",
+            embedder.name,
+            len(texts),
+        )
+        start = time.perf_counter()
+        dimensions = layerwise_dimensions(embedder, texts, show_progress_bar=show_progress_bar)
+        layers = select_layers(dimensions, embedder.num_layers, **key["rule"])
+        seconds = time.perf_counter() - start
+        logger.info(
+            "selected layers %s for %s in %.1f s (calibration: %s)",
+            layers,
+            embedder.name,
+            seconds,
+            calibration,
+        )
+        return LayerSelection(layers, dimensions, calibration, len(texts), seconds, False, key)
+
+    selection, origin = cached_or_computed(
+        "layer_selection",
+        key,
+        ".json",
+        lambda path, origin: _read_cache(path, key, embedder.num_layers, origin),
+        compute,
+        _write_cache,
+        reuse=not recompute,
     )
-    start = time.perf_counter()
-    dimensions = layerwise_dimensions(embedder, texts, show_progress_bar=show_progress_bar)
-    layers = select_layers(dimensions, embedder.num_layers, **key["rule"])
-    selection = LayerSelection(layers, dimensions, calibration, len(texts), time.perf_counter() - start, False, key)
-    logger.info(
-        "selected layers %s for %s in %.1f s (calibration: %s)", layers, embedder.name, selection.seconds, calibration
-    )
-    _write_cache(cached_file("layer_selection", key, ".json"), selection)
+    if origin != "computed":
+        logger.info("%s: re-routing layers %s, the choice %s", embedder.name, selection.layers, ORIGIN_WORDS[origin])
     return selection
 
 

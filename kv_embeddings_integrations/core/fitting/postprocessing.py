@@ -11,17 +11,22 @@ default's fit for its bundled models (see :mod:`~kv_embeddings_integrations.core
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ..cache import ORIGIN_WORDS, cached_file, candidate_files, read_keyed_tensors, write_keyed_tensors
-from ..identity import postprocess_texts, postprocessing_key
-
-if TYPE_CHECKING:
-    from ..embedder import KVEmbedder
+from ..cache import (
+    ORIGIN_WORDS,
+    cached_file,
+    cached_or_computed,
+    candidate_files,
+    read_keyed_tensors,
+    write_keyed_tensors,
+)
+from ..identity import FitSubject, postprocess_texts, postprocessing_key
 
 logger = logging.getLogger(__name__)
 
@@ -134,33 +139,47 @@ def save(path: Path, key: dict[str, Any], processor: PostProcessor) -> None:
     write_keyed_tensors(path, key, processor.tensors())
 
 
-def processor_for(embedder: KVEmbedder, given: PostProcessor | None = None) -> PostProcessor | None:
-    """The post-processing ``embedder``'s resolved method asks for: fitted on its fitting texts
-    through the embedder itself (its layers chosen, no post-processing yet), or read from the cache.
+def processor_for(
+    subject: FitSubject, vectors: Callable[[list[str]], np.ndarray], given: PostProcessor | None = None
+) -> PostProcessor | None:
+    """The post-processing ``subject``'s resolved method asks for: read from the cache, else
+    fitted on its fitting texts' ``vectors``.
 
     Args:
-        embedder: the otherwise built embedder.
+        subject: the model and method, its layers chosen.
+        vectors: the unit vectors of texts embedded with the document prompt, before any
+            post-processing (run only when no cached fit matches).
         given: an already fitted post-processing to use instead (must be of the asked kind).
 
     Returns:
         the post-processing, or ``None`` when the method asks for none.
     """
-    kind = embedder.resolved.postprocess
+    kind = subject.resolved.postprocess
     if kind == "none":
         return None
     if given is not None:
         if given.kind != kind:
             raise ValueError(f"postprocessor is {given.kind!r}, the config asks {kind!r}")
         return given
-    texts = postprocess_texts(embedder.config)
+    texts = postprocess_texts(subject.config)
     if len(set(texts)) < MIN_TEXTS:
         raise ValueError(f"post-processing needs at least {MIN_TEXTS} distinct texts to fit, got {len(set(texts))}")
-    key = postprocessing_key(embedder, texts)
-    cached = lookup(key, embedder.name)
-    if cached is not None:
-        return cached
-    logger.info("%s: fitting the %s post-processing on %d texts (once, then cached)", embedder.name, kind, len(texts))
-    vectors = embedder.embed(texts, postprocess=False).vectors
-    processor = fit(vectors, kind, embedder.resolved.dimensions)
-    save(cache_path(key), key, processor)
+    key = postprocessing_key(subject, texts)
+
+    def compute() -> PostProcessor:
+        logger.info(
+            "%s: fitting the %s post-processing on %d texts (once, then cached)", subject.name, kind, len(texts)
+        )
+        return fit(vectors(texts), kind, subject.resolved.dimensions)
+
+    processor, origin = cached_or_computed(
+        "postprocessing",
+        key,
+        ".safetensors",
+        lambda path, _: load(path, key),
+        compute,
+        lambda path, p: save(path, key, p),
+    )
+    if origin != "computed":
+        logger.info("%s: %s post-processing, the fit %s", subject.name, processor.kind, ORIGIN_WORDS[origin])
     return processor

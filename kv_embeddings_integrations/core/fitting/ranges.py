@@ -9,15 +9,15 @@ refits. Saved as safetensors with the key in the file's metadata, checked on rea
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..cache import ORIGIN_WORDS, cached_file, candidate_files, read_keyed_tensors, write_keyed_tensors
-from ..identity import postprocess_texts, postprocessing_key
+import numpy as np
+
+from ..cache import ORIGIN_WORDS, cached_or_computed, read_keyed_tensors, write_keyed_tensors
+from ..identity import FitSubject, postprocess_texts, postprocessing_key
 from ..outputs.quantization import MIN_TEXTS, QuantizationRanges, fit_ranges
-
-if TYPE_CHECKING:
-    from ..embedder import KVEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 RANGES_VERSION = 1
 
 
-def ranges_key(embedder: KVEmbedder) -> dict[str, Any]:
+def ranges_key(embedder: FitSubject) -> dict[str, Any]:
     """What the ranges depend on: everything the post-processing fit does (whatever its kind), the
     fitting texts included, and the ranges' own version."""
     key = {"ranges_version": RANGES_VERSION, **postprocessing_key(embedder, postprocess_texts(embedder.config))}
@@ -42,18 +42,25 @@ def load(path: Path, key: dict[str, Any]) -> QuantizationRanges | None:
     )
 
 
-def ranges_for(embedder: KVEmbedder) -> QuantizationRanges:
-    """``embedder``'s int8 / uint8 ranges: read from the cache (or the package's shipped files), else
-    fitted on its post-processing texts (document prompt, final normalised vectors) and cached."""
-    key = ranges_key(embedder)
-    for path, origin in candidate_files("quantization", key, ".safetensors"):
-        if (ranges := load(path, key)) is not None:
-            logger.info("%s: int8 ranges %s", embedder.name, ORIGIN_WORDS[origin])
-            return ranges
-    texts = postprocess_texts(embedder.config)
-    if len(set(texts)) < MIN_TEXTS:
-        raise ValueError(f"quantization ranges need at least {MIN_TEXTS} distinct texts to fit, got {len(set(texts))}")
-    logger.info("%s: fitting int8 ranges on %d texts (once, then cached)", embedder.name, len(texts))
-    ranges = fit_ranges(embedder.embed(texts).vectors)
-    write_keyed_tensors(cached_file("quantization", key, ".safetensors"), key, {"low": ranges.low, "high": ranges.high})
+def ranges_for(subject: FitSubject, vectors: Callable[[list[str]], np.ndarray]) -> QuantizationRanges:
+    """``subject``'s int8 / uint8 ranges: read from the cache (or the package's shipped files), else
+    fitted on the final normalised ``vectors`` of its post-processing texts (document prompt) and cached."""
+    key = ranges_key(subject)
+
+    def compute() -> QuantizationRanges:
+        texts = postprocess_texts(subject.config)
+        if len(set(texts)) < MIN_TEXTS:
+            raise ValueError(
+                f"quantization ranges need at least {MIN_TEXTS} distinct texts to fit, got {len(set(texts))}"
+            )
+        logger.info("%s: fitting int8 ranges on %d texts (once, then cached)", subject.name, len(texts))
+        return fit_ranges(vectors(texts))
+
+    def write(path: Path, ranges: QuantizationRanges) -> None:
+        write_keyed_tensors(path, key, {"low": ranges.low, "high": ranges.high})
+
+    read = lambda path, _: load(path, key)  # noqa: E731 - the origin does not matter here
+    ranges, origin = cached_or_computed("quantization", key, ".safetensors", read, compute, write)
+    if origin != "computed":
+        logger.info("%s: int8 ranges %s", subject.name, ORIGIN_WORDS[origin])
     return ranges

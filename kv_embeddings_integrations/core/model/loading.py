@@ -261,3 +261,30 @@ def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
         {k: v for k, v in options.items() if k in loading},
         {k: v for k, v in options.items() if k in embedding},
     )
+
+
+def load_for_embedding(
+    model: str | os.PathLike[str] | LoadOptions, config: Any, options: Mapping[str, Any]
+) -> tuple[Any, Any, EmbedderConfig, str, LoadOptions]:
+    """What ``KVEmbedder.from_pretrained`` builds an embedder of: ``options`` split into loading
+    and embedder options (bad ones fail before a long load), then the model loaded.
+
+    Args:
+        model: a hub id, a local directory, a bundled alias or a ``LoadOptions``.
+        config: an ``EmbedderConfig`` the embedder options override, a transformers config (handed
+            to ``AutoModel.from_pretrained``) or ``None``.
+        options: loading and embedder options by name.
+
+    Returns:
+        ``(model, tokenizer, config, name, load_options)``, the name as the caller wrote it (a
+        relative directory stays relative in messages).
+    """
+    loading, embedding = split_options(options)
+    if config is not None and not isinstance(config, EmbedderConfig):
+        # Not ours: a transformers config, which LoadOptions hands to AutoModel.from_pretrained.
+        loading["config"], config = config, None
+    config = config.with_options(**embedding) if config is not None else EmbedderConfig(**embedding)
+    load = LoadOptions.of(model, **loading)
+    hf_model, tokenizer = load.load()
+    name = load.model if isinstance(model, LoadOptions) else os.fspath(model)
+    return hf_model, tokenizer, config, name, load

@@ -30,11 +30,13 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..cache import ORIGIN_WORDS, cached_file, candidate_files, read_keyed_tensors, texts_digest, write_keyed_tensors
+from ..cache import ORIGIN_WORDS, cached_or_computed, read_keyed_tensors, texts_digest, write_keyed_tensors
+from .sparse import SparseVectors
 
 logger = logging.getLogger(__name__)
 
@@ -247,17 +249,24 @@ def statistics_for(
 ) -> LexicalStatistics:
     """The statistics for ``key``: the user's cached ones, else the package's shipped ones, else
     counted on ``texts`` (tokenized by ``tokenize``, lower-cased as the key says) and cached."""
-    for path, origin in candidate_files("lexical", key, ".safetensors"):
+
+    def read(path: Path, origin: str) -> LexicalStatistics | None:
         found = read_keyed_tensors(path, key, LexicalStatistics.from_tensors, "lexical-statistics")
-        if found is not None and found.document_frequency.shape == (vocab_size,):
-            logger.info("%s: lexical statistics %s", name, ORIGIN_WORDS[origin])
-            return found
-    if not texts:
-        raise ValueError("lexical statistics need at least one text to count")
-    logger.info("%s: counting lexical statistics on %d texts (once, then cached)", name, len(texts))
-    sample = [t.lower() for t in texts] if key["lowercase"] else list(texts)
-    statistics = fit_statistics(tokenize(sample), vocab_size)
-    write_keyed_tensors(cached_file("lexical", key, ".safetensors"), key, statistics.tensors())
+        return found if found is not None and found.document_frequency.shape == (vocab_size,) else None
+
+    def count() -> LexicalStatistics:
+        if not texts:
+            raise ValueError("lexical statistics need at least one text to count")
+        logger.info("%s: counting lexical statistics on %d texts (once, then cached)", name, len(texts))
+        sample = [t.lower() for t in texts] if key["lowercase"] else list(texts)
+        return fit_statistics(tokenize(sample), vocab_size)
+
+    def write(path: Path, statistics: LexicalStatistics) -> None:
+        write_keyed_tensors(path, key, statistics.tensors())
+
+    statistics, origin = cached_or_computed("lexical", key, ".safetensors", read, count, write)
+    if origin != "computed":
+        logger.info("%s: lexical statistics %s", name, ORIGIN_WORDS[origin])
     return statistics
 
 
@@ -325,6 +334,29 @@ class LexicalChannel:
             idf = self.statistics.idf
             return [weighted_query(row, idf) for row in sparse]
         return list(sparse)
+
+    def text_rows(
+        self,
+        texts: Sequence[str],
+        side: str,
+        tokenize: Callable[[list[str]], list[list[int]]],
+        sparse: SparseVectors | None = None,
+    ) -> list[SparseRow]:
+        """:meth:`rows` of texts: BM25 counts their tokens (lower-cased if it says so, by
+        ``tokenize``), ``sparse`` weighs their sparse vectors from the same pass, one per text."""
+        if self.kind == "bm25":
+            return self.rows(side, token_ids=tokenize([t.lower() for t in texts] if self.lowercase else list(texts)))
+        if sparse is None or len(sparse) != len(texts):
+            raise ValueError("lexical='sparse' needs the texts' sparse vectors from the same pass, one per text")
+        return self.rows(side, sparse=list(zip(sparse.indices, sparse.values, strict=True)))
+
+    def sparse_vectors(self, rows: Sequence[SparseRow], side: str, vocab_size: int) -> SparseVectors:
+        """``rows`` as a sparse store's vectors: documents' unit-length, queries' as they are
+        (IDF-weighted), so a store's dot product is the exact lexical cosine."""
+        rows = unit(rows) if side == "document" else list(rows)
+        return SparseVectors(
+            tuple(ids for ids, _ in rows), tuple(values.astype(np.float32) for _, values in rows), vocab_size
+        )
 
     def vectors(self, dense: np.ndarray, rows: Sequence[SparseRow], side: str) -> np.ndarray:
         """The one vectors: ``dense`` (unit rows) and the sketched ``rows``, joined for ``side``."""

@@ -20,6 +20,8 @@ recipe is to shortlist by Hamming distance and rescore the shortlist with float3
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -105,6 +107,39 @@ class QuantizationRanges:
         levels: np.ndarray = quantized.astype(np.float32) + (128.0 if precision == "int8" else 0.0)
         out: np.ndarray = (levels * self.steps + self.low).astype(np.float32)
         return out
+
+
+class RangesOnDemand:
+    """An embedder's int8 / uint8 ranges: fitted by ``fit`` on first use (once, whatever the
+    threads), or set from elsewhere (Ray hands its actors the driver's), and forgotten when what
+    they cover changes.
+
+    Args:
+        fit: fits (or reads from the cache) the ranges.
+    """
+
+    def __init__(self, fit: Callable[[], QuantizationRanges]) -> None:
+        self._fit = fit
+        self._ranges: QuantizationRanges | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> QuantizationRanges:
+        with self._lock:
+            if self._ranges is None:
+                self._ranges = self._fit()
+            return self._ranges
+
+    def set(self, ranges: QuantizationRanges, dimension: int) -> None:
+        if ranges.low.shape != (dimension,) or ranges.high.shape != (dimension,):
+            raise ValueError(
+                f"quantization ranges of shape {ranges.low.shape}, this embedder has {dimension} dimensions"
+            )
+        with self._lock:
+            self._ranges = ranges
+
+    def forget(self) -> None:
+        with self._lock:
+            self._ranges = None
 
 
 def fit_ranges(vectors: np.ndarray) -> QuantizationRanges:

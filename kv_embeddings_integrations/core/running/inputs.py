@@ -97,12 +97,6 @@ def texts_to_embed(texts: str | Iterable[str], empty_text: str = "embed") -> tup
     return prepare_texts(check_texts(texts), empty_text, stacklevel=4), False
 
 
-def check_positive_int(name: str, value: int | None) -> None:
-    """``value`` must be ``None`` or a positive int (not a bool)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def repair_surrogates(text: str) -> str:
     """``text`` with unpaired surrogates replaced by U+FFFD (valid surrogate pairs are joined); a
     :class:`TokenIds` stays one, its ids unchanged (only its text is repaired)."""

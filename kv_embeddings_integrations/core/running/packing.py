@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import TYPE_CHECKING
 
 import torch
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..method import rerouting
 from .tokenization import TokenBatch
-
-if TYPE_CHECKING:
-    from ..embedder import KVEmbedder
 
 
 def packed_positions(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,9 +55,15 @@ def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
 
 
 def packed_forward(
-    embedder: KVEmbedder, batch: TokenBatch, output_hidden_states: bool, layers: list[int], pad_token_id: int
+    model: PreTrainedModel,
+    decoder: PreTrainedModel,
+    batch: TokenBatch,
+    output_hidden_states: bool,
+    layers: list[int],
+    bias: float,
+    pad_token_id: int,
 ) -> BaseModelOutputWithPast:
-    """The embedder's ``forward`` without padding: the batch's texts packed into as few rows as fit
+    """One decoder pass without padding: the batch's texts packed into as few rows as fit
     its width (:func:`pack_rows`), each row's unused tail a sequence of its own, then scattered
     back into the batch's left-padded layout, so pooling reads them as it reads a padded pass.
     ``pad_token_id`` fills the rows' unused tails (the padding ``collate`` uses)."""
@@ -85,14 +88,10 @@ def packed_forward(
         positions.append(row_positions[0])
         ends.append(row_ends[0])
     segment_ends = torch.stack(ends).to(device)
-    routing = (
-        rerouting.reroute(embedder.model, layers, embedder.config.bias, segment_ends=segment_ends)
-        if layers
-        else contextlib.nullcontext()
-    )
+    routing = rerouting.reroute(model, layers, bias, segment_ends=segment_ends) if layers else contextlib.nullcontext()
     with torch.inference_mode(), routing:
         # No attention mask: transformers masks the sequences apart from the restarting positions.
-        out: BaseModelOutputWithPast = embedder.decoder(
+        out: BaseModelOutputWithPast = decoder(
             input_ids=torch.stack(ids),
             position_ids=torch.stack(positions).to(device),
             use_cache=False,

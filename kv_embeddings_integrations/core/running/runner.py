@@ -1,13 +1,19 @@
 """The batched forward pass behind every embedding call.
 
-:class:`BatchRunner` turns tokenized texts into pooled vectors: it plans length-sorted batches,
-runs each through the (re-routed) model and pools it, splits texts longer than ``max_length``
-into pieces when asked (``long_text="chunk_mean"``), halves a batch that runs out of memory,
-re-runs a half-precision batch that overflowed in a float32 copy of the model, and collects the
-sparse lexical vectors computed in the same pass. The embedder holds one as ``embedder.runner``.
+[`BatchRunner`][kv_embeddings_integrations.core.running.runner.BatchRunner] turns tokenized texts
+into pooled vectors: it plans length-sorted batches, runs each through the (re-routed) model as its
+[`ForwardPlan`][kv_embeddings_integrations.core.running.forward.ForwardPlan] says and pools it,
+splits texts longer than ``max_length`` into pieces when asked (``long_text="chunk_mean"``), halves
+a batch that runs out of memory, re-runs a half-precision batch that overflowed in a float32 copy
+of the model, and collects the sparse lexical vectors computed in the same pass. The embedder
+holds one as ``embedder.runner``; it takes the model, its decoder, the plan and the pad id, and
+nothing of the embedder above it.
 
-Its seam is :meth:`BatchRunner.forward`, one batch through the model, pooled: everything else
-calls it through the instance, so a test (or a profiler) can wrap or replace it there.
+Its seams are [`BatchRunner.forward`][kv_embeddings_integrations.core.running.runner.BatchRunner.forward]
+(one batch through the model, pooled) and
+[`BatchRunner.model_forward`][kv_embeddings_integrations.core.running.runner.BatchRunner.model_forward]
+(one decoder pass): everything else calls them through the instance, so a test (or a profiler)
+can wrap or replace them there.
 """
 
 from __future__ import annotations
@@ -16,39 +22,28 @@ import copy
 import dataclasses
 import threading
 import warnings
-import weakref
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from ..method import rerouting, token_prepending
 from ..outputs import sparse as sparse_vectors
 from ..outputs.sparse import SparseVectors
 from ..results import EmbedResult
 from .batching import plan_batches
+from .forward import ForwardPlan, decoder_forward, decoder_of
 from .pooling import pool_hidden_states
-from .tokenization import EncodedText, PromptTokenizer, TokenBatch
-
-if TYPE_CHECKING:
-    from ..embedder import KVEmbedder
+from .tokenization import EncodedText, PromptTokenizer, TokenBatch, collate
 
 # Rows per batch when neither a batch size nor a token budget bounds them.
 DEFAULT_BATCH_SIZE = 32
 # A progress bar is shown (when not asked either way) for jobs of more batches than this.
 PROGRESS_BAR_MIN_BATCHES = 10
-
-# One pass of the decoder with re-routing on: ``(batch, output_hidden_states=...)`` -> its output
-# (``last_hidden_state``, and ``hidden_states`` if asked).
-ModelForward = Callable[..., Any]
-
-
-class HasRunner(Protocol):
-    """What holds a runner (an embedder), keeping alive what the runner's callables reach weakly."""
-
-    runner: BatchRunner
 
 
 def release_memory() -> None:
@@ -66,13 +61,10 @@ class BatchRunner:
 
     Args:
         model: the loaded model (for its dtype, LM head and float32 copies).
-        prompt_tokenizer: the embedder's tokenizer of prompted texts.
-        model_forward: one decoder pass of a batch with the embedder's re-routing and Token
-            Prepending (the embedder's ``forward``).
-        collate: left-pads encoded texts into a batch on the model's input device.
-        float32_twin: given a float32 copy of ``model``, what holds a runner over it with the same
-            settings (the embedder rebuilt on it), used once a half-precision batch overflowed and
-            dropped after that batch.
+        decoder: its decoder stack, which the passes run.
+        prompt_tokenizer: the tokenizer of prompted texts.
+        plan: the re-routing, Token Prepending and packing of every pass.
+        pad_token_id: the id that left-pads a batch.
         hidden_size: the model's hidden size.
         num_layers: the model's decoder layers.
         output_layer: the pooled layer, 0-based.
@@ -87,11 +79,11 @@ class BatchRunner:
     def __init__(
         self,
         model: PreTrainedModel,
+        decoder: PreTrainedModel,
         prompt_tokenizer: PromptTokenizer,
+        plan: ForwardPlan,
+        pad_token_id: int,
         *,
-        model_forward: ModelForward,
-        collate: Callable[[list[EncodedText]], TokenBatch],
-        float32_twin: Callable[[PreTrainedModel], HasRunner],
         hidden_size: int,
         num_layers: int,
         output_layer: int,
@@ -102,10 +94,10 @@ class BatchRunner:
         chunk_mean: bool,
     ) -> None:
         self.model = model
+        self.decoder = decoder
         self.prompt_tokenizer = prompt_tokenizer
-        self.model_forward = model_forward
-        self.collate = collate
-        self.float32_twin = float32_twin
+        self.plan = plan
+        self.pad_token_id = pad_token_id
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.output_layer = output_layer
@@ -116,6 +108,48 @@ class BatchRunner:
         self.chunk_mean = chunk_mean
         # One float32 copy of the model at a time: concurrent overflows would each hold one.
         self.float32_lock = threading.Lock()
+
+    def with_plan(self, plan: ForwardPlan) -> BatchRunner:
+        """The same runner over the same model with another plan (once the layers are chosen)."""
+        runner = copy.copy(self)
+        runner.plan = plan
+        runner.float32_lock = threading.Lock()
+        return runner
+
+    def _over(self, model: PreTrainedModel) -> BatchRunner:
+        """The same runner over another copy of the model (its float32 twin)."""
+        if self.plan.layers:
+            rerouting.install(model)
+        runner = self.with_plan(self.plan)
+        runner.model, runner.decoder = model, decoder_of(model)
+        if self.plan.prepend_layers is not None:
+            token_prepending.install(runner.decoder)
+        return runner
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the device of the input embeddings."""
+        embeddings: torch.nn.Module = self.decoder.get_input_embeddings()
+        return cast(torch.Tensor, embeddings.weight).device
+
+    def collate(self, encoded: list[EncodedText]) -> TokenBatch:
+        """Left-pad tokenized texts into one batch on the model's input device."""
+        return collate(encoded, self.pad_token_id, self.device)
+
+    def model_forward(
+        self, batch: TokenBatch, *, output_hidden_states: bool = False, layers: list[int] | None = None
+    ) -> BaseModelOutputWithPast:
+        """One decoder pass of ``batch`` as the plan says, re-routing ``layers`` (default: the
+        plan's; ``[]``: none): [`decoder_forward`][kv_embeddings_integrations.core.running.forward.decoder_forward]."""
+        return decoder_forward(
+            self.model,
+            self.decoder,
+            self.plan,
+            batch,
+            self.pad_token_id,
+            output_hidden_states=output_hidden_states,
+            layers=layers,
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -193,6 +227,7 @@ class BatchRunner:
         with self.progress(len(encoded), batch_size, show, "Layer states") as bar:
             for indices, batch in self.batches(encoded, batch_size):
                 out = self.model_forward(batch, output_hidden_states=True, layers=layers)
+                assert out.hidden_states is not None  # asked for
                 # hidden_states[0] is the embedding output; [l + 1] is layer l's output.
                 states[indices] = torch.stack([h[:, -1].float().cpu() for h in out.hidden_states[1:]], dim=1)
                 bar.update(len(indices))
@@ -317,12 +352,11 @@ class BatchRunner:
     def _in_float32(self, batch: TokenBatch) -> torch.Tensor:
         """The batch's vectors from a float32 copy of the model (made for this call, then dropped)."""
         with self.float32_lock:
-            model = copy.deepcopy(self.model).float()
-            twin = self.float32_twin(model)
+            twin = self._over(copy.deepcopy(self.model).float())
             try:
-                return twin.runner._splitting(batch).float().cpu()
+                return twin._splitting(batch).float().cpu()
             finally:
-                del twin, model
+                del twin
 
     def _splitting(
         self,
@@ -353,15 +387,15 @@ class BatchRunner:
         parts = (batch.rows(0, half), batch.rows(half, rows))
         return torch.cat([self._splitting(part, compute, doing) for part in parts])
 
-    def hidden(self, batch: TokenBatch) -> tuple[Any, torch.Tensor]:
+    def hidden(self, batch: TokenBatch) -> tuple[BaseModelOutputWithPast, torch.Tensor]:
         """One decoder pass of the batch: its output and the states of the pooled layer, the model's
         ``last_hidden_state`` (after the final norm) when that is the last layer."""
-        if self.output_layer == self.num_layers - 1:
-            out = self.model_forward(batch)
-            return out, out.last_hidden_state
+        last = self.output_layer == self.num_layers - 1
+        out = self.model_forward(batch, output_hidden_states=not last)
         # hidden_states[0] is the embedding output; [l + 1] is layer l's (no final norm).
-        out = self.model_forward(batch, output_hidden_states=True)
-        return out, out.hidden_states[self.output_layer + 1]
+        states = out.last_hidden_state if last else out.hidden_states[self.output_layer + 1]  # type: ignore[index]
+        assert states is not None
+        return out, states
 
     def forward(self, batch: TokenBatch) -> torch.Tensor:
         """One batch through the model, pooled: the seam every embedding pass goes through.
@@ -385,31 +419,10 @@ class BatchRunner:
             return pooled
         head = sparse_vectors.lm_head_weight(self.model)
         softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        assert out.last_hidden_state is not None
         state = out.last_hidden_state[:, -1].to(head.device)
         with torch.inference_mode():
             weights = sparse_vectors.lexical_weights(
                 state, head, batch.input_ids.to(head.device), batch.text_mask.to(head.device), softcap
             )
         return torch.cat([pooled, weights.to(pooled.device)], dim=1)
-
-
-def runner_for(embedder: KVEmbedder, prompt_tokenizer: PromptTokenizer) -> BatchRunner:
-    """The runner of ``embedder``'s forward passes (one per process: it holds a lock)."""
-    # Weak, so no reference cycle keeps a dropped embedder's model alive until a GC pass;
-    # looked up at each pass, so a wrapped or patched ``forward`` sees every pass.
-    owner = weakref.proxy(embedder)
-    return BatchRunner(
-        embedder.model,
-        prompt_tokenizer,
-        model_forward=lambda batch, **kwargs: owner.forward(batch, **kwargs),
-        collate=lambda encoded: owner.collate(encoded),
-        float32_twin=lambda model: dataclasses.replace(owner.recipe(), model=model).build(),
-        hidden_size=embedder.hidden_size,
-        num_layers=embedder.num_layers,
-        output_layer=embedder.output_layer,
-        pooling=embedder.pooling,
-        mean_scope=embedder.mean_scope,
-        max_length=embedder.max_length,
-        max_tokens_per_batch=embedder.config.max_tokens_per_batch,
-        chunk_mean=embedder.config.long_text == "chunk_mean",
-    )
