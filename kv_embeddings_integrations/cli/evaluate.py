@@ -16,7 +16,8 @@ from .errors import CLIError
 from .options import add_field_option, add_load_options, literal_choices, load_options
 
 if TYPE_CHECKING:
-    from ..evaluation.runner import Encoder, Task
+    from ..evaluation.data import Task
+    from ..evaluation.encoders import Encoder
 
 NAME = "eval"
 HELP = "score methods on STS / retrieval / classification data (Markdown, JSON, PNG)"

@@ -14,19 +14,13 @@ from .data import (
     load_sts,
     subsample,
 )
+from .kv_encoder import kv_variants
 from .metrics import classification_accuracy, exact_search, mrr_at_k, retrieval_scores, sts_spearman, undersample
+from .references import BM25Reference, SentenceTransformerReference
 from .report import plot, to_markdown, write_json, write_report
-from .runner import (
-    BM25Reference,
-    Evaluation,
-    SentenceTransformerReference,
-    TaskResult,
-    evaluate_task,
-    evaluate_task_rows,
-    kv_variants,
-    parse_variants,
-    run_evaluation,
-)
+from .results import Evaluation, TaskResult
+from .runner import evaluate_task, evaluate_task_rows, run_evaluation
+from .variants import parse_variants
 
 __all__ = [
     "BM25Reference",

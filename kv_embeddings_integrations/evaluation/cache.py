@@ -124,9 +124,9 @@ def cached_encode_sparse(
     texts: Sequence[str],
     cache: EmbeddingCache | None,
 ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], int]:
-    """:func:`cached_encode` for dense and sparse vectors together: a text missing either is embedded
-    again (one pass gives both). Returns the vectors, the ``(ids, weights)`` rows and how many texts
-    were embedded."""
+    """[`cached_encode`][kv_embeddings_integrations.evaluation.cache.cached_encode] for dense and
+    sparse vectors together: a text missing either is embedded again (one pass gives both). Returns
+    the vectors, the ``(ids, weights)`` rows and how many texts were embedded."""
     unique = list(dict.fromkeys(texts))
     dense = cache.get(unique) if cache is not None else {}
     sparse = cache.get_sparse(unique) if cache is not None else {}

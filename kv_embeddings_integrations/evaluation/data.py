@@ -58,6 +58,10 @@ class ClassificationTask:
     kind: str = field(default="classification", init=False)
 
 
+# Every kind of task the runner scores (one evaluator each, under ``evaluation/tasks/``).
+Task = STSTask | RetrievalTask | ClassificationTask
+
+
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
         raise DataFormatError(f"{what} not found: {path}")
@@ -271,7 +275,7 @@ def load_classification(
     return ClassificationTask(name or path.name, tables["train"][0], tables["train"][1], *tables["test"][:2])
 
 
-def subsample(task: STSTask | RetrievalTask | ClassificationTask, size: int, seed: int = 0):
+def subsample(task: Task, size: int, seed: int = 0) -> Task:
     """A fixed random part of ``task`` for quick sweeps (the same for every method and run).
 
     STS: ``size`` pairs. Classification: ``size`` test texts (the train split is kept: the

@@ -3,8 +3,10 @@
 - ``float16`` / ``int8`` / ``uint8``: cosine of the stored numbers (what a vector store computes on
   an int8 column; no dequantization).
 - ``binary`` / ``ubinary``: minus the Hamming distance of the packed bits; for retrieval also a
-  second row, shortlisting each query's top :data:`RESCORE_TOP` documents by Hamming distance and
-  ranking them by float32 cosine (the float32 vectors kept off the index, read for the shortlist).
+  second row, shortlisting each query's top
+  [`RESCORE_TOP`][kv_embeddings_integrations.evaluation.precision.RESCORE_TOP] documents by
+  Hamming distance and ranking them by float32 cosine (the float32 vectors kept off the index,
+  read for the shortlist).
 
 Each row names the bytes a vector takes in that precision.
 """
@@ -17,12 +19,13 @@ import numpy as np
 
 from ..core.outputs import fusion
 from ..core.outputs.quantization import bytes_per_vector, check_precision, hamming_scores, unpack_bits
+from .data import RetrievalTask, STSTask
 from .metrics import _unit, matrix_scores, sts_spearman
+from .results import Row
 
 RESCORE_TOP = 100
+"""Documents a binary precision shortlists per query, reranked by float32 cosine."""
 BINARY = frozenset({"binary", "ubinary"})
-
-Row = tuple[str, str, dict[str, float]]
 
 
 def _scores(queries: np.ndarray, docs: np.ndarray, precision: str) -> np.ndarray:
@@ -38,7 +41,7 @@ def _what(precision: str, dimension: int) -> str:
 
 
 def sts_rows(
-    precisions: Sequence[str], quantize: Callable[[np.ndarray, str], np.ndarray], vectors: np.ndarray, task
+    precisions: Sequence[str], quantize: Callable[[np.ndarray, str], np.ndarray], vectors: np.ndarray, task: STSTask
 ) -> list[Row]:
     """One row per precision of an STS task's final ``vectors`` (sentences1 then sentences2)."""
     from scipy.stats import spearmanr  # the eval extra, as sts_spearman's
@@ -63,10 +66,11 @@ def retrieval_rows(
     quantize: Callable[[np.ndarray, str], np.ndarray],
     queries: np.ndarray,
     docs: np.ndarray,
-    task,
+    task: RetrievalTask,
 ) -> list[Row]:
     """One row per precision of a retrieval task's final vectors, and for binary ones a second row
-    with the top :data:`RESCORE_TOP` by Hamming distance reranked by float32 cosine."""
+    with the top [`RESCORE_TOP`][kv_embeddings_integrations.evaluation.precision.RESCORE_TOP] by Hamming
+    distance reranked by float32 cosine."""
     doc_ids, query_ids = list(task.corpus), list(task.queries)
     exact = _unit(queries) @ _unit(docs).T  # the float32 cosines binary shortlists are reranked by
     rows: list[Row] = []

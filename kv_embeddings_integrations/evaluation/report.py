@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..core.extras import require
-from .runner import MAIN_SCORE, Evaluation
+from .results import MAIN_SCORE, Evaluation
 
 _SCORE_NAMES = {"spearman": "Spearman", "ndcg_at_10": "nDCG@10", "accuracy": "accuracy"}
 

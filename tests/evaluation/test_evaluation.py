@@ -251,8 +251,9 @@ def test_cached_encode_embeds_each_distinct_text_once(tmp_path):
 
 
 def _dense(spec: str) -> list[tuple[str, dict]]:
-    """:func:`parse_variants` with the dense vectors alone (no lexical half): what these tests check
-    the scores of, against the core's own dense vectors (the lexical half: tests/core/test_lexical.py)."""
+    """[`parse_variants`][kv_embeddings_integrations.evaluation.variants.parse_variants] with the dense
+    vectors alone (no lexical half): what these tests check the scores of, against the core's own
+    dense vectors (the lexical half: tests/core/test_lexical.py)."""
     return [(label, {**options, "lexical": "none"}) for label, options in parse_variants(spec)]
 
 

@@ -32,8 +32,9 @@ from kv_embeddings_integrations.core.calibration import builtin_calibration_text
 from kv_embeddings_integrations.core.fitting.postprocessing import fit
 from kv_embeddings_integrations.core.outputs import lexical
 from kv_embeddings_integrations.evaluation import load_retrieval
+from kv_embeddings_integrations.evaluation.embeddings import Embeddings as _Embeddings
+from kv_embeddings_integrations.evaluation.embeddings import kv_variants, parse_variants
 from kv_embeddings_integrations.evaluation.metrics import matrix_scores
-from kv_embeddings_integrations.evaluation.runner import _Embeddings, kv_variants, parse_variants
 
 EVALDATA = Path(__file__).resolve().parents[4] / "shared" / "evaldata"
 WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7)
