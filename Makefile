@@ -73,12 +73,14 @@ lint-run:
 
 # The documentation site (mkdocs.yml, docs/, the API reference from the docstrings) into site/.
 # --strict: a broken link or anchor between pages, or an API reference that no longer resolves,
-# fails the build. NO_MKDOCS_2_WARNING: the theme's end-of-life notice, not a problem of this site.
+# fails the build; scripts/check_site.py then fails on a page that shows a Sphinx role as text or
+# loads anything (a font, a script) from outside the site. NO_MKDOCS_2_WARNING: the theme's end-of-life notice, not a problem of this site.
 docs: install-dev ## Build the documentation site into site/ (strict).
 	@$(MAKE) --no-print-directory docs-run
 
 docs-run:
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+	$(BIN)/python scripts/check_site.py site
 
 # Whole test files go to a worker (--dist loadfile), so a module's server or Ray starts once.
 test: lint docs ## What CI runs: lint, the docs build, then the whole suite.

@@ -1,5 +1,6 @@
 """The ``kv-embed`` command line: one module per command (its options beside its handler),
-the shared options in :mod:`.options`, the program in :mod:`.app`."""
+the shared options in [`options`][kv_embeddings_integrations.cli.options], the program in
+[`app`][kv_embeddings_integrations.cli.app]."""
 
 from __future__ import annotations
 

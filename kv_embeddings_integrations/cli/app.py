@@ -1,9 +1,11 @@
 """The ``kv-embed`` program: the top-level parser, built from the registry of command modules, and
 the dispatch to the chosen command's handler.
 
-Each command is one module of this package exposing :class:`Command`: its ``NAME`` and ``HELP``,
+Each command is one module of this package exposing [`Command`][kv_embeddings_integrations.cli.app.Command]: its
+``NAME`` and ``HELP``,
 ``configure`` (its options) and ``run`` (its handler). Adding a command is adding its module to
-:data:`COMMANDS`; the handler a parse chose travels in the namespace (``args.handler``).
+[`COMMANDS`][kv_embeddings_integrations.cli.app.COMMANDS]; the handler a parse chose travels in the namespace
+(``args.handler``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class Command(Protocol):
         """Add the command's options and arguments to its subparser."""
 
     def run(self, args: argparse.Namespace) -> None:
-        """Do the command; raise :class:`CLIError` for a user's mistake."""
+        """Do the command; raise [`CLIError`][kv_embeddings_integrations.cli.errors.CLIError] for a user's mistake."""
 
 
 # The commands, in the order ``kv-embed --help`` lists them.
@@ -45,7 +47,8 @@ def add_command(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``kv-embed`` parser: one subcommand per module of :data:`COMMANDS`."""
+    """The ``kv-embed`` parser: one subcommand per module of
+    [`COMMANDS`][kv_embeddings_integrations.cli.app.COMMANDS]."""
     parser = argparse.ArgumentParser(prog="kv-embed", description="Text embeddings from a frozen LLM by KV re-routing.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
@@ -61,7 +64,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``kv-embed`` entry point: :func:`run`, with a user error printed as one line and status 2."""
+    """The ``kv-embed`` entry point: [`run`][kv_embeddings_integrations.cli.app.run], with a user error printed as one
+    line and status 2."""
     try:
         return run(argv)
     except CLIError as e:

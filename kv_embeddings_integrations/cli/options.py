@@ -1,8 +1,9 @@
 """The options the commands share, and what they turn into: a config, loading options, an embedder.
 
 Each option's values, default and help come from the field of the config it sets
-(:func:`add_field_option`); a server's options can also come from ``$KV_EMBED_*`` variables
-(:func:`environment_defaults`).
+([`add_field_option`][kv_embeddings_integrations.cli.options.add_field_option]); a server's options can also come from
+``$KV_EMBED_*`` variables
+([`environment_defaults`][kv_embeddings_integrations.cli.options.environment_defaults]).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """The loading options, every embedder option (:data:`MODEL_OPTIONS`) and where the model goes."""
+    """The loading options, every embedder option
+    ([`MODEL_OPTIONS`][kv_embeddings_integrations.cli.options.MODEL_OPTIONS]) and where the model goes."""
     add_load_options(parser)
     for name in MODEL_OPTIONS:
         overrides = {"type": parse_layers, "metavar": "auto|none|10,11,12"} if name == "layers" else {}

@@ -3,7 +3,7 @@
 Layer selection and post-processing are deterministic for a given checkpoint, configuration,
 dtype and set of texts, and each costs a minute or more on a laptop CPU. Each result is a file
 named by a digest of everything it depends on (its key, which
-:mod:`~kv_embeddings_integrations.core.identity` defines and the file also holds, checked on
+[`identity`][kv_embeddings_integrations.core.identity] defines and the file also holds, checked on
 reading). The user cache is where results are written; for the bundled models and the
 configurations a user tries first, the package ships the same files, made by
 ``scripts/precompute_bundled.py``, which are read when the user cache has none.
@@ -107,7 +107,7 @@ def cached_or_computed(
         reuse: read the files (``False``: compute again; the result still replaces the cached one).
 
     Returns:
-        ``(result, origin)``: where it came from, ``"cache"``, ``"shipped"`` or ``"computed"``.
+        the result and where it came from (``"cache"``, ``"shipped"`` or ``"computed"``), as a pair.
     """
     if reuse:
         for path, origin in candidate_files(kind, key, suffix):
@@ -121,7 +121,8 @@ def cached_or_computed(
 
 def read_keyed_tensors(path: Path, key: dict[str, Any], build: Callable[[dict[str, Any]], T], what: str) -> T | None:
     """What ``build`` makes of the tensors of a safetensors file written for exactly ``key``
-    (:func:`write_keyed_tensors`), or ``None``: no file, or an unusable one (another key, corrupt,
+    ([`write_keyed_tensors`][kv_embeddings_integrations.core.cache.write_keyed_tensors]), or ``None``: no file, or an
+    unusable one (another key, corrupt,
     missing a tensor; logged as ``what``, to be computed again, never fatal)."""
     try:
         with safe_open(str(path), framework="numpy") as f:

@@ -123,7 +123,7 @@ class EmbedderConfig(BaseModel):
         postprocess_texts: texts to fit the post-processing on (at least 20 distinct; a sample
             of the user's corpus is best); ``None`` uses the 1000 built-in calibration texts.
         lexical: a lexical channel appended to each dense vector, so that one vector in a plain
-            store scores a dense + lexical fusion (:mod:`~kv_embeddings_integrations.core.outputs.lexical`):
+            store scores a dense + lexical fusion ([`lexical`][kv_embeddings_integrations.core.outputs.lexical]):
             ``"none"``, ``"sparse"`` (the same pass's PromptReps weights, queries times IDF) or
             ``"bm25"`` (BM25 over the model's tokens: documents' saturated term frequencies,
             queries' IDF). ``None``: the task's (see ``TASK_LEXICAL``).
@@ -275,7 +275,8 @@ class EmbedderConfig(BaseModel):
         return self.task in SYMMETRIC_TASKS
 
     def vector_options(self) -> dict[str, Any]:
-        """:meth:`to_dict` with the method resolved and the task dropped: the options as they decide
+        """[`to_dict`][kv_embeddings_integrations.core.config.EmbedderConfig.to_dict] with the method resolved and the
+        task dropped: the options as they decide
         a vector (what caches key on; ``task="similarity"`` and ``method="kv_pcot"`` share entries),
         and whether queries get the document prompt when that is not the default."""
         options = self.to_dict()
@@ -292,7 +293,8 @@ class EmbedderConfig(BaseModel):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbedderConfig:
-        """Build a config from :meth:`to_dict` output; unknown keys are an error, not ignored."""
+        """Build a config from [`to_dict`][kv_embeddings_integrations.core.config.EmbedderConfig.to_dict] output;
+        unknown keys are an error, not ignored."""
         unknown = sorted(set(data) - cls.option_names())
         if unknown:
             raise ValueError(f"unknown embedder option(s): {unknown}; known: {sorted(cls.option_names())}")

@@ -46,9 +46,11 @@ class KVEmbedder(PromptedModel):
     Wraps an already-loaded model; ``from_pretrained`` loads one by name.
 
     Args:
-        model, tokenizer, name, load_options: as for
-            [`PromptedModel`][kv_embeddings_integrations.core.running.prompted_model.PromptedModel].
-        config: an [`EmbedderConfig`][kv_embeddings_integrations.EmbedderConfig]; keyword ``options``
+        model: a transformers ``PreTrainedModel`` (a ``*ForCausalLM`` or its base ``*Model``).
+        tokenizer: its fast tokenizer.
+        name: how to name the model in messages and caches (defaults to its ``name_or_path``).
+        load_options: how the model was loaded, when ``from_pretrained`` loaded it.
+        config: an [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig]; keyword ``options``
             override its fields.
         postprocessor: an already fitted post-processing (as ``postprocessor`` holds), used
             instead of fitting or reading the cache; must match ``config.postprocess``.
@@ -57,12 +59,9 @@ class KVEmbedder(PromptedModel):
         **options: any ``EmbedderConfig`` field: ``method``, ``prompt_family``, ``reroute``,
             ``layers``, ``bias``, ``pooling``, ``output_layer``, ``postprocess``, ``max_length``, ...
 
-    With ``layers="auto"`` the layers are selected (or read from the cache) by
-    [`layers_for`][kv_embeddings_integrations.core.fitting.layer_selection.layers_for], then the
-    post-processing is fitted (or read) by
-    [`processor_for`][kv_embeddings_integrations.core.fitting.postprocessing.processor_for]: both on
-    a [`Fitting`][kv_embeddings_integrations.core.fitting.subject.Fitting] (a plain runner over the
-    model), never on this half-built embedder. ``layer_selection`` holds the selection's outcome.
+    The layers (with ``layers="auto"``) and the post-processing are chosen and fitted, or read from
+    the cache, on a [`Fitting`][kv_embeddings_integrations.core.fitting.subject.Fitting] (a plain
+    runner over the model), never on this half-built embedder; ``layer_selection`` holds the choice.
     """
 
     def __init__(
@@ -113,7 +112,7 @@ class KVEmbedder(PromptedModel):
 
         Args:
             model: a hub id (``"Qwen/Qwen3-4B"``), a local directory, a bundled alias
-                (``"smollm2-135m"``), or a [`LoadOptions`][kv_embeddings_integrations.LoadOptions].
+                (``"smollm2-135m"``), or a [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions].
             config: an ``EmbedderConfig`` the options override (a transformers ``PretrainedConfig``
                 goes to ``AutoModel.from_pretrained``).
             **options: any ``LoadOptions`` field (``dtype``, ``device``, ``device_map``...) and any
@@ -161,7 +160,7 @@ class KVEmbedder(PromptedModel):
 
     def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
         """This embedder's final (normalised) float32 vectors in ``precision`` (one of
-        [`PRECISIONS`][kv_embeddings_integrations.core.outputs.quantization.PRECISIONS]), int8 /
+        ``PRECISIONS``), int8 /
         uint8 with ``quantization_ranges``."""
         precision = check_precision(precision)
         return quantize(vectors, precision, self.quantization_ranges if precision in SCALAR else None)

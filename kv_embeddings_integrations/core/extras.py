@@ -1,7 +1,9 @@
 """Optional dependencies: which extra provides what, and one error when a feature needs a missing one.
 
-Every feature that needs an optional package calls :func:`require`, so a missing one always
-fails the same way: a :class:`MissingExtraError` (a ``ModuleNotFoundError``) naming the feature,
+Every feature that needs an optional package calls [`require`][kv_embeddings_integrations.core.extras.require], so a
+missing one always
+fails the same way: a [`MissingExtraError`][kv_embeddings_integrations.core.extras.MissingExtraError] (a
+``ModuleNotFoundError``) naming the feature,
 the missing modules and the exact ``pip install`` command.
 """
 
@@ -85,10 +87,12 @@ def _importable(name: str) -> bool:
 
 
 def require(extra: str, feature: str, modules: tuple[str, ...] | None = None) -> None:
-    """Fail with :class:`MissingExtraError` unless ``extra``'s modules (or ``modules`` of them) are installed.
+    """Fail with [`MissingExtraError`][kv_embeddings_integrations.core.extras.MissingExtraError] unless ``extra``'s
+    modules (or ``modules`` of them) are installed.
 
     Args:
-        extra: the extra's name in ``pyproject.toml`` (a key of :data:`EXTRAS`).
+        extra: the extra's name in ``pyproject.toml`` (a key of
+            ``EXTRAS``).
         feature: what needs it, for the message (``"kv-embed eval"``).
         modules: only these of the extra's modules are needed (default: all of them).
     """
@@ -109,7 +113,8 @@ def missing_error(extra: str, feature: str, missing: list[str]) -> MissingExtraE
 def import_extra(extra: str, module: str, feature: str) -> ModuleType:
     """Import ``module`` of ``extra``, or fail with the install command.
 
-    Only a missing ``module`` (or its top-level package) becomes :class:`MissingExtraError`; a
+    Only a missing ``module`` (or its top-level package) becomes
+    [`MissingExtraError`][kv_embeddings_integrations.core.extras.MissingExtraError]; a
     broken installation raises its own error.
     """
     try:

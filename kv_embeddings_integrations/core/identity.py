@@ -1,14 +1,18 @@
 """What decides an embedder's vectors: the one definition, as a record and as cache keys.
 
-Three views of it live here, built from the same pieces (:func:`model_identity`, the resolved
-prompts, ``max_length``, a digest of the texts): :func:`embedder_identity`, the record kept beside
-stored vectors; :func:`layer_selection_key` and :func:`postprocessing_key`, the keys the cached
+Three views of it live here, built from the same pieces
+([`model_identity`][kv_embeddings_integrations.core.identity.model_identity], the resolved
+prompts, ``max_length``, a digest of the texts):
+[`embedder_identity`][kv_embeddings_integrations.core.identity.embedder_identity], the record kept beside
+stored vectors; [`layer_selection_key`][kv_embeddings_integrations.core.identity.layer_selection_key] and
+[`postprocessing_key`][kv_embeddings_integrations.core.identity.postprocessing_key], the keys the cached
 (and shipped) layer choices and post-processing fits are found by.
 
 A vector store filled by one configuration and queried with another (another model, prompt,
 set of layers, post-processing...) returns neighbours that look plausible and are wrong. Storing
 this record with the vectors, and comparing it with the querying embedder's, turns that silent
-failure into an error that names what changed (:func:`check_identity`).
+failure into an error that names what changed
+([`check_identity`][kv_embeddings_integrations.core.identity.check_identity]).
 
 Only what changes the vectors is compared: the resolved prompts, layers, pooling and so on, not
 the preset names that led to them. The weights are told apart by a fingerprint of the decoder
@@ -90,7 +94,7 @@ class FitSubject(Protocol):
     """What a fit (layer selection, post-processing, int8 ranges) and its cache key read of an
     embedder: its model and resolved method, the layers chosen so far and its lexical channel.
 
-    A [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder] has all of it; so has the plain value
+    A [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] has all of it; so has the plain value
     it fits on before it exists
     ([`Fitting`][kv_embeddings_integrations.core.fitting.subject.Fitting]).
     """
@@ -176,7 +180,8 @@ def layer_selection_key(embedder: FitSubject, texts: Sequence[str], rule: Mappin
     """Everything automatic layer selection depends on: the cache key of its result.
 
     Shipped results are found by this key's digest: its fields and values must not change without
-    a new :data:`ESTIMATOR_VERSION` and new shipped files (``scripts/precompute_bundled.py``).
+    a new ``ESTIMATOR_VERSION`` and new shipped files
+    (``scripts/precompute_bundled.py``).
 
     Args:
         embedder: the embedder whose weights, document prompt and ``max_length`` are measured.
@@ -202,7 +207,8 @@ def postprocessing_key(embedder: FitSubject, texts: Sequence[str]) -> dict[str, 
     """Everything a post-processing fit depends on: the cache key of the fitted transform.
 
     Shipped fits are found by this key's digest: its fields and values must not change without a
-    new :data:`FIT_VERSION` and new shipped files (``scripts/precompute_bundled.py``).
+    new ``FIT_VERSION`` and new shipped files
+    (``scripts/precompute_bundled.py``).
 
     Args:
         embedder: the embedder, its layers chosen, whose vectors are fitted on.
@@ -236,7 +242,7 @@ def postprocessing_key(embedder: FitSubject, texts: Sequence[str]) -> dict[str, 
 def embedder_identity(
     embedder: IdentifiedEmbedder, *, normalize: bool = True, precision: str = "float32"
 ) -> dict[str, Any]:
-    """The record of what decides a :class:`~kv_embeddings_integrations.KVEmbedder`'s vectors,
+    """The record of what decides a [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder]'s vectors,
     JSON-serialisable.
 
     Args:
@@ -297,7 +303,8 @@ def embedder_identity(
 
 
 def compared_fields(identity: Mapping[str, Any], *, also: Iterable[str] = ()) -> dict[str, Any]:
-    """The fields of ``identity`` that decide a vector (not :data:`INFORMATIONAL`), plus ``also``.
+    """The fields of ``identity`` that decide a vector (not
+    ``INFORMATIONAL``), plus ``also``.
 
     A store compares these; one output file of a resumed run (``kv-embed embed --resume``) also
     keeps the dtype and the length limits equal, so its rows are not even rounded differently.
@@ -334,11 +341,13 @@ def _difference(key: str, stored: Any, current: Any) -> str:
 
 
 def check_identity(stored: object, current: Mapping[str, Any], *, where: str = "the store") -> None:
-    """Raise :class:`EmbedderMismatchError` unless ``current`` makes the same vectors as ``stored``.
+    """Raise [`EmbedderMismatchError`][kv_embeddings_integrations.core.identity.EmbedderMismatchError] unless
+    ``current`` makes the same vectors as ``stored``.
 
     Args:
         stored: the record kept with the vectors (anything read back; not a record is refused).
-        current: :func:`embedder_identity` of the embedder about to query them.
+        current: [`embedder_identity`][kv_embeddings_integrations.core.identity.embedder_identity] of the embedder
+            about to query them.
         where: how to name the store in the message.
     """
     if not isinstance(stored, Mapping) or stored.get("format") != IDENTITY_FORMAT:

@@ -5,7 +5,7 @@ A template is a plain string with one or more ``{text}`` placeholders, filled by
 
 A *family* is a prompt and how its paper reads an embedding out of it; a *method* is a named
 preset: a family, whether re-routing is on, and optionally Token Prepending. Re-routing and Token
-Prepending compose with any family through :class:`~kv_embeddings_integrations.core.config.EmbedderConfig`
+Prepending compose with any family through [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig]
 (``prompt_family``, ``reroute``, ``token_prepending``).
 """
 
@@ -182,7 +182,8 @@ def render(template: str, text: str) -> tuple[str, list[tuple[int, int]]]:
 
 def prompt_names(prompts: dict[str, str] | None) -> tuple[str, ...]:
     """Every prompt name a configuration with these ``prompts`` takes: its own names (other than
-    the two sides), then the two sides and the providers' names for them (:data:`INPUT_TYPES`)."""
+    the two sides), then the two sides and the providers' names for them
+    (``INPUT_TYPES``)."""
     return tuple(name for name in (prompts or {}) if name not in PROMPT_TYPES) + tuple(INPUT_TYPES)
 
 

@@ -1,4 +1,5 @@
-"""Haystack components: :class:`KVTextEmbedder` (queries) and :class:`KVDocumentEmbedder` (documents).
+"""Haystack components: [`KVTextEmbedder`][kv_embeddings_integrations.integrations.haystack.KVTextEmbedder] (queries)
+and [`KVDocumentEmbedder`][kv_embeddings_integrations.integrations.haystack.KVDocumentEmbedder] (documents).
 
 Drop-in for Haystack's embedders (``SentenceTransformersTextEmbedder`` / ``...DocumentEmbedder``):
 ``warm_up()`` loads the model (shared with every other front end in the process), ``run()`` returns
@@ -61,7 +62,7 @@ class _KVComponent:
         return self._embedder
 
     def identity(self) -> dict[str, Any]:
-        """What decides the vectors (see :mod:`~kv_embeddings_integrations.core.identity`)."""
+        """What decides the vectors (see [`identity`][kv_embeddings_integrations.core.identity])."""
         return self.embedder.identity(normalize=self.normalize)
 
     def _init_parameters(self) -> dict[str, Any]:
@@ -99,17 +100,17 @@ class KVTextEmbedder(_KVComponent):
 
     Args:
         model: hub id, local directory or bundled alias (default: the bundled SmolLM2-135M).
-        model_kwargs: how to load it (:class:`~kv_embeddings_integrations.core.model.loading.LoadOptions`
+        model_kwargs: how to load it ([`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions]
             fields: ``dtype``, ``device``, ``device_map``, ``revision``, ``trust_remote_code``, ...).
         prompt_name: which prompt embeds the text: ``"query"`` (default), ``"document"``, a name of
             the ``prompts`` option, or another provider's name for the two (``search_query``,
-            ``passage``, ...; see :data:`~kv_embeddings_integrations.core.prompts.INPUT_TYPES`).
+            ``passage``, ...; see ``INPUT_TYPES``).
         normalize: L2-normalise the vector (default True).
         prefix: a string put before the text (the prompt already frames it; rarely needed).
         suffix: a string put after the text.
         batch_size: texts per forward pass (None: the embedder's).
         progress_bar: show a progress bar.
-        **options: any :class:`~kv_embeddings_integrations.core.config.EmbedderConfig` option (``task``,
+        **options: any [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] option (``task``,
             ``method``, ``layers``, ``postprocess``, ``max_length``, ...).
     """
 
@@ -153,7 +154,8 @@ class KVTextEmbedder(_KVComponent):
 
     @component.output_types(embedding=list[float])
     async def run_async(self, text: str) -> dict[str, Any]:
-        """:meth:`run` for Haystack's ``AsyncPipeline``: concurrent calls share forward passes."""
+        """[`run`][kv_embeddings_integrations.integrations.haystack.KVTextEmbedder.run] for Haystack's
+        ``AsyncPipeline``: concurrent calls share forward passes."""
         self._check(text)
         return {"embedding": (await self._aencode([text], self.prompt_name))[0]}
 
@@ -164,7 +166,8 @@ class KVDocumentEmbedder(_KVComponent):
 
     Args:
         model: hub id, local directory or bundled alias (default: the bundled SmolLM2-135M).
-        model_kwargs: how to load it (:class:`~kv_embeddings_integrations.core.model.loading.LoadOptions` fields).
+        model_kwargs: how to load it ([`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions]
+            fields).
         normalize: L2-normalise the vectors (default True).
         prefix: a string put before each text.
         suffix: a string put after each text.
@@ -175,7 +178,7 @@ class KVDocumentEmbedder(_KVComponent):
         embedding_separator: what joins the meta fields and the content (default a newline).
         prompt_name: which prompt embeds the documents: ``"document"`` (default), a name of the
             ``prompts`` option (``"clustering"``...), or another provider's name for a side.
-        **options: any :class:`~kv_embeddings_integrations.core.config.EmbedderConfig` option.
+        **options: any [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] option.
     """
 
     def __init__(
@@ -235,7 +238,8 @@ class KVDocumentEmbedder(_KVComponent):
 
     @component.output_types(documents=list[Document])
     async def run_async(self, documents: list[Document]) -> dict[str, Any]:
-        """:meth:`run` for Haystack's ``AsyncPipeline``."""
+        """[`run`][kv_embeddings_integrations.integrations.haystack.KVDocumentEmbedder.run] for Haystack's
+        ``AsyncPipeline``."""
         texts = self.texts_to_embed(documents)
         vectors = await self._aencode(texts, self.prompt_name) if texts else []
         return {"documents": [replace(d, embedding=v) for d, v in zip(documents, vectors, strict=True)]}

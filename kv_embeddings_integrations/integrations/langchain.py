@@ -17,7 +17,7 @@ class KVEmbeddings(AdapterConfig, Embeddings):
     Documents are embedded with the document prompt, queries with the query prompt (or the
     prompts ``document_prompt_name`` / ``query_prompt_name`` name, as sentence-transformers'
     ``prompt_name`` does: ``prompts={"clustering": "..."}, document_prompt_name="clustering"``). Every
-    :class:`~kv_embeddings_integrations.EmbedderConfig` option is a field (``method``, ``layers``,
+    [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] option is a field (``method``, ``layers``,
     ``bias``, ``pooling``, ``max_length``, ...). Instances with the same ``model``, options and
     ``model_kwargs`` share one loaded model in the process.
 

@@ -26,7 +26,7 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
 
     Queries use the core's query prompt, texts (nodes) its document prompt (or the prompts
     ``query_prompt_name`` / ``document_prompt_name`` name: a name of ``prompts`` or a provider's). Every
-    :class:`~kv_embeddings_integrations.EmbedderConfig` option is a field. The model lives in a
+    [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] option is a field. The model lives in a
     private attribute; pickling keeps the fields (and an ``embedder`` passed in explicitly) and
     the model is re-attached on unpickling (loaded again in another process, shared in this one),
     so ``IngestionPipeline(num_workers=...)`` works.
@@ -53,10 +53,12 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
     ) -> None:
         """Args:
         model: hub id, local directory or bundled alias (ignored when ``embedder`` is given).
-        embedder: an existing :class:`KVEmbedder` to use instead of loading ``model``.
+        embedder: an existing [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] to use instead of
+        loading ``model``.
         embed_batch_size: texts per call into the core (which batches again by length).
-        **kwargs: :class:`EmbedderConfig` options, ``model_kwargs``, ``normalize``,
-            ``show_progress_bar`` and :class:`BaseEmbedding` fields (``callback_manager``, ...).
+        **kwargs: [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] options, ``model_kwargs``,
+        ``normalize``,
+            ``show_progress_bar`` and ``BaseEmbedding`` fields (``callback_manager``, ...).
         """
         if embedder is not None:
             # The fields describe the embedder actually used.
@@ -102,7 +104,8 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
     async def aget_text_embedding_batch(
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
     ) -> list[Embedding]:
-        """:meth:`get_text_embedding_batch` without blocking the event loop."""
+        """[`get_text_embedding_batch`][kv_embeddings_integrations.integrations.llama_index.KVEmbedding.get_text_embedding_batch]
+        without blocking the event loop."""
         _reject_bare_string(texts)
         return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
 

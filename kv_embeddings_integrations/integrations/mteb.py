@@ -94,9 +94,10 @@ def _experiment_kwargs(embedder: KVEmbedder) -> dict[str, Any]:
     """The options, resolved, that decide the vectors beyond the model and method.
 
     mteb keeps results of different ``experiment_kwargs`` in different cache folders, and passes
-    them back to the loader, so every key is an :class:`~kv_embeddings_integrations.EmbedderConfig`
-    option. ``layers="auto"`` is recorded as the layers it chose; no re-routing as no ``layers``
-    (the loader gets ``layers=None`` from ``loader_kwargs``: mteb drops ``None`` experiment values).
+    them back to the loader, so every key is an
+    [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] option.
+    ``layers="auto"`` is recorded as the layers it chose; no re-routing as no ``layers`` (the
+    loader gets ``layers=None`` from ``loader_kwargs``: mteb drops ``None`` experiment values).
     """
     kwargs: dict[str, Any] = {
         "pooling": embedder.pooling,
@@ -125,13 +126,14 @@ def _experiment_kwargs(embedder: KVEmbedder) -> dict[str, Any]:
 class KVMTEBEncoder(AbsEncoder):
     """KV-Embedding as an mteb encoder (mteb's ``EncoderProtocol``, through its ``AbsEncoder``).
 
-    Pass an existing :class:`~kv_embeddings_integrations.KVEmbedder`, or a model name and options
+    Pass an existing [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder], or a model name and options
     to load one. Similarities are cosine (mteb's own ``cos_sim``), as declared in
-    :attr:`mteb_model_meta`.
+    ``mteb_model_meta``.
 
     Args:
-        model: a :class:`~kv_embeddings_integrations.KVEmbedder` to use as it is, or what
-            :meth:`KVEmbedder.from_pretrained` loads: a model-hub id, a local directory or a
+        model: a [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] to use as it is, or what
+            [`from_pretrained`][kv_embeddings_integrations.core.embedder.KVEmbedder.from_pretrained] loads: a model-hub
+            id, a local directory or a
             bundled alias (default ``"smollm2-135m"``).
         revision: the revision mteb records the results under; when ``model`` is a name, also the
             hub revision (branch, tag or commit) loaded, here and by the meta's loader. ``None``
@@ -143,13 +145,14 @@ class KVMTEBEncoder(AbsEncoder):
         name: the model name mteb records, in its ``"organization/model_name"`` form; ``None``
             gives ``"kv-embeddings/<model>-<method>"``.
         normalize: L2-normalise the vectors (the cosine scores mteb computes are the same either way).
-        **options: :class:`~kv_embeddings_integrations.EmbedderConfig` options (``method``,
+        **options: [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] options (``method``,
             ``layers``, ``bias``, ``pooling``, ``max_length``, ``batch_size``...) and other
-            :meth:`KVEmbedder.from_pretrained` arguments (``device_map``, ``trust_remote_code``,
+            [`from_pretrained`][kv_embeddings_integrations.core.embedder.KVEmbedder.from_pretrained] arguments
+            (``device_map``, ``trust_remote_code``,
             ``attn_implementation``...). Only when ``model`` is a name.
 
     Attributes:
-        embedder: the core :class:`~kv_embeddings_integrations.KVEmbedder` doing the work.
+        embedder: the core [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] doing the work.
         mteb_model_meta: the ``mteb.ModelMeta`` describing the model, its method and options.
     """
 
@@ -299,7 +302,8 @@ def load_mteb_encoder(
     model_revision: str | None = None,
     **kwargs: Any,
 ) -> KVMTEBEncoder:
-    """The ``ModelMeta.loader`` of :class:`KVMTEBEncoder`: ``meta.load_model()`` builds it again.
+    """The ``ModelMeta.loader`` of [`KVMTEBEncoder`][kv_embeddings_integrations.integrations.mteb.KVMTEBEncoder]:
+    ``meta.load_model()`` builds it again.
 
     Args:
         model_name: the mteb model name (kept as the new encoder's name).
@@ -316,9 +320,10 @@ def mteb_encoder(model: str | KVEmbedder = DEFAULT_MODEL, **options: Any) -> KVM
     """An mteb encoder for ``model``: ``mteb.evaluate(mteb_encoder("Qwen/Qwen3-4B"), tasks)``.
 
     Args:
-        model: a :class:`~kv_embeddings_integrations.KVEmbedder`, or a model-hub id, local
+        model: a [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder], or a model-hub id, local
             directory or bundled alias to load.
-        **options: :class:`KVMTEBEncoder` arguments (``revision``, ``device``, ``dtype``, ``name``,
+        **options: [`KVMTEBEncoder`][kv_embeddings_integrations.integrations.mteb.KVMTEBEncoder] arguments
+            (``revision``, ``device``, ``dtype``, ``name``,
             ``normalize``) and, when ``model`` is a name, embedder options (``method``, ``layers``,
             ``bias``...) and loading arguments.
     """

@@ -1,4 +1,5 @@
-"""Front ends that spread one job over many replicas: a data-parallel process pool
-(:mod:`.pool`), Ray Data (:mod:`.ray_data`, the ``ray`` extra) and resumable chunked runs
-(:mod:`.checkpoint`). Each builds on the core's public API only.
+"""Front ends that spread one job over many replicas: Ray Data (``ray_data``, the ``ray`` extra)
+and resumable chunked runs (``checkpoint``); the data-parallel process pool is the core's
+([`EmbeddingPool`][kv_embeddings_integrations.core.concurrency.process_pool.EmbeddingPool]). Each
+builds on the core's public API only.
 """

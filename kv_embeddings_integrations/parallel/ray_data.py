@@ -8,7 +8,8 @@ actors' resources, before the actors start; the actors get the chosen layers exp
 The vectors go into a fixed-size list column of float32 (Arrow ``fixed_size_list<float>[dim]``),
 the type vector databases and Parquet readers (DuckDB, LanceDB, pandas) take as an embedding, or
 of the ``precision`` asked (int8, uint8, float16; binary ones ``ceil(dim / 8)`` packed bytes);
-the column's field metadata holds the embedder's identity (:mod:`kv_embeddings_integrations.stores`).
+the column's field metadata holds the embedder's identity
+([`kv_embeddings_integrations.stores`][kv_embeddings_integrations.stores]).
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def require_ray():
 
 
 def _load(model: str | dict[str, Any], options: dict[str, Any]):
-    """The embedder for ``model`` (a name, or :class:`LoadOptions` fields) and ``options``
-    (:class:`EmbedderConfig` fields, and with a name, loading arguments too)."""
+    """The embedder for ``model`` (a name, or
+    [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] fields) and ``options``
+    ([`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] fields, and with a name, loading
+    arguments too)."""
     # The core is imported where it runs (in an actor or task), not when this module loads.
     from ..core.embedder import KVEmbedder
 
@@ -65,13 +68,18 @@ def _fitted_ranges(model: dict[str, Any], options: dict[str, Any]) -> tuple[list
 
 
 class DatasetEmbedder:
-    """The callable class each Ray actor holds: one loaded :class:`KVEmbedder`, many batches.
+    """The callable class each Ray actor holds: one loaded
+    [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder], many batches.
 
     Args:
-        model: hub id, local directory or bundled alias, or a dict of :class:`LoadOptions` fields
-            (what :func:`embed_dataset` sends: plain data travels to actors as it is).
-        options: :class:`EmbedderConfig` fields, with the layers already chosen (with a model
-            name, also :meth:`KVEmbedder.from_pretrained` loading arguments).
+        model: hub id, local directory or bundled alias, or a dict of
+            [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] fields
+            (what [`embed_dataset`][kv_embeddings_integrations.parallel.ray_data.embed_dataset] sends: plain data
+            travels to actors as it is).
+        options: [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] fields, with
+            the layers already chosen (with a model name, also
+            [`KVEmbedder.from_pretrained`][kv_embeddings_integrations.core.embedder.KVEmbedder.from_pretrained]
+            loading arguments).
         text_column: the column holding the texts.
         output_column: the column the vectors go to.
         prompt_type: the prompt name (``"document"``, ``"query"``, a name of ``prompts``...).
@@ -172,7 +180,8 @@ def embed_dataset(
     Args:
         ds: a ``ray.data.Dataset`` with a string column ``text_column`` (e.g. from
             ``ray.data.read_json(...)`` or ``read_parquet(...)``).
-        model: hub id, local directory or bundled alias, or :class:`LoadOptions` (then no loading
+        model: hub id, local directory or bundled alias, or
+            [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] (then no loading
             options in ``embedder_options``); every actor loads it once.
         text_column: the column holding the texts; other columns (ids...) are kept as they are.
         output_column: the new column (replaced if present): one vector per row, as an Arrow
@@ -190,8 +199,11 @@ def embed_dataset(
         batch_size: rows handed to an actor per call. Within it the core sorts by length and
             batches again: 32 rows, or ``max_tokens_per_batch`` padded tokens if given.
         normalize: L2-normalise each vector.
-        config: an :class:`EmbedderConfig`; option keywords in ``embedder_options`` override its fields.
-        **embedder_options: as for :meth:`KVEmbedder.from_pretrained`: :class:`EmbedderConfig`
+        config: an [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig]; option keywords in
+            ``embedder_options`` override its fields.
+        **embedder_options: as for
+            [`KVEmbedder.from_pretrained`][kv_embeddings_integrations.core.embedder.KVEmbedder.from_pretrained]:
+            [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig]
             options (``method``, ``layers``, ``bias``, ``max_length``, ``max_tokens_per_batch``...)
             and loading options (``dtype``, ``device_map``, ``max_memory``, ``revision``...).
 

@@ -3,7 +3,7 @@ embedding. Its refusals are [`ServingError`][kv_embeddings_integrations.serving.
 which the routes answer in their own shapes and statuses.
 
 One [`EmbeddingEngine`][kv_embeddings_integrations.serving.engine.EmbeddingEngine] wraps one
-[`KVEmbedder`][kv_embeddings_integrations.KVEmbedder]. Every request goes through the embedder's
+[`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder]. Every request goes through the embedder's
 coalescing (``aembed``), so concurrent requests share forward passes and the event loop never waits
 on one. Admission is bounded: past ``max_concurrent_requests`` requests running or waiting, new ones
 are refused at once ([`Overloaded`][kv_embeddings_integrations.serving.errors.Overloaded]) instead

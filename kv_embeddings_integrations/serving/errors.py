@@ -1,7 +1,7 @@
 """What the serving engine refuses, and why, in its own terms: no protocol, no status.
 
 The web layer gives each class its statuses and error shapes, OpenAI's and TEI's, in one table
-([`HTTP_FORMS`][kv_embeddings_integrations.serving.http_errors.HTTP_FORMS]).
+(``HTTP_FORMS``).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class APIError(Exception):
         code: a stable machine-readable code, if any.
         headers: extra response headers (``Retry-After`` for 429).
         tei_type: TEI's ``error_type`` (a key of
-            [`TEI_STATUS`][kv_embeddings_integrations.serving.http_errors.TEI_STATUS]), sent with
+            ``TEI_STATUS``), sent with
             TEI's status for it. None: the one ``status`` implies (429 ``Overloaded``; 5xx
             ``Backend``, status kept; 401 ``Unauthorized``, TEI's bare 401 given a body; else
             ``Validation``, 422).
@@ -79,7 +79,7 @@ class APIError(Exception):
 
 def as_api_error(error: ServingError) -> APIError:
     """``error`` as the server answers it (see
-    [`HTTP_FORMS`][kv_embeddings_integrations.serving.http_errors.HTTP_FORMS])."""
+    ``HTTP_FORMS``)."""
     status, kind, tei_type = next(HTTP_FORMS[c] for c in type(error).__mro__ if c in HTTP_FORMS)
     headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Overloaded) else None
     return APIError(

@@ -1,6 +1,7 @@
 """Vector stores: keep the embedder's identity with the vectors, refuse a mismatched query.
 
-See :mod:`kv_embeddings_integrations.stores.guard`; the documentation's *Vector stores* page
+See [`kv_embeddings_integrations.stores.guard`][kv_embeddings_integrations.stores.guard]; the documentation's *Vector
+stores* page
 (``docs/vector-stores.md``) shows Chroma, FAISS, LanceDB and DuckDB end to end.
 """
 

@@ -2,14 +2,17 @@
 
 Three places a record can live, by what the store offers:
 
-- **collection metadata** (Chroma): :func:`collection_metadata` when creating the collection,
-  :func:`verify_collection` after opening it;
+- **collection metadata** (Chroma):
+[`collection_metadata`][kv_embeddings_integrations.stores.guard.collection_metadata] when creating the collection,
+  [`verify_collection`][kv_embeddings_integrations.stores.guard.verify_collection] after opening it;
 - **Arrow schema metadata** on the embedding column (Parquet from ``kv-embed embed-dataset``,
-  LanceDB tables made from it): :func:`arrow_field_metadata`, :func:`verify_arrow_schema`;
+  LanceDB tables made from it): [`arrow_field_metadata`][kv_embeddings_integrations.stores.guard.arrow_field_metadata],
+  [`verify_arrow_schema`][kv_embeddings_integrations.stores.guard.verify_arrow_schema];
 - **a small JSON file beside the store** (FAISS ``save_local`` folders, LanceDB directories,
-  LlamaIndex persist directories): :func:`save_identity`, :func:`verify_identity`.
+  LlamaIndex persist directories): [`save_identity`][kv_embeddings_integrations.stores.guard.save_identity],
+  [`verify_identity`][kv_embeddings_integrations.stores.guard.verify_identity].
 
-Every ``verify_*`` raises :class:`~kv_embeddings_integrations.core.identity.EmbedderMismatchError`
+Every ``verify_*`` raises [`EmbedderMismatchError`][kv_embeddings_integrations.core.identity.EmbedderMismatchError]
 naming what differs when the querying embedder would not make the stored vectors.
 """
 
@@ -33,7 +36,8 @@ class MissingIdentityError(LookupError):
 
 
 class HasIdentity(Protocol):
-    """What the guard needs of an embedder: a :class:`KVEmbedder`, ``KVEmbeddings`` (LangChain),
+    """What the guard needs of an embedder: a
+    [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder], ``KVEmbeddings`` (LangChain),
     ``KVEmbedding`` (LlamaIndex) or the Haystack components."""
 
     def identity(self) -> dict[str, Any]: ...
@@ -44,8 +48,8 @@ IdentitySource = HasIdentity | Mapping[str, Any]
 
 
 def identity_of(embeddings: IdentitySource) -> dict[str, Any]:
-    """The identity record of a :class:`KVEmbedder`, ``KVEmbeddings`` (LangChain) or ``KVEmbedding``
-    (LlamaIndex), or a record already made."""
+    """The identity record of a [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder],
+    ``KVEmbeddings`` (LangChain) or ``KVEmbedding`` (LlamaIndex), or a record already made."""
     if isinstance(embeddings, Mapping):
         return dict(embeddings)
     identity = getattr(embeddings, "identity", None)
@@ -83,7 +87,8 @@ def save_identity(folder: str | os.PathLike, embeddings: IdentitySource, *, over
         embeddings: the embedder that filled the store.
         overwrite: replace a record of another configuration. Off: adding vectors of one
             configuration to a store of another would leave a mixed store under a clean record,
-            so that raises :class:`EmbedderMismatchError` instead.
+            so that raises [`EmbedderMismatchError`][kv_embeddings_integrations.core.identity.EmbedderMismatchError]
+            instead.
     """
     path = Path(folder) / IDENTITY_FILE
     record = identity_of(embeddings)
@@ -95,7 +100,7 @@ def save_identity(folder: str | os.PathLike, embeddings: IdentitySource, *, over
 
 
 def read_identity(folder: str | os.PathLike) -> dict[str, Any]:
-    """The record :func:`save_identity` wrote into ``folder``.
+    """The record [`save_identity`][kv_embeddings_integrations.stores.guard.save_identity] wrote into ``folder``.
 
     Raises:
         MissingIdentityError: there is none.

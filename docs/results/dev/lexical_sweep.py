@@ -2,7 +2,7 @@
 
 Reads the vectors that `sweep.sh retrieval-base MODEL` cached (the raw dense vectors and the same
 pass's sparse vectors of the full SciFact dev corpus and its 809 train queries) and scores, with
-the package's own functions (core.lexical, evaluation.metrics), every combination of:
+the package's own functions (core.outputs.lexical, evaluation.metrics), every combination of:
 
 - the dense part: centered, per-side centered (a query-prompt mean for queries), standardized,
   per-side standardized; each fitted on the 1000 built-in calibration texts only;

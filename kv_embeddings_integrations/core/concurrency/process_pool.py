@@ -54,7 +54,7 @@ FAILURE_CLOSE_TIMEOUT_SECONDS = 2.0
 
 class Replicable(Protocol):
     """What a pool needs of the embedder it replicates (a
-    [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder] has it): what rebuilds it in a worker,
+    [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] has it): what rebuilds it in a worker,
     and what the parent checks and quantizes with."""
 
     @property
@@ -131,9 +131,8 @@ def _worker(
 ) -> None:
     """A worker process: rebuild the embedder on ``device``, then encode chunks until told to stop.
 
-    Messages out are ``(kind, rank, job, chunk, payload, warnings)`` with kind ``"result"``
-    (payload: the chunk's :class:`EmbedResult`), ``"error"`` (payload: traceback text) or ``"startup"`` (the worker
-    could not start; payload: traceback text; it exits).
+    Messages out are ``(kind, rank, job, chunk, payload, warnings)``, kind ``"result"`` (payload:
+    the chunk's ``EmbedResult``), ``"error"`` or ``"startup"`` (payload: a traceback; it exits).
     """
     # Ctrl-C reaches the whole process group: let the parent handle it (it cancels the job and the
     # pool stays usable) instead of every worker dying with a KeyboardInterrupt.
@@ -167,7 +166,7 @@ def _worker(
 
 
 class EmbeddingPool:
-    """Encode with one [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder] replica per device,
+    """Encode with one [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] replica per device,
     in worker processes.
 
     Each worker is a spawned process that rebuilds the embedder from its model, tokenizer, config
@@ -182,7 +181,8 @@ class EmbeddingPool:
     CPU before building the pool keeps every worker from touching the parent's GPU.
 
     Workers start in the background; a worker that cannot start (or dies) is reported by the next
-    :meth:`encode`, which then raises and closes the pool. Close the pool when done (or use it as a
+    [`encode`][kv_embeddings_integrations.core.concurrency.process_pool.EmbeddingPool.encode], which then raises and
+    closes the pool. Close the pool when done (or use it as a
     context manager)::
 
         with EmbeddingPool(embedder, ["cuda:0", "cuda:1"]) as pool:
@@ -197,7 +197,7 @@ class EmbeddingPool:
     Raises:
         ValueError: ``devices`` is empty, or names a device that does not parse or does not exist
             here (checked before any process starts).
-        TypeError: ``embedder`` is not a [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder], or
+        TypeError: ``embedder`` is not a [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder], or
             ``devices`` is a single device.
     """
 
@@ -262,7 +262,8 @@ class EmbeddingPool:
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` has run (or a failure closed the pool)."""
+        """Whether [`close`][kv_embeddings_integrations.core.concurrency.process_pool.EmbeddingPool.close] has run (or
+        a failure closed the pool)."""
         return self._closed
 
     def __repr__(self) -> str:
@@ -298,9 +299,8 @@ class EmbeddingPool:
         show_progress_bar: bool | None = None,
         precision: str = "float32",
     ) -> np.ndarray:
-        """:meth:`embed`'s vectors, warning when texts were truncated; same result as
-        :meth:`KVEmbedder.encode`: one string gives one vector of shape ``(hidden_size,)``.
-        Arguments as in :meth:`embed`."""
+        """``embed``'s vectors (arguments as there), warning when texts were truncated: the same result
+        as [`KVEmbedder.encode`][kv_embeddings_integrations.core.embedder.KVEmbedder.encode]."""
         single = isinstance(texts, str)
         result = self.embed(
             texts,
@@ -327,7 +327,8 @@ class EmbeddingPool:
         show_progress_bar: bool | None = None,
         precision: str = "float32",
     ) -> EmbedResult:
-        """Embed texts across the pool's workers; same result as :meth:`KVEmbedder.embed`.
+        """Embed texts across the pool's workers; same result as
+        [`KVEmbedder.embed`][kv_embeddings_integrations.core.embedder.KVEmbedder.embed].
 
         Texts are sorted by character length and cut into chunks of similar lengths (longest
         first, so the slowest chunks do not come last); each worker embeds whole chunks.
@@ -344,7 +345,7 @@ class EmbeddingPool:
                 applied here, in the parent, with its ranges).
 
         Returns:
-            an :class:`~kv_embeddings_integrations.core.results.EmbedResult` in input order: float32
+            an [`EmbedResult`][kv_embeddings_integrations.core.results.EmbedResult] in input order: float32
             vectors ``(len(texts), hidden_size)`` (one string is one row), token counts and truncation.
 
         Raises:

@@ -18,7 +18,7 @@ from ..results import EmbedResult
 
 class Replica(Protocol):
     """What a worker needs of the embedder it rebuilt (a
-    [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder] is one)."""
+    [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] is one)."""
 
     @property
     def model(self) -> torch.nn.Module: ...
@@ -35,7 +35,7 @@ class EmbedderRecipe:
     holds (a request queue, locks) has to pickle, and no worker re-runs layer selection.
 
     Attributes:
-        embedder_class: the class to rebuild ([`KVEmbedder`][kv_embeddings_integrations.KVEmbedder]
+        embedder_class: the class to rebuild ([`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder]
             or a subclass); a class pickles by name, so this module needs no import of it.
         model: the loaded causal LM.
         tokenizer: its tokenizer.
@@ -57,7 +57,9 @@ class EmbedderRecipe:
     lexical_statistics: LexicalStatistics | None = None
 
     def build(self) -> Replica:
-        """The embedder, re-routing exactly :attr:`layers`, with the fitted post-processing."""
+        """The embedder, re-routing exactly
+        ``layers``, with the fitted
+        post-processing."""
         # An empty list is not a valid `layers` option; None means "no re-routing", which is what
         # an empty selection means too (or the method does not re-route and ignores it anyway).
         embedder = self.embedder_class(

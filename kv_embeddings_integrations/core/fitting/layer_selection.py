@@ -4,8 +4,8 @@ The intrinsic dimension (ID) of the last-token representation of prompted texts 
 every layer with TwoNN (Facco et al. 2017, Sci. Rep. 7:12140); the re-routed window starts at
 the layer of minimum ID past the first 20% of the network and spans ``floor(L / 10)`` more layers.
 The choice is computed once per model and cached as JSON in the user cache, keyed by
-:func:`~kv_embeddings_integrations.core.identity.layer_selection_key`; the package ships the choices
-for its bundled models (see :mod:`~kv_embeddings_integrations.core.cache`).
+[`layer_selection_key`][kv_embeddings_integrations.core.identity.layer_selection_key]; the package ships the choices
+for its bundled models (see [`cache`][kv_embeddings_integrations.core.cache]).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ MIN_POINTS = 20
 
 class SelectableEmbedder(FitSubject, Protocol):
     """What selection needs of an embedder: a fit's subject that measures every layer's states (a
-    [`KVEmbedder`][kv_embeddings_integrations.KVEmbedder] has it, and so has the plain
+    [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] has it, and so has the plain
     [`Fitting`][kv_embeddings_integrations.core.fitting.subject.Fitting] it is built with)."""
 
     def layer_states(
@@ -194,7 +194,8 @@ def auto_select_layers(
         calibration_texts: at least 20 distinct texts; ``None``: the 1000 built-in texts.
         recompute: ignore a cached entry (the new result still replaces it).
         show_progress_bar: ``None`` shows one for more than 10 batches.
-        **rule: :func:`select_layers` options, ``skip_fraction``, ``window`` and ``last_layer``.
+        **rule: [`select_layers`][kv_embeddings_integrations.core.fitting.layer_selection.select_layers] options,
+            ``skip_fraction``, ``window`` and ``last_layer``.
     """
     if calibration_texts is None:
         texts, calibration = builtin_calibration_texts(), "built-in (1000 texts: captions, banking, Python docs)"
@@ -249,9 +250,10 @@ def layers_for(embedder: SelectableEmbedder) -> tuple[list[int], LayerSelection 
         embedder: the embedder; its ``resolved`` method says whether and which layers to re-route.
 
     Returns:
-        ``(layers, selection)``: no layers when the method does not re-route; the given ones
-        (already checked against the model); or the automatic choice, with its
-        :class:`LayerSelection` (else ``None``).
+        the layers and the selection, as a pair: no layers when the method does not re-route;
+        the given ones (already checked against the model); or the automatic choice, with its
+        [`LayerSelection`][kv_embeddings_integrations.core.fitting.layer_selection.LayerSelection]
+        (else ``None``).
     """
     resolved = embedder.resolved
     if not resolved.reroute:

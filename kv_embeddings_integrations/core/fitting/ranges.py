@@ -1,9 +1,10 @@
 """The int8 / uint8 ranges of an embedder: fitted once on its post-processing texts, then cached.
 
 Like the post-processing fit, and keyed by everything that fit depends on (whatever its kind, the
-fitting texts included) plus :data:`RANGES_VERSION`: a changed prompt, layer, weight or fit
+fitting texts included) plus ``RANGES_VERSION``: a
+changed prompt, layer, weight or fit
 refits. Saved as safetensors with the key in the file's metadata, checked on reading
-(:func:`~kv_embeddings_integrations.core.cache.read_keyed_tensors`).
+([`read_keyed_tensors`][kv_embeddings_integrations.core.cache.read_keyed_tensors]).
 """
 
 from __future__ import annotations

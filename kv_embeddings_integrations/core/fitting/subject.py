@@ -29,7 +29,8 @@ class Fitting:
         name: the model's name, for messages.
         config: the embedder's options.
         resolved: its resolved method.
-        runner: the forward passes, re-routing the layers chosen so far (:attr:`layers`).
+        runner: the forward passes, re-routing the layers chosen so far
+            (``layers``).
         batch_size: rows per batch (``None``: bounded by the token budget only).
         chunk: most texts tokenized at once.
     """

@@ -12,7 +12,8 @@ Unlike that code, no token is added to the vocabulary (which would resize the mo
 embeddings): the placeholder is an existing token id (the tokenizer's pad, else eos or unk). Its
 input embedding only reaches layer 0, as the random one there does.
 
-The hooks are installed once and do nothing unless :func:`prepend` is active (a context variable,
+The hooks are installed once and do nothing unless
+[`prepend`][kv_embeddings_integrations.core.method.token_prepending.prepend] is active (a context variable,
 so per thread and per asyncio task), so a plain forward is the model's own.
 """
 
@@ -104,7 +105,8 @@ def _pre_hook(index: int) -> PreHook:
 
 
 def install(decoder: torch.nn.Module) -> None:
-    """Hook every decoder layer of ``decoder`` (idempotent; inert outside :func:`prepend`)."""
+    """Hook every decoder layer of ``decoder`` (idempotent; inert outside
+    [`prepend`][kv_embeddings_integrations.core.method.token_prepending.prepend])."""
     if getattr(decoder, _HOOKED, False):
         return
     for index, layer in enumerate(decoder_layers(decoder)):

@@ -1,9 +1,11 @@
 """How a model is loaded: one validated, normalised set of options, and the load itself.
 
-:class:`LoadOptions` is what every front end builds (``from_pretrained``, the LangChain and
+[`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] is what every front end builds
+(``from_pretrained``, the LangChain and
 LlamaIndex adapters' ``model`` and ``model_kwargs``, Ray, MTEB, the command line) and passes
 down. Equivalent spellings normalise to one value (``dtype=torch.bfloat16`` and ``"bfloat16"``,
-``device="cuda"`` and ``"cuda:0"``), and :meth:`LoadOptions.sharing_key` resolves what is left
+``device="cuda"`` and ``"cuda:0"``), and
+[`sharing_key`][kv_embeddings_integrations.core.model.loading.LoadOptions.sharing_key] resolves what is left
 to this machine (no device given = the best one here), so one process loads the same weights once.
 """
 
@@ -166,7 +168,8 @@ class LoadOptions(BaseModel):
 
     @classmethod
     def of(cls, model: str | os.PathLike[str] | LoadOptions, **kwargs: Any) -> LoadOptions:
-        """``model`` if it is already :class:`LoadOptions` (then every loading argument in ``kwargs``
+        """``model`` if it is already [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] (then
+        every loading argument in ``kwargs``
         must be left at its default), else ``LoadOptions(model=model, **kwargs)``."""
         if not isinstance(model, LoadOptions):
             return cls.model_validate({"model": model, **kwargs})
@@ -237,7 +240,8 @@ class LoadOptions(BaseModel):
 
 
 def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``options`` as (:class:`LoadOptions` fields, :class:`EmbedderConfig` fields): what
+    """``options`` as ([`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] fields,
+    [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] fields): what
     ``KVEmbedder.from_pretrained`` takes by keyword.
 
     Args:

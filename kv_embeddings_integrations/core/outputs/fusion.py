@@ -1,8 +1,10 @@
 """Scores of dense, sparse and BM25 retrieval, and their fusion (hybrid search, exactly, in memory).
 
 Every function returns or takes a ``(queries, documents)`` score matrix, so any two systems fuse the
-same way: :func:`minmax_fusion` (each query's scores scaled to [0, 1] per system, then a weighted
-sum) or :func:`reciprocal_rank_fusion` (the sum of ``1 / (k + rank)``, the fusion Qdrant and most
+same way: [`minmax_fusion`][kv_embeddings_integrations.core.outputs.fusion.minmax_fusion] (each query's scores scaled
+to [0, 1] per system, then a weighted
+sum) or [`reciprocal_rank_fusion`][kv_embeddings_integrations.core.outputs.fusion.reciprocal_rank_fusion] (the sum of
+``1 / (k + rank)``, the fusion Qdrant and most
 stores use).
 """
 
@@ -50,7 +52,8 @@ def sparse_scores(queries: SparseVectors, documents: SparseVectors, weights: np.
     Args:
         queries: the queries' sparse vectors.
         documents: the documents'.
-        weights: per-token factors on the query side, e.g. :func:`idf` of the documents (the
+        weights: per-token factors on the query side, e.g. [`idf`][kv_embeddings_integrations.core.outputs.fusion.idf]
+            of the documents (the
             model's weights say which words of a text matter; the corpus says which words are rare).
     """
     if queries.vocab_size != documents.vocab_size:
@@ -78,7 +81,8 @@ def sparse_scores(queries: SparseVectors, documents: SparseVectors, weights: np.
 def bm25_scores(queries: Sequence[str], documents: Sequence[str]) -> np.ndarray:
     """BM25 (bm25s' Lucene variant, k1 1.5, b 0.75) of every query against every document.
 
-    Tokenisation: :data:`BM25_TOKENIZATION` (needs ``bm25s`` and ``PyStemmer``: the ``eval`` extra).
+    Tokenisation: ``BM25_TOKENIZATION`` (needs
+    ``bm25s`` and ``PyStemmer``: the ``eval`` extra).
     """
     require("eval", "BM25 scores", ("bm25s", "Stemmer"))
     import bm25s

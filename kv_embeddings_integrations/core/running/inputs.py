@@ -9,10 +9,11 @@
   ordinary characters: the tokenizer encodes them.
 - Over-long texts are cut (``long_text="truncate"``) or embedded in pieces (``"chunk_mean"``): the
   embedder's concern, after tokenization.
-- Token ids given instead of a text (a server's ``inputs: [[101, 2023, ...]]``): a :class:`TokenIds`,
+- Token ids given instead of a text (a server's ``inputs: [[101, 2023, ...]]``): a
+[`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds],
   a ``str`` (its decoded text, what the checks above and the lexical channel read) that carries the
   ids, which the embedder splices into the prompt as they are (see
-  :meth:`~kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.splits`).
+  [`splits`][kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.splits]).
 """
 
 from __future__ import annotations
@@ -32,15 +33,12 @@ _SHOWN = 10
 class TokenIds(str):
     """Token ids to embed exactly as given, in place of a text.
 
-    The ``str`` value is ``text``, the ids decoded: what every place that needs a plain text reads
-    (error messages, the empty-text check, the lexical channel). :attr:`ids` are what the model
-    sees: the prompt's pieces are tokenized on their own and the ids put where each ``{text}`` is
-    (:meth:`~kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.splits`); a template that
-    does not split so embeds ``text`` instead, as any string.
-
-    Args:
-        ids: the token ids (non-negative ints).
-        text: their decoded text.
+    Built as ``TokenIds(ids, text)``: the token ids (non-negative ints) and their decoded text.
+    The ``str`` value is ``text``: what every place that needs a plain text reads (error messages,
+    the empty-text check, the lexical channel). ``ids`` are what the model sees: the prompt's
+    pieces are tokenized on their own and the ids put where each ``{text}`` is
+    ([`splits`][kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.splits]); a
+    template that does not split so embeds ``text`` instead, as any string.
     """
 
     ids: tuple[int, ...]
@@ -99,7 +97,8 @@ def texts_to_embed(texts: str | Iterable[str], empty_text: str = "embed") -> tup
 
 def repair_surrogates(text: str) -> str:
     """``text`` with unpaired surrogates replaced by U+FFFD (valid surrogate pairs are joined); a
-    :class:`TokenIds` stays one, its ids unchanged (only its text is repaired)."""
+    [`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds] stays one, its ids unchanged (only its text
+    is repaired)."""
     repaired = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if isinstance(text, TokenIds):
         return text if repaired == text else TokenIds(text.ids, repaired)

@@ -1,7 +1,7 @@
 """A causal LM as the method runs it: its resolved method, its prompts, tokens, batches and
 forward passes, before anything is fitted or any output is made of them.
 
-[`KVEmbedder`][kv_embeddings_integrations.KVEmbedder] builds on
+[`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] builds on
 [`PromptedModel`][kv_embeddings_integrations.core.running.prompted_model.PromptedModel]: the facade
 adds the fits, the outputs and the concurrent calls; this level holds what they all run on.
 """
@@ -236,8 +236,9 @@ class PromptedModel:
             show_progress_bar: ``None`` shows one only for jobs of more than 10 batches.
 
         Returns:
-            a ``(len(texts), num_layers, hidden_size)`` float32 CPU tensor; ``[:, l]`` is layer
-            ``l``'s output (the last one after the final norm). All layers come from one pass per batch.
+            a ``(len(texts), num_layers, hidden_size)`` float32 CPU tensor, whose entry ``l`` on the
+            second axis is layer ``l``'s output (the last one after the final norm). All layers come
+            from one pass per batch.
         """
         encoded = self.tokenize(texts, prompt_type)
         return self.runner.layer_states(encoded, self.batch_size, show_progress_bar, None if reroute else [])

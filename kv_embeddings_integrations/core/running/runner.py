@@ -189,7 +189,8 @@ class BatchRunner:
         sparse: bool,
         chunk: int,
     ) -> EmbedResult:
-        """:meth:`run` once per template (MetaEOL has several), the passes averaged.
+        """[`run`][kv_embeddings_integrations.core.running.runner.BatchRunner.run] once per template (MetaEOL has
+        several), the passes averaged.
 
         Args:
             texts: the texts, already checked (at least one).
@@ -236,7 +237,9 @@ class BatchRunner:
     def token_states(self, encoded: list[EncodedText], batch_size: int | None) -> list[np.ndarray]:
         """Each tokenized text's hidden states at the pooled layer, every real token in order.
 
-        One pass per length-sorted batch, as :meth:`forward` runs it (re-routing, Token Prepending,
+        One pass per length-sorted batch, as
+        [`forward`][kv_embeddings_integrations.core.running.runner.BatchRunner.forward] runs it (re-routing, Token
+        Prepending,
         the final norm only when the last layer is pooled); a batch that runs out of memory is
         halved. Nothing is pooled, post-processed or normalised.
 
@@ -315,7 +318,8 @@ class BatchRunner:
         return EmbedResult(vectors.numpy(), tuple(counts), tuple(truncated), tuple(pieces), lexical_vectors)
 
     def _finite(self, batch: TokenBatch, texts: list[str]) -> torch.Tensor:
-        """:meth:`_splitting` as float32 on the CPU, never with a NaN or infinite value.
+        """[`_splitting`][kv_embeddings_integrations.core.running.runner.BatchRunner._splitting] as float32 on the CPU,
+        never with a NaN or infinite value.
 
         A half-precision model whose activations overflow is re-run for that batch in a float32
         copy; rows still not finite (or a float32 model's) raise ``FloatingPointError`` naming them.
@@ -364,7 +368,8 @@ class BatchRunner:
         compute: Callable[[TokenBatch], torch.Tensor] | None = None,
         doing: str = "embedding",
     ) -> torch.Tensor:
-        """``compute`` (default :meth:`forward`), halving the batch on out-of-memory and retrying
+        """``compute`` (default [`forward`][kv_embeddings_integrations.core.running.runner.BatchRunner.forward]),
+        halving the batch on out-of-memory and retrying
         each half; ``doing`` names the work in the error a single row's failure raises.
 
         The halves keep the batch's padded width, so each row is computed exactly as it would

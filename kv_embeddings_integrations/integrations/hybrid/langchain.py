@@ -1,4 +1,5 @@
-"""langchain-qdrant's ``SparseEmbeddings`` from the same model as the dense :class:`KVEmbeddings`."""
+"""langchain-qdrant's ``SparseEmbeddings`` from the same model as the dense
+[`KVEmbeddings`][kv_embeddings_integrations.integrations.langchain.KVEmbeddings]."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ class KVSparseEmbeddings(SparseEmbeddings):
     """Sparse lexical vectors (PromptReps-style) of a KV embedder, for Qdrant hybrid search.
 
     Args:
-        embeddings: the dense :class:`KVEmbeddings` (its loaded model, prompts and layers are
-            used) or a core :class:`KVEmbedder`.
+        embeddings: the dense [`KVEmbeddings`][kv_embeddings_integrations.integrations.langchain.KVEmbeddings] (its
+            loaded model, prompts and layers are
+            used) or a core [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder].
         weights: ``"model"``, the model's own sparse vectors (give the collection Qdrant's IDF
             modifier), or ``"lexical"``, the embedder's lexical channel unsketched
-            (:meth:`KVEmbedder.encode_lexical`: BM25 over the model's tokens for the retrieval
+            ([`encode_lexical`][kv_embeddings_integrations.core.embedder.KVEmbedder.encode_lexical]: BM25 over the
+            model's tokens for the retrieval
             default; queries carry the IDF, so no modifier).
 
     Queries get the query prompt, documents the document prompt, as in the dense adapter. The

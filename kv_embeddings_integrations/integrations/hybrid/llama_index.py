@@ -17,8 +17,9 @@ def sparse_functions(
     """``(sparse_doc_fn, sparse_query_fn)`` for ``QdrantVectorStore(enable_hybrid=True, ...)``.
 
     Args:
-        embedding: the dense :class:`KVEmbedding` (its loaded model and options are used) or a
-            core :class:`KVEmbedder`.
+        embedding: the dense [`KVEmbedding`][kv_embeddings_integrations.integrations.llama_index.KVEmbedding] (its
+            loaded model and options are used) or a
+            core [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder].
         weights: ``"model"`` (the model's sparse vectors; give the store Qdrant's IDF modifier) or
             ``"lexical"`` (the embedder's lexical channel unsketched, BM25 over its tokens for the
             retrieval default; queries carry the IDF).
