@@ -93,11 +93,13 @@ class KVEmbedder(PromptedModel):
         self.requests = RequestQueue(self._embed_items)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in super().__getstate__().items() if k not in _PROCESS_LOCAL}
+        state = {k: v for k, v in super().__getstate__().items() if k not in _PROCESS_LOCAL}
+        return {**state, "_known_ranges": self._ranges.known}  # ranges set or fitted travel along
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        known = state.pop("_known_ranges", None)
         super().__setstate__(state)
-        self._ranges = RangesOnDemand(self._fit_ranges)
+        self._ranges = RangesOnDemand(self._fit_ranges, known)
         self.requests = RequestQueue(self._embed_items)
 
     @classmethod
@@ -430,8 +432,6 @@ class KVEmbedder(PromptedModel):
         """One worker process per device (``["cuda:0", "cuda:1"]``, ``["cpu", "cpu"]``), each with a
         replica: an [`EmbeddingPool`][kv_embeddings_integrations.core.concurrency.process_pool.EmbeddingPool]."""
         return EmbeddingPool(self, devices)
-
-    # -- the lexical half ------------------------------------------------------------------------
 
     def _lexical_channel(
         self, texts: Sequence[str], statistics: lexical_channel.LexicalStatistics | None = None

@@ -5,6 +5,7 @@ an explicit element-by-element reference."""
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -137,3 +138,12 @@ def test_the_identity_refuses_other_precisions_and_ranges(embedder):
     )
     with pytest.raises(EmbedderMismatchError, match="ranges_sha256"):
         check_identity(int8, other.identity(precision="int8"))
+
+
+def test_ranges_set_or_fitted_travel_with_a_pickled_embedder(embedder):
+    copy = pickle.loads(pickle.dumps(embedder))
+    ranges = QuantizationRanges(embedder.quantization_ranges.low * 2, embedder.quantization_ranges.high * 2)
+    copy.quantization_ranges = ranges  # as Ray hands its actors the driver's
+    clone = pickle.loads(pickle.dumps(copy))
+    np.testing.assert_array_equal(clone.quantization_ranges.low, ranges.low)
+    np.testing.assert_array_equal(clone.encode(TEXTS, precision="int8"), copy.encode(TEXTS, precision="int8"))

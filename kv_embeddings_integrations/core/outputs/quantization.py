@@ -118,12 +118,18 @@ class RangesOnDemand:
 
     Args:
         fit: fits (or reads from the cache) the ranges.
+        ranges: ranges already known (an unpickled embedder's), used instead of fitting.
     """
 
-    def __init__(self, fit: Callable[[], QuantizationRanges]) -> None:
+    def __init__(self, fit: Callable[[], QuantizationRanges], ranges: QuantizationRanges | None = None) -> None:
         self._fit = fit
-        self._ranges: QuantizationRanges | None = None
+        self._ranges = ranges
         self._lock = threading.Lock()
+
+    @property
+    def known(self) -> QuantizationRanges | None:
+        """The ranges if fitted or set already, else ``None`` (nothing is fitted)."""
+        return self._ranges
 
     def get(self) -> QuantizationRanges:
         with self._lock:
