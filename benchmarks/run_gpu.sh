@@ -23,7 +23,7 @@ if [ "${1:-}" = "--prepare" ]; then
 import itertools, shutil, sys
 from pathlib import Path
 from transformers import AutoTokenizer
-from kv_embeddings_integrations.core.bundled import bundled_model_dir
+from kv_embeddings_integrations.core.model.bundled import bundled_model_dir
 
 prep = Path(sys.argv[1])
 AutoTokenizer.from_pretrained(bundled_model_dir("smollm2-135m")).save_pretrained(prep / "tokenizer")
