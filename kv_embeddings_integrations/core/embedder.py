@@ -255,11 +255,10 @@ class KVEmbedder(PromptedModel):
         )  # fmt: skip
         if devices is not None:
             with self.start_pool(devices) as workers:
-                vectors: np.ndarray = workers.encode(
+                return workers.encode(
                     texts, prompt_type=options.prompt_type, batch_size=batch_size, normalize=normalize,
                     show_progress_bar=show_progress_bar, precision=precision,
                 )  # fmt: skip
-                return vectors
         items, single = texts_to_embed(texts, self.config.empty_text)
         result = self._embed_items(items, options)
         result.warn_truncated(self.max_length, stacklevel=2)
@@ -386,8 +385,10 @@ class KVEmbedder(PromptedModel):
             texts, prompt_type=prompt_type, prompt_name=prompt_name, normalize=normalize, precision=precision
         )
 
+        max_length = self.max_length  # not self: a pending callback must not hold the embedder
+
         def vectors(result: EmbedResult) -> np.ndarray:
-            result.warn_truncated(self.max_length, stacklevel=1)
+            result.warn_truncated(max_length, stacklevel=1)
             return result.vectors[0] if single else result.vectors
 
         return then(future, vectors)

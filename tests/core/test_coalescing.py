@@ -4,8 +4,10 @@ failures, cancellation and the worker thread's lifecycle; 8 threads and 8 asynci
 from __future__ import annotations
 
 import asyncio
+import gc
 import pickle
 import threading
+import weakref
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 import numpy as np
@@ -230,3 +232,16 @@ def test_eight_tasks_times_fifty_async_calls_match_sequential_calls(roomy):
 
     for t, vectors in enumerate(asyncio.run(main())):
         np.testing.assert_allclose(np.stack(vectors), np.roll(expected, -7 * t, axis=0), atol=1e-5)
+
+
+def test_a_dropped_embedder_frees_its_model_at_once_after_serving_requests(tokenizer):
+    embedder = KVEmbedder(make_model("llama"), tokenizer, layers=[1, 2], **PAPER)
+    embedder.submit(TEXTS[0]).result(HANG)  # the request queue and its worker exist
+    embedder.encode(TEXTS[:2])
+    held = weakref.ref(embedder), weakref.ref(embedder.model)
+    gc.disable()  # freed by reference counting alone: no cycle may hold the embedder or its model
+    try:
+        del embedder
+        assert held[0]() is None and held[1]() is None
+    finally:
+        gc.enable()

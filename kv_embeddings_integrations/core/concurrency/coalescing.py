@@ -123,6 +123,9 @@ class RequestCoalescer:
         try:
             while (group := self._take()) is not None:
                 self._serve(group)
+                # Served: drop them before waiting for more, or an idle worker would keep the last
+                # requests' callbacks (and what they name: the embedder, its model) alive.
+                group = []
         except BaseException as error:
             # Never leave futures waiting on a dead worker: fail what it held and what is queued,
             # and let the next request start a new worker.

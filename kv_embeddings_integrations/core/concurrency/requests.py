@@ -8,7 +8,9 @@ whose one worker thread embeds whatever arrived while the previous pass ran in o
 
 from __future__ import annotations
 
+import inspect
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
@@ -28,7 +30,10 @@ def then(source: Future[S], transform: Callable[[S], T]) -> Future[T]:
     """A future of ``transform`` of ``source``'s result (or its exception); cancelling it withdraws
     ``source`` if that has not started."""
     target: Future[T] = Future()
-    target.add_done_callback(lambda f: f.cancelled() and source.cancel())
+    # Weakly: a strong reference back would make a cycle that keeps ``transform``'s closure (and
+    # the embedder it names) alive after the request is done, until a garbage-collection pass.
+    weak = weakref.ref(source)
+    target.add_done_callback(lambda f: f.cancelled() and (s := weak()) is not None and s.cancel())
 
     def chain(done: Future[S]) -> None:
         if done.cancelled():
@@ -56,7 +61,8 @@ class RequestQueue:
     embedder sent to another process builds a new one.
 
     Args:
-        embed: embeds a list of texts with one call's options (float32, no progress bar).
+        embed: embeds a list of texts with one call's options (float32, no progress bar); a
+            bound method is held weakly, so the queue never keeps its embedder (and model) alive.
 
     Attributes:
         listeners: called with the number of texts of each coalesced pass once it ran (a server's metrics).
@@ -65,7 +71,7 @@ class RequestQueue:
     """
 
     def __init__(self, embed: Callable[[list[str], CallOptions], EmbedResult]) -> None:
-        self._embed = embed
+        self._embed = weakref.WeakMethod(embed) if inspect.ismethod(embed) else (lambda: embed)
         self._coalescer: RequestCoalescer | None = None
         self._lock = threading.Lock()
         self.listeners: list[Callable[[int], None]] = []
@@ -80,7 +86,7 @@ class RequestQueue:
         """Queue checked texts; requests with equal ``options`` share passes (none texts: done now)."""
         if not items:
             done: Future[EmbedResult] = Future()
-            done.set_result(self._embed(items, options))
+            done.set_result(self._function()(items, options))
             return done
         with self._lock:
             if self._coalescer is None:
@@ -94,4 +100,10 @@ class RequestQueue:
 
     def _run(self, texts: list[str], options: object) -> EmbedResult:
         assert isinstance(options, CallOptions)
-        return self._embed(texts, options)
+        return self._function()(texts, options)
+
+    def _function(self) -> Callable[[list[str], CallOptions], EmbedResult]:
+        embed = self._embed()
+        if embed is None:
+            raise RuntimeError("the embedder of this request queue was garbage collected")
+        return embed

@@ -20,7 +20,9 @@ recipe is to shortlist by Hamming distance and rescore the shortlist with float3
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -117,12 +119,13 @@ class RangesOnDemand:
     they cover changes.
 
     Args:
-        fit: fits (or reads from the cache) the ranges.
+        fit: fits (or reads from the cache) the ranges; a bound method is held weakly, so the
+            ranges never keep their embedder (and model) alive.
         ranges: ranges already known (an unpickled embedder's), used instead of fitting.
     """
 
     def __init__(self, fit: Callable[[], QuantizationRanges], ranges: QuantizationRanges | None = None) -> None:
-        self._fit = fit
+        self._fit = weakref.WeakMethod(fit) if inspect.ismethod(fit) else (lambda: fit)
         self._ranges = ranges
         self._lock = threading.Lock()
 
@@ -134,7 +137,10 @@ class RangesOnDemand:
     def get(self) -> QuantizationRanges:
         with self._lock:
             if self._ranges is None:
-                self._ranges = self._fit()
+                fit = self._fit()
+                if fit is None:
+                    raise RuntimeError("the embedder of these ranges was garbage collected")
+                self._ranges = fit()
             return self._ranges
 
     def set(self, ranges: QuantizationRanges, dimension: int) -> None:
