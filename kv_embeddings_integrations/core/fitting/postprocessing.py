@@ -22,7 +22,6 @@ from ..cache import (
     ORIGIN_WORDS,
     cached_file,
     cached_or_computed,
-    candidate_files,
     read_keyed_tensors,
     write_keyed_tensors,
 )
@@ -112,17 +111,6 @@ def fit(vectors: np.ndarray, kind: str, dimensions: int | None = None) -> PostPr
 def cache_path(key: dict[str, Any]) -> Path:
     """Where the user cache keeps (and a fit writes) the transform for ``key``."""
     return cached_file("postprocessing", key, ".safetensors")
-
-
-def lookup(key: dict[str, Any], name: str = "the model") -> PostProcessor | None:
-    """The transform fitted for exactly ``key``: the user's cached one, else the package's shipped
-    one, else ``None`` (to be fitted). ``name`` names the model in the log."""
-    for path, origin in candidate_files("postprocessing", key, ".safetensors"):
-        if (processor := load(path, key)) is not None:
-            logger.info("%s: %s post-processing, the fit %s", name, processor.kind, ORIGIN_WORDS[origin])
-            logger.debug("post-processing read from %s", path)
-            return processor
-    return None
 
 
 def load(path: Path, key: dict[str, Any]) -> PostProcessor | None:
