@@ -1,11 +1,11 @@
 """The ``kv-embed`` program: the top-level parser, built from the registry of command modules, and
 the dispatch to the chosen command's handler.
 
-Each command is one module of this package exposing [`Command`][kv_embeddings_integrations.cli.app.Command]: its
-``NAME`` and ``HELP``,
-``configure`` (its options) and ``run`` (its handler). Adding a command is adding its module to
-[`COMMANDS`][kv_embeddings_integrations.cli.app.COMMANDS]; the handler a parse chose travels in the namespace
-(``args.handler``).
+Each command is one module of this package exposing
+[`Command`][kv_embeddings_integrations.cli.app.Command]: its ``NAME`` and ``HELP``, ``configure``
+(its options) and ``run`` (its handler). Adding a command is adding its module to
+[`COMMANDS`][kv_embeddings_integrations.cli.app.COMMANDS]; the handler a parse chose travels in the
+namespace (``args.handler``).
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``kv-embed`` entry point: [`run`][kv_embeddings_integrations.cli.app.run], with a user error printed as one
-    line and status 2."""
+    """The ``kv-embed`` entry point: [`run`][kv_embeddings_integrations.cli.app.run], with a user
+    error printed as one line and status 2."""
     try:
         return run(argv)
     except CLIError as e:

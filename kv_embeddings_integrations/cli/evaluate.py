@@ -1,5 +1,6 @@
 """``kv-embed eval``: methods (and reference models) scored on STS, retrieval and classification
-data, written as Markdown, JSON and a chart (the eval extra, imported only when the command runs)."""
+data, written as Markdown, JSON and a chart (the eval extra, imported only when the command
+runs)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The options the commands share, and what they turn into: a config, loading options, an embedder.
 
 Each option's values, default and help come from the field of the config it sets
-([`add_field_option`][kv_embeddings_integrations.cli.options.add_field_option]); a server's options can also come from
-``$KV_EMBED_*`` variables
+([`add_field_option`][kv_embeddings_integrations.cli.options.add_field_option]); a server's options
+can also come from ``$KV_EMBED_*`` variables
 ([`environment_defaults`][kv_embeddings_integrations.cli.options.environment_defaults]).
 """
 
@@ -114,7 +114,8 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """The loading options, every embedder option
-    ([`MODEL_OPTIONS`][kv_embeddings_integrations.cli.options.MODEL_OPTIONS]) and where the model goes."""
+    ([`MODEL_OPTIONS`][kv_embeddings_integrations.cli.options.MODEL_OPTIONS]) and where the model
+    goes."""
     add_load_options(parser)
     for name in MODEL_OPTIONS:
         overrides = {"type": parse_layers, "metavar": "auto|none|10,11,12"} if name == "layers" else {}
@@ -189,9 +190,9 @@ def _entries(raw: str, variable: str) -> list[str]:
 
 
 def environment_defaults(parser: argparse.ArgumentParser, prefix: str) -> None:
-    """Each ``--some-option`` of ``parser`` takes its default from ``$<prefix>SOME_OPTION`` when that
-    is set: a flag still wins, then the variable, then the built-in default. A value the flag would
-    refuse is refused here too, naming the variable."""
+    """Each ``--some-option`` of ``parser`` takes its default from ``$<prefix>SOME_OPTION`` when
+    that is set: a flag still wins, then the variable, then the built-in default. A value the flag
+    would refuse is refused here too, naming the variable."""
     for action in parser._actions:
         if not action.option_strings or action.dest == "help":
             continue

@@ -1,5 +1,6 @@
 """``kv-embed select-layers``: the layers to re-route, picked by the intrinsic dimension of each
-layer's last-token states; prints the curve and optionally draws it (matplotlib, imported lazily)."""
+layer's last-token states; prints the curve and optionally draws it (matplotlib, imported
+lazily)."""
 
 from __future__ import annotations
 

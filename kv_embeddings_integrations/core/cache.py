@@ -121,9 +121,9 @@ def cached_or_computed(
 
 def read_keyed_tensors(path: Path, key: dict[str, Any], build: Callable[[dict[str, Any]], T], what: str) -> T | None:
     """What ``build`` makes of the tensors of a safetensors file written for exactly ``key``
-    ([`write_keyed_tensors`][kv_embeddings_integrations.core.cache.write_keyed_tensors]), or ``None``: no file, or an
-    unusable one (another key, corrupt,
-    missing a tensor; logged as ``what``, to be computed again, never fatal)."""
+    ([`write_keyed_tensors`][kv_embeddings_integrations.core.cache.write_keyed_tensors]), or
+    ``None``: no file, or an unusable one (another key, corrupt, missing a tensor; logged as
+    ``what``, to be computed again, never fatal)."""
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}

@@ -1,10 +1,10 @@
 """One embedding call's options, checked once: the value every entry point builds and passes down.
 
-[`KVEmbedder.embed`][kv_embeddings_integrations.core.embedder.KVEmbedder.embed], ``encode``, ``encode_sparse``,
-``embed_tokens``, ``submit_embed`` / ``aembed``, the process pool and Ray's actors all take their
-options as explicit keyword arguments and turn them into one
-[`CallOptions`][kv_embeddings_integrations.core.call_options.CallOptions]: a bad option fails in
-the caller, before any work, with the same message whichever entry point was used.
+[`KVEmbedder.embed`][kv_embeddings_integrations.core.embedder.KVEmbedder.embed], ``encode``,
+``encode_sparse``, ``embed_tokens``, ``submit_embed`` / ``aembed``, the process pool and Ray's
+actors all take their options as explicit keyword arguments and turn them into one
+[`CallOptions`][kv_embeddings_integrations.core.call_options.CallOptions]: a bad option fails in the
+caller, before any work, with the same message whichever entry point was used.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class CallOptions:
         prompt_type: the prompt that wraps each text: ``"document"`` (documents and symmetric
             tasks), ``"query"`` (the query side of asymmetric retrieval), a name of the config's
             ``prompts``, or another provider's name for a side (``search_query``, ``passage``...;
-            see [`KVEmbedder.prompt_names`][kv_embeddings_integrations.core.embedder.KVEmbedder.prompt_names]).
+            see
+            [`KVEmbedder.prompt_names`][kv_embeddings_integrations.core.embedder.KVEmbedder.prompt_names]).
             The entry points also take ``prompt_name``, sentence-transformers' spelling, used
             instead when given.
         batch_size: rows per forward pass, instead of the config's ``batch_size``.

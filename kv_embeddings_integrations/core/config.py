@@ -55,13 +55,12 @@ class EmbedderConfig(BaseModel):
             ``"classification"`` (both ``kv_pcot``, Pretended CoT; queries get the document
             prompt, as the two sides are alike). See ``TASK_METHODS``.
         method: ``None`` (the task's method) or a named preset (prompt family + re-routing on/off +
-            Token Prepending on/off):
-            ``"kv"`` (KV-Embedding as the paper describes it: compression prompt, mean+last pooling,
-            re-routing), ``"prompt"`` (the same without re-routing), ``"kv_prompteol"``,
-            ``"kv_pcot"``, ``"kv_ke"``, ``"kv_metaeol"`` (re-routing on those families),
-            ``"prompteol"``, ``"pcot"``, ``"ke"``, ``"metaeol"``, ``"echo"`` (the families alone),
-            ``"tp"`` (Token Prepending on PromptEOL), ``"mean"`` / ``"last"`` (raw text, no prompt).
-            See ``prompts.METHODS``.
+            Token Prepending on/off): ``"kv"`` (KV-Embedding as the paper describes it: compression
+            prompt, mean+last pooling, re-routing), ``"prompt"`` (the same without re-routing),
+            ``"kv_prompteol"``, ``"kv_pcot"``, ``"kv_ke"``, ``"kv_metaeol"`` (re-routing on those
+            families), ``"prompteol"``, ``"pcot"``, ``"ke"``, ``"metaeol"``, ``"echo"`` (the
+            families alone), ``"tp"`` (Token Prepending on PromptEOL), ``"mean"`` / ``"last"`` (raw
+            text, no prompt). See ``prompts.METHODS``.
         prompt_family: overrides the method's prompt family: ``"compress"``, ``"prompteol"``,
             ``"pcot"`` (Pretended CoT), ``"ke"`` (Knowledge Enhancement), ``"metaeol"`` (8 prompts,
             8x the cost), ``"echo"`` or ``"none"`` (raw text). The family brings its pooling and
@@ -123,10 +122,11 @@ class EmbedderConfig(BaseModel):
         postprocess_texts: texts to fit the post-processing on (at least 20 distinct; a sample
             of the user's corpus is best); ``None`` uses the 1000 built-in calibration texts.
         lexical: a lexical channel appended to each dense vector, so that one vector in a plain
-            store scores a dense + lexical fusion ([`lexical`][kv_embeddings_integrations.core.outputs.lexical]):
-            ``"none"``, ``"sparse"`` (the same pass's PromptReps weights, queries times IDF) or
-            ``"bm25"`` (BM25 over the model's tokens: documents' saturated term frequencies,
-            queries' IDF). ``None``: the task's (see ``TASK_LEXICAL``).
+            store scores a dense + lexical fusion
+            ([`lexical`][kv_embeddings_integrations.core.outputs.lexical]): ``"none"``, ``"sparse"``
+            (the same pass's PromptReps weights, queries times IDF) or ``"bm25"`` (BM25 over the
+            model's tokens: documents' saturated term frequencies, queries' IDF). ``None``: the
+            task's (see ``TASK_LEXICAL``).
         lexical_dim: columns of the lexical half (a count-sketch of the vocabulary).
         lexical_weight: the lexical cosine's share of a query's score, in ``[0, 1]``; applied on the
             query side only, so it can change without embedding the documents again.
@@ -275,10 +275,10 @@ class EmbedderConfig(BaseModel):
         return self.task in SYMMETRIC_TASKS
 
     def vector_options(self) -> dict[str, Any]:
-        """[`to_dict`][kv_embeddings_integrations.core.config.EmbedderConfig.to_dict] with the method resolved and the
-        task dropped: the options as they decide
-        a vector (what caches key on; ``task="similarity"`` and ``method="kv_pcot"`` share entries),
-        and whether queries get the document prompt when that is not the default."""
+        """[`to_dict`][kv_embeddings_integrations.core.config.EmbedderConfig.to_dict] with the
+        method resolved and the task dropped: the options as they decide a vector (what caches key
+        on; ``task="similarity"`` and ``method="kv_pcot"`` share entries), and whether queries get
+        the document prompt when that is not the default."""
         options = self.to_dict()
         options["method"] = self.resolved_method
         options["lexical"] = self.resolved_lexical
@@ -293,8 +293,9 @@ class EmbedderConfig(BaseModel):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbedderConfig:
-        """Build a config from [`to_dict`][kv_embeddings_integrations.core.config.EmbedderConfig.to_dict] output;
-        unknown keys are an error, not ignored."""
+        """Build a config from
+        [`to_dict`][kv_embeddings_integrations.core.config.EmbedderConfig.to_dict] output; unknown
+        keys are an error, not ignored."""
         unknown = sorted(set(data) - cls.option_names())
         if unknown:
             raise ValueError(f"unknown embedder option(s): {unknown}; known: {sorted(cls.option_names())}")

@@ -141,8 +141,9 @@ class KVEmbedder(PromptedModel):
         return self.requests.start_listeners
 
     def identity(self, *, normalize: bool = True, precision: str = "float32") -> dict[str, Any]:
-        """What decides this embedder's vectors, stored ``normalize``-d in ``precision``: a JSON-able
-        record to keep with them ([`embedder_identity`][kv_embeddings_integrations.core.identity.embedder_identity])."""
+        """What decides this embedder's vectors, stored ``normalize``-d in ``precision``: a
+        JSON-able record to keep with them
+        ([`embedder_identity`][kv_embeddings_integrations.core.identity.embedder_identity])."""
         return embedder_identity(self, normalize=normalize, precision=precision)
 
     @property
@@ -162,8 +163,7 @@ class KVEmbedder(PromptedModel):
 
     def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
         """This embedder's final (normalised) float32 vectors in ``precision`` (one of
-        ``PRECISIONS``), int8 /
-        uint8 with ``quantization_ranges``."""
+        ``PRECISIONS``), int8 / uint8 with ``quantization_ranges``."""
         precision = check_precision(precision)
         return quantize(vectors, precision, self.quantization_ranges if precision in SCALAR else None)
 
@@ -207,12 +207,14 @@ class KVEmbedder(PromptedModel):
 
         ``texts``: one string (one row) or an iterable of strings (a
         [`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds] is spliced in as
-        given); the other arguments are [`CallOptions`][kv_embeddings_integrations.core.call_options.CallOptions]'s.
+        given); the other arguments are
+        [`CallOptions`][kv_embeddings_integrations.core.call_options.CallOptions]'s.
 
         Returns:
-            an [`EmbedResult`][kv_embeddings_integrations.core.results.EmbedResult]: ``(n, dimension)``
-            vectors in input order, each text's token count and truncation, and the sparse vectors
-            if asked. Nothing is warned: the caller decides how to report truncation.
+            an [`EmbedResult`][kv_embeddings_integrations.core.results.EmbedResult]:
+            ``(n, dimension)`` vectors in input order, each text's token count and truncation, and
+            the sparse vectors if asked. Nothing is warned: the caller decides how to report
+            truncation.
         """
         options = self.call_options(
             prompt_type=prompt_type, prompt_name=prompt_name, batch_size=batch_size,
@@ -474,10 +476,11 @@ class KVEmbedder(PromptedModel):
     def encode_lexical(
         self, texts: str | Iterable[str], *, prompt_type: str = "document", prompt_name: str | None = None
     ) -> SparseVectors:
-        """The lexical half's weights as sparse vectors, unsketched: a partner for a store that holds
-        sparse vectors (Qdrant). Documents get their unit-length weights, queries their IDF-weighted
-        ones, so a sparse store's dot product ranks by the exact lexical cosine; no IDF modifier is
-        needed in the store. Needs a lexical channel (``lexical`` other than ``"none"``)."""
+        """The lexical half's weights as sparse vectors, unsketched: a partner for a store that
+        holds sparse vectors (Qdrant). Documents get their unit-length weights, queries their
+        IDF-weighted ones, so a sparse store's dot product ranks by the exact lexical cosine; no IDF
+        modifier is needed in the store. Needs a lexical channel (``lexical`` other than
+        ``"none"``)."""
         if self.lexical is None:
             raise ValueError(
                 "encode_lexical needs a lexical channel: build the embedder with lexical='bm25' or 'sparse'"
@@ -492,9 +495,9 @@ class KVEmbedder(PromptedModel):
         self, dense: np.ndarray, texts: Sequence[str], *, prompt_type: str = "document",
         sparse: SparseVectors | None = None,
     ) -> np.ndarray:  # fmt: skip
-        """Final dense vectors (``(len(texts), dense dimension)`` unit rows, post-processed) with the
-        texts' lexical half appended: what ``encode`` returns, from dense vectors kept elsewhere (an
-        evaluation's cache); ``sparse`` as for ``lexical_rows``."""
+        """Final dense vectors (``(len(texts), dense dimension)`` unit rows, post-processed) with
+        the texts' lexical half appended: what ``encode`` returns, from dense vectors kept elsewhere
+        (an evaluation's cache); ``sparse`` as for ``lexical_rows``."""
         rows = self.lexical_rows(texts, prompt_type=prompt_type, sparse=sparse)
         assert self.lexical is not None  # lexical_rows says so
         return self.lexical.vectors(dense, rows, self.resolved.side(prompt_type))

@@ -1,10 +1,10 @@
 """Optional dependencies: which extra provides what, and one error when a feature needs a missing one.
 
-Every feature that needs an optional package calls [`require`][kv_embeddings_integrations.core.extras.require], so a
-missing one always
-fails the same way: a [`MissingExtraError`][kv_embeddings_integrations.core.extras.MissingExtraError] (a
-``ModuleNotFoundError``) naming the feature,
-the missing modules and the exact ``pip install`` command.
+Every feature that needs an optional package calls
+[`require`][kv_embeddings_integrations.core.extras.require], so a missing one always fails the same
+way: a [`MissingExtraError`][kv_embeddings_integrations.core.extras.MissingExtraError] (a
+``ModuleNotFoundError``) naming the feature, the missing modules and the exact ``pip install``
+command.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def _importable(name: str) -> bool:
 
 
 def require(extra: str, feature: str, modules: tuple[str, ...] | None = None) -> None:
-    """Fail with [`MissingExtraError`][kv_embeddings_integrations.core.extras.MissingExtraError] unless ``extra``'s
-    modules (or ``modules`` of them) are installed.
+    """Fail with [`MissingExtraError`][kv_embeddings_integrations.core.extras.MissingExtraError]
+    unless ``extra``'s modules (or ``modules`` of them) are installed.
 
     Args:
         extra: the extra's name in ``pyproject.toml`` (a key of

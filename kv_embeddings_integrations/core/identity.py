@@ -1,12 +1,13 @@
 """What decides an embedder's vectors: the one definition, as a record and as cache keys.
 
 Three views of it live here, built from the same pieces
-([`model_identity`][kv_embeddings_integrations.core.identity.model_identity], the resolved
-prompts, ``max_length``, a digest of the texts):
-[`embedder_identity`][kv_embeddings_integrations.core.identity.embedder_identity], the record kept beside
-stored vectors; [`layer_selection_key`][kv_embeddings_integrations.core.identity.layer_selection_key] and
-[`postprocessing_key`][kv_embeddings_integrations.core.identity.postprocessing_key], the keys the cached
-(and shipped) layer choices and post-processing fits are found by.
+([`model_identity`][kv_embeddings_integrations.core.identity.model_identity], the resolved prompts,
+``max_length``, a digest of the texts):
+[`embedder_identity`][kv_embeddings_integrations.core.identity.embedder_identity], the record kept
+beside stored vectors;
+[`layer_selection_key`][kv_embeddings_integrations.core.identity.layer_selection_key] and
+[`postprocessing_key`][kv_embeddings_integrations.core.identity.postprocessing_key], the keys the
+cached (and shipped) layer choices and post-processing fits are found by.
 
 A vector store filled by one configuration and queried with another (another model, prompt,
 set of layers, post-processing...) returns neighbours that look plausible and are wrong. Storing
@@ -94,8 +95,8 @@ class FitSubject(Protocol):
     """What a fit (layer selection, post-processing, int8 ranges) and its cache key read of an
     embedder: its model and resolved method, the layers chosen so far and its lexical channel.
 
-    A [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] has all of it; so has the plain value
-    it fits on before it exists
+    A [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] has all of it; so has the
+    plain value it fits on before it exists
     ([`Fitting`][kv_embeddings_integrations.core.fitting.subject.Fitting]).
     """
 
@@ -179,9 +180,8 @@ def _selection_rule(rule: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
 def layer_selection_key(embedder: FitSubject, texts: Sequence[str], rule: Mapping[str, Any]) -> dict[str, Any]:
     """Everything automatic layer selection depends on: the cache key of its result.
 
-    Shipped results are found by this key's digest: its fields and values must not change without
-    a new ``ESTIMATOR_VERSION`` and new shipped files
-    (``scripts/precompute_bundled.py``).
+    Shipped results are found by this key's digest: its fields and values must not change without a
+    new ``ESTIMATOR_VERSION`` and new shipped files (``scripts/precompute_bundled.py``).
 
     Args:
         embedder: the embedder whose weights, document prompt and ``max_length`` are measured.
@@ -206,9 +206,8 @@ def layer_selection_key(embedder: FitSubject, texts: Sequence[str], rule: Mappin
 def postprocessing_key(embedder: FitSubject, texts: Sequence[str]) -> dict[str, Any]:
     """Everything a post-processing fit depends on: the cache key of the fitted transform.
 
-    Shipped fits are found by this key's digest: its fields and values must not change without a
-    new ``FIT_VERSION`` and new shipped files
-    (``scripts/precompute_bundled.py``).
+    Shipped fits are found by this key's digest: its fields and values must not change without a new
+    ``FIT_VERSION`` and new shipped files (``scripts/precompute_bundled.py``).
 
     Args:
         embedder: the embedder, its layers chosen, whose vectors are fitted on.
@@ -242,7 +241,8 @@ def postprocessing_key(embedder: FitSubject, texts: Sequence[str]) -> dict[str, 
 def embedder_identity(
     embedder: IdentifiedEmbedder, *, normalize: bool = True, precision: str = "float32"
 ) -> dict[str, Any]:
-    """The record of what decides a [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder]'s vectors,
+    """The record of what decides a
+    [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder]'s vectors,
     JSON-serialisable.
 
     Args:
@@ -303,8 +303,7 @@ def embedder_identity(
 
 
 def compared_fields(identity: Mapping[str, Any], *, also: Iterable[str] = ()) -> dict[str, Any]:
-    """The fields of ``identity`` that decide a vector (not
-    ``INFORMATIONAL``), plus ``also``.
+    """The fields of ``identity`` that decide a vector (not ``INFORMATIONAL``), plus ``also``.
 
     A store compares these; one output file of a resumed run (``kv-embed embed --resume``) also
     keeps the dtype and the length limits equal, so its rows are not even rounded differently.
@@ -341,7 +340,8 @@ def _difference(key: str, stored: Any, current: Any) -> str:
 
 
 def check_identity(stored: object, current: Mapping[str, Any], *, where: str = "the store") -> None:
-    """Raise [`EmbedderMismatchError`][kv_embeddings_integrations.core.identity.EmbedderMismatchError] unless
+    """Raise
+    [`EmbedderMismatchError`][kv_embeddings_integrations.core.identity.EmbedderMismatchError] unless
     ``current`` makes the same vectors as ``stored``.
 
     Args:

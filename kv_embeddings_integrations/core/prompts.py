@@ -5,8 +5,9 @@ A template is a plain string with one or more ``{text}`` placeholders, filled by
 
 A *family* is a prompt and how its paper reads an embedding out of it; a *method* is a named
 preset: a family, whether re-routing is on, and optionally Token Prepending. Re-routing and Token
-Prepending compose with any family through [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig]
-(``prompt_family``, ``reroute``, ``token_prepending``).
+Prepending compose with any family through
+[`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] (``prompt_family``,
+``reroute``, ``token_prepending``).
 """
 
 from __future__ import annotations
@@ -181,9 +182,8 @@ def render(template: str, text: str) -> tuple[str, list[tuple[int, int]]]:
 
 
 def prompt_names(prompts: dict[str, str] | None) -> tuple[str, ...]:
-    """Every prompt name a configuration with these ``prompts`` takes: its own names (other than
-    the two sides), then the two sides and the providers' names for them
-    (``INPUT_TYPES``)."""
+    """Every prompt name a configuration with these ``prompts`` takes: its own names (other than the
+    two sides), then the two sides and the providers' names for them (``INPUT_TYPES``)."""
     return tuple(name for name in (prompts or {}) if name not in PROMPT_TYPES) + tuple(INPUT_TYPES)
 
 
@@ -196,8 +196,8 @@ def check_prompt_name(name: object, prompts: dict[str, str] | None, field: str =
 
 
 def requested_prompt(prompt_type: str, prompt_name: str | None) -> str:
-    """The prompt name a call asks for: ``prompt_name`` (sentence-transformers' spelling) when given,
-    else ``prompt_type``; both given and different is a ``ValueError``."""
+    """The prompt name a call asks for: ``prompt_name`` (sentence-transformers' spelling) when
+    given, else ``prompt_type``; both given and different is a ``ValueError``."""
     if prompt_name is None:
         return prompt_type
     if prompt_type not in ("document", prompt_name):

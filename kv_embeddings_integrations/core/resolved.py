@@ -1,11 +1,11 @@
 """The method as it runs: every choice that decides a vector, resolved once from the options.
 
-[`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] holds what the user asked, with
-``None`` meaning "the method's own" (or the family's, or the model's);
-[`ResolvedMethod`][kv_embeddings_integrations.core.resolved.ResolvedMethod] is
-what that comes to for one model. The embedder keeps one, and everything that reads the method
-(its properties, ``repr``, the identity record, the cache keys) reads this value, so no two of
-them can resolve a default differently.
+[`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] holds what the user asked,
+with ``None`` meaning "the method's own" (or the family's, or the model's);
+[`ResolvedMethod`][kv_embeddings_integrations.core.resolved.ResolvedMethod] is what that comes to
+for one model. The embedder keeps one, and everything that reads the method (its properties,
+``repr``, the identity record, the cache keys) reads this value, so no two of them can resolve a
+default differently.
 """
 
 from __future__ import annotations
@@ -137,10 +137,9 @@ class ResolvedMethod:
 
     def templates(self, prompt_name: str = "document") -> tuple[str, ...]:
         """The templates a prompt name stands for: a name of the config's ``prompts``, else
-        ``"document"`` / ``"query"`` or another provider's name for one of them
-        (``INPUT_TYPES``: Cohere's ``search_query``,
-        NVIDIA's ``passage``, Jina's ``retrieval.query``...). Another name is a ``ValueError``
-        that lists the known ones."""
+        ``"document"`` / ``"query"`` or another provider's name for one of them (``INPUT_TYPES``:
+        Cohere's ``search_query``, NVIDIA's ``passage``, Jina's ``retrieval.query``...). Another
+        name is a ``ValueError`` that lists the known ones."""
         named = dict(self.named_templates)
         check_prompt_name(prompt_name, named)
         if prompt_name in named:
@@ -158,7 +157,8 @@ class ResolvedMethod:
 
     @property
     def prompt_names(self) -> tuple[str, ...]:
-        """Every name [`templates`][kv_embeddings_integrations.core.resolved.ResolvedMethod.templates] takes: the
+        """Every name
+        [`templates`][kv_embeddings_integrations.core.resolved.ResolvedMethod.templates] takes: the
         config's own prompts, then the providers' names."""
         return prompt_names(dict(self.named_templates))
 

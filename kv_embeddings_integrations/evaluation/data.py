@@ -141,11 +141,11 @@ def _sts_reader(path: Path):
 def load_sts(path: str | Path, name: str | None = None) -> STSTask:
     """Load STS pairs from one file or a folder of files of one kind.
 
-    Formats, told apart by name and header: STS-B (``sts-test.csv``: tab-separated, score then the two
-    sentences in fields 4-6), SICK (``SICK_*.txt`` with a ``sentence_A sentence_B relatedness_score``
-    header), SemEval (``STS.input.<set>.txt`` with scores in ``STS.gs.<set>.txt``; unscored pairs are
-    skipped). A folder loads all its SICK or ``STS.input.*`` files together (MTEB's SICK-R uses all
-    9927 pairs of train, trial and test).
+    Formats, told apart by name and header: STS-B (``sts-test.csv``: tab-separated, score then the
+    two sentences in fields 4-6), SICK (``SICK_*.txt`` with a
+    ``sentence_A sentence_B relatedness_score`` header), SemEval (``STS.input.<set>.txt`` with
+    scores in ``STS.gs.<set>.txt``; unscored pairs are skipped). A folder loads all its SICK or
+    ``STS.input.*`` files together (MTEB's SICK-R uses all 9927 pairs of train, trial and test).
 
     Args:
         path: a file, or a folder of SICK / SemEval files.

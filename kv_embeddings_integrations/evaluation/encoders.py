@@ -1,5 +1,6 @@
-"""What the evaluation asks of a method: a base [`Encoder`][kv_embeddings_integrations.evaluation.encoders.Encoder]
-and the optional capabilities some encoders add, each its own Protocol.
+"""What the evaluation asks of a method: a base
+[`Encoder`][kv_embeddings_integrations.evaluation.encoders.Encoder] and the optional capabilities
+some encoders add, each its own Protocol.
 
 A reference model (sentence-transformers) is a plain `Encoder`; the package's own methods
 ([`KVVariant`][kv_embeddings_integrations.evaluation.kv_encoder.KVVariant]) have every capability.

@@ -69,8 +69,8 @@ def retrieval_rows(
     task: RetrievalTask,
 ) -> list[Row]:
     """One row per precision of a retrieval task's final vectors, and for binary ones a second row
-    with the top [`RESCORE_TOP`][kv_embeddings_integrations.evaluation.precision.RESCORE_TOP] by Hamming
-    distance reranked by float32 cosine."""
+    with the top [`RESCORE_TOP`][kv_embeddings_integrations.evaluation.precision.RESCORE_TOP] by
+    Hamming distance reranked by float32 cosine."""
     doc_ids, query_ids = list(task.corpus), list(task.queries)
     exact = _unit(queries) @ _unit(docs).T  # the float32 cosines binary shortlists are reranked by
     rows: list[Row] = []

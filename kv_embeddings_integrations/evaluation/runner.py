@@ -6,7 +6,8 @@ The pieces live in their own modules: the encoders' Protocols
 ([`references`][kv_embeddings_integrations.evaluation.references]), one evaluator per kind of task
 ([`tasks`][kv_embeddings_integrations.evaluation.tasks]) and the results
 ([`results`][kv_embeddings_integrations.evaluation.results]); the names once defined here are
-imported back below, so ``from kv_embeddings_integrations.evaluation.runner import ...`` keeps working.
+imported back below, so ``from kv_embeddings_integrations.evaluation.runner import ...`` keeps
+working.
 """
 
 from __future__ import annotations
@@ -68,10 +69,10 @@ def evaluate_task_rows(
     precisions: Sequence[str] = (),
 ) -> list[TaskResult]:
     """[`evaluate_task`][kv_embeddings_integrations.evaluation.runner.evaluate_task], and with
-    ``hybrid`` on a retrieval task, more rows from the same pass: the encoder's sparse vectors alone,
-    dense + sparse (min-max and reciprocal-rank fusion) and dense + BM25 (min-max). ``bm25`` caches
-    BM25 score matrices by task name across encoders. ``precisions`` adds, for KV methods on STS and
-    retrieval tasks, a row per output precision of the same final vectors
+    ``hybrid`` on a retrieval task, more rows from the same pass: the encoder's sparse vectors
+    alone, dense + sparse (min-max and reciprocal-rank fusion) and dense + BM25 (min-max). ``bm25``
+    caches BM25 score matrices by task name across encoders. ``precisions`` adds, for KV methods on
+    STS and retrieval tasks, a row per output precision of the same final vectors
     ([`precision`][kv_embeddings_integrations.evaluation.precision])."""
     start = time.perf_counter()
     if isinstance(encoder, BM25Reference):

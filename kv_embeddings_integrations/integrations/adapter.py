@@ -1,11 +1,11 @@
 """One loaded model per process, however many embedders and adapters use it.
 
-Front ends built with equivalent [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] share
-one model in memory (the key is [`sharing_key`][kv_embeddings_integrations.core.model.loading.LoadOptions.sharing_key],
-so ``dtype="bfloat16"`` and
-``dtype=torch.bfloat16`` are one model), and the same embedder options share one
-[`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder]. Entries are weak: a model is freed once nothing
-uses it.
+Front ends built with equivalent
+[`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] share one model in memory
+(the key is [`sharing_key`][kv_embeddings_integrations.core.model.loading.LoadOptions.sharing_key],
+so ``dtype="bfloat16"`` and ``dtype=torch.bfloat16`` are one model), and the same embedder options
+share one [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder]. Entries are weak: a
+model is freed once nothing uses it.
 """
 
 from __future__ import annotations
@@ -33,18 +33,16 @@ _embedders: weakref.WeakValueDictionary[str, KVEmbedder] = weakref.WeakValueDict
 def shared_embedder(
     model: str | LoadOptions, config: EmbedderConfig, load_kwargs: dict[str, Any] | None = None
 ) -> KVEmbedder:
-    """The process-wide [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] for ``model`` with
-    ``config``, loading the model once.
+    """The process-wide [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] for
+    ``model`` with ``config``, loading the model once.
 
     Args:
         model: [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions], or a hub id, local directory
-            or bundled alias (then loaded
-            with ``load_kwargs``).
+            or bundled alias (then loaded with ``load_kwargs``).
         config: the embedder's options.
         load_kwargs: with a model name, [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions]
-            fields (``dtype``, ``device``,
-            ``device_map``, ``trust_remote_code``...); options that load other weights, or load
-            them differently, load a separate model.
+            fields (``dtype``, ``device``, ``device_map``, ``trust_remote_code``...); options that
+            load other weights, or load them differently, load a separate model.
     """
     options = LoadOptions.of(model, **(load_kwargs or {}))
     model_key = options.sharing_key()
@@ -69,7 +67,8 @@ def shared_embedder(
 
 class AdapterConfig(EmbedderConfig):
     """The fields both framework adapters add to
-    [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig]: which model, how to load it."""
+    [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig]: which model, how to
+    load it."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
 
@@ -102,7 +101,8 @@ class AdapterConfig(EmbedderConfig):
     @property
     def load_options(self) -> LoadOptions:
         """``model`` and ``model_kwargs`` as the
-        [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] the core loads with."""
+        [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] the core loads
+        with."""
         return LoadOptions(model=self.model, **self.model_kwargs)
 
     @model_validator(mode="after")

@@ -1,11 +1,13 @@
-"""Haystack components: [`KVTextEmbedder`][kv_embeddings_integrations.integrations.haystack.KVTextEmbedder] (queries)
-and [`KVDocumentEmbedder`][kv_embeddings_integrations.integrations.haystack.KVDocumentEmbedder] (documents).
+"""Haystack components:
+[`KVTextEmbedder`][kv_embeddings_integrations.integrations.haystack.KVTextEmbedder] (queries) and
+[`KVDocumentEmbedder`][kv_embeddings_integrations.integrations.haystack.KVDocumentEmbedder]
+(documents).
 
 Drop-in for Haystack's embedders (``SentenceTransformersTextEmbedder`` / ``...DocumentEmbedder``):
 ``warm_up()`` loads the model (shared with every other front end in the process), ``run()`` returns
-``{"embedding": [...]}`` or ``{"documents": [...]}`` with ``Document.embedding`` set, ``run_async()``
-goes through the embedder's request coalescing, and ``to_dict`` / ``from_dict`` keep pipelines
-serialisable (YAML included). Needs the ``haystack`` extra (``haystack-ai``).
+``{"embedding": [...]}`` or ``{"documents": [...]}`` with ``Document.embedding`` set,
+``run_async()`` goes through the embedder's request coalescing, and ``to_dict`` / ``from_dict`` keep
+pipelines serialisable (YAML included). Needs the ``haystack`` extra (``haystack-ai``).
 """
 
 from __future__ import annotations
@@ -154,8 +156,8 @@ class KVTextEmbedder(_KVComponent):
 
     @component.output_types(embedding=list[float])
     async def run_async(self, text: str) -> dict[str, Any]:
-        """[`run`][kv_embeddings_integrations.integrations.haystack.KVTextEmbedder.run] for Haystack's
-        ``AsyncPipeline``: concurrent calls share forward passes."""
+        """[`run`][kv_embeddings_integrations.integrations.haystack.KVTextEmbedder.run] for
+        Haystack's ``AsyncPipeline``: concurrent calls share forward passes."""
         self._check(text)
         return {"embedding": (await self._aencode([text], self.prompt_name))[0]}
 
@@ -238,8 +240,8 @@ class KVDocumentEmbedder(_KVComponent):
 
     @component.output_types(documents=list[Document])
     async def run_async(self, documents: list[Document]) -> dict[str, Any]:
-        """[`run`][kv_embeddings_integrations.integrations.haystack.KVDocumentEmbedder.run] for Haystack's
-        ``AsyncPipeline``."""
+        """[`run`][kv_embeddings_integrations.integrations.haystack.KVDocumentEmbedder.run] for
+        Haystack's ``AsyncPipeline``."""
         texts = self.texts_to_embed(documents)
         vectors = await self._aencode(texts, self.prompt_name) if texts else []
         return {"documents": [replace(d, embedding=v) for d, v in zip(documents, vectors, strict=True)]}

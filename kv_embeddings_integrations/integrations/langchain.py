@@ -14,21 +14,21 @@ from .adapter import AdapterConfig
 class KVEmbeddings(AdapterConfig, Embeddings):
     """KV-Embedding as a LangChain embedding model.
 
-    Documents are embedded with the document prompt, queries with the query prompt (or the
-    prompts ``document_prompt_name`` / ``query_prompt_name`` name, as sentence-transformers'
-    ``prompt_name`` does: ``prompts={"clustering": "..."}, document_prompt_name="clustering"``). Every
-    [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] option is a field (``method``, ``layers``,
-    ``bias``, ``pooling``, ``max_length``, ...). Instances with the same ``model``, options and
-    ``model_kwargs`` share one loaded model in the process.
+    Documents are embedded with the document prompt, queries with the query prompt (or the prompts
+    ``document_prompt_name`` / ``query_prompt_name`` name, as sentence-transformers' ``prompt_name``
+    does: ``prompts={"clustering": "..."}, document_prompt_name="clustering"``). Every
+    [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] option is a field
+    (``method``, ``layers``, ``bias``, ``pooling``, ``max_length``, ...). Instances with the same
+    ``model``, options and ``model_kwargs`` share one loaded model in the process.
 
     Example:
         .. code-block:: python
 
             from kv_embeddings_integrations import KVEmbeddings
 
-            embeddings = KVEmbeddings(model="Qwen/Qwen3-4B")
-            vectors = embeddings.embed_documents(["Paris is the capital of France."])
-            query = embeddings.embed_query("capital of France")
+            embeddings = KVEmbeddings(model="Qwen/Qwen3-4B") vectors =
+            embeddings.embed_documents(["Paris is the capital of France."]) query =
+            embeddings.embed_query("capital of France")
     """
 
     show_progress: bool = Field(default=False, description="show a progress bar on long jobs")

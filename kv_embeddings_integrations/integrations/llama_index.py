@@ -25,17 +25,16 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
     """KV-Embedding as a LlamaIndex embedding model.
 
     Queries use the core's query prompt, texts (nodes) its document prompt (or the prompts
-    ``query_prompt_name`` / ``document_prompt_name`` name: a name of ``prompts`` or a provider's). Every
-    [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] option is a field. The model lives in a
-    private attribute; pickling keeps the fields (and an ``embedder`` passed in explicitly) and
-    the model is re-attached on unpickling (loaded again in another process, shared in this one),
-    so ``IngestionPipeline(num_workers=...)`` works.
+    ``query_prompt_name`` / ``document_prompt_name`` name: a name of ``prompts`` or a provider's).
+    Every [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] option is a
+    field. The model lives in a private attribute; pickling keeps the fields (and an ``embedder``
+    passed in explicitly) and the model is re-attached on unpickling (loaded again in another
+    process, shared in this one), so ``IngestionPipeline(num_workers=...)`` works.
 
     Example:
         .. code-block:: python
 
-            from llama_index.core import Settings
-            from kv_embeddings_integrations import KVEmbedding
+            from llama_index.core import Settings from kv_embeddings_integrations import KVEmbedding
 
             Settings.embed_model = KVEmbedding(model="Qwen/Qwen3-4B")
     """
@@ -53,11 +52,11 @@ class KVEmbedding(AdapterConfig, BaseEmbedding):  # type: ignore[misc]
     ) -> None:
         """Args:
         model: hub id, local directory or bundled alias (ignored when ``embedder`` is given).
-        embedder: an existing [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] to use instead of
-        loading ``model``.
+        embedder: an existing [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] to
+        use instead of loading ``model``.
         embed_batch_size: texts per call into the core (which batches again by length).
-        **kwargs: [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] options, ``model_kwargs``,
-        ``normalize``,
+        **kwargs: [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] options,
+        ``model_kwargs``, ``normalize``,
             ``show_progress_bar`` and ``BaseEmbedding`` fields (``callback_manager``, ...).
         """
         if embedder is not None:

@@ -8,11 +8,10 @@ everything else (documents, STS, classification, clustering...) with its documen
 Example:
     .. code-block:: python
 
-        import mteb
-        from kv_embeddings_integrations.integrations.mteb import mteb_encoder
+        import mteb from kv_embeddings_integrations.integrations.mteb import mteb_encoder
 
-        encoder = mteb_encoder("Qwen/Qwen3-4B", method="kv")
-        results = mteb.evaluate(encoder, mteb.get_tasks(tasks=["STSBenchmark", "SciFact"]))
+        encoder = mteb_encoder("Qwen/Qwen3-4B", method="kv") results = mteb.evaluate(encoder,
+        mteb.get_tasks(tasks=["STSBenchmark", "SciFact"]))
 
 mteb is an optional dependency:  ``pip install 'kv-embeddings-integrations[mteb]'``.
 """
@@ -126,15 +125,15 @@ def _experiment_kwargs(embedder: KVEmbedder) -> dict[str, Any]:
 class KVMTEBEncoder(AbsEncoder):
     """KV-Embedding as an mteb encoder (mteb's ``EncoderProtocol``, through its ``AbsEncoder``).
 
-    Pass an existing [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder], or a model name and options
-    to load one. Similarities are cosine (mteb's own ``cos_sim``), as declared in
+    Pass an existing [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder], or a model
+    name and options to load one. Similarities are cosine (mteb's own ``cos_sim``), as declared in
     ``mteb_model_meta``.
 
     Args:
         model: a [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] to use as it is, or what
-            [`from_pretrained`][kv_embeddings_integrations.core.embedder.KVEmbedder.from_pretrained] loads: a model-hub
-            id, a local directory or a
-            bundled alias (default ``"smollm2-135m"``).
+            [`from_pretrained`][kv_embeddings_integrations.core.embedder.KVEmbedder.from_pretrained]
+            loads: a model-hub id, a local directory or a bundled alias (default
+            ``"smollm2-135m"``).
         revision: the revision mteb records the results under; when ``model`` is a name, also the
             hub revision (branch, tag or commit) loaded, here and by the meta's loader. ``None``
             records ``DEFAULT_REVISION`` (this package's version) and loads the default branch.
@@ -147,9 +146,9 @@ class KVMTEBEncoder(AbsEncoder):
         normalize: L2-normalise the vectors (the cosine scores mteb computes are the same either way).
         **options: [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] options (``method``,
             ``layers``, ``bias``, ``pooling``, ``max_length``, ``batch_size``...) and other
-            [`from_pretrained`][kv_embeddings_integrations.core.embedder.KVEmbedder.from_pretrained] arguments
-            (``device_map``, ``trust_remote_code``,
-            ``attn_implementation``...). Only when ``model`` is a name.
+            [`from_pretrained`][kv_embeddings_integrations.core.embedder.KVEmbedder.from_pretrained]
+            arguments (``device_map``, ``trust_remote_code``, ``attn_implementation``...). Only when
+            ``model`` is a name.
 
     Attributes:
         embedder: the core [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] doing the work.
@@ -302,7 +301,8 @@ def load_mteb_encoder(
     model_revision: str | None = None,
     **kwargs: Any,
 ) -> KVMTEBEncoder:
-    """The ``ModelMeta.loader`` of [`KVMTEBEncoder`][kv_embeddings_integrations.integrations.mteb.KVMTEBEncoder]:
+    """The ``ModelMeta.loader`` of
+    [`KVMTEBEncoder`][kv_embeddings_integrations.integrations.mteb.KVMTEBEncoder]:
     ``meta.load_model()`` builds it again.
 
     Args:
@@ -323,8 +323,7 @@ def mteb_encoder(model: str | KVEmbedder = DEFAULT_MODEL, **options: Any) -> KVM
         model: a [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder], or a model-hub id, local
             directory or bundled alias to load.
         **options: [`KVMTEBEncoder`][kv_embeddings_integrations.integrations.mteb.KVMTEBEncoder] arguments
-            (``revision``, ``device``, ``dtype``, ``name``,
-            ``normalize``) and, when ``model`` is a name, embedder options (``method``, ``layers``,
-            ``bias``...) and loading arguments.
+            (``revision``, ``device``, ``dtype``, ``name``, ``normalize``) and, when ``model`` is a
+            name, embedder options (``method``, ``layers``, ``bias``...) and loading arguments.
     """
     return KVMTEBEncoder(model, **options)

@@ -45,9 +45,9 @@ def require_ray():
 
 def _load(model: str | dict[str, Any], options: dict[str, Any]):
     """The embedder for ``model`` (a name, or
-    [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] fields) and ``options``
-    ([`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] fields, and with a name, loading
-    arguments too)."""
+    [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] fields) and
+    ``options`` ([`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] fields,
+    and with a name, loading arguments too)."""
     # The core is imported where it runs (in an actor or task), not when this module loads.
     from ..core.embedder import KVEmbedder
 
@@ -73,9 +73,9 @@ class DatasetEmbedder:
 
     Args:
         model: hub id, local directory or bundled alias, or a dict of
-            [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] fields
-            (what [`embed_dataset`][kv_embeddings_integrations.parallel.ray_data.embed_dataset] sends: plain data
-            travels to actors as it is).
+            [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] fields (what
+            [`embed_dataset`][kv_embeddings_integrations.parallel.ray_data.embed_dataset] sends:
+            plain data travels to actors as it is).
         options: [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] fields, with
             the layers already chosen (with a model name, also
             [`KVEmbedder.from_pretrained`][kv_embeddings_integrations.core.embedder.KVEmbedder.from_pretrained]
@@ -181,8 +181,8 @@ def embed_dataset(
         ds: a ``ray.data.Dataset`` with a string column ``text_column`` (e.g. from
             ``ray.data.read_json(...)`` or ``read_parquet(...)``).
         model: hub id, local directory or bundled alias, or
-            [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] (then no loading
-            options in ``embedder_options``); every actor loads it once.
+            [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] (then no
+            loading options in ``embedder_options``); every actor loads it once.
         text_column: the column holding the texts; other columns (ids...) are kept as they are.
         output_column: the new column (replaced if present): one vector per row, as an Arrow
             fixed-size list of ``precision``'s type (float32 by default).

@@ -6,7 +6,8 @@ The engine ([`engine`][kv_embeddings_integrations.serving.engine]) is apart from
 [`http_errors`][kv_embeddings_integrations.serving.http_errors] answers in OpenAI's and TEI's
 shapes; [`server`][kv_embeddings_integrations.serving.server] runs it with uvicorn. Needs the
 ``serve`` extra: ``pip install 'kv-embeddings-integrations[serve]'``. The names below load on first
-use, so [`settings`][kv_embeddings_integrations.serving.settings] (pydantic only) imports without it.
+use, so [`settings`][kv_embeddings_integrations.serving.settings] (pydantic only) imports without
+it.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """The serving engine, apart from the web layer: admission, inputs to texts, truncation policy,
-embedding. Its refusals are [`ServingError`][kv_embeddings_integrations.serving.errors.ServingError]s,
-which the routes answer in their own shapes and statuses.
+embedding. Its refusals are
+[`ServingError`][kv_embeddings_integrations.serving.errors.ServingError]s, which the routes answer
+in their own shapes and statuses.
 
 One [`EmbeddingEngine`][kv_embeddings_integrations.serving.engine.EmbeddingEngine] wraps one
-[`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder]. Every request goes through the embedder's
-coalescing (``aembed``), so concurrent requests share forward passes and the event loop never waits
-on one. Admission is bounded: past ``max_concurrent_requests`` requests running or waiting, new ones
-are refused at once ([`Overloaded`][kv_embeddings_integrations.serving.errors.Overloaded]) instead
-of queueing without limit.
+[`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder]. Every request goes through the
+embedder's coalescing (``aembed``), so concurrent requests share forward passes and the event loop
+never waits on one. Admission is bounded: past ``max_concurrent_requests`` requests running or
+waiting, new ones are refused at once
+([`Overloaded`][kv_embeddings_integrations.serving.errors.Overloaded]) instead of queueing without
+limit.
 """
 
 from __future__ import annotations
@@ -87,8 +89,8 @@ class EmbeddingEngine:
         messages. Token ids are ``cl100k_base``'s (OpenAI's clients: decoded, the text embedded), or
         with ``model_ids`` this model's own (TEI's clients): embedded as given, spliced between the
         ``prompt_type`` prompt's own tokens
-        ([`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds]), or decoded where that
-        prompt cannot be split."""
+        ([`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds]), or decoded where
+        that prompt cannot be split."""
         one_array = not isinstance(inputs, str) and bool(inputs) and not isinstance(inputs[0], (str, list))
         if isinstance(inputs, str):
             items: list = [inputs]
@@ -181,10 +183,11 @@ class EmbeddingEngine:
         truncation_direction: Literal["left", "right"] = "right",
         sparse: bool = False,
     ) -> Embedded:
-        """Embed ``texts`` (already checked) in shared forward passes with concurrent requests
-        (with ``sparse``, their sparse lexical vectors too, from the same passes). A text too long
-        for ``max_length`` in its prompt loses its end, or with ``truncation_direction="left"`` its
-        beginning (see [`keep_ends`][kv_embeddings_integrations.serving.engine.EmbeddingEngine.keep_ends]).
+        """Embed ``texts`` (already checked) in shared forward passes with concurrent requests (with
+        ``sparse``, their sparse lexical vectors too, from the same passes). A text too long for
+        ``max_length`` in its prompt loses its end, or with ``truncation_direction="left"`` its
+        beginning (see
+        [`keep_ends`][kv_embeddings_integrations.serving.engine.EmbeddingEngine.keep_ends]).
 
         Raises:
             Overloaded: when ``max_concurrent_requests`` are already admitted.
@@ -221,9 +224,10 @@ class EmbeddingEngine:
         truncate: bool = True,
         truncation_direction: Literal["left", "right"] = "right",
     ) -> TokenStates:
-        """TEI's ``/embed_all``: every token's state at the pooled layer, in the re-routed pass
-        (in a worker thread; admitted and counted as
-        [`embed`][kv_embeddings_integrations.serving.engine.EmbeddingEngine.embed]'s requests are)."""
+        """TEI's ``/embed_all``: every token's state at the pooled layer, in the re-routed pass (in
+        a worker thread; admitted and counted as
+        [`embed`][kv_embeddings_integrations.serving.engine.EmbeddingEngine.embed]'s requests
+        are)."""
         self._admit()
         try:
             texts, cut_left = await self._cut(texts, prompt_type, truncate, truncation_direction)
@@ -304,8 +308,8 @@ class EmbeddingEngine:
     # -- tokens (TEI's /tokenize, /decode, /info) -------------------------------------------------
 
     def tokens(self, texts: list[str], *, add_special_tokens: bool, prompt_type: str | None) -> list[list[dict]]:
-        """TEI's ``/tokenize`` answer: each text's tokens, in the prompt when ``prompt_type`` is given
-        (what the model sees, before any cut to ``max_length``), else the bare text."""
+        """TEI's ``/tokenize`` answer: each text's tokens, in the prompt when ``prompt_type`` is
+        given (what the model sees, before any cut to ``max_length``), else the bare text."""
         template = self.embedder.template(prompt_type) if prompt_type else None
         strings = [render(template, text)[0] if template else text for text in texts]
         tokenizer = self.embedder.tokenizer
@@ -381,8 +385,8 @@ class EmbeddingEngine:
         return True
 
     def check_sparse(self) -> None:
-        """[`Unsupported`][kv_embeddings_integrations.serving.errors.Unsupported] unless the model can
-        give sparse vectors (it needs its LM head)."""
+        """[`Unsupported`][kv_embeddings_integrations.serving.errors.Unsupported] unless the model
+        can give sparse vectors (it needs its LM head)."""
         try:
             lm_head_weight(self.embedder.model)
         except ValueError as error:
@@ -432,8 +436,9 @@ class EmbeddingEngine:
 
     def prompt_name(self, name: str | None, field: str = "prompt_name") -> str:
         """The prompt a request names (``None``: the document prompt); an unknown name is an
-        [`InvalidInput`][kv_embeddings_integrations.serving.errors.InvalidInput] listing the names this
-        server knows (its ``--prompt`` names, the two sides and the providers' names for them)."""
+        [`InvalidInput`][kv_embeddings_integrations.serving.errors.InvalidInput] listing the names
+        this server knows (its ``--prompt`` names, the two sides and the providers' names for
+        them)."""
         if name is None:
             return "document"
         try:
@@ -454,9 +459,9 @@ class EmbeddingEngine:
             )
 
     def typed(self, vectors: np.ndarray, types: Sequence[str]) -> dict[str, np.ndarray]:
-        """``vectors`` (final, normalised) in each of ``types`` (Cohere's names; ``float`` is float32).
-        The int8 / uint8 ranges are fitted on the first such request (then cached on disk): this
-        runs in a worker thread, not on the event loop."""
+        """``vectors`` (final, normalised) in each of ``types`` (Cohere's names; ``float`` is
+        float32). The int8 / uint8 ranges are fitted on the first such request (then cached on
+        disk): this runs in a worker thread, not on the event loop."""
         return {kind: self.embedder.quantize(vectors, "float32" if kind == "float" else kind) for kind in types}
 
     def with_dimensions(self, vectors: np.ndarray, dimensions: int | None, normalize: bool = True) -> np.ndarray:

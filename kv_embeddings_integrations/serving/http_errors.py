@@ -37,10 +37,9 @@ class APIError(Exception):
         code: a stable machine-readable code, if any.
         headers: extra response headers (``Retry-After`` for 429).
         tei_type: TEI's ``error_type`` (a key of
-            ``TEI_STATUS``), sent with
-            TEI's status for it. None: the one ``status`` implies (429 ``Overloaded``; 5xx
-            ``Backend``, status kept; 401 ``Unauthorized``, TEI's bare 401 given a body; else
-            ``Validation``, 422).
+            ``TEI_STATUS``), sent with TEI's status for it. None: the one ``status`` implies (429
+            ``Overloaded``; 5xx ``Backend``, status kept; 401 ``Unauthorized``, TEI's bare 401 given
+            a body; else ``Validation``, 422).
         tei_status: the status on TEI's routes, if not the one above (for the refusals TEI's
             HTTP framework answers itself: a body over the limit is 413 there, bad JSON 400).
     """
@@ -78,8 +77,7 @@ class APIError(Exception):
 
 
 def as_api_error(error: ServingError) -> APIError:
-    """``error`` as the server answers it (see
-    ``HTTP_FORMS``)."""
+    """``error`` as the server answers it (see ``HTTP_FORMS``)."""
     status, kind, tei_type = next(HTTP_FORMS[c] for c in type(error).__mro__ if c in HTTP_FORMS)
     headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Overloaded) else None
     return APIError(

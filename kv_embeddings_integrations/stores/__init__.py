@@ -1,8 +1,8 @@
 """Vector stores: keep the embedder's identity with the vectors, refuse a mismatched query.
 
-See [`kv_embeddings_integrations.stores.guard`][kv_embeddings_integrations.stores.guard]; the documentation's *Vector
-stores* page
-(``docs/vector-stores.md``) shows Chroma, FAISS, LanceDB and DuckDB end to end.
+See [`kv_embeddings_integrations.stores.guard`][kv_embeddings_integrations.stores.guard]; the
+documentation's *Vector stores* page (``docs/vector-stores.md``) shows Chroma, FAISS, LanceDB and
+DuckDB end to end.
 """
 
 from __future__ import annotations

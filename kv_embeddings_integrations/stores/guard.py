@@ -3,17 +3,21 @@
 Three places a record can live, by what the store offers:
 
 - **collection metadata** (Chroma):
-[`collection_metadata`][kv_embeddings_integrations.stores.guard.collection_metadata] when creating the collection,
-  [`verify_collection`][kv_embeddings_integrations.stores.guard.verify_collection] after opening it;
+  [`collection_metadata`][kv_embeddings_integrations.stores.guard.collection_metadata] when creating
+  the collection, [`verify_collection`][kv_embeddings_integrations.stores.guard.verify_collection]
+  after opening it;
 - **Arrow schema metadata** on the embedding column (Parquet from ``kv-embed embed-dataset``,
-  LanceDB tables made from it): [`arrow_field_metadata`][kv_embeddings_integrations.stores.guard.arrow_field_metadata],
+  LanceDB tables made from it):
+  [`arrow_field_metadata`][kv_embeddings_integrations.stores.guard.arrow_field_metadata],
   [`verify_arrow_schema`][kv_embeddings_integrations.stores.guard.verify_arrow_schema];
 - **a small JSON file beside the store** (FAISS ``save_local`` folders, LanceDB directories,
-  LlamaIndex persist directories): [`save_identity`][kv_embeddings_integrations.stores.guard.save_identity],
+  LlamaIndex persist directories):
+  [`save_identity`][kv_embeddings_integrations.stores.guard.save_identity],
   [`verify_identity`][kv_embeddings_integrations.stores.guard.verify_identity].
 
-Every ``verify_*`` raises [`EmbedderMismatchError`][kv_embeddings_integrations.core.identity.EmbedderMismatchError]
-naming what differs when the querying embedder would not make the stored vectors.
+Every ``verify_*`` raises
+[`EmbedderMismatchError`][kv_embeddings_integrations.core.identity.EmbedderMismatchError] naming
+what differs when the querying embedder would not make the stored vectors.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ class MissingIdentityError(LookupError):
 
 class HasIdentity(Protocol):
     """What the guard needs of an embedder: a
-    [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder], ``KVEmbeddings`` (LangChain),
-    ``KVEmbedding`` (LlamaIndex) or the Haystack components."""
+    [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder], ``KVEmbeddings``
+    (LangChain), ``KVEmbedding`` (LlamaIndex) or the Haystack components."""
 
     def identity(self) -> dict[str, Any]: ...
 
@@ -86,8 +90,9 @@ def save_identity(folder: str | os.PathLike, embeddings: IdentitySource, *, over
         folder: the store's folder (a FAISS ``save_local`` folder, a LanceDB directory...).
         embeddings: the embedder that filled the store.
         overwrite: replace a record of another configuration. Off: adding vectors of one
-            configuration to a store of another would leave a mixed store under a clean record,
-            so that raises [`EmbedderMismatchError`][kv_embeddings_integrations.core.identity.EmbedderMismatchError]
+            configuration to a store of another would leave a mixed store under a clean record, so
+            that raises
+            [`EmbedderMismatchError`][kv_embeddings_integrations.core.identity.EmbedderMismatchError]
             instead.
     """
     path = Path(folder) / IDENTITY_FILE
@@ -130,8 +135,8 @@ def verify_identity(folder: str | os.PathLike, embeddings: IdentitySource) -> di
 
 
 def collection_metadata(embeddings: IdentitySource, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``metadata`` plus the embedder's record (a JSON string: Chroma takes flat scalar values),
-    for ``collection_metadata=`` (LangChain ``Chroma``) or ``get_or_create_collection(metadata=)``."""
+    """``metadata`` plus the embedder's record (a JSON string: Chroma takes flat scalar values), for
+    ``collection_metadata=`` (LangChain ``Chroma``) or ``get_or_create_collection(metadata=)``."""
     return {**(metadata or {}), METADATA_KEY: json.dumps(identity_of(embeddings), sort_keys=True)}
 
 

@@ -54,8 +54,8 @@ FAILURE_CLOSE_TIMEOUT_SECONDS = 2.0
 
 class Replicable(Protocol):
     """What a pool needs of the embedder it replicates (a
-    [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] has it): what rebuilds it in a worker,
-    and what the parent checks and quantizes with."""
+    [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] has it): what rebuilds it in
+    a worker, and what the parent checks and quantizes with."""
 
     @property
     def name(self) -> str: ...
@@ -166,8 +166,8 @@ def _worker(
 
 
 class EmbeddingPool:
-    """Encode with one [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] replica per device,
-    in worker processes.
+    """Encode with one [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder] replica
+    per device, in worker processes.
 
     Each worker is a spawned process that rebuilds the embedder from its model, tokenizer, config
     and already-chosen layers (layer selection never runs again), moves the model to its device
@@ -181,9 +181,8 @@ class EmbeddingPool:
     CPU before building the pool keeps every worker from touching the parent's GPU.
 
     Workers start in the background; a worker that cannot start (or dies) is reported by the next
-    [`encode`][kv_embeddings_integrations.core.concurrency.process_pool.EmbeddingPool.encode], which then raises and
-    closes the pool. Close the pool when done (or use it as a
-    context manager)::
+    [`encode`][kv_embeddings_integrations.core.concurrency.process_pool.EmbeddingPool.encode], which
+    then raises and closes the pool. Close the pool when done (or use it as a context manager)::
 
         with EmbeddingPool(embedder, ["cuda:0", "cuda:1"]) as pool:
             vectors = pool.encode(texts)
@@ -262,8 +261,9 @@ class EmbeddingPool:
 
     @property
     def closed(self) -> bool:
-        """Whether [`close`][kv_embeddings_integrations.core.concurrency.process_pool.EmbeddingPool.close] has run (or
-        a failure closed the pool)."""
+        """Whether
+        [`close`][kv_embeddings_integrations.core.concurrency.process_pool.EmbeddingPool.close] has
+        run (or a failure closed the pool)."""
         return self._closed
 
     def __repr__(self) -> str:
@@ -299,8 +299,9 @@ class EmbeddingPool:
         show_progress_bar: bool | None = None,
         precision: str = "float32",
     ) -> np.ndarray:
-        """``embed``'s vectors (arguments as there), warning when texts were truncated: the same result
-        as [`KVEmbedder.encode`][kv_embeddings_integrations.core.embedder.KVEmbedder.encode]."""
+        """``embed``'s vectors (arguments as there), warning when texts were truncated: the same
+        result as
+        [`KVEmbedder.encode`][kv_embeddings_integrations.core.embedder.KVEmbedder.encode]."""
         single = isinstance(texts, str)
         result = self.embed(
             texts,
@@ -345,8 +346,9 @@ class EmbeddingPool:
                 applied here, in the parent, with its ranges).
 
         Returns:
-            an [`EmbedResult`][kv_embeddings_integrations.core.results.EmbedResult] in input order: float32
-            vectors ``(len(texts), hidden_size)`` (one string is one row), token counts and truncation.
+            an [`EmbedResult`][kv_embeddings_integrations.core.results.EmbedResult] in input order:
+            float32 vectors ``(len(texts), hidden_size)`` (one string is one row), token counts and
+            truncation.
 
         Raises:
             TypeError: ``texts`` is not a string or an iterable of strings.

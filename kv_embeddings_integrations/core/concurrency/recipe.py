@@ -57,9 +57,7 @@ class EmbedderRecipe:
     lexical_statistics: LexicalStatistics | None = None
 
     def build(self) -> Replica:
-        """The embedder, re-routing exactly
-        ``layers``, with the fitted
-        post-processing."""
+        """The embedder, re-routing exactly ``layers``, with the fitted post-processing."""
         # An empty list is not a valid `layers` option; None means "no re-routing", which is what
         # an empty selection means too (or the method does not re-route and ignores it anyway).
         embedder = self.embedder_class(

@@ -1,9 +1,10 @@
 """Concurrent requests to one embedder: queued, coalesced into shared forward passes, awaitable.
 
-The embedder holds a [`RequestQueue`][kv_embeddings_integrations.core.concurrency.requests.RequestQueue]
-over its own embedding function (as infinity's engine holds its batch handler): each request goes
-to a [`RequestCoalescer`][kv_embeddings_integrations.core.concurrency.coalescing.RequestCoalescer],
-whose one worker thread embeds whatever arrived while the previous pass ran in one call.
+The embedder holds a
+[`RequestQueue`][kv_embeddings_integrations.core.concurrency.requests.RequestQueue] over its own
+embedding function (as infinity's engine holds its batch handler): each request goes to a
+[`RequestCoalescer`][kv_embeddings_integrations.core.concurrency.coalescing.RequestCoalescer], whose
+one worker thread embeds whatever arrived while the previous pass ran in one call.
 """
 
 from __future__ import annotations

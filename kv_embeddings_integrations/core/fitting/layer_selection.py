@@ -1,11 +1,11 @@
 """Automatic choice of the re-routed layers by intrinsic dimensionality (method.md).
 
 The intrinsic dimension (ID) of the last-token representation of prompted texts is estimated at
-every layer with TwoNN (Facco et al. 2017, Sci. Rep. 7:12140); the re-routed window starts at
-the layer of minimum ID past the first 20% of the network and spans ``floor(L / 10)`` more layers.
-The choice is computed once per model and cached as JSON in the user cache, keyed by
-[`layer_selection_key`][kv_embeddings_integrations.core.identity.layer_selection_key]; the package ships the choices
-for its bundled models (see [`cache`][kv_embeddings_integrations.core.cache]).
+every layer with TwoNN (Facco et al. 2017, Sci. Rep. 7:12140); the re-routed window starts at the
+layer of minimum ID past the first 20% of the network and spans ``floor(L / 10)`` more layers. The
+choice is computed once per model and cached as JSON in the user cache, keyed by
+[`layer_selection_key`][kv_embeddings_integrations.core.identity.layer_selection_key]; the package
+ships the choices for its bundled models (see [`cache`][kv_embeddings_integrations.core.cache]).
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ def select_layers(
 def last_token_states(
     embedder: SelectableEmbedder, texts: Sequence[str], *, show_progress_bar: bool | None = None
 ) -> torch.Tensor:
-    """``(N, L, H)`` float32 last-token hidden states of every layer, for texts prompted as documents,
-    without re-routing (the embedder's ``layer_states``)."""
+    """``(N, L, H)`` float32 last-token hidden states of every layer, for texts prompted as
+    documents, without re-routing (the embedder's ``layer_states``)."""
     return embedder.layer_states(texts, prompt_type="document", show_progress_bar=show_progress_bar)
 
 

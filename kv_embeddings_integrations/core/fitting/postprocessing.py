@@ -1,11 +1,12 @@
 """Label-free post-processing of embeddings: mean-centering, PCA and whitening.
 
-LLM hidden states are strongly anisotropic (every pair of texts has a cosine near 0.9): removing
-the common mean direction spreads them out, and PCA drops dimensions the data barely uses
-(cheaper vector stores). Fitted once, without labels, on sample texts embedded with the document
-prompt, then cached as a safetensors file (no pickle) keyed by
-[`postprocessing_key`][kv_embeddings_integrations.core.identity.postprocessing_key]; the package ships the
-default's fit for its bundled models (see [`cache`][kv_embeddings_integrations.core.cache]).
+LLM hidden states are strongly anisotropic (every pair of texts has a cosine near 0.9): removing the
+common mean direction spreads them out, and PCA drops dimensions the data barely uses (cheaper
+vector stores). Fitted once, without labels, on sample texts embedded with the document prompt, then
+cached as a safetensors file (no pickle) keyed by
+[`postprocessing_key`][kv_embeddings_integrations.core.identity.postprocessing_key]; the package
+ships the default's fit for its bundled models (see
+[`cache`][kv_embeddings_integrations.core.cache]).
 """
 
 from __future__ import annotations

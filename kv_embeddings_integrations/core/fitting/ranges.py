@@ -1,9 +1,8 @@
 """The int8 / uint8 ranges of an embedder: fitted once on its post-processing texts, then cached.
 
 Like the post-processing fit, and keyed by everything that fit depends on (whatever its kind, the
-fitting texts included) plus ``RANGES_VERSION``: a
-changed prompt, layer, weight or fit
-refits. Saved as safetensors with the key in the file's metadata, checked on reading
+fitting texts included) plus ``RANGES_VERSION``: a changed prompt, layer, weight or fit refits.
+Saved as safetensors with the key in the file's metadata, checked on reading
 ([`read_keyed_tensors`][kv_embeddings_integrations.core.cache.read_keyed_tensors]).
 """
 
@@ -45,7 +44,8 @@ def load(path: Path, key: dict[str, Any]) -> QuantizationRanges | None:
 
 def ranges_for(subject: FitSubject, vectors: Callable[[list[str]], np.ndarray]) -> QuantizationRanges:
     """``subject``'s int8 / uint8 ranges: read from the cache (or the package's shipped files), else
-    fitted on the final normalised ``vectors`` of its post-processing texts (document prompt) and cached."""
+    fitted on the final normalised ``vectors`` of its post-processing texts (document prompt) and
+    cached."""
     key = ranges_key(subject)
 
     def compute() -> QuantizationRanges:

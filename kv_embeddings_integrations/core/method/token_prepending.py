@@ -13,8 +13,8 @@ embeddings): the placeholder is an existing token id (the tokenizer's pad, else 
 input embedding only reaches layer 0, as the random one there does.
 
 The hooks are installed once and do nothing unless
-[`prepend`][kv_embeddings_integrations.core.method.token_prepending.prepend] is active (a context variable,
-so per thread and per asyncio task), so a plain forward is the model's own.
+[`prepend`][kv_embeddings_integrations.core.method.token_prepending.prepend] is active (a context
+variable, so per thread and per asyncio task), so a plain forward is the model's own.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """How a model is loaded: one validated, normalised set of options, and the load itself.
 
-[`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] is what every front end builds
-(``from_pretrained``, the LangChain and
-LlamaIndex adapters' ``model`` and ``model_kwargs``, Ray, MTEB, the command line) and passes
-down. Equivalent spellings normalise to one value (``dtype=torch.bfloat16`` and ``"bfloat16"``,
-``device="cuda"`` and ``"cuda:0"``), and
-[`sharing_key`][kv_embeddings_integrations.core.model.loading.LoadOptions.sharing_key] resolves what is left
-to this machine (no device given = the best one here), so one process loads the same weights once.
+[`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] is what every front end
+builds (``from_pretrained``, the LangChain and LlamaIndex adapters' ``model`` and ``model_kwargs``,
+Ray, MTEB, the command line) and passes down. Equivalent spellings normalise to one value
+(``dtype=torch.bfloat16`` and ``"bfloat16"``, ``device="cuda"`` and ``"cuda:0"``), and
+[`sharing_key`][kv_embeddings_integrations.core.model.loading.LoadOptions.sharing_key] resolves what
+is left to this machine (no device given = the best one here), so one process loads the same weights
+once.
 """
 
 from __future__ import annotations
@@ -78,13 +78,13 @@ def _device_name(device: torch.device) -> str:
 class LoadOptions(BaseModel):
     """Which model to load and how; the one object every front end passes to the core.
 
-    Unknown keyword arguments are collected into ``extra`` (they go to
-    ``AutoModel.from_pretrained`` as they are), so ``LoadOptions(model=m, **model_kwargs)`` works.
+    Unknown keyword arguments are collected into ``extra`` (they go to ``AutoModel.from_pretrained``
+    as they are), so ``LoadOptions(model=m, **model_kwargs)`` works.
 
     Attributes:
         model: a model-hub id (``"Qwen/Qwen3-4B"``), a local directory (a ``str`` or path, kept as
-            written; the sharing key uses its absolute path) or a bundled alias
-            (``"smollm2-135m"``, converted once into the user cache).
+            written; the sharing key uses its absolute path) or a bundled alias (``"smollm2-135m"``,
+            converted once into the user cache).
         revision: the hub revision (branch, tag or commit) to load.
         dtype: the weights' dtype, stored by name (``"bfloat16"``, ``"float32"``, ``"auto"``);
             accepts a ``torch.dtype``. ``None``: bfloat16 on a CUDA GPU that supports it, else float32.
@@ -168,9 +168,10 @@ class LoadOptions(BaseModel):
 
     @classmethod
     def of(cls, model: str | os.PathLike[str] | LoadOptions, **kwargs: Any) -> LoadOptions:
-        """``model`` if it is already [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] (then
-        every loading argument in ``kwargs``
-        must be left at its default), else ``LoadOptions(model=model, **kwargs)``."""
+        """``model`` if it is already
+        [`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] (then every
+        loading argument in ``kwargs`` must be left at its default), else
+        ``LoadOptions(model=model, **kwargs)``."""
         if not isinstance(model, LoadOptions):
             return cls.model_validate({"model": model, **kwargs})
         given = sorted(
@@ -240,8 +241,8 @@ class LoadOptions(BaseModel):
 
 
 def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``options`` as ([`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions] fields,
-    [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] fields): what
+    """``options`` as ([`LoadOptions`][kv_embeddings_integrations.core.model.loading.LoadOptions]
+    fields, [`EmbedderConfig`][kv_embeddings_integrations.core.config.EmbedderConfig] fields): what
     ``KVEmbedder.from_pretrained`` takes by keyword.
 
     Args:

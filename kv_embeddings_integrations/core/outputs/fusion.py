@@ -1,11 +1,10 @@
 """Scores of dense, sparse and BM25 retrieval, and their fusion (hybrid search, exactly, in memory).
 
 Every function returns or takes a ``(queries, documents)`` score matrix, so any two systems fuse the
-same way: [`minmax_fusion`][kv_embeddings_integrations.core.outputs.fusion.minmax_fusion] (each query's scores scaled
-to [0, 1] per system, then a weighted
-sum) or [`reciprocal_rank_fusion`][kv_embeddings_integrations.core.outputs.fusion.reciprocal_rank_fusion] (the sum of
-``1 / (k + rank)``, the fusion Qdrant and most
-stores use).
+same way: [`minmax_fusion`][kv_embeddings_integrations.core.outputs.fusion.minmax_fusion] (each
+query's scores scaled to [0, 1] per system, then a weighted sum) or
+[`reciprocal_rank_fusion`][kv_embeddings_integrations.core.outputs.fusion.reciprocal_rank_fusion]
+(the sum of ``1 / (k + rank)``, the fusion Qdrant and most stores use).
 """
 
 from __future__ import annotations
@@ -37,8 +36,9 @@ def cosine_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def idf(documents: SparseVectors) -> np.ndarray:
-    """Each token's inverse document frequency over ``documents``: ``ln(1 + (N - n + 0.5) / (n + 0.5))``
-    (BM25's, and what Qdrant's ``Modifier.IDF`` computes over a collection), ``(vocab_size,)``."""
+    """Each token's inverse document frequency over ``documents``:
+    ``ln(1 + (N - n + 0.5) / (n + 0.5))`` (BM25's, and what Qdrant's ``Modifier.IDF`` computes over
+    a collection), ``(vocab_size,)``."""
     frequency = np.zeros(documents.vocab_size, dtype=np.float64)
     for ids in documents.indices:
         frequency[ids] += 1
@@ -53,8 +53,8 @@ def sparse_scores(queries: SparseVectors, documents: SparseVectors, weights: np.
         queries: the queries' sparse vectors.
         documents: the documents'.
         weights: per-token factors on the query side, e.g. [`idf`][kv_embeddings_integrations.core.outputs.fusion.idf]
-            of the documents (the
-            model's weights say which words of a text matter; the corpus says which words are rare).
+            of the documents (the model's weights say which words of a text matter; the corpus says
+            which words are rare).
     """
     if queries.vocab_size != documents.vocab_size:
         raise ValueError(
@@ -81,8 +81,7 @@ def sparse_scores(queries: SparseVectors, documents: SparseVectors, weights: np.
 def bm25_scores(queries: Sequence[str], documents: Sequence[str]) -> np.ndarray:
     """BM25 (bm25s' Lucene variant, k1 1.5, b 0.75) of every query against every document.
 
-    Tokenisation: ``BM25_TOKENIZATION`` (needs
-    ``bm25s`` and ``PyStemmer``: the ``eval`` extra).
+    Tokenisation: ``BM25_TOKENIZATION`` (needs ``bm25s`` and ``PyStemmer``: the ``eval`` extra).
     """
     require("eval", "BM25 scores", ("bm25s", "Stemmer"))
     import bm25s

@@ -3,29 +3,27 @@
 Most vector stores hold one dense vector per text. This module appends a second, lexical half to
 it, so that a plain cosine or dot-product search scores a fusion of both:
 
-- **The lexical weights** of a text, over the model's own token ids
-(``KINDS``):
-  ``"sparse"``, the same forward pass's PromptReps weights (``sparse``); or ``"bm25"``, BM25's
-  two halves: a document gets each token's saturated term frequency (see
-  ``BM25_B`` on its
-  length term), a query gets each token's IDF times its count. Queries carry the IDF in both, so documents never need
-  corpus statistics ([`LexicalStatistics`][kv_embeddings_integrations.core.outputs.lexical.LexicalStatistics], fitted
+- **The lexical weights** of a text, over the model's own token ids (``KINDS``):
+  ``"sparse"``, the same forward pass's PromptReps weights (``sparse``); or ``"bm25"``, BM25's two
+  halves: a document gets each token's saturated term frequency (see ``BM25_B`` on its length term),
+  a query gets each token's IDF times its count. Queries carry the IDF in both, so documents never
+  need corpus statistics
+  ([`LexicalStatistics`][kv_embeddings_integrations.core.outputs.lexical.LexicalStatistics], fitted
   label-free on sample texts).
 - **The sketch.** A count-sketch (feature hashing, Weinberger et al. 2009) folds the vocabulary
   into ``dim`` columns: each token id gets a column and a sign from a fixed seed
-  ([`sketch_hashes`][kv_embeddings_integrations.core.outputs.lexical.sketch_hashes]), and the sketched vector is
-  L2-normalised. The inner product of two
-  sketches estimates the inner product of the unit lexical vectors with a standard deviation of
-  about ``1 / sqrt(dim)``.
-- **The fusion** ([`join`][kv_embeddings_integrations.core.outputs.lexical.join]). Documents store both halves at equal
-weight,
-  ``[unit(dense), unit(sketch)] / sqrt(2)``; a query carries the weights,
-  ``[a * unit(dense), b * unit(sketch)]`` with ``a : b = (1 - lexical_weight) : lexical_weight``
-  and ``a^2 + b^2 = 1``. Their dot product is ``c * ((1 - w) * cos_dense + w * cos_lexical)``
-  with ``c = 1 / (sqrt(2) * sqrt(a'^2 + b'^2))`` a constant of the query, so the ranking is the
-  weighted fusion's; both vectors have unit length (cosine and dot-product stores agree), and the
-  weight can change at query time without re-indexing (as Pinecone's sparse-dense index does).
-  A text with no lexical terms keeps a zero lexical half and an unchanged dense half.
+  ([`sketch_hashes`][kv_embeddings_integrations.core.outputs.lexical.sketch_hashes]), and the
+  sketched vector is L2-normalised. The inner product of two sketches estimates the inner product of
+  the unit lexical vectors with a standard deviation of about ``1 / sqrt(dim)``.
+- **The fusion** ([`join`][kv_embeddings_integrations.core.outputs.lexical.join]). Documents
+  store both halves at equal weight, ``[unit(dense), unit(sketch)] / sqrt(2)``; a query carries the
+  weights, ``[a * unit(dense), b * unit(sketch)]`` with
+  ``a : b = (1 - lexical_weight) : lexical_weight`` and ``a^2 + b^2 = 1``. Their dot product is
+  ``c * ((1 - w) * cos_dense + w * cos_lexical)`` with ``c = 1 / (sqrt(2) * sqrt(a'^2 + b'^2))`` a
+  constant of the query, so the ranking is the weighted fusion's; both vectors have unit length
+  (cosine and dot-product stores agree), and the weight can change at query time without re-indexing
+  (as Pinecone's sparse-dense index does). A text with no lexical terms keeps a zero lexical half
+  and an unchanged dense half.
 """
 
 from __future__ import annotations
@@ -227,9 +225,9 @@ def fused_scores(
     lexical_documents: np.ndarray,
     lexical_weight: float,
 ) -> np.ndarray:
-    """What [`join`][kv_embeddings_integrations.core.outputs.lexical.join]'s vectors rank by, computed exactly: ``(1 -
-    w) * cos_dense + w * cos_lexical``
-    from unit dense vectors and unit (unsketched or sketched) lexical ones, ``(queries, documents)``."""
+    """What [`join`][kv_embeddings_integrations.core.outputs.lexical.join]'s vectors rank by,
+    computed exactly: ``(1 - w) * cos_dense + w * cos_lexical`` from unit dense vectors and unit
+    (unsketched or sketched) lexical ones, ``(queries, documents)``."""
     dense = np.asarray(dense_queries, np.float64) @ np.asarray(dense_documents, np.float64).T
     lexical = np.asarray(lexical_queries, np.float64) @ np.asarray(lexical_documents, np.float64).T
     return ((1.0 - lexical_weight) * dense + lexical_weight * lexical).astype(np.float32)
@@ -348,9 +346,9 @@ class LexicalChannel:
         tokenize: Callable[[list[str]], list[list[int]]],
         sparse: SparseVectors | None = None,
     ) -> list[SparseRow]:
-        """[`rows`][kv_embeddings_integrations.core.outputs.lexical.LexicalChannel.rows] of texts: BM25 counts their
-        tokens (lower-cased if it says so, by
-        ``tokenize``), ``sparse`` weighs their sparse vectors from the same pass, one per text."""
+        """[`rows`][kv_embeddings_integrations.core.outputs.lexical.LexicalChannel.rows] of texts:
+        BM25 counts their tokens (lower-cased if it says so, by ``tokenize``), ``sparse`` weighs
+        their sparse vectors from the same pass, one per text."""
         if self.kind == "bm25":
             return self.rows(side, token_ids=tokenize([t.lower() for t in texts] if self.lowercase else list(texts)))
         if sparse is None or len(sparse) != len(texts):

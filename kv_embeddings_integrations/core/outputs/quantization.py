@@ -8,9 +8,9 @@ clipped); ``binary`` / ``ubinary`` keep one bit per dimension (``value > 0``), p
 
 The int8 / uint8 ranges are fitted once, label-free, on the same texts as the post-processing (the
 built-in calibration texts unless ``postprocess_texts`` is given): the final vectors' per-dimension
-minimum and maximum. They are cached ([`ranges`][kv_embeddings_integrations.core.fitting.ranges]) and recorded
-in the identity (their digest), so a store filled with one set of ranges refuses queries quantized
-with another.
+minimum and maximum. They are cached ([`ranges`][kv_embeddings_integrations.core.fitting.ranges])
+and recorded in the identity (their digest), so a store filled with one set of ranges refuses
+queries quantized with another.
 
 Binary vectors are compared by Hamming distance (``hamming_scores``); for retrieval, the usual
 recipe is to shortlist by Hamming distance and rescore the shortlist with float32 vectors
@@ -47,17 +47,16 @@ MIN_TEXTS = 20
 
 
 def check_precision(precision: object) -> str:
-    """``precision`` if it is one of ``PRECISIONS``,
-    else a ``ValueError`` listing them."""
+    """``precision`` if it is one of ``PRECISIONS``, else a ``ValueError`` listing them."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     return str(precision)
 
 
 def check_output(precision: object, normalize: bool, postprocess: bool) -> str:
-    """[`check_precision`][kv_embeddings_integrations.core.outputs.quantization.check_precision], and int8 / uint8 only
-    for final vectors (normalised and post-processed):
-    the ranges are fitted on those, other vectors fall outside them."""
+    """[`check_precision`][kv_embeddings_integrations.core.outputs.quantization.check_precision],
+    and int8 / uint8 only for final vectors (normalised and post-processed): the ranges are fitted
+    on those, other vectors fall outside them."""
     precision = check_precision(precision)
     if precision in SCALAR and not (normalize and postprocess):
         raise ValueError(

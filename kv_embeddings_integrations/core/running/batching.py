@@ -13,12 +13,11 @@ SPLIT_PADDING_TOKENS = 16
 def plan_batches(lengths: list[int], batch_size: int | None, max_tokens_per_batch: int | None) -> list[list[int]]:
     """Group indices into batches of similar length, longest first (so memory peaks early).
 
-    A batch holds at most ``batch_size`` rows and, if ``max_tokens_per_batch`` is set, at most
-    that many padded tokens (rows x longest row); a row longer than the budget runs alone. A
-    batch also ends where lengths drop by more than 20% and 16 tokens, so that a small job of
-    mixed lengths is not padded to its longest text (benchmarks/README.md: 0.907 real tokens per
-    processed token on SciFact's first 128 documents).
-    With neither limit set, batches only end at such drops.
+    A batch holds at most ``batch_size`` rows and, if ``max_tokens_per_batch`` is set, at most that
+    many padded tokens (rows x longest row); a row longer than the budget runs alone. A batch also
+    ends where lengths drop by more than 20% and 16 tokens, so that a small job of mixed lengths is
+    not padded to its longest text (benchmarks/README.md: 0.907 real tokens per processed token on
+    SciFact's first 128 documents). With neither limit set, batches only end at such drops.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []

@@ -1,10 +1,10 @@
 """One decoder pass as the method runs it: the selected layers re-routed, Token Prepending's
 placeholder rewritten, a packed batch unpacked.
 
-[`ForwardPlan`][kv_embeddings_integrations.core.running.forward.ForwardPlan] is what decides the pass beyond the model
-and the tokens; the runner holds
-one and calls [`decoder_forward`][kv_embeddings_integrations.core.running.forward.decoder_forward], so nothing here
-reads the embedder above it.
+[`ForwardPlan`][kv_embeddings_integrations.core.running.forward.ForwardPlan] is what decides the
+pass beyond the model and the tokens; the runner holds one and calls
+[`decoder_forward`][kv_embeddings_integrations.core.running.forward.decoder_forward], so nothing
+here reads the embedder above it.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@
 - Over-long texts are cut (``long_text="truncate"``) or embedded in pieces (``"chunk_mean"``): the
   embedder's concern, after tokenization.
 - Token ids given instead of a text (a server's ``inputs: [[101, 2023, ...]]``): a
-[`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds],
-  a ``str`` (its decoded text, what the checks above and the lexical channel read) that carries the
-  ids, which the embedder splices into the prompt as they are (see
+  [`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds], a ``str`` (its decoded
+  text, what the checks above and the lexical channel read) that carries the ids, which the embedder
+  splices into the prompt as they are (see
   [`splits`][kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.splits]).
 """
 
@@ -97,8 +97,8 @@ def texts_to_embed(texts: str | Iterable[str], empty_text: str = "embed") -> tup
 
 def repair_surrogates(text: str) -> str:
     """``text`` with unpaired surrogates replaced by U+FFFD (valid surrogate pairs are joined); a
-    [`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds] stays one, its ids unchanged (only its text
-    is repaired)."""
+    [`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds] stays one, its ids
+    unchanged (only its text is repaired)."""
     repaired = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if isinstance(text, TokenIds):
         return text if repaired == text else TokenIds(text.ids, repaired)

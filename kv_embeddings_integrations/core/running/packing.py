@@ -3,10 +3,10 @@ left-padded row of its own.
 
 Texts go into as few rows of the batch's width as hold them (first fit, longest first), one after
 another with positions restarting at 0; with no attention mask, transformers masks them apart from
-the positions (a block-diagonal causal mask), and the re-routing plan's ``segment_ends`` gives
-each text its own final key and value as its prefix
-([`rerouting`][kv_embeddings_integrations.core.method.rerouting]). The states are scattered back into
-the batch's left-padded layout, so pooling, sparse vectors and intermediate layers read them as
+the positions (a block-diagonal causal mask), and the re-routing plan's ``segment_ends`` gives each
+text its own final key and value as its prefix
+([`rerouting`][kv_embeddings_integrations.core.method.rerouting]). The states are scattered back
+into the batch's left-padded layout, so pooling, sparse vectors and intermediate layers read them as
 they read a padded pass: the same vectors to rounding, less compute on padding, and no row's
 attention wider than the padded batch's.
 """
@@ -63,11 +63,11 @@ def packed_forward(
     bias: float,
     pad_token_id: int,
 ) -> BaseModelOutputWithPast:
-    """One decoder pass without padding: the batch's texts packed into as few rows as fit
-    its width ([`pack_rows`][kv_embeddings_integrations.core.running.packing.pack_rows]), each row's unused tail a
-    sequence of its own, then scattered
-    back into the batch's left-padded layout, so pooling reads them as it reads a padded pass.
-    ``pad_token_id`` fills the rows' unused tails (the padding ``collate`` uses)."""
+    """One decoder pass without padding: the batch's texts packed into as few rows as fit its width
+    ([`pack_rows`][kv_embeddings_integrations.core.running.packing.pack_rows]), each row's unused
+    tail a sequence of its own, then scattered back into the batch's left-padded layout, so pooling
+    reads them as it reads a padded pass. ``pad_token_id`` fills the rows' unused tails (the padding
+    ``collate`` uses)."""
     real = batch.attention_mask.bool()
     lengths = real.sum(dim=1).tolist()
     width = real.shape[1]

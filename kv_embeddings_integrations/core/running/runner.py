@@ -9,11 +9,12 @@ of the model, and collects the sparse lexical vectors computed in the same pass.
 holds one as ``embedder.runner``; it takes the model, its decoder, the plan and the pad id, and
 nothing of the embedder above it.
 
-Its seams are [`BatchRunner.forward`][kv_embeddings_integrations.core.running.runner.BatchRunner.forward]
-(one batch through the model, pooled) and
+Its seams are
+[`BatchRunner.forward`][kv_embeddings_integrations.core.running.runner.BatchRunner.forward] (one
+batch through the model, pooled) and
 [`BatchRunner.model_forward`][kv_embeddings_integrations.core.running.runner.BatchRunner.model_forward]
-(one decoder pass): everything else calls them through the instance, so a test (or a profiler)
-can wrap or replace them there.
+(one decoder pass): everything else calls them through the instance, so a test (or a profiler) can
+wrap or replace them there.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ class BatchRunner:
         self, batch: TokenBatch, *, output_hidden_states: bool = False, layers: list[int] | None = None
     ) -> BaseModelOutputWithPast:
         """One decoder pass of ``batch`` as the plan says, re-routing ``layers`` (default: the
-        plan's; ``[]``: none): [`decoder_forward`][kv_embeddings_integrations.core.running.forward.decoder_forward]."""
+        plan's; ``[]``: none):
+        [`decoder_forward`][kv_embeddings_integrations.core.running.forward.decoder_forward]."""
         return decoder_forward(
             self.model,
             self.decoder,
@@ -189,8 +191,8 @@ class BatchRunner:
         sparse: bool,
         chunk: int,
     ) -> EmbedResult:
-        """[`run`][kv_embeddings_integrations.core.running.runner.BatchRunner.run] once per template (MetaEOL has
-        several), the passes averaged.
+        """[`run`][kv_embeddings_integrations.core.running.runner.BatchRunner.run] once per template
+        (MetaEOL has several), the passes averaged.
 
         Args:
             texts: the texts, already checked (at least one).
@@ -238,10 +240,9 @@ class BatchRunner:
         """Each tokenized text's hidden states at the pooled layer, every real token in order.
 
         One pass per length-sorted batch, as
-        [`forward`][kv_embeddings_integrations.core.running.runner.BatchRunner.forward] runs it (re-routing, Token
-        Prepending,
-        the final norm only when the last layer is pooled); a batch that runs out of memory is
-        halved. Nothing is pooled, post-processed or normalised.
+        [`forward`][kv_embeddings_integrations.core.running.runner.BatchRunner.forward] runs it
+        (re-routing, Token Prepending, the final norm only when the last layer is pooled); a batch
+        that runs out of memory is halved. Nothing is pooled, post-processed or normalised.
 
         Args:
             encoded: the prompted, tokenized texts.
@@ -318,8 +319,8 @@ class BatchRunner:
         return EmbedResult(vectors.numpy(), tuple(counts), tuple(truncated), tuple(pieces), lexical_vectors)
 
     def _finite(self, batch: TokenBatch, texts: list[str]) -> torch.Tensor:
-        """[`_splitting`][kv_embeddings_integrations.core.running.runner.BatchRunner._splitting] as float32 on the CPU,
-        never with a NaN or infinite value.
+        """[`_splitting`][kv_embeddings_integrations.core.running.runner.BatchRunner._splitting] as
+        float32 on the CPU, never with a NaN or infinite value.
 
         A half-precision model whose activations overflow is re-run for that batch in a float32
         copy; rows still not finite (or a float32 model's) raise ``FloatingPointError`` naming them.
@@ -368,9 +369,10 @@ class BatchRunner:
         compute: Callable[[TokenBatch], torch.Tensor] | None = None,
         doing: str = "embedding",
     ) -> torch.Tensor:
-        """``compute`` (default [`forward`][kv_embeddings_integrations.core.running.runner.BatchRunner.forward]),
-        halving the batch on out-of-memory and retrying
-        each half; ``doing`` names the work in the error a single row's failure raises.
+        """``compute`` (default
+        [`forward`][kv_embeddings_integrations.core.running.runner.BatchRunner.forward]), halving
+        the batch on out-of-memory and retrying each half; ``doing`` names the work in the error a
+        single row's failure raises.
 
         The halves keep the batch's padded width, so each row is computed exactly as it would
         have been in the whole batch.

@@ -1,7 +1,7 @@
 """Turning texts into prompted token sequences, with truncation that cuts the text, not the prompt.
 
-Token ids given as input (a [`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds]) are spliced
-into the prompt as they are: see
+Token ids given as input (a [`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds])
+are spliced into the prompt as they are: see
 [`splits`][kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.splits].
 """
 
@@ -132,8 +132,8 @@ class PromptTokenizer:
         return ids
 
     def tokenize_strings(self, strings: list[str], add_special_tokens: bool = True) -> BatchEncoding:
-        """The tokenizer's own output for whole strings, with character offsets and the special-token
-        mask (what a server's ``/tokenize`` shows), taken under the same lock as
+        """The tokenizer's own output for whole strings, with character offsets and the
+        special-token mask (what a server's ``/tokenize`` shows), taken under the same lock as
         [`encode`][kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.encode]."""
         with self._lock:
             out: BatchEncoding = self.tokenizer(
@@ -160,7 +160,8 @@ class PromptTokenizer:
 
     def splits(self, template: str) -> bool:
         """Whether ``template`` splices token ids: token ids given as input (a
-        [`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds]) are embedded exactly as given.
+        [`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds]) are embedded exactly
+        as given.
 
         The template is split at its ``{text}`` placeholders; each piece is tokenized on its own
         (no special tokens), the tokenizer's own leading and trailing special tokens go around,
@@ -201,8 +202,8 @@ class PromptTokenizer:
 
     def _encode_ids(self, item: TokenIds, template: str, pieces: list[list[int]], truncate: bool) -> EncodedText:
         """``item``'s ids spliced into ``template`` (see
-        [`splits`][kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.splits]), the last copy marked
-        as the text."""
+        [`splits`][kv_embeddings_integrations.core.running.tokenization.PromptTokenizer.splits]),
+        the last copy marked as the text."""
         lead, trail = self.special_edges()
         copies = len(pieces) - 1
         prompt = len(lead) + len(trail) + sum(len(p) for p in pieces)
@@ -265,8 +266,9 @@ class PromptTokenizer:
     def split(self, text: str, template: str) -> list[str]:
         """``text`` cut at token boundaries into pieces that each fit ``max_length`` with the prompt
         (``long_text="chunk_mean"``). A text that fits is one piece. Token ids (a
-        [`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds]) that ``template`` splices are cut
-        into runs of ids that fit, each a ``TokenIds`` whose text is its ids decoded."""
+        [`TokenIds`][kv_embeddings_integrations.core.running.inputs.TokenIds]) that ``template``
+        splices are cut into runs of ids that fit, each a ``TokenIds`` whose text is its ids
+        decoded."""
         pieces = self._template_pieces(template) if isinstance(text, TokenIds) else None
         if pieces is not None:
             assert isinstance(text, TokenIds)

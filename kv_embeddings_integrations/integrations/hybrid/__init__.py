@@ -5,8 +5,9 @@
 - ``llama_index``: ``llama_index.sparse_functions``, the ``sparse_doc_fn`` /
   ``sparse_query_fn`` of LlamaIndex's ``QdrantVectorStore(enable_hybrid=True)``.
 
-The vectors are [`KVEmbedder.encode_sparse`][kv_embeddings_integrations.core.embedder.KVEmbedder.encode_sparse]'s;
+The vectors are
+[`KVEmbedder.encode_sparse`][kv_embeddings_integrations.core.embedder.KVEmbedder.encode_sparse]'s;
 exact in-memory scoring and fusion are in
-[`kv_embeddings_integrations.core.outputs.fusion`][kv_embeddings_integrations.core.outputs.fusion]. Each module
-imports only its own framework (the ``hybrid`` extra installs both stores' clients).
+[`kv_embeddings_integrations.core.outputs.fusion`][kv_embeddings_integrations.core.outputs.fusion].
+Each module imports only its own framework (the ``hybrid`` extra installs both stores' clients).
 """

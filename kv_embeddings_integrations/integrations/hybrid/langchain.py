@@ -19,13 +19,13 @@ class KVSparseEmbeddings(SparseEmbeddings):
 
     Args:
         embeddings: the dense [`KVEmbeddings`][kv_embeddings_integrations.integrations.langchain.KVEmbeddings] (its
-            loaded model, prompts and layers are
-            used) or a core [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder].
+            loaded model, prompts and layers are used) or a core
+            [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder].
         weights: ``"model"``, the model's own sparse vectors (give the collection Qdrant's IDF
             modifier), or ``"lexical"``, the embedder's lexical channel unsketched
-            ([`encode_lexical`][kv_embeddings_integrations.core.embedder.KVEmbedder.encode_lexical]: BM25 over the
-            model's tokens for the retrieval
-            default; queries carry the IDF, so no modifier).
+            ([`encode_lexical`][kv_embeddings_integrations.core.embedder.KVEmbedder.encode_lexical]:
+            BM25 over the model's tokens for the retrieval default; queries carry the IDF, so no
+            modifier).
 
     Queries get the query prompt, documents the document prompt, as in the dense adapter. The
     store calls the dense and the sparse model apart, so each text costs two forward passes here;
@@ -34,12 +34,11 @@ class KVSparseEmbeddings(SparseEmbeddings):
     Example:
         .. code-block:: python
 
-            from langchain_qdrant import QdrantVectorStore, RetrievalMode
-            from kv_embeddings_integrations import KVEmbeddings
-            from kv_embeddings_integrations.integrations.hybrid.langchain import KVSparseEmbeddings
+            from langchain_qdrant import QdrantVectorStore, RetrievalMode from
+            kv_embeddings_integrations import KVEmbeddings from
+            kv_embeddings_integrations.integrations.hybrid.langchain import KVSparseEmbeddings
 
-            dense = KVEmbeddings()
-            store = QdrantVectorStore.from_texts(
+            dense = KVEmbeddings() store = QdrantVectorStore.from_texts(
                 texts, embedding=dense, sparse_embedding=KVSparseEmbeddings(dense),
                 retrieval_mode=RetrievalMode.HYBRID, path="./qdrant", collection_name="docs",
             )

@@ -18,8 +18,8 @@ def sparse_functions(
 
     Args:
         embedding: the dense [`KVEmbedding`][kv_embeddings_integrations.integrations.llama_index.KVEmbedding] (its
-            loaded model and options are used) or a
-            core [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder].
+            loaded model and options are used) or a core
+            [`KVEmbedder`][kv_embeddings_integrations.core.embedder.KVEmbedder].
         weights: ``"model"`` (the model's sparse vectors; give the store Qdrant's IDF modifier) or
             ``"lexical"`` (the embedder's lexical channel unsketched, BM25 over its tokens for the
             retrieval default; queries carry the IDF).
@@ -31,13 +31,12 @@ def sparse_functions(
     Example:
         .. code-block:: python
 
-            from llama_index.vector_stores.qdrant import QdrantVectorStore
-            from kv_embeddings_integrations import KVEmbedding
-            from kv_embeddings_integrations.integrations.hybrid.llama_index import sparse_functions
+            from llama_index.vector_stores.qdrant import QdrantVectorStore from
+            kv_embeddings_integrations import KVEmbedding from
+            kv_embeddings_integrations.integrations.hybrid.llama_index import sparse_functions
 
-            embed_model = KVEmbedding()
-            doc_fn, query_fn = sparse_functions(embed_model)
-            store = QdrantVectorStore("docs", client=client, enable_hybrid=True,
+            embed_model = KVEmbedding() doc_fn, query_fn = sparse_functions(embed_model) store =
+            QdrantVectorStore("docs", client=client, enable_hybrid=True,
                                       sparse_doc_fn=doc_fn, sparse_query_fn=query_fn)
     """
     if isinstance(embedding, KVEmbedding):

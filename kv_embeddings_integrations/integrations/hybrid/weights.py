@@ -15,7 +15,8 @@ SPARSE_WEIGHTS = ("model", "lexical")
 
 def sparse_encoder(embedder: KVEmbedder, weights: str) -> Callable[..., SparseVectors]:
     """``embedder``'s method that gives ``weights``' sparse vectors (``texts, prompt_type=...``),
-    checked now: an unknown name, or ``"lexical"`` without a lexical channel, is a ``ValueError``."""
+    checked now: an unknown name, or ``"lexical"`` without a lexical channel, is a
+    ``ValueError``."""
     if weights not in SPARSE_WEIGHTS:
         raise ValueError(f"weights must be one of {SPARSE_WEIGHTS}, got {weights!r}")
     if weights == "model":
