@@ -23,7 +23,6 @@ from .fitting.postprocessing import PostProcessor, processor_for
 from .fitting.ranges import ranges_for
 from .fitting.subject import Fitting
 from .identity import embedder_identity, lexical_texts
-from .method import rerouting
 from .model.loading import LoadOptions, load_for_embedding
 from .outputs import lexical as lexical_channel
 from .outputs.quantization import SCALAR, QuantizationRanges, RangesOnDemand, check_precision, quantize
@@ -78,18 +77,14 @@ class KVEmbedder(PromptedModel):
     ) -> None:
         config = config.with_options(**options) if config is not None else EmbedderConfig(**options)
         super().__init__(model, tokenizer, config, name=name, load_options=load_options)
-        # The layers are chosen, and the post-processing fitted, on plain runners over the model.
-        plain = self.runner
-        fitting = Fitting(self.name, self.config, self.resolved, plain, self.batch_size, ENCODE_CHUNK)
-        layers, self.layer_selection = layers_for(fitting)
-        self.layers = list(layers)
-        if self.layers:
-            rerouting.install(self.model)
-        self.runner = plain.with_plan(dataclasses.replace(plain.plan, layers=tuple(self.layers)))
+        # The layers are chosen on a plain runner over the model, the post-processing fitted on one
+        # re-routing them (setting ``layers`` gives the embedder's runner their plan).
+        fitting = Fitting(self.name, self.config, self.resolved, self.runner, self.batch_size, ENCODE_CHUNK)
+        self.layers, self.layer_selection = layers_for(fitting)
         routed = dataclasses.replace(fitting, runner=self.runner)
         self.postprocessor = processor_for(routed, routed.unit_vectors, postprocessor)
         self.lexical = self._lexical_channel(lexical_texts(self.config), lexical_statistics)
-        self._ranges = RangesOnDemand(self._fit_ranges)
+        self._ranges = RangesOnDemand()
         self.requests = RequestQueue(self._embed_items)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -99,7 +94,7 @@ class KVEmbedder(PromptedModel):
     def __setstate__(self, state: dict[str, Any]) -> None:
         known = state.pop("_known_ranges", None)
         super().__setstate__(state)
-        self._ranges = RangesOnDemand(self._fit_ranges, known)
+        self._ranges = RangesOnDemand(known)
         self.requests = RequestQueue(self._embed_items)
 
     @classmethod
@@ -151,15 +146,12 @@ class KVEmbedder(PromptedModel):
         """The int8 / uint8 ranges: fitted on first use on the post-processing texts (the final
         vectors' per-dimension minimum and maximum), then cached; see
         [`quantization`][kv_embeddings_integrations.core.outputs.quantization]."""
-        return self._ranges.get()
+        return self._ranges.get(lambda: ranges_for(self, lambda texts: self.embed(texts).vectors))
 
     @quantization_ranges.setter
     def quantization_ranges(self, ranges: QuantizationRanges) -> None:
         # Ranges fitted elsewhere (Ray hands its actors the driver's), so every replica quantizes alike.
         self._ranges.set(ranges, self.dimension)
-
-    def _fit_ranges(self) -> QuantizationRanges:
-        return ranges_for(self, lambda texts: self.embed(texts).vectors)
 
     def quantize(self, vectors: np.ndarray, precision: str) -> np.ndarray:
         """This embedder's final (normalised) float32 vectors in ``precision`` (one of

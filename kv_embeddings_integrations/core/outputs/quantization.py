@@ -20,9 +20,7 @@ recipe is to shortlist by Hamming distance and rescore the shortlist with float3
 from __future__ import annotations
 
 import hashlib
-import inspect
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -113,18 +111,15 @@ class QuantizationRanges:
 
 
 class RangesOnDemand:
-    """An embedder's int8 / uint8 ranges: fitted by ``fit`` on first use (once, whatever the
-    threads), or set from elsewhere (Ray hands its actors the driver's), and forgotten when what
-    they cover changes.
+    """An embedder's int8 / uint8 ranges: fitted on first use (once, whatever the threads), or set
+    from elsewhere (Ray hands its actors the driver's), and forgotten when what they cover changes.
+    The fit is given at each use, not held, so the ranges never keep their embedder alive.
 
     Args:
-        fit: fits (or reads from the cache) the ranges; a bound method is held weakly, so the
-            ranges never keep their embedder (and model) alive.
         ranges: ranges already known (an unpickled embedder's), used instead of fitting.
     """
 
-    def __init__(self, fit: Callable[[], QuantizationRanges], ranges: QuantizationRanges | None = None) -> None:
-        self._fit = weakref.WeakMethod(fit) if inspect.ismethod(fit) else (lambda: fit)
+    def __init__(self, ranges: QuantizationRanges | None = None) -> None:
         self._ranges = ranges
         self._lock = threading.Lock()
 
@@ -133,12 +128,10 @@ class RangesOnDemand:
         """The ranges if fitted or set already, else ``None`` (nothing is fitted)."""
         return self._ranges
 
-    def get(self) -> QuantizationRanges:
+    def get(self, fit: Callable[[], QuantizationRanges]) -> QuantizationRanges:
+        """The ranges, fitted (or read from the cache) by ``fit`` if none are known yet."""
         with self._lock:
             if self._ranges is None:
-                fit = self._fit()
-                if fit is None:
-                    raise RuntimeError("the embedder of these ranges was garbage collected")
                 self._ranges = fit()
             return self._ranges
 

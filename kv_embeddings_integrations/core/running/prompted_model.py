@@ -8,6 +8,7 @@ adds the fits, the outputs and the concurrent calls; this level holds what they 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..config import EmbedderConfig
-from ..method import token_prepending
+from ..method import rerouting, token_prepending
 from ..model.loading import LoadOptions
 from ..outputs import fusion
 from ..outputs import sparse as sparse_vectors
@@ -72,7 +73,6 @@ class PromptedModel:
         self._prompt_tokenizer = PromptTokenizer(tokenizer, self.max_length, placeholder)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_token_id = pad if pad is not None else 0
-        self.layers: list[int] = []
         self.runner = self.runner_for(())
 
     def runner_for(self, layers: tuple[int, ...]) -> BatchRunner:
@@ -95,13 +95,26 @@ class PromptedModel:
             chunk_mean=resolved.long_text == "chunk_mean",
         )
 
+    @property
+    def layers(self) -> list[int]:
+        """The re-routed layers: the runner's plan, so what is recorded is what runs."""
+        return list(self.runner.plan.layers)
+
+    @layers.setter
+    def layers(self, layers: Sequence[int]) -> None:
+        if layers:
+            rerouting.install(self.model)  # idempotent
+        self.runner = self.runner.with_plan(dataclasses.replace(self.runner.plan, layers=tuple(layers)))
+
     def __getstate__(self) -> dict[str, Any]:
-        # The runner holds a lock, and belongs to this process.
-        return {k: v for k, v in self.__dict__.items() if k != "runner"}
+        # The runner holds a lock, and belongs to this process: only its layers travel.
+        state = {k: v for k, v in self.__dict__.items() if k != "runner"}
+        return {**state, "_layers": tuple(self.runner.plan.layers)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        layers = state.pop("_layers")
         self.__dict__.update(state)
-        self.runner = self.runner_for(tuple(self.layers))
+        self.runner = self.runner_for(layers)
 
     # What the method resolved to (see ResolvedMethod), under the names front ends use.
 
